@@ -1,0 +1,159 @@
+"""Image decoding, checking and the deterministic first resize, shared by every stage.
+
+There is one definition of "what the reference sees": PIL opens the bytes and converts
+to RGB (EXIF orientation ignored, alpha dropped without compositing, palettes
+expanded), as the original Community Forensics pipeline does (SPEC section 2). The
+converter uses this module to check every image and to pre-resize; the reference
+executor and `predict` use it to decode; the DALI pipelines are tested against it.
+
+DALI's decoder was measured to give the same pixels as PIL for JPEG, PNG, WebP, BMP
+and TIFF in the modes listed in `VERBATIM_MODES` (8-bit). Anything else PIL can read
+(GIF, 16-bit, CMYK, multi-frame files) is stored as a lossless PNG of the RGB image
+the reference would see, so a shard never holds bytes that DALI would decode
+differently.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# File endings the original accepts for local folders (SPEC section 1), matched
+# case-insensitively here; `.tif` is accepted as well since it is the same format.
+SOURCE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".tif", ".webp", ".gif")
+
+# PIL format name -> extension used inside shards, for formats stored verbatim.
+VERBATIM_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
+VERBATIM_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
+
+# PIL's own decompression-bomb warning threshold (about 89.5 megapixels).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+# Resize target of the first (deterministic) preprocessing step, by crop size (SPEC 2).
+RESIZE_FOR_CROP = {384: 440, 224: 256}
+
+
+class BadImage(ValueError):
+    """The bytes are not an image the pipelines can use; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What checking an image found out about it."""
+
+    format: str  # PIL's format name, e.g. "JPEG"
+    mode: str  # PIL's mode before conversion, e.g. "RGBA"
+    width: int
+    height: int
+    normalise_reason: str | None  # why it must be re-encoded as PNG; None if stored verbatim
+
+    @property
+    def shard_ext(self) -> str:
+        """Extension of the image inside a shard ("png" when it gets normalised)."""
+        return "png" if self.normalise_reason else VERBATIM_FORMATS[self.format]
+
+
+def _png_bit_depth(data: bytes) -> int:
+    # IHDR is always the first chunk: 8-byte signature, 8-byte chunk header, then
+    # width (4), height (4), bit depth (1).
+    return data[24] if len(data) > 24 else 8
+
+
+def _normalise_reason(img: Image.Image, data: bytes) -> str | None:
+    fmt = img.format or "unknown"
+    if fmt not in VERBATIM_FORMATS:
+        return f"{fmt} is not decodable by DALI"
+    if getattr(img, "n_frames", 1) > 1:
+        return f"multi-frame {fmt} (first frame kept)"
+    if img.mode not in VERBATIM_MODES:
+        return f"{fmt} mode {img.mode} decodes differently in DALI"
+    if fmt == "PNG" and _png_bit_depth(data) == 16:
+        return "16-bit PNG decodes differently in DALI"
+    return None
+
+
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageInfo, Image.Image]:
+    """Fully decode `data` and say how it must be stored.
+
+    Returns the info and the decoded RGB image (as the reference sees it). Raises
+    `BadImage` for empty, truncated or undecodable data and for images over
+    `max_pixels` (decompression bombs), so that no such image reaches a shard.
+    """
+    if not data:
+        raise BadImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise BadImage(
+                    f"decompression bomb: {width}x{height} = {width * height} pixels "
+                    f"exceeds the limit of {max_pixels}"
+                )
+            img.load()
+            info = ImageInfo(
+                format=img.format or "unknown",
+                mode=img.mode,
+                width=width,
+                height=height,
+                normalise_reason=_normalise_reason(img, data),
+            )
+            rgb = img.convert("RGB")
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"decompression bomb: {exc}") from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise BadImage(f"cannot decode: {reason}") from None
+    return info, rgb
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Decode like the reference: PIL open + `.convert("RGB")` (no EXIF rotation)."""
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise BadImage(f"cannot decode: {exc or type(exc).__name__}") from None
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """Lossless PNG of an RGB image (used for normalised images)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing the shorter side to `size`.
+
+    The long side is `int(size * long / short)` (truncated), as torchvision's
+    `Resize(size)` computes it.
+    """
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is `size`: PIL bilinear (antialiased when shrinking)."""
+    height, width = resized_shape(img.height, img.width, size)
+    return img.resize((width, height), Image.BILINEAR)
+
+
+def encode_raw(img: Image.Image) -> bytes:
+    """Raw HWC uint8 RGB pixels: the pre-resized storage format (decodes for free)."""
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).tobytes()
+
+
+def decode_raw(data: bytes, height: int, width: int) -> np.ndarray:
+    """Inverse of `encode_raw`; checks that the byte count matches the shape."""
+    expected = height * width * 3
+    if len(data) != expected:
+        raise BadImage(f"raw image has {len(data)} bytes, expected {expected} for {height}x{width}x3")
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)

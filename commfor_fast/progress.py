@@ -1,0 +1,80 @@
+"""Progress reporting for long work: a tqdm bar on a terminal, plain lines otherwise.
+
+Logs and CI capture stderr without a terminal, where a redrawn bar turns into noise,
+so there the same figures (count, rate, MB/s, ETA) are printed as one line every
+`every_s` seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+
+from tqdm import tqdm
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Counts items (and optionally bytes) and shows rate, MB/s and ETA."""
+
+    def __init__(self, total: int | None, desc: str, unit: str = "img", every_s: float = 10.0,
+                 enabled: bool = True) -> None:
+        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.enabled = enabled
+        self.count = 0
+        self.nbytes = 0
+        self._start = self._last = time.monotonic()
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, n: int = 1, nbytes: int = 0) -> None:
+        self.count += n
+        self.nbytes += nbytes
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+            if nbytes:
+                self._bar.set_postfix_str(f"{self._mb_per_s():.1f} MB/s", refresh=False)
+            return
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def _mb_per_s(self) -> float:
+        return self.nbytes / 1e6 / max(time.monotonic() - self._start, 1e-9)
+
+    def line(self) -> str:
+        """The current state as one line (also used for the final summary)."""
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        rate = self.count / elapsed
+        parts = [f"{self.desc}: {self.count}"]
+        if self.total:
+            parts[0] += f"/{self.total} {self.unit} ({100 * self.count / self.total:.0f}%)"
+        else:
+            parts[0] += f" {self.unit}"
+        parts.append(f"{rate:.1f} {self.unit}/s")
+        if self.nbytes:
+            parts.append(f"{self._mb_per_s():.1f} MB/s")
+        if self.total and rate > 0:
+            parts.append(f"ETA {_eta((self.total - self.count) / rate)}")
+        return ", ".join(parts)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,289 @@
+"""The shard format: what `convert` writes and every reader relies on.
+
+An output folder of `commfor-fast convert` holds:
+
+    manifest.json                      written last: its presence means "complete"
+    train/shard-000000.tar             WebDataset tar files (one folder per set:
+    train/shard-000000.tar.idx         `train` and `val`, or `all` without a split)
+    ...
+
+Each sample is a group of tar members sharing one key (`0000000042`, the sample's
+number within its set):
+
+    KEY.<jpg|png|webp|bmp|tiff>        the image bytes, verbatim (or a lossless PNG)
+    KEY.rgb                            ...or raw HWC uint8 pixels (`--preresize`)
+    KEY.cls                            the label as ASCII ("0" real, "1" fake)
+    KEY.ids                            5 little-endian int32: label, generator id,
+                                       sample number, stored height, stored width
+    KEY.json                           metadata: generator, source, original name,
+                                       format and size, HF columns, conversions
+
+The `.idx` file beside each tar is DALI's webdataset index (version v1.2: one line
+per sample listing `ext offset size filename` for every member), so DALI never has
+to scan a tar at start-up. `ShardReader` gives random access through the same index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from commfor_fast.errors import UserError
+
+FORMAT_NAME = "commfor-fast-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+INDEX_VERSION = "v1.2"
+INDEX_SUFFIX = ".idx"
+
+IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "tiff", "rgb")  # one DALI output group
+RAW_EXT = "rgb"
+LABEL_EXT = "cls"
+IDS_EXT = "ids"
+META_EXT = "json"
+
+_IDS = struct.Struct("<5i")
+
+
+class SampleIds(NamedTuple):
+    """The fixed-size integer record of a sample (`KEY.ids`), read by DALI as int32[5]."""
+
+    label: int
+    generator_id: int
+    sample_number: int
+    height: int
+    width: int
+
+
+def pack_ids(ids: SampleIds) -> bytes:
+    return _IDS.pack(*ids)
+
+
+def unpack_ids(data: bytes) -> SampleIds:
+    return SampleIds(*_IDS.unpack(data))
+
+
+def sample_key(number: int) -> str:
+    """Tar key of a sample: its number within the set, zero-padded (sorts naturally)."""
+    return f"{number:010d}"
+
+
+# --------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tar member of a sample, as the DALI index records it."""
+
+    ext: str
+    offset: int  # byte offset of the member's data (after its 512-byte header)
+    size: int
+    filename: str
+
+
+def format_index(samples: list[list[Member]]) -> str:
+    """DALI webdataset index text (v1.2) for the samples of one tar, in tar order."""
+    lines = [f"{INDEX_VERSION} {len(samples)}"]
+    for members in samples:
+        lines.append(" ".join(f"{m.ext} {m.offset} {m.size} {m.filename}" for m in members))
+    return "\n".join(lines) + "\n"
+
+
+def read_index(path: Path) -> list[dict[str, Member]]:
+    """Parse a v1.2 index: for each sample, its members by extension."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read shard index {path}: {exc.strerror}; re-run `commfor-fast convert`") from None
+    header = lines[0].split() if lines else []
+    if len(header) != 2 or header[0] != INDEX_VERSION:
+        raise UserError(f"{path} is not a DALI {INDEX_VERSION} index; re-run `commfor-fast convert`")
+    samples = []
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) % 4:
+            raise UserError(f"{path}: malformed index line {line!r}; re-run `commfor-fast convert`")
+        members = {}
+        for i in range(0, len(fields), 4):
+            ext, off, size, name = fields[i : i + 4]
+            members[ext] = Member(ext, int(off), int(size), name)
+        samples.append(members)
+    if len(samples) != int(header[1]):
+        raise UserError(f"{path}: header says {header[1]} samples, found {len(samples)}")
+    return samples
+
+
+# ------------------------------------------------------------------------ manifest
+
+
+@dataclass
+class ShardInfo:
+    """One tar file of a set (paths relative to the output folder)."""
+
+    tar: str
+    index: str
+    num_samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class SetInfo:
+    """One shard set (`train`, `val` or `all`) and its statistics."""
+
+    num_samples: int
+    shards: list[ShardInfo]
+    # generator name -> label ("0"/"1") -> count
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # original format (e.g. "PNG") -> label -> count: format bias is a known shortcut
+    formats: dict[str, dict[str, int]] = field(default_factory=dict)
+    # original resolution bucket (e.g. "512x512") -> label -> count
+    resolutions: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    """Everything about a converted dataset; `manifest.json` is written last."""
+
+    package_version: str
+    command: str  # the exact command line that produced the folder
+    settings: dict[str, Any]  # the convert settings, as given
+    seed: int
+    preresize: int | None  # shorter side of stored raw pixels; None = images verbatim
+    generators: list[str]  # generator id -> name (sorted by name)
+    sets: dict[str, SetInfo]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    balance: dict[str, Any] | None = None  # water-filling report, per real dataset
+    rejects: list[dict[str, str]] = field(default_factory=list)  # {"item", "reason"}
+    normalised: dict[str, int] = field(default_factory=dict)  # reason -> count (stored as PNG)
+    warnings: list[str] = field(default_factory=list)
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    # -- names of the sets a training or evaluation run reads
+
+    def training_sets(self) -> tuple[str, str | None]:
+        """(set to train on, set to validate on or None)."""
+        if "train" in self.sets:
+            return "train", ("val" if "val" in self.sets else None)
+        return "all", None
+
+    def eval_set(self) -> str:
+        """The set `eval` reads by default: `all` when unsplit, else `val`."""
+        return "all" if "all" in self.sets else "val"
+
+    def generator_labels(self) -> dict[str, set[int]]:
+        """Generator name -> the labels it has anywhere in the output."""
+        labels: dict[str, set[int]] = {}
+        for s in self.sets.values():
+            for gen, by_label in s.counts.items():
+                labels.setdefault(gen, set()).update(int(k) for k, v in by_label.items() if v)
+        return labels
+
+    # -- (de)serialisation
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["sets"] = {
+            name: SetInfo(**{**s, "shards": [ShardInfo(**sh) for sh in s["shards"]]})
+            for name, s in data["sets"].items()
+        }
+        return cls(**data)
+
+    def save(self, folder: Path) -> Path:
+        """Write `manifest.json` atomically (a reader never sees half a manifest)."""
+        return write_json_atomic(Path(folder) / MANIFEST_NAME, self.to_json())
+
+    @classmethod
+    def load(cls, folder: Path | str) -> Manifest:
+        folder = Path(folder)
+        path = folder / MANIFEST_NAME
+        if not folder.is_dir():
+            raise UserError(f"--data {folder}: no such folder; pass the --out folder of `commfor-fast convert`")
+        if not path.is_file():
+            raise UserError(
+                f"--data {folder}: no {MANIFEST_NAME} there. Pass the --out folder of `commfor-fast convert`; "
+                "if a conversion into it was interrupted, re-run the same convert command to finish it"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path} is unreadable ({exc}); re-run `commfor-fast convert`") from None
+        if data.get("format") != FORMAT_NAME or data.get("format_version") != FORMAT_VERSION:
+            raise UserError(
+                f"{path} is not a {FORMAT_NAME} v{FORMAT_VERSION} manifest "
+                f"(found {data.get('format')} v{data.get('format_version')}); re-convert with this version"
+            )
+        return cls.from_json(data)
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write JSON to a temporary file, fsync, then rename over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+# -------------------------------------------------------------------------- reader
+
+
+class ShardReader:
+    """Random access to the samples of one set through the index files.
+
+    Sample `i` is the i-th sample in shard order (shards as listed in the manifest,
+    samples in tar order). Reads are plain `pread`s at the indexed offsets.
+    """
+
+    def __init__(self, root: Path | str, info: SetInfo) -> None:
+        self.root = Path(root)
+        self.info = info
+        self._where: list[tuple[int, dict[str, Member]]] = []
+        for shard_no, shard in enumerate(info.shards):
+            for members in read_index(self.root / shard.index):
+                self._where.append((shard_no, members))
+        self._files: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def shard_of(self, i: int) -> str:
+        return self.info.shards[self._where[i][0]].tar
+
+    def members(self, i: int) -> dict[str, Member]:
+        return self._where[i][1]
+
+    def read(self, i: int, exts: tuple[str, ...] | None = None) -> dict[str, bytes]:
+        """The members of sample `i` (all, or only `exts`), by extension."""
+        shard_no, members = self._where[i]
+        f = self._files.get(shard_no)
+        if f is None:
+            f = self._files[shard_no] = open(self.root / self.info.shards[shard_no].tar, "rb")
+        out = {}
+        for ext, m in members.items():
+            if exts is None or ext in exts:
+                out[ext] = os.pread(f.fileno(), m.size, m.offset)
+        return out
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open files do not cross process boundaries (DataLoader workers reopen them).
+        return {**self.__dict__, "_files": {}}
