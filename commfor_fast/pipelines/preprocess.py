@@ -1,0 +1,44 @@
+"""The deterministic parts of preprocessing (SPEC section 2), shared by both executors.
+
+Sizes, centre-crop offsets and ImageNet normalisation constants are computed here once,
+on the host, so the DALI graph and the PIL reference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from commfor_fast.errors import UserError
+from commfor_fast.imageio import RESIZE_FOR_CROP
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_SIZES = tuple(RESIZE_FOR_CROP)
+
+
+def resize_size(crop: int) -> int:
+    """Shorter side of the first resize for a crop size (384 -> 440, 224 -> 256)."""
+    if crop not in RESIZE_FOR_CROP:
+        raise UserError(f"--input-size {crop}: must be one of {', '.join(map(str, INPUT_SIZES))}")
+    return RESIZE_FOR_CROP[crop]
+
+
+def center_crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
+    """(top, left) of torchvision's CenterCrop: `int(round((H - crop) / 2))` (round half to even)."""
+    return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+
+
+def normalise(hwc: np.ndarray) -> torch.Tensor:
+    """uint8 HWC RGB -> float32 CHW, scaled to [0, 1] then ImageNet-normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def denormalise(chw: torch.Tensor) -> torch.Tensor:
+    """Inverse of `normalise`, back to the 0..255 scale (float), for comparisons and plots."""
+    mean = torch.tensor(IMAGENET_MEAN, device=chw.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=chw.device).view(3, 1, 1)
+    return (chw.float() * std + mean) * 255.0
