@@ -108,6 +108,8 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Imag
         raise
     except Image.DecompressionBombError as exc:
         raise BadImage(f"decompression bomb: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("cannot decode: not a recognised image format (damaged header or not an image)") from None
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
         raise BadImage(f"cannot decode: {reason}") from None
@@ -118,6 +120,8 @@ def decode_rgb(data: bytes) -> Image.Image:
     """Decode like the reference: PIL open + `.convert("RGB")` (no EXIF rotation)."""
     try:
         return Image.open(io.BytesIO(data)).convert("RGB")
+    except Image.UnidentifiedImageError:
+        raise BadImage("cannot decode: not a recognised image format (damaged header or not an image)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise BadImage(f"cannot decode: {exc or type(exc).__name__}") from None
 

@@ -257,6 +257,7 @@ class ShardReader:
             for members in read_index(self.root / shard.index):
                 self._where.append((shard_no, members))
         self._files: dict[int, Any] = {}
+        self._positions: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self._where)
@@ -266,6 +267,15 @@ class ShardReader:
 
     def members(self, i: int) -> dict[str, Member]:
         return self._where[i][1]
+
+    def position(self, key: str) -> int | None:
+        """Where the sample with tar key `key` is, or None (keys come from the index)."""
+        if self._positions is None:
+            self._positions = {
+                next(iter(members.values())).filename.split(".", 1)[0]: i
+                for i, (_, members) in enumerate(self._where)
+            }
+        return self._positions.get(key)
 
     def read(self, i: int, exts: tuple[str, ...] | None = None) -> dict[str, bytes]:
         """The members of sample `i` (all, or only `exts`), by extension."""

@@ -1,0 +1,331 @@
+"""PyTorch-facing loaders over the DALI pipelines or the PIL reference executor.
+
+Training reads an endless shuffled stream; the loop cuts it into epochs of
+`iters_per_epoch(...)` batches, the same number on every rank, so DDP never waits at
+an epoch end for a rank that ran out. `state_dict()` captures the exact stream
+position (a DALI pipeline checkpoint, or the reference sampler's counter), so a
+resumed run sees the same batches as one that was never stopped.
+
+Evaluation reads each rank's contiguous part of the set once; padding repeats that
+DALI adds to the last batch are dropped, so every sample is scored exactly once
+across ranks.
+
+Choice for unreadable samples at training time (the converter checks every image,
+but shards can be damaged later): stop with a clear error naming the sample key and
+shard. Under torchrun the failing rank exits and torchrun stops the others, so no
+rank hangs. Skipping silently would change what the model sees without anyone
+knowing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from commfor_fast.errors import UserError
+from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb
+from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan
+from commfor_fast.pipelines.preprocess import normalise
+from commfor_fast.pipelines.reference import run_plan
+from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, sample_key, unpack_ids
+
+ENGINES = ("dali", "reference")
+
+
+@dataclass
+class Batch:
+    """One batch: normalised images on the loader's device, and per-sample ids (CPU)."""
+
+    images: torch.Tensor  # (B, 3, C, C) float32
+    labels: torch.Tensor  # (B,) float32, 1 = fake
+    generator_ids: torch.Tensor  # (B,) int64, index into Manifest.generators
+    sample_numbers: torch.Tensor  # (B,) int64, the tar key of each sample
+
+
+def _batch(images: torch.Tensor, ids: torch.Tensor) -> Batch:
+    ids = ids.to("cpu", torch.int64)
+    return Batch(images, ids[:, 0].float(), ids[:, 1], ids[:, 2])
+
+
+def iters_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
+    """Batches per rank per epoch: floor(N / (world * B)), identical on every rank."""
+    n = num_samples // (batch_size * world_size)
+    if n < 1:
+        raise UserError(
+            f"--batch-size {batch_size} x {world_size} processes = {batch_size * world_size} images per step, "
+            f"but the training set has only {num_samples}; use a smaller --batch-size"
+        )
+    return n
+
+
+class DataError(UserError):
+    """A sample in the shards cannot be decoded at training or evaluation time."""
+
+
+def _describe_bad_samples(reader: ShardReader, numbers: set[int]) -> str:
+    """Decode the given samples with PIL and DALI and name the ones that fail."""
+    from commfor_fast.pipelines.decode_check import DaliDecodeCheck
+
+    dali_check = DaliDecodeCheck()
+    found = []
+    for number in sorted(numbers):
+        i = reader.position(sample_key(number))
+        if i is None:
+            continue
+        data = reader.read(i)
+        image = next((data[e] for e in IMAGE_EXTS if e in data), b"")
+        if RAW_EXT in data:
+            ids = unpack_ids(data["ids"])
+            if len(image) != ids.height * ids.width * 3:
+                found.append(f"sample {sample_key(number)} in {reader.shard_of(i)}: raw pixels have the wrong size")
+            continue
+        try:
+            check_image(image)
+            reason = dali_check.check(image)
+        except BadImage as exc:
+            reason = str(exc)
+        if reason:
+            found.append(f"sample {sample_key(number)} in {reader.shard_of(i)}: {reason}")
+    return "; ".join(found)
+
+
+def _device_of(device: str, local_rank: int) -> tuple[str, int | None, torch.device]:
+    """torch device name -> (DALI device, DALI device_id, torch device)."""
+    if device == "cuda":
+        return "gpu", local_rank, torch.device("cuda", local_rank)
+    if device == "cpu":
+        return "cpu", None, torch.device("cpu")
+    raise UserError(f"--device {device!r}: use 'cuda' or 'cpu'")
+
+
+# ------------------------------------------------------------------------- DALI
+
+
+class DaliTrainStream:
+    """Endless stream of augmented training batches from the DALI pipeline."""
+
+    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: str, batch_size: int, crop: int,
+                 rsa: RSAConfig, seed: int, rank: int, world_size: int, local_rank: int, num_threads: int,
+                 initial_fill: int = 4096, state: dict[str, Any] | None = None) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        from commfor_fast.pipelines.dali import ShardSource, create_train_pipeline
+
+        self.root, self.set_name = Path(root), set_name
+        self.manifest = manifest
+        dali_device, device_id, self.device = _device_of(device, local_rank)
+        source = ShardSource.from_manifest(root, manifest, set_name)
+        self.pipe = create_train_pipeline(
+            source, device=dali_device, batch_size=batch_size, crop=crop, rsa=rsa, seed=seed, shard_id=rank,
+            num_shards=world_size, num_threads=num_threads, device_id=device_id,
+            initial_fill=min(initial_fill, max(source.num_samples // world_size, 1)),
+            checkpoint=(state or {}).get("checkpoint"),
+        )
+        self._iter = DALIGenericIterator([self.pipe], ["images", "ids"], size=-1)
+
+    def __iter__(self) -> DaliTrainStream:
+        return self
+
+    def __next__(self) -> Batch:
+        try:
+            out = next(self._iter)[0]
+        except RuntimeError as exc:
+            raise _decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
+        return _batch(out["images"], out["ids"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"engine": "dali", "checkpoint": self._iter.checkpoints()[0]}
+
+
+def _decode_failure(exc: RuntimeError, root: Path, manifest: Manifest, set_name: str, pipe: Any) -> Exception:
+    recent = {n for batch in pipe.plan_compiler.recent for n in batch}
+    detail = _describe_bad_samples(ShardReader(root, manifest.sets[set_name]), recent) if recent else ""
+    if not detail:
+        return exc
+    return DataError(
+        f"cannot decode {detail}. The shards were damaged after conversion: compare their sha256 with "
+        f"{root}/manifest.json or convert again"
+    )
+
+
+class DaliEvalLoader:
+    """This rank's part of a set, once, in stored order, without padding repeats."""
+
+    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: str, batch_size: int, crop: int,
+                 rank: int, world_size: int, local_rank: int, num_threads: int) -> None:
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        from commfor_fast.pipelines.dali import READER_NAME, ShardSource, create_eval_pipeline, shard_range
+
+        self.root, self.manifest, self.set_name = Path(root), manifest, set_name
+        dali_device, device_id, self.device = _device_of(device, local_rank)
+        source = ShardSource.from_manifest(root, manifest, set_name)
+        start, end = shard_range(source.num_samples, rank, world_size)
+        self.num_samples = end - start
+        self.pipe = create_eval_pipeline(
+            source, device=dali_device, batch_size=batch_size, crop=crop, shard_id=rank, num_shards=world_size,
+            num_threads=num_threads, device_id=device_id,
+        )
+        self._make = lambda: DALIGenericIterator(
+            [self.pipe], ["images", "ids"], reader_name=READER_NAME, last_batch_policy=LastBatchPolicy.PARTIAL
+        )
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.num_samples == 0:
+            return
+        iterator = self._make()
+        while True:
+            try:
+                out = next(iterator)[0]
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                raise _decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
+            yield _batch(out["images"], out["ids"])
+
+
+# -------------------------------------------------------------------- reference
+
+
+class _ReferenceItems(torch.utils.data.Dataset):
+    """Reads, decodes and preprocesses one sample with the PIL reference executor."""
+
+    def __init__(self, reader: ShardReader, crop: int, preresized: bool, rsa: RSAConfig | None, seed: int) -> None:
+        self.reader, self.crop, self.preresized, self.rsa, self.seed = reader, crop, preresized, rsa, seed
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        data = self.reader.read(index)
+        ids = unpack_ids(data["ids"])
+        ext = next(e for e in IMAGE_EXTS if e in data)
+        try:
+            if ext == RAW_EXT:
+                from PIL import Image
+
+                img = Image.fromarray(decode_raw(data[ext], ids.height, ids.width))
+            else:
+                img = decode_rgb(data[ext])
+        except BadImage as exc:
+            raise DataError(f"cannot decode sample {sample_key(ids.sample_number)} in {self.reader.shard_of(index)}: "
+                            f"{exc}; the shards were damaged after conversion, convert again") from None
+        if self.rsa is None:
+            plan = eval_plan(img.height, img.width, self.crop, self.preresized)
+        else:
+            rng = np.random.default_rng([self.seed, epoch, ids.sample_number])
+            plan = train_plan(rng, self.rsa, img.height, img.width, self.crop, self.preresized)
+        return normalise(run_plan(img, plan)), torch.tensor(ids, dtype=torch.int32)
+
+
+class _StreamSampler(torch.utils.data.Sampler):
+    """Endless (epoch, index) keys: every epoch a new seeded permutation, cut into
+    `iters` batches per rank; starts at batch `start` of the stream."""
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int, start: int) -> None:
+        self.n, self.b, self.rank, self.world, self.seed, self.start = num_samples, batch_size, rank, world_size, seed, start
+        self.iters = iters_per_epoch(num_samples, batch_size, world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, first = divmod(self.start, self.iters)
+        while True:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            mine = perm[: self.iters * self.world * self.b].reshape(self.iters, self.world, self.b)[:, self.rank]
+            for batch in mine[first:]:
+                for index in batch:
+                    yield epoch, int(index)
+            epoch, first = epoch + 1, 0
+
+
+class ReferenceTrainStream:
+    """Endless stream of training batches from the PIL reference executor."""
+
+    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: str, batch_size: int, crop: int,
+                 rsa: RSAConfig, seed: int, rank: int, world_size: int, local_rank: int, num_threads: int,
+                 state: dict[str, Any] | None = None) -> None:
+        from commfor_fast.pipelines.dali import ShardSource
+
+        ShardSource.from_manifest(root, manifest, set_name).check_crop(crop)
+        _, _, self.device = _device_of(device, local_rank)
+        reader = ShardReader(root, manifest.sets[set_name])
+        self.served = int((state or {}).get("batches", 0))
+        items = _ReferenceItems(reader, crop, manifest.preresize is not None, rsa, seed)
+        sampler = _StreamSampler(len(reader), batch_size, rank, world_size, seed, self.served)
+        self._iter = iter(torch.utils.data.DataLoader(
+            items, batch_size=batch_size, sampler=sampler, num_workers=num_threads,
+            pin_memory=self.device.type == "cuda", persistent_workers=num_threads > 0,
+        ))
+
+    def __iter__(self) -> ReferenceTrainStream:
+        return self
+
+    def __next__(self) -> Batch:
+        images, ids = next(self._iter)
+        self.served += 1
+        return _batch(images.to(self.device, non_blocking=True), ids)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"engine": "reference", "batches": self.served}
+
+
+class ReferenceEvalLoader:
+    """This rank's contiguous part of a set, once, preprocessed by the reference executor."""
+
+    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: str, batch_size: int, crop: int,
+                 rank: int, world_size: int, local_rank: int, num_threads: int) -> None:
+        from commfor_fast.pipelines.dali import ShardSource, shard_range
+
+        ShardSource.from_manifest(root, manifest, set_name).check_crop(crop)
+        _, _, self.device = _device_of(device, local_rank)
+        reader = ShardReader(root, manifest.sets[set_name])
+        start, end = shard_range(len(reader), rank, world_size)
+        self.num_samples = end - start
+        items = _ReferenceItems(reader, crop, manifest.preresize is not None, None, 0)
+        self._loader = torch.utils.data.DataLoader(
+            items, batch_size=batch_size, sampler=[(0, i) for i in range(start, end)], num_workers=num_threads,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, ids in self._loader:
+            yield _batch(images.to(self.device, non_blocking=True), ids)
+
+
+# ---------------------------------------------------------------------- factories
+
+
+def create_train_stream(engine: str, root: Path, manifest: Manifest, set_name: str, **kwargs: Any):
+    """An endless training stream (`dali` or `reference`); see the classes for kwargs."""
+    if engine == "dali":
+        return DaliTrainStream(root, manifest, set_name, **kwargs)
+    if engine == "reference":
+        kwargs.pop("initial_fill", None)
+        return ReferenceTrainStream(root, manifest, set_name, **kwargs)
+    raise UserError(f"--loader {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+def create_eval_loader(engine: str, root: Path, manifest: Manifest, set_name: str, **kwargs: Any):
+    """One pass over this rank's part of a set (`dali` or `reference`)."""
+    if engine == "dali":
+        return DaliEvalLoader(root, manifest, set_name, **kwargs)
+    if engine == "reference":
+        return ReferenceEvalLoader(root, manifest, set_name, **kwargs)
+    raise UserError(f"--loader {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+def eval_batches_total(num_samples: int, batch_size: int, world_size: int) -> int:
+    """The most batches any rank produces in one evaluation pass (for progress bars)."""
+    return math.ceil(math.ceil(num_samples / world_size) / batch_size)
