@@ -29,12 +29,17 @@ def center_crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
     return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
 
 
+# (x / 255 - mean) / std for every uint8 value x, per channel: a lookup is exact to
+# float32 rounding and about as fast as a copy, with no torch threads involved.
+_NORMALISE_LUT = (
+    np.arange(256, dtype=np.float64)[None, :] / 255.0 - np.array(IMAGENET_MEAN)[:, None]
+) / np.array(IMAGENET_STD)[:, None]
+_NORMALISE_LUT = _NORMALISE_LUT.astype(np.float32)
+
+
 def normalise(hwc: np.ndarray) -> torch.Tensor:
     """uint8 HWC RGB -> float32 CHW, scaled to [0, 1] then ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return x.sub_(mean).div_(std)
+    return torch.from_numpy(np.stack([_NORMALISE_LUT[c][hwc[..., c]] for c in range(3)]))
 
 
 def denormalise(chw: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""Pipeline benchmark: the reference executor vs DALI CPU (vs DALI GPU), same shards.
+
+For training (full RandomStateAugmentation) and evaluation preprocessing, on shards
+converted from 1024-px PNG and JPEG sources, verbatim and pre-resized (`--preresize
+440`), it measures images/s, images per CPU-second (images/s per core: CPU time of
+this process and its loader workers), and host CPU ms per image; ratios are against
+the reference executor reading the same source verbatim (the original pipeline).
+
+    python benchmarks/pipeline_bench.py [--quick] [--shards DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Timing, machine, markdown_table, measure  # noqa: E402
+
+from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream  # noqa: E402
+from commfor_fast.pipelines.plan import RSAConfig  # noqa: E402
+from commfor_fast.shards import Manifest  # noqa: E402
+
+COLUMNS = ["shards", "mode", "engine", "threads", "img/s", "img/s per core", "x reference per core",
+           "host CPU ms/img"]
+
+
+def _engines() -> list[tuple[str, str]]:
+    """(loader engine, torch device) pairs available here."""
+    engines = [("reference", "cpu"), ("dali", "cpu")]
+    if torch.cuda.is_available():
+        engines.append(("dali", "cuda"))
+    return engines
+
+
+def _time_train(root: Path, manifest: Manifest, engine: str, device: str, threads: int, batch: int,
+                batches: int, repeats: int, crop: int) -> Timing:
+    set_name = manifest.training_sets()[0]
+    stream = create_train_stream(engine, root, manifest, set_name, device=device, batch_size=batch, crop=crop,
+                                 rsa=RSAConfig(), seed=0, rank=0, world_size=1, local_rank=0, num_threads=threads)
+
+    def run() -> int:
+        for _ in range(batches):
+            images = next(stream).images
+        if images.is_cuda:
+            torch.cuda.synchronize()
+        return batches * batch
+
+    return measure(run, repeats)
+
+
+def _time_eval(root: Path, manifest: Manifest, engine: str, device: str, threads: int, batch: int,
+               repeats: int, crop: int) -> Timing:
+    set_name = manifest.training_sets()[0]
+
+    def run() -> int:
+        loader = create_eval_loader(engine, root, manifest, set_name, device=device, batch_size=batch, crop=crop,
+                                    rank=0, world_size=1, local_rank=0, num_threads=threads)
+        n = 0
+        for b in loader:
+            n += len(b.labels)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return n
+
+    return measure(run, repeats)
+
+
+def run(shards: dict[str, Path], quick: bool, threads: int = 2, crop: int = 384) -> list[dict[str, Any]]:
+    """Benchmark every engine on every shard folder; `shards` maps a label (e.g.
+    "png-1024", "png-1024 preresized") to a `convert` output folder."""
+    batch = 8 if quick else 16
+    batches = 4 if quick else 12
+    repeats = 2 if quick else 3
+    rows: list[dict[str, Any]] = []
+    for label, root in shards.items():
+        manifest = Manifest.load(root)
+        for mode in ("train", "eval"):
+            for engine, device in _engines():
+                if mode == "train":
+                    t = _time_train(root, manifest, engine, device, threads, batch, batches, repeats, crop)
+                else:
+                    t = _time_eval(root, manifest, engine, device, threads, batch, repeats, crop)
+                rows.append({"shards": label, "mode": mode, "engine": f"{engine}-{device}", "threads": threads,
+                             "img/s": t.images_per_s, "img/s per core": t.images / t.cpu_s,
+                             "host CPU ms/img": t.cpu_ms_per_image})
+    for row in rows:
+        source = row["shards"].split()[0]
+        base = next((r for r in rows if r["shards"] == source and r["mode"] == row["mode"]
+                     and r["engine"] == "reference-cpu"), None)
+        if base:
+            row["x reference per core"] = row["img/s per core"] / base["img/s per core"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--shards", type=Path, nargs="*", help="convert output folders (default: generated)")
+    parser.add_argument("--work", type=Path, default=Path("bench-output/data"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    from data import bench_shards
+
+    shards = {p.name: p for p in args.shards} if args.shards else bench_shards(args.work, quick=args.quick)
+    rows = run(shards, args.quick, args.threads)
+    print(f"# Pipeline benchmark ({machine()})\n")
+    print(markdown_table(rows, COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
