@@ -81,7 +81,7 @@ def lower_step(step: Step, h: int, w: int) -> tuple[int, list[float]]:
         shapes = [py, pw, py, pw, ph, px, ph, px]
         return PAD, [-py, -px, ph, pw, step.fill, step.height, step.width, *anchors, *shapes]
     if isinstance(step, Erase):
-        if not step.applied:
+        if not step.applied or step.height * step.width == 0:
             return NONE, []
         return ERASE, [step.top, step.left, step.height, step.width, step.fill]
     if isinstance(step, Jpeg):
