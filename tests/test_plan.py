@@ -129,7 +129,7 @@ def test_affine_matrix_is_torchvisions() -> None:
 
 def test_padding_amounts_fill_and_shape_quirk() -> None:
     steps = [s[0] for s in _draws("RandomPadding")]
-    assert max(s.pad_x for s in steps) == int(0.05 * W) and max(s.pad_y for s in steps) == int(0.05 * H)
+    assert max(s.pad_x for s in steps) == math.ceil(0.05 * W) - 1 and max(s.pad_y for s in steps) == math.ceil(0.05 * H) - 1
     assert all(0 <= s.pad_x <= 0.05 * W and 0 <= s.pad_y <= 0.05 * H for s in steps)
     assert {s.fill for s in steps} == set(range(256))
     # The original's quirk: resized back to (height = old width, width = old height).
