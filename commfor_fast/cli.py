@@ -8,12 +8,14 @@ Heavy modules (torch, DALI, datasets) are imported inside the commands so that
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
 from commfor_fast import __version__
 from commfor_fast.errors import UserError
+from commfor_fast.settings import EvalSettings, TrainSettings
 
 app = typer.Typer(
     name="commfor-fast",
@@ -36,6 +38,112 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Community Forensics, fed at GPU speed."""
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
+    ckpt: Annotated[Optional[Path], typer.Option(help="Local checkpoint: from training, the original's, or a plain state dict.")] = None,
+    hf_model: Annotated[Optional[str], typer.Option(help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda if available, else cpu).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    out: Annotated[Optional[Path], typer.Option(help="Write the results to this .csv or .json file instead of printing a table.")] = None,
+    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
+) -> None:
+    """Score images: P(fake) per image from a trained detector (--ckpt or --hf-model)."""
+    from commfor_fast.predict import PredictSettings, format_predictions
+    from commfor_fast.predict import predict as run_predict
+
+    settings = PredictSettings(paths=paths, ckpt=ckpt, hf_model=hf_model, device=device,
+                               batch_size=batch_size, out=out, workers=workers)
+    predictions = call(run_predict, settings)
+    if out is None:
+        typer.echo(format_predictions(predictions))
+    else:
+        typer.echo(f"wrote {len(predictions)} predictions to {out}", err=True)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="A `commfor-fast convert` output folder (trains on train/ or all/, validates on val/).", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, final model, metrics.jsonl. Resumes from the newest checkpoint there.", show_default=False)],
+    device: Annotated[str, typer.Option(help="cuda or cpu (default: cuda if available).")] = TrainSettings.device,
+    loader: Annotated[str, typer.Option(help="dali, or reference (the PIL executor, to compare).")] = TrainSettings.loader,
+    num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = TrainSettings.num_threads,
+    model_size: Annotated[str, typer.Option(help="small or tiny.")] = TrainSettings.model_size,
+    input_size: Annotated[int, typer.Option(help="384 or 224.")] = TrainSettings.input_size,
+    patch_size: Annotated[int, typer.Option(help="16 or 32.")] = TrainSettings.patch_size,
+    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the head.")] = False,
+    pretrained: Annotated[bool, typer.Option(help="Start from timm's ImageNet weights (needs the Hub or a cache).")] = True,
+    pretrained_path: Annotated[Optional[Path], typer.Option(help="Local timm weights file instead of the download.")] = None,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Start from this checkpoint (full resume unless --only-load-model-weights).")] = None,
+    only_load_model_weights: Annotated[bool, typer.Option("--only-load-model-weights", help="With --ckpt: take only the weights.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per process per step.")] = TrainSettings.batch_size,
+    epochs: Annotated[int, typer.Option(help="Epochs (one epoch: every training image about once).")] = TrainSettings.epochs,
+    train_itrs: Annotated[Optional[int], typer.Option(help="Iterations; overrides --epochs.")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = TrainSettings.lr,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TrainSettings.weight_decay,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warmup length in epochs (fractions allowed).")] = TrainSettings.warmup_epochs,
+    warmup_frac: Annotated[float, typer.Option(help="Warmup as a fraction of all iterations; overrides --warmup-epochs; -1 disables.")] = TrainSettings.warmup_frac,
+    no_lr_schedule: Annotated[bool, typer.Option("--no-lr-schedule", help="Constant lr after warmup (no cosine decay).")] = False,
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = TrainSettings.grad_clip,
+    use_amp: Annotated[bool, typer.Option("--use-amp", help="Mixed precision.")] = False,
+    amp_dtype: Annotated[str, typer.Option(help="fp16 (with a grad scaler) or bf16.")] = TrainSettings.amp_dtype,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the data order, augmentation and initialisation.")] = TrainSettings.seed,
+    rsa_ops: Annotated[str, typer.Option(help="Comma list of RandomStateAugmentation ops.")] = TrainSettings.rsa_ops,
+    rsa_min_num_ops: Annotated[str, typer.Option(help="Minimum count per op: one number or a comma list.")] = TrainSettings.rsa_min_num_ops,
+    rsa_max_num_ops: Annotated[str, typer.Option(help="Maximum count per op: one number or a comma list.")] = TrainSettings.rsa_max_num_ops,
+    fix_padding_quirk: Annotated[bool, typer.Option("--fix-padding-quirk", help="RandomPadding keeps the image's shape (the original transposes non-square images).")] = False,
+    shuffle_buffer: Annotated[int, typer.Option(help="Samples in the reader's shuffle buffer.")] = TrainSettings.shuffle_buffer,
+    ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every N iterations (0: at epoch ends only).")] = TrainSettings.ckpt_every,
+    ckpt_keep_count: Annotated[int, typer.Option(help="Newest checkpoints to keep (-1: all).")] = TrainSettings.ckpt_keep_count,
+    resume: Annotated[bool, typer.Option("--resume", help="Fail unless --out holds a checkpoint to resume from (resuming itself is automatic).")] = False,
+    log_every: Annotated[int, typer.Option(help="Console/log line every N iterations.")] = TrainSettings.log_every,
+    validate: Annotated[bool, typer.Option(help="Validate on val/ after every epoch.")] = True,
+    wandb_project: Annotated[Optional[str], typer.Option(help="Log to this Weights & Biases project (API key from WANDB_API_KEY, never a flag).")] = None,
+    wandb_run_name: Annotated[Optional[str], typer.Option(help="Weights & Biases run name.")] = None,
+) -> None:
+    """Train a detector on converted shards (single process, or under torchrun)."""
+    from commfor_fast.train import train as run_train
+
+    settings = TrainSettings(
+        data=data, out=out, device=device, loader=loader, num_threads=num_threads, model_size=model_size,
+        input_size=input_size, patch_size=patch_size, freeze_backbone=freeze_backbone, pretrained=pretrained,
+        pretrained_path=pretrained_path, ckpt=ckpt, only_load_model_weights=only_load_model_weights,
+        batch_size=batch_size, epochs=epochs, train_itrs=train_itrs, lr=lr, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, warmup_frac=warmup_frac, no_lr_schedule=no_lr_schedule, grad_clip=grad_clip,
+        use_amp=use_amp, amp_dtype=amp_dtype, compile=compile, seed=seed, rsa_ops=rsa_ops,
+        rsa_min_num_ops=rsa_min_num_ops, rsa_max_num_ops=rsa_max_num_ops, fix_padding_quirk=fix_padding_quirk,
+        shuffle_buffer=shuffle_buffer, ckpt_every=ckpt_every, ckpt_keep_count=ckpt_keep_count, resume=resume,
+        log_every=log_every, validate=validate, wandb_project=wandb_project, wandb_run_name=wandb_run_name,
+    )
+    call(run_train, settings)
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[Path, typer.Option(help="A `commfor-fast convert` output folder.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Report folder: report.json, per_generator.csv, per_generator.png.", show_default=False)],
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint (ours or the original's).")] = None,
+    hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
+    sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = None,
+    device: Annotated[str, typer.Option(help="cuda or cpu (default: cuda if available).")] = EvalSettings.device,
+    batch_size: Annotated[int, typer.Option(help="Images per process per batch.")] = EvalSettings.batch_size,
+    loader: Annotated[str, typer.Option(help="dali or reference.")] = EvalSettings.loader,
+    num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = EvalSettings.num_threads,
+    use_amp: Annotated[bool, typer.Option("--use-amp", help="Mixed precision.")] = False,
+    amp_dtype: Annotated[str, typer.Option(help="fp16 or bf16.")] = EvalSettings.amp_dtype,
+    save_scores: Annotated[bool, typer.Option("--save-scores", help="Also write every image's key, generator, label and score.")] = False,
+    scores_format: Annotated[str, typer.Option(help="parquet or csv.")] = EvalSettings.scores_format,
+) -> None:
+    """Evaluate a detector on converted shards: overall and per-generator accuracy, AP, AUC."""
+    from commfor_fast.evaluate import evaluate_shards
+
+    settings = EvalSettings(data=data, out=out, ckpt=ckpt, hf_model=hf_model, sets=sets, device=device,
+                            batch_size=batch_size, loader=loader, num_threads=num_threads, use_amp=use_amp,
+                            amp_dtype=amp_dtype, save_scores=save_scores, scores_format=scores_format)
+    call(evaluate_shards, settings)
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -11,8 +11,8 @@ ROC-AUC; per generator its fakes against all reals; the original's within-group 
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +22,10 @@ from commfor_fast.errors import UserError
 from commfor_fast.metrics import EvalReport
 from commfor_fast.progress import Progress
 from commfor_fast.shards import Manifest, sample_key
-from commfor_fast.train import all_gather, setup_distributed, teardown_distributed
+from commfor_fast.settings import EvalSettings
+from commfor_fast.train import all_gather, resolve_device, setup_distributed, teardown_distributed
 
 SCORE_FORMATS = ("parquet", "csv")
-
-
-@dataclass
-class EvalSettings:
-    """Everything an evaluation run depends on; recorded in report.json."""
-
-    data: Path  # a `commfor-fast convert` output folder
-    out: Path  # report folder: report.json, per_generator.csv, per_generator.png
-    ckpt: Path | None = None  # a local checkpoint (ours or the original's)
-    hf_model: str | None = None  # or a Hugging Face model id, e.g. OwensLab/commfor-model-384
-    sets: str | None = None  # comma list of sets to score; default: every set in the folder
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    batch_size: int = 128  # per process
-    loader: str = "dali"  # "dali" or "reference"
-    num_threads: int = 4
-    use_amp: bool = False
-    amp_dtype: str = "fp16"
-    save_scores: bool = False  # also write every image's score
-    scores_format: str = "parquet"  # "parquet" or "csv"
-    command: str = field(default_factory=lambda: " ".join(sys.argv))
 
 
 @dataclass
@@ -115,6 +96,7 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
 
     if settings.scores_format not in SCORE_FORMATS:
         raise UserError(f"--scores-format {settings.scores_format!r}: use one of {', '.join(SCORE_FORMATS)}")
+    settings = dataclasses.replace(settings, device=resolve_device(settings.device))
     env = setup_distributed(settings.device)
     device = torch.device("cuda", env.local_rank) if settings.device == "cuda" else torch.device("cpu")
     manifest = Manifest.load(settings.data)

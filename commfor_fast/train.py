@@ -23,9 +23,8 @@ import json
 import math
 import os
 import re
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,61 +35,11 @@ import torch.nn.functional as F
 
 from commfor_fast import __version__
 from commfor_fast.errors import UserError
-from commfor_fast.pipelines.ops import DEFAULT_OPS
 from commfor_fast.pipelines.plan import RSAConfig
+from commfor_fast.settings import TrainSettings
 from commfor_fast.shards import Manifest
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
-
-
-@dataclass
-class TrainSettings:
-    """Everything a training run depends on; recorded in every checkpoint and log."""
-
-    # data and output
-    data: Path  # a `commfor-fast convert` output folder (trains on `train` or `all`, validates on `val`)
-    out: Path  # run folder: checkpoints, final model, metrics.jsonl
-    loader: str = "dali"  # "dali" or "reference" (the PIL executor, for comparison)
-    num_threads: int = 4  # CPU threads per process for the loader (the original's --cpus-per-gpu)
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    # model
-    model_size: str = "small"
-    input_size: int = 384
-    patch_size: int = 16
-    freeze_backbone: bool = False
-    pretrained: bool = True  # start from timm's ImageNet-21k -> 1k weights
-    pretrained_path: Path | None = None  # local timm weights instead of the download
-    ckpt: Path | None = None  # start from this checkpoint (resume, or weights only, see below)
-    only_load_model_weights: bool = False  # with --ckpt: take the weights, restart the schedule
-    # schedule
-    batch_size: int = 128  # per process
-    epochs: int = 20
-    train_itrs: int | None = None  # overrides epochs
-    lr: float = 2e-5
-    weight_decay: float = 1e-2
-    warmup_epochs: float = 0.0
-    warmup_frac: float = 0.2  # fraction of all iterations; overrides warmup_epochs; -1 disables
-    no_lr_schedule: bool = False  # constant lr (after warmup)
-    grad_clip: float = 1.0
-    use_amp: bool = False
-    amp_dtype: str = "fp16"  # "fp16" (with a grad scaler) or "bf16"
-    compile: bool = False  # torch.compile the model
-    seed: int = 0
-    # augmentation (RandomStateAugmentation)
-    rsa_ops: str = ",".join(DEFAULT_OPS)
-    rsa_min_num_ops: str = "0"
-    rsa_max_num_ops: str = "2"
-    fix_padding_quirk: bool = False
-    shuffle_buffer: int = 4096  # DALI reader shuffle buffer (samples)
-    # checkpoints and logging
-    ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)
-    ckpt_keep_count: int = 3  # newest checkpoints kept (-1: all)
-    resume: bool = False  # require a checkpoint in --out to resume from (resuming is automatic anyway)
-    log_every: int = 50
-    validate: bool = True  # loss, accuracy and AP on `val` after every epoch
-    wandb_project: str | None = None  # log to Weights & Biases (key from WANDB_API_KEY)
-    wandb_run_name: str | None = None
-    command: str = field(default_factory=lambda: " ".join(sys.argv))
 
 
 # ----------------------------------------------------------------- small helpers
@@ -114,11 +63,18 @@ class Dist:
                    int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; checks the value."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cuda", "cpu"):
+        raise UserError(f"--device {device!r}: use cuda, cpu or auto")
+    return device
+
+
 def setup_distributed(device: str) -> Dist:
     """Initialise the process group under torchrun (NCCL on GPU, gloo on CPU)."""
     env = Dist.from_env()
-    if device not in ("cuda", "cpu"):
-        raise UserError(f"--device {device!r}: use 'cuda' or 'cpu'")
     if device == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
@@ -219,6 +175,7 @@ class MetricsLog:
 def train(settings: TrainSettings) -> Path:
     """Train a detector; returns the path of the final model (a plain state dict)."""
     # -- settings and distributed set-up
+    settings = dataclasses.replace(settings, device=resolve_device(settings.device))
     env = setup_distributed(settings.device)
     device = torch.device("cuda", env.local_rank) if settings.device == "cuda" else torch.device("cpu")
     rsa = RSAConfig.from_flags(settings.rsa_ops, settings.rsa_min_num_ops, settings.rsa_max_num_ops,

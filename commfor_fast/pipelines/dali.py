@@ -25,7 +25,7 @@ import io
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types

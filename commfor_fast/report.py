@@ -1,0 +1,171 @@
+"""Writing and showing an evaluation report: report.json, per_generator.csv, a chart, a table.
+
+The JSON holds everything (`EvalReport.to_dict`, plus optional run metadata); the CSV
+has one row per generator for spreadsheets (an undefined value is an empty cell); the
+PNG shows per-generator AP and accuracy, sorted, readable for five generators or for
+thousands; `format_table` is what the console shows. Undefined values print as "n/a".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from commfor_fast.metrics import EvalReport, GeneratorMetrics
+
+REPORT_JSON = "report.json"
+GENERATOR_CSV = "per_generator.csv"
+CHART_PNG = "per_generator.png"
+CSV_COLUMNS = ("generator", "n_real", "n_fake", "accuracy", "real_accuracy", "fake_accuracy",
+               "ap", "auc", "ap_within")
+# Up to this many generators the chart is a labelled bar chart; beyond, a sorted dot plot.
+BAR_CHART_MAX = 40
+WORST_LABELLED = 10
+NAME_WIDTH = 44
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _short(name: str, width: int = NAME_WIDTH) -> str:
+    """Shorten in the middle: generator ids differ at both ends (org/..., ...-v2)."""
+    if len(name) <= width:
+        return name
+    head = (width - 3) // 2
+    return name[:head] + "..." + name[len(name) - (width - 3 - head):]
+
+
+def _by_ap(generators: list[GeneratorMetrics]) -> list[GeneratorMetrics]:
+    """Worst AP first; generators without AP last, by fake accuracy."""
+    return sorted(generators, key=lambda g: (g.ap is None, g.ap or 0.0, g.fake_accuracy or 0.0))
+
+
+def write_report(report: EvalReport, out_dir: Path,
+                 meta: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Write report.json (with `meta`, e.g. the run's settings), per_generator.csv and the chart.
+
+    Returns the paths by kind: "json", "csv", "chart".
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / REPORT_JSON, "csv": out_dir / GENERATOR_CSV, "chart": out_dir / CHART_PNG}
+    data = report.to_dict()
+    if meta is not None:
+        data["meta"] = dict(meta)
+    paths["json"].write_text(json.dumps(data, indent=2, default=str) + "\n")
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for g in report.generators:
+            row = (g.name, g.n_real, g.n_fake, g.accuracy, g.real_accuracy, g.fake_accuracy,
+                   g.ap, g.auc, g.ap_within)
+            writer.writerow("" if v is None else v for v in row)
+    plot_report(report, paths["chart"])
+    return paths
+
+
+def format_table(report: EvalReport) -> str:
+    """The report as console text: overall lines, fake generators by AP, real sources."""
+    r = report
+    lines = [
+        f"overall: {r.n} images ({r.n_real} real, {r.n_fake} fake)  acc {_num(r.accuracy)}  "
+        f"AP {_num(r.ap)}  AUC {_num(r.auc)}  real acc {_num(r.real_accuracy)}  "
+        f"fake acc {_num(r.fake_accuracy)}",
+        f"mean over {r.n_fake_generators} fake generators: acc {_num(r.mean_accuracy)}  "
+        f"AP {_num(r.mean_ap)}  AUC {_num(r.mean_auc)}  (within-group AP {_num(r.mean_ap_within)})",
+        "AP/AUC per generator: its fakes vs all real images of the test set; "
+        "AP_within: its own reals and fakes (the original's).",
+    ]
+    fakes = _by_ap([g for g in r.generators if g.n_fake])
+    if fakes:
+        width = min(max(len(g.name) for g in fakes), NAME_WIDTH)
+        header = ("generator (worst AP first)", "n_real", "n_fake", "acc", "real_acc", "fake_acc",
+                  "AP", "AUC", "AP_within")
+        lines += ["", f"{_short(header[0], width):<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:])]
+        for g in fakes:
+            cells = (g.n_real, g.n_fake, _num(g.accuracy), _num(g.real_accuracy),
+                     _num(g.fake_accuracy), _num(g.ap), _num(g.auc), _num(g.ap_within))
+            lines.append(f"{_short(g.name, width):<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
+    if r.real_sources:
+        width = min(max(len(s.name) for s in r.real_sources), NAME_WIDTH)
+        lines += ["", f"{'real source':<{width}}  {'n':>9}  {'acc':>9}"]
+        for s in sorted(r.real_sources, key=lambda s: s.accuracy):
+            lines.append(f"{_short(s.name, width):<{width}}  {s.n:>9}  {_num(s.accuracy):>9}")
+    return "\n".join(lines)
+
+
+def plot_report(report: EvalReport, path: Path) -> Path:
+    """Per-generator AP and accuracy of the fake generators, sorted by AP, as a PNG.
+
+    Up to `BAR_CHART_MAX` generators: one labelled pair of bars each. Beyond that names
+    cannot be read, so the chart becomes a sorted dot plot with the worst few numbered
+    and listed by name.
+    """
+    generators = _by_ap([g for g in report.generators if g.n_fake])
+    if not generators:
+        fig = Figure(figsize=(6, 2))
+        fig.text(0.5, 0.5, "no fake generators in the test set", ha="center", va="center")
+    elif len(generators) <= BAR_CHART_MAX:
+        fig = _bar_chart(report, generators)
+    else:
+        fig = _dot_chart(report, generators)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _title(report: EvalReport) -> str:
+    return (f"{report.n_fake_generators} fake generators: mean AP {_num(report.mean_ap)}, "
+            f"mean acc {_num(report.mean_accuracy)} (AP: fakes vs all reals)")
+
+
+def _bar_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure:
+    n = len(generators)
+    fig = Figure(figsize=(10, 1.5 + 0.35 * n), layout="constrained")
+    ax = fig.add_subplot()
+    rows = list(range(n))
+    # The y axis is inverted below (worst at the top), so y - 0.2 is the upper bar.
+    ax.barh([y - 0.2 for y in rows], [g.ap or 0.0 for g in generators], height=0.4, label="AP")
+    ax.barh([y + 0.2 for y in rows], [g.accuracy for g in generators], height=0.4, label="accuracy")
+    for y, g in zip(rows, generators):
+        if g.ap is None:
+            ax.text(0.01, y - 0.2, "AP n/a", va="center", fontsize=8)
+    ax.set_yticks(rows, [_short(g.name) for g in generators], fontsize=8)
+    ax.invert_yaxis()  # worst at the top, read first
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score")
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8)
+    ax.set_title(_title(report), fontsize=10)
+    return fig
+
+
+def _dot_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure:
+    fig = Figure(figsize=(12, 6), layout="constrained")
+    ax = fig.add_subplot()
+    ranks = range(len(generators))
+    with_ap = [(x, g.ap) for x, g in zip(ranks, generators) if g.ap is not None]
+    if with_ap:
+        ax.plot(*zip(*with_ap), ".", markersize=3, label="AP")
+    ax.plot(ranks, [g.accuracy for g in generators], ".", markersize=3, alpha=0.6, label="accuracy")
+    for value, style, label in ((report.mean_ap, "-", "mean AP"), (report.mean_accuracy, "--", "mean acc")):
+        if value is not None:
+            ax.axhline(value, color="grey", linestyle=style, linewidth=0.8, label=label)
+    worst = generators[:WORST_LABELLED]
+    ax.plot(range(len(worst)), [g.ap if g.ap is not None else g.accuracy for g in worst], "o",
+            markerfacecolor="none", markeredgecolor="red", markersize=7)
+    names = [f"{i:>2}. {_short(g.name, 40)}  AP {_num(g.ap)}" for i, g in enumerate(worst, start=1)]
+    ax.text(0.99, 0.02, f"worst {len(worst)} by AP (circled, left to right):\n" + "\n".join(names),
+            transform=ax.transAxes, ha="right", va="bottom", multialignment="left", fontsize=7,
+            family="monospace", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "grey"})
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"generators sorted by AP, worst first (n={len(generators)})")
+    ax.set_ylabel("score")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(_title(report), fontsize=10)
+    return fig

@@ -1,0 +1,84 @@
+"""Settings of the `train` and `eval` commands: one flat dataclass each.
+
+They live apart from the code that runs them so the CLI can read their defaults
+without importing torch or DALI (`--help` stays instant). Every run records its
+settings: checkpoints and metrics.jsonl for training, report.json for evaluation.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from commfor_fast.pipelines.ops import DEFAULT_OPS
+
+
+@dataclass
+class TrainSettings:
+    """Everything a training run depends on; recorded in every checkpoint and log."""
+
+    # data and output
+    data: Path  # a `commfor-fast convert` output folder (trains on `train` or `all`, validates on `val`)
+    out: Path  # run folder: checkpoints, final model, metrics.jsonl
+    loader: str = "dali"  # "dali" or "reference" (the PIL executor, for comparison)
+    num_threads: int = 4  # CPU threads per process for the loader (the original's --cpus-per-gpu)
+    device: str = "auto"  # "cuda", "cpu", or "auto": cuda when a GPU is visible
+    # model
+    model_size: str = "small"
+    input_size: int = 384
+    patch_size: int = 16
+    freeze_backbone: bool = False
+    pretrained: bool = True  # start from timm's ImageNet-21k -> 1k weights
+    pretrained_path: Path | None = None  # local timm weights instead of the download
+    ckpt: Path | None = None  # start from this checkpoint (resume, or weights only, see below)
+    only_load_model_weights: bool = False  # with --ckpt: take the weights, restart the schedule
+    # schedule
+    batch_size: int = 128  # per process
+    epochs: int = 20
+    train_itrs: int | None = None  # overrides epochs
+    lr: float = 2e-5
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 0.0
+    warmup_frac: float = 0.2  # fraction of all iterations; overrides warmup_epochs; -1 disables
+    no_lr_schedule: bool = False  # constant lr (after warmup)
+    grad_clip: float = 1.0
+    use_amp: bool = False
+    amp_dtype: str = "fp16"  # "fp16" (with a grad scaler) or "bf16"
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+    # augmentation (RandomStateAugmentation)
+    rsa_ops: str = ",".join(DEFAULT_OPS)
+    rsa_min_num_ops: str = "0"
+    rsa_max_num_ops: str = "2"
+    fix_padding_quirk: bool = False
+    shuffle_buffer: int = 4096  # DALI reader shuffle buffer (samples)
+    # checkpoints and logging
+    ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)
+    ckpt_keep_count: int = 3  # newest checkpoints kept (-1: all)
+    resume: bool = False  # require a checkpoint in --out to resume from (resuming is automatic anyway)
+    log_every: int = 50
+    validate: bool = True  # loss, accuracy and AP on `val` after every epoch
+    wandb_project: str | None = None  # log to Weights & Biases (key from WANDB_API_KEY)
+    wandb_run_name: str | None = None
+    command: str = field(default_factory=lambda: " ".join(sys.argv))
+
+
+@dataclass
+class EvalSettings:
+    """Everything an evaluation run depends on; recorded in report.json."""
+
+    data: Path  # a `commfor-fast convert` output folder
+    out: Path  # report folder: report.json, per_generator.csv, per_generator.png
+    ckpt: Path | None = None  # a local checkpoint (ours or the original's)
+    hf_model: str | None = None  # or a Hugging Face model id, e.g. OwensLab/commfor-model-384
+    sets: str | None = None  # comma list of sets to score; default: every set in the folder
+    device: str = "auto"  # "cuda", "cpu", or "auto": cuda when a GPU is visible
+    batch_size: int = 128  # per process
+    loader: str = "dali"  # "dali" or "reference"
+    num_threads: int = 4
+    use_amp: bool = False
+    amp_dtype: str = "fp16"
+    save_scores: bool = False  # also write every image's score
+    scores_format: str = "parquet"  # "parquet" or "csv"
+    command: str = field(default_factory=lambda: " ".join(sys.argv))
