@@ -325,6 +325,7 @@ def train(settings: TrainSettings) -> Path:
         torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        lr = scheduler.get_last_lr()[0]  # the lr this iteration used
         scheduler.step()
         itr += 1
         window_images += batch.images.shape[0] * env.world_size
@@ -332,7 +333,7 @@ def train(settings: TrainSettings) -> Path:
         if itr % settings.log_every == 0 or itr == total_itrs:
             elapsed = time.perf_counter() - window_start
             record = {"itr": itr, "epoch": (itr - 1) // itrs_per_epoch, "loss": loss.item(),
-                      "lr": scheduler.get_last_lr()[0], "images_per_s": window_images / elapsed,
+                      "lr": lr, "images_per_s": window_images / elapsed,
                       "data_wait": data_wait / elapsed}
             log.log(record)
             log.print(f"itr {itr}/{total_itrs} | epoch {record['epoch']} | loss {record['loss']:.4f} | "

@@ -16,7 +16,7 @@ import pytest
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import resized_shape
 from commfor_fast.pipelines import ops
-from commfor_fast.pipelines.ops import OPS, Affine, Crop, Erase, Flip, Interp, Jpeg, Pad, Resize, ResizedCrop, trace_sizes
+from commfor_fast.pipelines.ops import OPS, Affine, Crop, Erase, Flip, Interp, Jpeg, Resize, ResizedCrop, trace_sizes
 from commfor_fast.pipelines.plan import RSAConfig, draw_counts, draw_order, eval_plan, train_plan
 
 H, W, C = 440, 586, 384

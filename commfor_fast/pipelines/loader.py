@@ -94,6 +94,14 @@ def _describe_bad_samples(reader: ShardReader, numbers: set[int]) -> str:
     return "; ".join(found)
 
 
+def _unwrap_worker_error(exc: DataError) -> DataError:
+    """A DataError re-raised from a DataLoader worker carries the worker's traceback in
+    its message; keep only our own line."""
+    marker = f"{DataError.__name__}: "
+    text = str(exc)
+    return DataError(text.rsplit(marker, 1)[1].strip()) if marker in text else exc
+
+
 def _device_of(device: str, local_rank: int) -> tuple[str, int | None, torch.device]:
     """torch device name -> (DALI device, DALI device_id, torch device)."""
     if device == "cuda":
@@ -270,7 +278,10 @@ class ReferenceTrainStream:
         return self
 
     def __next__(self) -> Batch:
-        images, ids = next(self._iter)
+        try:
+            images, ids = next(self._iter)
+        except DataError as exc:
+            raise _unwrap_worker_error(exc) from None
         self.served += 1
         return _batch(images.to(self.device, non_blocking=True), ids)
 
@@ -300,8 +311,11 @@ class ReferenceEvalLoader:
         return self.num_samples
 
     def __iter__(self) -> Iterator[Batch]:
-        for images, ids in self._loader:
-            yield _batch(images.to(self.device, non_blocking=True), ids)
+        try:
+            for images, ids in self._loader:
+                yield _batch(images.to(self.device, non_blocking=True), ids)
+        except DataError as exc:
+            raise _unwrap_worker_error(exc) from None
 
 
 # ---------------------------------------------------------------------- factories

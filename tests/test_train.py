@@ -1,0 +1,173 @@
+"""The training loop and evaluation on CPU: a tiny ViT (random init) on fixture shards."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from commfor_fast.convert import ConvertSettings, convert
+from commfor_fast.evaluate import evaluate_shards
+from commfor_fast.errors import UserError
+from commfor_fast.settings import EvalSettings, TrainSettings
+from commfor_fast.train import checkpoints_in, lr_factor, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An easy task: reals are dark and smooth, fakes bright and noisy (survives RSA)."""
+    root = tmp_path_factory.mktemp("easy")
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        fake = i % 2 == 1
+        folder = root / "src" / ("gen-bright" if fake else "cam-dark") / ("fake" if fake else "real")
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = int(rng.integers(230, 300)), int(rng.integers(230, 300))
+        if fake:
+            img = rng.integers(150, 256, (h, w, 3), dtype=np.uint8)
+        else:
+            img = np.full((h, w, 3), rng.integers(10, 60), dtype=np.uint8)
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    convert(ConvertSettings(folders=[root / "src"], out=root / "shards", val_frac=0.25, seed=0, workers=1,
+                            quiet=True))
+    return root / "shards"
+
+
+def _settings(data: Path, out: Path, **overrides: object) -> TrainSettings:
+    base = dict(data=data, out=out, device="cpu", model_size="tiny", input_size=224, patch_size=16,
+                pretrained=False, batch_size=4, lr=1e-3, warmup_frac=0.1, num_threads=1, log_every=1,
+                ckpt_keep_count=-1, shuffle_buffer=16, rsa_max_num_ops="1")
+    base.update(overrides)
+    return TrainSettings(**base)  # type: ignore[arg-type]
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_follows_the_formula() -> None:
+    total, warmup = 100, 10
+    assert lr_factor(0, total, warmup, False) == pytest.approx(0.1)  # (itr + 1) / warmup
+    assert lr_factor(9, total, warmup, False) == pytest.approx(1.0)
+    assert lr_factor(10, total, warmup, False) == pytest.approx(1.0)  # cosine starts at the peak
+    mid = 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * 45 / 90))
+    assert lr_factor(55, total, warmup, False) == pytest.approx(mid)
+    assert lr_factor(100, total, warmup, False) == pytest.approx(1e-3)  # ends at lr * 1e-3
+    assert lr_factor(50, total, warmup, True) == 1.0  # --no-lr-schedule
+
+
+def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    settings = _settings(easy, run, train_itrs=24, ckpt_every=8, ckpt_keep_count=2)
+    final = train(settings)
+    records = [r for r in _records(run) if "loss" in r]
+    assert [r["itr"] for r in records] == list(range(1, 25))
+    # one scheduler step per iteration: iteration k (1-based) used lr * factor(k - 1)
+    for r in records:
+        assert r["lr"] == pytest.approx(1e-3 * lr_factor(r["itr"] - 1, 24, 2, False))
+        assert r["images_per_s"] > 0 and 0 <= r["data_wait"] <= 1
+    first, last = np.mean([r["loss"] for r in records[:6]]), np.mean([r["loss"] for r in records[-6:]])
+    assert last < first * 0.7, (first, last)
+    val = [r for r in _records(run) if "val_loss" in r]
+    assert val and val[-1]["val_n"] == 12 and val[-1]["val_acc"] is not None
+    # newest two checkpoints kept, each a complete dict; the final model loads on its own
+    names = [p.name for p in checkpoints_in(run)]
+    assert names == ["ckpt-000000016.pt", "ckpt-000000024.pt"]
+    ckpt = torch.load(run / names[-1], weights_only=False)
+    assert {"model", "model_args", "optimizer", "scheduler", "scaler", "epoch", "itr", "data", "settings"} <= set(ckpt)
+    assert ckpt["itr"] == 24 and len(ckpt["data"]) == 1
+    from commfor_fast.model import load_detector
+
+    model, info = load_detector(ckpt=final)
+    assert info["model_args"]["model_size"] == "tiny"
+    again, _ = load_detector(hf_model=str(run / "final"))  # save_pretrained folder
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.allclose(model(x), again(x))
+
+
+def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
+    train(_settings(easy, tmp_path / "run", train_itrs=2, validate=False))
+    report = evaluate_shards(EvalSettings(data=easy, out=tmp_path / "report", ckpt=tmp_path / "run" / "model.pt",
+                                          device="cpu", batch_size=5, num_threads=1, save_scores=True,
+                                          scores_format="csv"))
+    assert report.n == 48 and report.n_fake == 24
+    assert {g.name for g in report.generators} == {"gen-bright", "cam-dark"}
+    for name in ("report.json", "per_generator.csv", "per_generator.png", "scores.csv"):
+        assert (tmp_path / "report" / name).is_file()
+    rows = (tmp_path / "report" / "scores.csv").read_text().splitlines()
+    assert len(rows) == 49 and rows[0].replace('"', "").startswith("set,key,generator,label,logit,score")
+
+
+def _cli(*args: str, env: dict | None = None) -> list[str]:
+    return [sys.executable, "-m", "commfor_fast", *args]
+
+
+def _train_args(data: Path, out: Path, itrs: int, ckpt_every: int) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--device", "cpu", "--model-size", "tiny",
+            "--input-size", "224", "--no-pretrained", "--batch-size", "4", "--lr", "1e-3", "--num-threads", "1",
+            "--train-itrs", str(itrs), "--ckpt-every", str(ckpt_every), "--shuffle-buffer", "16",
+            "--rsa-max-num-ops", "1", "--no-validate", "--log-every", "1"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_model(easy: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_cli(*_train_args(easy, whole, 8, 2)), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(_cli(*_train_args(easy, killed, 8, 2)), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "ckpt-000000002.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
+    # the same command again resumes from the newest checkpoint
+    subprocess.run(_cli(*_train_args(easy, killed, 8, 2)), check=True, env=env, capture_output=True)
+    a = torch.load(whole / "model.pt")
+    b = torch.load(killed / "model.pt")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_and_eval(easy: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = _train_args(easy, run, 3, 0)
+    subprocess.run([*torchrun, "-m", "commfor_fast", *args], check=True, env=env, capture_output=True)
+    ckpt = torch.load(checkpoints_in(run)[-1], weights_only=False)
+    assert ckpt["itr"] == 3 and len(ckpt["data"]) == 2  # both ranks' stream positions
+    result = subprocess.run([*torchrun, "-m", "commfor_fast", "eval", "--data", str(easy), "--ckpt",
+                             str(run / "model.pt"), "--out", str(tmp_path / "report"), "--device", "cpu",
+                             "--batch-size", "5", "--num-threads", "1"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["n"] == 48  # every image once across the two ranks
+
+
+def test_wandb_offline_run_is_written(easy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    train(_settings(easy, run, train_itrs=2, validate=False, wandb_project="commfor-test"))
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline and any(offline[0].glob("*.wandb"))
+
+
+def test_resume_flag_needs_a_checkpoint(easy: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--resume"):
+        train(_settings(easy, tmp_path / "empty", train_itrs=1, resume=True))
