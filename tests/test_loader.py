@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from commfor_fast.convert import ConvertSettings, convert
+from commfor_fast.convert.run import convert
+from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.pipelines.loader import DataError, create_eval_loader, create_train_stream, iters_per_epoch
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.shards import Manifest, ShardReader, read_index

@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from commfor_fast.convert import ConvertSettings, convert
+from commfor_fast.convert.run import convert
+from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.evaluate import evaluate_shards
 from commfor_fast.errors import UserError
 from commfor_fast.settings import EvalSettings, TrainSettings

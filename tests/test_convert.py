@@ -1,0 +1,261 @@
+"""`convert` on real small data: completeness, round-trips, balancing, split, shuffling, checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from commfor_fast.convert.balance import water_fill
+from commfor_fast.convert.check import check_structure, jpeg_is_complete
+from commfor_fast.imageio import BadImage, decode_raw, decode_rgb, encode_raw, resize_shorter
+from commfor_fast.shards import Manifest, unpack_ids
+from conftest import image_bytes, picture, read_all_samples, write_folder_tree
+
+
+def source_bytes(meta: dict) -> bytes:
+    """The original bytes of a sample, read back from its source."""
+    if meta["source"] == "hf":
+        table = pq.read_table(Path(meta["repo"]) / meta["file"], columns=["image_data"])
+        return table.column("image_data")[meta["row"]].as_py()
+    return (Path(meta["root"]) / meta["path"]).read_bytes()
+
+
+def identity(meta: dict) -> str:
+    if meta["source"] == "hf":
+        return f"{Path(meta['repo']) / meta['file']}#row {meta['row']}"
+    return str(Path(meta["root"]) / meta["path"])
+
+
+def expected_sources(hf_replica: Path, roots: list[Path], splits: tuple[str, ...]) -> set[str]:
+    items = set()
+    for split in splits:
+        for path in sorted((hf_replica / "data" / (split[0].lower() + split[1:])).glob("*.parquet")):
+            items.update(f"{path}#row {r}" for r in range(pq.ParquetFile(path).metadata.num_rows))
+    for root in roots:
+        items.update(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() != ".txt")
+    return items
+
+
+@pytest.fixture(scope="module")
+def manifest(converted: Path) -> Manifest:
+    return Manifest.load(converted)
+
+
+@pytest.fixture(scope="module")
+def samples(converted: Path) -> dict[str, list[tuple[str, dict[str, bytes]]]]:
+    return read_all_samples(converted)
+
+
+def test_every_sample_exactly_once(manifest, samples, hf_replica, folder_tree, extra_real):
+    stored = [identity(json.loads(m["json"])) for s in samples.values() for _, m in s]
+    rejected = [r["item"] for r in manifest.rejects]
+    everything = expected_sources(hf_replica, [folder_tree, extra_real], ("Systematic", "Manual"))
+    assert len(stored) == len(set(stored)), "a sample is stored twice"
+    assert not set(stored) & set(rejected)
+    dropped = everything - set(stored) - set(rejected)
+    assert len(stored) + len(rejected) + len(dropped) == len(everything)
+    assert set(stored) | set(rejected) <= everything
+    assert len(dropped) == sum(d["dropped"] for d in manifest.balance["datasets"].values()) == 4
+    assert all("extra" in item for item in dropped)  # only balanced local reals go missing
+    assert sum(s.num_samples for s in manifest.sets.values()) == len(stored) == 44
+
+
+def test_balancing_numbers_by_hand(manifest):
+    # HF: 19 fakes, 9 reals; local fakes: 5 -> limit = 24 - 9 = 15 spread over the
+    # local real datasets mygan 2, ffhq-extra 3, coco-extra 6, celeba-extra 8:
+    # quota 4 keeps mygan (2), quota 5 keeps ffhq (3), quota 5 cuts coco to 5, quota 5 cuts celeba to 5.
+    b = manifest.balance
+    assert (b["fakes"], b["hf_reals"], b["limit"], b["local_reals_kept"]) == (24, 9, 15, 15)
+    assert b["datasets"] == {
+        "celeba-extra": {"available": 8, "kept": 5, "dropped": 3},
+        "coco-extra": {"available": 6, "kept": 5, "dropped": 1},
+        "ffhq-extra": {"available": 3, "kept": 3, "dropped": 0},
+        "mygan": {"available": 2, "kept": 2, "dropped": 0},
+    }
+
+
+def test_water_fill_cases():
+    assert water_fill({"A": 2, "gen": 3, "C": 7, "B": 10}, 12) == {"A": 2, "gen": 3, "C": 4, "B": 3}
+    assert water_fill({"A": 2, "B": 10}, 0) == {"A": 0, "B": 0}
+    assert water_fill({"A": 2, "B": 10}, 100) == {"A": 2, "B": 10}
+    assert water_fill({"A": 9, "B": 9, "C": 9}, 10) == {"A": 4, "B": 3, "C": 3}
+
+
+def test_labels_ids_metadata_and_bytes_round_trip(manifest, samples):
+    gen_ids = {name: i for i, name in enumerate(manifest.generators)}
+    normalised = 0
+    for set_name, items in samples.items():
+        numbers = [int(key) for key, _ in items]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+        for key, m in items:
+            meta = json.loads(m["json"])
+            ids = unpack_ids(m["ids"])
+            image_ext = next(e for e in m if e in ("jpg", "png", "webp", "bmp", "tiff"))
+            assert meta["set"] == set_name
+            assert m["cls"] == str(meta["label"]).encode()
+            assert ids.label == meta["label"] and ids.sample_number == int(key)
+            assert ids.generator_id == gen_ids[meta["generator"]]
+            assert (ids.height, ids.width) == (meta["decoded"]["height"], meta["decoded"]["width"])
+            original = source_bytes(meta)
+            if "normalised" in meta:
+                normalised += 1
+                assert image_ext == "png"
+                assert np.array_equal(np.asarray(decode_rgb(m[image_ext])), np.asarray(decode_rgb(original)))
+            else:
+                assert m[image_ext] == original
+            if meta["source"] == "hf":
+                assert meta["model_name"] == meta["generator"] and meta["prompt"].startswith("a picture")
+                assert meta["split"] in ("Systematic", "Manual")
+            else:
+                assert meta["path"].split("/")[0] == meta["generator"]
+    assert normalised == sum(manifest.normalised.values()) == 3
+
+
+def test_normalised_gif_is_the_first_frame(samples, folder_tree):
+    gif = next(folder_tree.rglob("*.gif"))
+    stored = [m for s in samples.values() for _, m in s if json.loads(m["json"]).get("path", "").endswith(".gif")]
+    assert len(stored) == 1 and "png" in stored[0]
+    assert json.loads(stored[0]["json"])["normalised"].startswith("GIF")
+    first = np.asarray(Image.open(gif).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored[0]["png"]))), first)
+
+
+def test_rejects_have_reasons(manifest, hf_replica, folder_tree):
+    reasons = {r["item"]: r["reason"] for r in manifest.rejects}
+    assert len(reasons) == 4
+    assert reasons[str(folder_tree / "mygan" / "fake" / "img002.png")].startswith("cannot decode")
+    assert sorted(r.split(":")[0] for r in reasons.values()) == ["cannot decode"] * 3 + ["empty file"]
+    assert all("#row " in item for item in reasons if item.startswith(str(hf_replica)))
+
+
+def test_members_are_image_cls_ids_json_in_order(converted, manifest):
+    with tarfile.open(converted / manifest.sets["train"].shards[0].tar) as tar:
+        names = tar.getnames()
+    exts = [name.split(".", 1)[1] for name in names]
+    assert len(exts) % 4 == 0
+    for i in range(0, len(exts), 4):
+        assert exts[i] in ("jpg", "png", "webp") and exts[i + 1 : i + 4] == ["cls", "ids", "json"]
+        assert len({name.split(".")[0] for name in names[i : i + 4]}) == 1
+
+
+def test_manifest_stats_and_sources(manifest, samples):
+    for set_name, info in manifest.sets.items():
+        assert sum(n for by_label in info.counts.values() for n in by_label.values()) == info.num_samples
+        assert sum(n for by_label in info.formats.values() for n in by_label.values()) == info.num_samples
+        assert sum(s.num_samples for s in info.shards) == info.num_samples == len(samples[set_name])
+        assert [s.tar for s in info.shards] == sorted(s.tar for s in info.shards)
+    assert set(manifest.sets) == {"train", "val"}
+    assert manifest.sets["val"].num_samples > 0
+    folder = next(s for s in manifest.sources if s["kind"] == "folder" and s["ignored_files"])
+    assert folder["ignored_examples"] == ["mygan/fake/notes5.txt"]
+    assert any("ignored 1 file" in w for w in manifest.warnings)
+    assert manifest.command == "pytest" and manifest.settings["val_frac"] == 0.2
+
+
+def test_shards_are_cut_by_size(converted, manifest):
+    limit = 40_000
+    for info in manifest.sets.values():
+        for shard in info.shards:
+            assert shard.bytes == (converted / shard.tar).stat().st_size
+            assert shard.num_samples == 1 or shard.bytes <= limit + 1024
+
+
+def folder_only(out: Path, roots: list[Path], run, **settings):
+    return run(out, folders=roots, val_frac=0.25, **settings)
+
+
+def test_split_and_order_reproducible_per_seed(tmp_path, folder_tree, extra_real, convert_into):
+    a = folder_only(tmp_path / "a", [folder_tree, extra_real], convert_into)
+    b = folder_only(tmp_path / "b", [folder_tree, extra_real], convert_into)
+    c = folder_only(tmp_path / "c", [folder_tree, extra_real], convert_into, seed=4)
+
+    def layout(out: Path) -> dict[str, list[tuple[str, str]]]:
+        return {name: [(key, json.loads(m["json"])["path"]) for key, m in items]
+                for name, items in read_all_samples(out).items()}
+
+    assert [s.sha256 for s in a.sets["train"].shards] == [s.sha256 for s in b.sets["train"].shards]
+    assert layout(tmp_path / "a") == layout(tmp_path / "b")
+    assert {p for _, p in layout(tmp_path / "a")["val"]} != {p for _, p in layout(tmp_path / "c")["val"]}
+    assert layout(tmp_path / "a")["train"] != layout(tmp_path / "c")["train"]
+
+
+def test_folder_data_is_shuffled_globally(tmp_path, folder_tree, extra_real, convert_into):
+    manifest = convert_into(tmp_path / "out", folders=[folder_tree, extra_real], val_frac=0, partition_size="1GB")
+    assert set(manifest.sets) == {"all"}
+    paths = [json.loads(m["json"])["path"] for _, m in read_all_samples(tmp_path / "out")["all"]]
+    assert paths != sorted(paths)
+    assert len({p.split("/")[0] for p in paths[:8]}) > 1  # datasets are interleaved, not in blocks
+
+
+def test_preresize_stores_resized_raw_pixels(tmp_path, folder_tree, convert_into):
+    manifest = convert_into(tmp_path / "out", folders=[folder_tree], val_frac=0, preresize=64)
+    assert manifest.preresize == 64
+    items = read_all_samples(tmp_path / "out")["all"]
+    assert items
+    for _, m in items:
+        meta, ids = json.loads(m["json"]), unpack_ids(m["ids"])
+        assert min(ids.height, ids.width) == 64
+        assert (meta["stored"]["height"], meta["stored"]["width"]) == (ids.height, ids.width)
+        expected = encode_raw(resize_shorter(decode_rgb(source_bytes(meta)), 64))
+        assert m["rgb"] == expected
+        assert decode_raw(m["rgb"], ids.height, ids.width).shape == (ids.height, ids.width, 3)
+        assert (meta["decoded"]["width"], meta["decoded"]["height"]) == Image.open(
+            io.BytesIO(source_bytes(meta))).size
+
+
+def test_fast_check_gives_the_same_shards(tmp_path, converted, hf_replica, folder_tree, extra_real, convert_into):
+    fast = convert_into(tmp_path / "fast", hf_repo=str(hf_replica), hf_split="Systematic+Manual",
+                        folders=[folder_tree, extra_real], val_frac=0.2, check="fast")
+    full = Manifest.load(converted)
+    for name in full.sets:
+        assert [s.sha256 for s in fast.sets[name].shards] == [s.sha256 for s in full.sets[name].shards]
+    assert [r["item"] for r in fast.rejects] == [r["item"] for r in full.rejects]
+
+
+def test_structural_check_of_jpeg_and_png():
+    img = Image.fromarray(picture(1, 96, 64))
+    jpeg = io.BytesIO()
+    img.save(jpeg, format="JPEG", quality=90)
+    data = jpeg.getvalue()
+    progressive = io.BytesIO()
+    img.save(progressive, format="JPEG", progressive=True)
+    assert jpeg_is_complete(data) and jpeg_is_complete(progressive.getvalue())
+    assert jpeg_is_complete(data + b"trailing bytes after the image")
+    assert not jpeg_is_complete(data[: len(data) * 2 // 3])
+    with pytest.raises(BadImage, match="truncated JPEG"):
+        check_structure(data[: len(data) - 10], 10**8)
+    png = image_bytes("png", 3)
+    flipped = png[:60] + bytes([png[60] ^ 0xFF]) + png[61:]
+    with pytest.raises(BadImage):
+        check_structure(flipped, 10**8)
+    with pytest.raises(BadImage, match="decompression bomb"):
+        check_structure(png, 100)
+    assert check_structure(png, 10**8).shard_ext == "png"
+    assert check_structure(image_bytes("gif", 3), 10**8) is None  # needs the full decode
+
+
+def test_format_bias_warning(tmp_path, convert_into):
+    root = write_folder_tree(tmp_path / "bias", {"gen": {"fake": ("png",) * 20}, "photos": {"real": ("jpeg",) * 20}})
+    manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0)
+    assert any(w.startswith("format bias: 100% of the 20 PNG images are fake") for w in manifest.warnings)
+    assert any(w.startswith("format bias: 100% of the 20 JPEG images are real") for w in manifest.warnings)
+
+
+def test_hf_parquet_files_given_directly(tmp_path, hf_replica, convert_into):
+    manifest = convert_into(tmp_path / "out", hf_repo=str(hf_replica / "data" / "manual" / "*.parquet"), val_frac=0)
+    assert manifest.sets["all"].num_samples == 8
+    assert list(manifest.sources[0]["splits"]) == ["files"]
+
+
+def test_decompression_bomb_is_rejected(tmp_path, convert_into):
+    root = write_folder_tree(tmp_path / "root", {"gen": {"fake": ("png", "png")}})
+    manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0, max_pixels=30 * 30)
+    assert len(manifest.rejects) == 2 and all("decompression bomb" in r["reason"] for r in manifest.rejects)
+    assert manifest.sets["all"].num_samples == 0 and manifest.sets["all"].shards == []
