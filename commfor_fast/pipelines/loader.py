@@ -134,7 +134,10 @@ class DaliTrainStream:
             initial_fill=min(initial_fill, max(source.num_samples // world_size, 1)),
             checkpoint=(state or {}).get("checkpoint"),
         )
-        self._iter = DALIGenericIterator([self.pipe], ["images", "ids"], size=-1)
+        try:
+            self._iter = DALIGenericIterator([self.pipe], ["images", "ids"], size=-1)  # runs the first batches
+        except RuntimeError as exc:
+            raise _decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
 
     def __iter__(self) -> DaliTrainStream:
         return self
@@ -190,15 +193,12 @@ class DaliEvalLoader:
     def __iter__(self) -> Iterator[Batch]:
         if self.num_samples == 0:
             return
-        iterator = self._make()
-        while True:
-            try:
-                out = next(iterator)[0]
-            except StopIteration:
-                return
-            except RuntimeError as exc:
-                raise _decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
-            yield _batch(out["images"], out["ids"])
+        try:
+            iterator = self._make()  # runs the first batches already
+            for out in iterator:
+                yield _batch(out[0]["images"], out[0]["ids"])
+        except RuntimeError as exc:
+            raise _decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
 
 
 # -------------------------------------------------------------------- reference
