@@ -85,7 +85,7 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     assert val and val[-1]["val_n"] == 12 and val[-1]["val_acc"] is not None
     # newest two checkpoints kept, each a complete dict; the final model loads on its own
     names = [p.name for p in checkpoints_in(run)]
-    assert names == ["ckpt-000000016.pt", "ckpt-000000024.pt"]
+    assert names == ["ckpt-000000018.pt", "ckpt-000000024.pt"]  # epoch ends at 9, 18; every 8; keep 2
     ckpt = torch.load(run / names[-1], weights_only=False)
     assert {"model", "model_args", "optimizer", "scheduler", "scaler", "epoch", "itr", "data", "settings"} <= set(ckpt)
     assert ckpt["itr"] == 24 and len(ckpt["data"]) == 1
