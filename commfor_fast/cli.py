@@ -15,7 +15,7 @@ import typer
 
 from commfor_fast import __version__
 from commfor_fast.errors import UserError
-from commfor_fast.settings import EvalSettings, TrainSettings
+from commfor_fast.settings import DemoSettings, EvalSettings, TrainSettings
 
 app = typer.Typer(
     name="commfor-fast",
@@ -144,6 +144,71 @@ def evaluate(
                             batch_size=batch_size, loader=loader, num_threads=num_threads, use_amp=use_amp,
                             amp_dtype=amp_dtype, save_scores=save_scores, scores_format=scores_format)
     call(evaluate_shards, settings)
+
+
+from commfor_fast.convert.settings import ConvertSettings  # noqa: E402  (defaults for `convert`; no pyarrow)
+
+
+@app.command()
+def convert(
+    out: Annotated[Path, typer.Option(help="Output folder: <set>/shard-*.tar (+ .idx), parts/, plan.json, manifest.json (written last). Rerun the same command to resume.", show_default=False)],
+    hf_repo: Annotated[Optional[str], typer.Option(help="Hub dataset id (e.g. OwensLab/CommunityForensics), a local folder laid out like the hub repo, or parquet file(s) (a path or a quoted glob).", show_default=False)] = None,
+    hf_split: Annotated[Optional[str], typer.Option(help="Split(s) joined with '+', e.g. Systematic+Manual (full set) or train (Small set); optional when the repo has one split.", show_default=False)] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Hugging Face cache for hub downloads (only README.md and the chosen splits' parquet files are fetched).", show_default=False)] = None,
+    folder: Annotated[Optional[list[Path]], typer.Option("--folder", help="Local data ROOT laid out as ROOT/<generator or dataset>/<label dir>/<image> (repeatable).", show_default=False)] = None,
+    labels: Annotated[str, typer.Option(help="Label folder names and their labels: exactly two, 0 = real and 1 = fake.")] = ConvertSettings.labels,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete a conversion made with other settings in --out and start again.")] = False,
+    val_frac: Annotated[float, typer.Option(help="Share of samples in the val set (0: one set, `all`).")] = ConvertSettings.val_frac,
+    seed: Annotated[int, typer.Option(help="Seed of balancing, the split and the shuffles.")] = ConvertSettings.seed,
+    balance: Annotated[bool, typer.Option(help="When HF and local data are combined, limit local reals to (all fakes - HF reals), water-filling over datasets.")] = ConvertSettings.balance,
+    shard_size: Annotated[str, typer.Option(help="Target size of a tar: 512MB, 1GB, 2GiB or bytes.")] = ConvertSettings.shard_size,
+    partition_size: Annotated[str, typer.Option(help="Input bytes per unit of work and of resume; each worker holds about this much in memory (plus decoded images).")] = ConvertSettings.partition_size,
+    preresize: Annotated[Optional[int], typer.Option(help="Store raw RGB pixels resized to this shorter side (440 for crop 384, 256 for crop 224) instead of the encoded image.", show_default=False)] = None,
+    max_pixels: Annotated[int, typer.Option(help="Reject larger images as decompression bombs.")] = ConvertSettings.max_pixels,
+    check: Annotated[str, typer.Option(help="full: decode every image with PIL; fast: check the structure of verbatim PNG/JPEG without decoding (much faster, misses damage inside compressed data).")] = ConvertSettings.check,
+    dali_check: Annotated[bool, typer.Option("--dali-check", help="Also decode every verbatim image with DALI's CPU decoder and reject what it refuses (about one more full decode).")] = False,
+    workers: Annotated[int, typer.Option(help="Conversion processes (0: one per CPU core); memory per worker is about --partition-size.")] = ConvertSettings.workers,
+    num_nodes: Annotated[int, typer.Option(help="Machines converting into the same --out (shared storage).")] = ConvertSettings.num_nodes,
+    node_rank: Annotated[int, typer.Option(help="This machine's rank: it converts partitions p with p % num_nodes == node_rank.")] = ConvertSettings.node_rank,
+    verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="On resume, re-hash finished shards (sha256) instead of checking sizes and indexes only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress or summary lines.")] = False,
+) -> None:
+    """Convert Hugging Face parquet files and/or local image folders into WebDataset shards."""
+    from commfor_fast.convert.run import convert as run_convert
+
+    settings = ConvertSettings(
+        hf_repo=hf_repo, hf_split=hf_split, cache_dir=cache_dir, folders=list(folder or []), labels=labels,
+        out=out, overwrite=overwrite, val_frac=val_frac, seed=seed, balance=balance, shard_size=shard_size,
+        partition_size=partition_size, preresize=preresize, max_pixels=max_pixels, check=check,
+        dali_check=dali_check, workers=workers,
+        num_nodes=num_nodes, node_rank=node_rank, verify_hashes=verify_hashes, quiet=quiet,
+    )
+    call(run_convert, settings)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes its data, shards, run and report.")] = DemoSettings.out,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = DemoSettings.device,
+    fakes_per_generator: Annotated[int, typer.Option(help="Training images per generator (reals matched in number).")] = DemoSettings.fakes_per_generator,
+    test_per_source: Annotated[int, typer.Option(help="Held-out images per source.")] = DemoSettings.test_per_source,
+    model_size: Annotated[str, typer.Option(help="small or tiny.")] = DemoSettings.model_size,
+    input_size: Annotated[int, typer.Option(help="224 or 384.")] = DemoSettings.input_size,
+    patch_size: Annotated[int, typer.Option(help="16 or 32.")] = DemoSettings.patch_size,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = DemoSettings.batch_size,
+    train_itrs: Annotated[int, typer.Option(help="Training iterations.")] = DemoSettings.train_itrs,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (training from scratch).")] = DemoSettings.lr,
+    num_threads: Annotated[int, typer.Option(help="Loader CPU threads.")] = DemoSettings.num_threads,
+    loader: Annotated[str, typer.Option(help="dali or reference.")] = DemoSettings.loader,
+    seed: Annotated[int, typer.Option(help="Seed of the data, the split and training.")] = DemoSettings.seed,
+) -> None:
+    """Run the whole chain on built-in synthetic data: generate, convert, train, evaluate."""
+    from commfor_fast.demo.run import run_demo
+
+    call(run_demo, DemoSettings(out=out, device=device, fakes_per_generator=fakes_per_generator,
+                                test_per_source=test_per_source, model_size=model_size, input_size=input_size,
+                                patch_size=patch_size, batch_size=batch_size, train_itrs=train_itrs, lr=lr,
+                                num_threads=num_threads, loader=loader, seed=seed))
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

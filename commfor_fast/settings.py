@@ -1,4 +1,4 @@
-"""Settings of the `train` and `eval` commands: one flat dataclass each.
+"""Settings of the `train`, `eval` and `demo` commands: one flat dataclass each.
 
 They live apart from the code that runs them so the CLI can read their defaults
 without importing torch or DALI (`--help` stays instant). Every run records its
@@ -82,3 +82,22 @@ class EvalSettings:
     save_scores: bool = False  # also write every image's score
     scores_format: str = "parquet"  # "parquet" or "csv"
     command: str = field(default_factory=lambda: " ".join(sys.argv))
+
+
+@dataclass
+class DemoSettings:
+    """What the demo generates, and how long it trains."""
+
+    out: Path = Path("demo-output")
+    device: str = "auto"  # "cpu", "cuda" or "auto"
+    fakes_per_generator: int = 64  # training images per generator (reals are matched in number)
+    test_per_source: int = 24  # held-out images per source (PublicEval)
+    model_size: str = "tiny"
+    input_size: int = 224
+    patch_size: int = 16
+    batch_size: int = 16
+    train_itrs: int = 300
+    lr: float = 5e-4  # from scratch, not the fine-tuning lr of the full recipe
+    num_threads: int = 2
+    loader: str = "dali"
+    seed: int = 0
