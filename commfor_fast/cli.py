@@ -101,6 +101,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Fail unless --out holds a checkpoint to resume from (resuming itself is automatic).")] = False,
     log_every: Annotated[int, typer.Option(help="Console/log line every N iterations.")] = TrainSettings.log_every,
     validate: Annotated[bool, typer.Option(help="Validate on val/ after every epoch.")] = True,
+    synthetic_data: Annotated[bool, typer.Option("--synthetic-data", help="Benchmark the bound: a fixed batch on the device replaces the data pipeline.")] = False,
     wandb_project: Annotated[Optional[str], typer.Option(help="Log to this Weights & Biases project (API key from WANDB_API_KEY, never a flag).")] = None,
     wandb_run_name: Annotated[Optional[str], typer.Option(help="Weights & Biases run name.")] = None,
 ) -> None:
@@ -116,7 +117,8 @@ def train(
         use_amp=use_amp, amp_dtype=amp_dtype, compile=compile, seed=seed, rsa_ops=rsa_ops,
         rsa_min_num_ops=rsa_min_num_ops, rsa_max_num_ops=rsa_max_num_ops, fix_padding_quirk=fix_padding_quirk,
         shuffle_buffer=shuffle_buffer, ckpt_every=ckpt_every, ckpt_keep_count=ckpt_keep_count, resume=resume,
-        log_every=log_every, validate=validate, wandb_project=wandb_project, wandb_run_name=wandb_run_name,
+        log_every=log_every, validate=validate, synthetic_data=synthetic_data, wandb_project=wandb_project,
+        wandb_run_name=wandb_run_name,
     )
     call(run_train, settings)
 

@@ -59,6 +59,7 @@ class TrainSettings:
     resume: bool = False  # require a checkpoint in --out to resume from (resuming is automatic anyway)
     log_every: int = 50
     validate: bool = True  # loss, accuracy and AP on `val` after every epoch
+    synthetic_data: bool = False  # benchmark bound: one fixed batch already on the device replaces the loader
     wandb_project: str | None = None  # log to Weights & Biases (key from WANDB_API_KEY)
     wandb_run_name: str | None = None
     command: str = field(default_factory=lambda: " ".join(sys.argv))

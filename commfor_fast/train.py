@@ -169,6 +169,25 @@ class MetricsLog:
                 self.wandb.finish()
 
 
+class SyntheticStream:
+    """The same random batch, already on the device, forever: the loop's upper bound
+    (`--synthetic-data`), to measure how close the real pipeline gets to it."""
+
+    def __init__(self, batch_size: int, crop: int, device: torch.device) -> None:
+        from commfor_fast.pipelines.loader import Batch
+
+        g = torch.Generator().manual_seed(0)
+        self.batch = Batch(torch.randn(batch_size, 3, crop, crop, generator=g).to(device),
+                           (torch.arange(batch_size) % 2).float(), torch.zeros(batch_size, dtype=torch.int64),
+                           torch.arange(batch_size))
+
+    def __next__(self) -> Any:
+        return self.batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"engine": "synthetic"}
+
+
 # ----------------------------------------------------------------------- the run
 
 
@@ -246,12 +265,15 @@ def train(settings: TrainSettings) -> Path:
                           "size; the data streams restart from their seeds")
             log.print(f"resumed from {start} at iteration {itr}")
 
-    stream = create_train_stream(
-        settings.loader, settings.data, manifest, train_set, device=settings.device, batch_size=settings.batch_size,
-        crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank, world_size=env.world_size,
-        local_rank=env.local_rank, num_threads=settings.num_threads, initial_fill=settings.shuffle_buffer,
-        state=data_state,
-    )
+    if settings.synthetic_data:
+        stream = SyntheticStream(settings.batch_size, crop, device)
+    else:
+        stream = create_train_stream(
+            settings.loader, settings.data, manifest, train_set, device=settings.device,
+            batch_size=settings.batch_size, crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank,
+            world_size=env.world_size, local_rank=env.local_rank, num_threads=settings.num_threads,
+            initial_fill=settings.shuffle_buffer, state=data_state,
+        )
 
     # -- compile and DDP
     net: torch.nn.Module = model

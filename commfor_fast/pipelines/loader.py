@@ -169,10 +169,7 @@ class DaliEvalLoader:
 
     def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: str, batch_size: int, crop: int,
                  rank: int, world_size: int, local_rank: int, num_threads: int) -> None:
-        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
-        from commfor_fast.pipelines.dali import READER_NAME, ShardSource, create_eval_pipeline, shard_range
+        from commfor_fast.pipelines.dali import ShardSource, create_eval_pipeline, shard_range
 
         self.root, self.manifest, self.set_name = Path(root), manifest, set_name
         dali_device, device_id, self.device = _device_of(device, local_rank)
@@ -183,9 +180,6 @@ class DaliEvalLoader:
             source, device=dali_device, batch_size=batch_size, crop=crop, shard_id=rank, num_shards=world_size,
             num_threads=num_threads, device_id=device_id,
         )
-        self._make = lambda: DALIGenericIterator(
-            [self.pipe], ["images", "ids"], reader_name=READER_NAME, last_batch_policy=LastBatchPolicy.PARTIAL
-        )
 
     def __len__(self) -> int:
         return self.num_samples
@@ -193,8 +187,14 @@ class DaliEvalLoader:
     def __iter__(self) -> Iterator[Batch]:
         if self.num_samples == 0:
             return
-        try:
-            iterator = self._make()  # runs the first batches already
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        from commfor_fast.pipelines.dali import READER_NAME
+
+        try:  # the iterator runs the first batches already
+            iterator = DALIGenericIterator([self.pipe], ["images", "ids"], reader_name=READER_NAME,
+                                           last_batch_policy=LastBatchPolicy.PARTIAL)
             for out in iterator:
                 yield _batch(out[0]["images"], out[0]["ids"])
         except RuntimeError as exc:

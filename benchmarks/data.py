@@ -1,0 +1,51 @@
+"""Benchmark data: 1024-px demo images as PNG and JPEG folders, converted three ways.
+
+The images come from the demo's renderer (camera-like scenes with generator traces),
+so codecs see realistic content, not noise. Shards: PNG verbatim, JPEG verbatim, and
+PNG pre-resized to a shorter side of 440 (raw pixels) for 384 crops.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from commfor_fast.demo import synth
+
+SIZE = 1024
+
+
+def write_sources(root: Path, n_images: int, seed: int = 0) -> dict[str, Path]:
+    """n_images per format (half real, half fake) under root/{png,jpeg}/<source>/<label>/."""
+    roots = {"PNG": root / "png", "JPEG": root / "jpeg"}
+    if all((r / "done").exists() for r in roots.values()):
+        return {k.lower(): v for k, v in roots.items()}
+    sources = [synth.REAL_SOURCES[0], synth.GENERATORS[0]]
+    for i in range(n_images):
+        src = sources[i % 2]
+        rng = synth.np.random.default_rng([seed, i])
+        image = synth.render_image(src, rng, (SIZE, SIZE))
+        for fmt, folder in roots.items():
+            path = folder / src.name.replace("/", "-") / ("fake" if src.label else "real") / f"{i:05d}.{fmt.lower()}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(synth.encode_image(image, fmt, quality=95))
+    for r in roots.values():
+        (r / "done").write_text("")
+    return {k.lower(): v for k, v in roots.items()}
+
+
+def bench_shards(work: Path, quick: bool) -> dict[str, Path]:
+    """{label: convert output} for the pipeline and training benchmarks."""
+    from commfor_fast.convert.run import convert
+    from commfor_fast.convert.settings import ConvertSettings
+
+    n_images = 48 if quick else 160
+    sources = write_sources(work / f"sources-{n_images}", n_images)
+    outputs = {}
+    for label, folder, preresize in (("png-1024", sources["png"], None), ("jpeg-1024", sources["jpeg"], None),
+                                     ("png-1024 preresized", sources["png"], 440)):
+        out = work / f"shards-{n_images}-{label.replace(' ', '-')}"
+        if not (out / "manifest.json").exists():
+            convert(ConvertSettings(folders=[folder], out=out, val_frac=0.0, preresize=preresize, quiet=True,
+                                    shard_size="64MB", partition_size="256MB"))
+        outputs[label] = out
+    return outputs
