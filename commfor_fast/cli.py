@@ -8,6 +8,7 @@ Heavy modules (torch, DALI, datasets) are imported inside the commands so that
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
@@ -211,6 +212,25 @@ def demo(
                                 test_per_source=test_per_source, model_size=model_size, input_size=input_size,
                                 patch_size=patch_size, batch_size=batch_size, train_itrs=train_itrs, lr=lr,
                                 num_threads=num_threads, loader=loader, seed=seed))
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="Folder for the benchmark data, BENCH.md and bench.png.")] = Path("bench-output"),
+    quick: Annotated[bool, typer.Option("--quick", help="A reduced set: a few minutes on 2 CPU cores.")] = False,
+    shards: Annotated[Optional[list[Path]], typer.Option(help="Benchmark these convert outputs instead of generated data (repeatable).")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads per engine.")] = 2,
+) -> None:
+    """Benchmark the converter, the pipelines (reference, DALI CPU, DALI GPU) and training."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (benchmarks / "run_all.py").is_file():
+        typer.echo(f"error: the benchmarks live in the source checkout ({benchmarks} is missing); "
+                   "run this command from a clone of the repository (pip install -e .)", err=True)
+        raise typer.Exit(2)
+    sys.path.insert(0, str(benchmarks))
+    from run_all import run_all
+
+    call(run_all, out, quick, shards or None, threads)
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -357,6 +357,8 @@ def train(settings: TrainSettings) -> Path:
             record = {"itr": itr, "epoch": (itr - 1) // itrs_per_epoch, "loss": loss.item(),
                       "lr": lr, "images_per_s": window_images / elapsed,
                       "data_wait": data_wait / elapsed}
+            if device.type == "cuda":
+                record["gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             log.log(record)
             log.print(f"itr {itr}/{total_itrs} | epoch {record['epoch']} | loss {record['loss']:.4f} | "
                       f"lr {record['lr']:.2e} | {record['images_per_s']:.1f} img/s | "

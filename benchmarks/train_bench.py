@@ -1,0 +1,105 @@
+"""Training benchmark: the real loop fed by the data pipeline vs by synthetic batches.
+
+Each configuration runs `commfor-fast train` in its own process on the same shards:
+the DALI loader from pre-resized and from JPEG shards, the reference loader, and
+`--synthetic-data` (one fixed batch already on the device: the loop's upper bound).
+Images/s is the median over logging windows after the first (warm-up, compile);
+data wait is the share of step time spent waiting for the next batch.
+
+    python benchmarks/train_bench.py [--quick] [--shards DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, markdown_table  # noqa: E402
+
+COLUMNS = ["model", "data", "loader", "compile", "img/s", "% of bound", "data wait %", "peak RSS MB",
+           "GPU peak MB"]
+
+
+def _model_args(gpu: bool, quick: bool) -> tuple[str, list[str], int, int]:
+    """(label, train flags, iterations, log window) for this machine."""
+    if gpu:
+        itrs = 60 if quick else 300
+        return "ViT-S/16 384 bf16 b128", ["--model-size", "small", "--patch-size", "16", "--batch-size", "128",
+                                          "--use-amp", "--amp-dtype", "bf16"], itrs, 20
+    itrs = 8 if quick else 24
+    return "ViT-Ti/16 384 fp32 b4", ["--model-size", "tiny", "--patch-size", "16", "--batch-size", "4"], itrs, 2
+
+
+def _train_once(data: Path, flags: list[str], itrs: int, window: int, device: str, threads: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as run:
+        cmd = [sys.executable, "-m", "commfor_fast", "train", "--data", str(data), "--out", run, "--device", device,
+               "--input-size", "384", "--no-pretrained", "--train-itrs", str(itrs), "--log-every", str(window),
+               "--no-validate", "--num-threads", str(threads), "--ckpt-keep-count", "0", *flags]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        stderr = proc.stderr.read() if proc.stderr else ""
+        if status != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
+        records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    windows = [r for r in records if "images_per_s" in r][1:]  # the first window holds the warm-up
+    return {
+        "img/s": statistics.median(r["images_per_s"] for r in windows),
+        "data wait %": 100 * statistics.median(r["data_wait"] for r in windows),
+        "peak RSS MB": usage.ru_maxrss / 1024,
+        "GPU peak MB": max((r.get("gpu_memory_mb", 0.0) for r in windows), default=0.0) or None,
+    }
+
+
+def run(shards: dict[str, Path], quick: bool, threads: int = 2) -> list[dict[str, Any]]:
+    """Synthetic bound, then the DALI and reference loaders on the given shard folders."""
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    label, flags, itrs, window = _model_args(gpu, quick)
+    any_shards = next(iter(shards.values()))
+    configs = [("synthetic (bound)", any_shards, ["--synthetic-data"])]
+    for name, folder in shards.items():
+        if "preresized" in name or "jpeg" in name:
+            configs.append((name, folder, ["--loader", "dali"]))
+    configs.append((next(n for n in shards if "preresized" in n), shards[next(n for n in shards if "preresized" in n)],
+                    ["--loader", "reference"]))
+    compile_options = [False, True] if gpu else [False]
+    rows = []
+    for use_compile in compile_options:
+        bound = None
+        for data_label, folder, extra in configs:
+            extra = extra + (["--compile"] if use_compile else [])
+            figures = _train_once(folder, flags + extra, itrs, window, device, threads)
+            bound = bound or figures["img/s"]
+            loader = "-" if "--synthetic-data" in extra else extra[extra.index("--loader") + 1]
+            rows.append({"model": label, "data": data_label, "loader": loader, "compile": use_compile,
+                         **figures, "% of bound": 100 * figures["img/s"] / bound})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--shards", type=Path, nargs="*", help="convert output folders (default: generated)")
+    parser.add_argument("--work", type=Path, default=Path("bench-output/data"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    from data import bench_shards
+
+    shards = {p.name: p for p in args.shards} if args.shards else bench_shards(args.work, quick=args.quick)
+    rows = run(shards, args.quick, args.threads)
+    print(f"# Training benchmark ({machine()})\n")
+    print(markdown_table(rows, COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
