@@ -33,7 +33,7 @@ def _row(img: synth.DemoImage, split: str) -> dict:
     """A hub-schema row for one demo image."""
     return {
         "image_name": img.file_name, "format": img.format, "resolution": f"[{img.width}, {img.height}]",
-        "image_data": img.data, "model_name": img.source, "prompt": "",
+        "image_data": img.data, "model_name": img.name, "prompt": "",
         "subset": split if img.label else "real", "split": split, "label": img.label,
         "architecture": img.architecture,
     }
@@ -50,7 +50,7 @@ def write_demo_data(root: Path, fakes_per_generator: int, test_per_source: int, 
         rows["Systematic"].append(_row(img, "Systematic"))
     folders = root / "folders"
     for img in synth.generate(n_reals, seed, [FOLDER_REAL]):
-        path = folders / img.source / "real" / img.file_name
+        path = folders / img.name / "real" / img.file_name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(img.data)
     start = max(fakes_per_generator, n_reals)  # held-out images: indices after the training ones
