@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def image_bytes(kind: str, seed: int) -> bytes:
     if kind == "grey":
         return encode(rgb.convert("L"), "PNG")
     if kind == "rgba":
-        alpha = Image.fromarray((picture(seed + 1, width, height)[..., 0]))
+        alpha = Image.fromarray(picture(seed + 1, width, height)[..., 0])
         return encode(Image.merge("RGBA", (*rgb.split(), alpha)), "PNG")
     if kind == "palette":
         return encode(rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32), "PNG")
@@ -176,15 +177,15 @@ def convert_into() -> Callable[..., Manifest | None]:
     return run_convert
 
 
+CONVERTED_SETTINGS = {"hf_split": "Systematic+Manual", "val_frac": 0.2}
+
+
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory: pytest.TempPathFactory, hf_replica: Path, folder_tree: Path, extra_real: Path) -> Path:
     """Shards of HF Systematic+Manual plus both local roots (balanced, val_frac 0.2). Read-only."""
     out = tmp_path_factory.mktemp("converted") / "shards"
     run_convert(out, **CONVERTED_SETTINGS, hf_repo=str(hf_replica), folders=[folder_tree, extra_real])
     return out
-
-
-CONVERTED_SETTINGS = {"hf_split": "Systematic+Manual", "val_frac": 0.2}
 
 
 def read_all_samples(out: Path) -> dict[str, list[tuple[str, dict[str, bytes]]]]:

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import image_bytes, picture, read_all_samples, write_folder_tree
 from PIL import Image
 
 from commfor_fast.convert.balance import water_fill
 from commfor_fast.convert.check import check_structure, jpeg_is_complete
 from commfor_fast.imageio import BadImage, decode_raw, decode_rgb, encode_raw, resize_shorter
 from commfor_fast.shards import Manifest, unpack_ids
-from conftest import image_bytes, picture, read_all_samples, write_folder_tree
 
 
 def source_bytes(meta: dict) -> bytes:
@@ -174,7 +174,7 @@ def folder_only(out: Path, roots: list[Path], run, **settings):
 def test_split_and_order_reproducible_per_seed(tmp_path, folder_tree, extra_real, convert_into):
     a = folder_only(tmp_path / "a", [folder_tree, extra_real], convert_into)
     b = folder_only(tmp_path / "b", [folder_tree, extra_real], convert_into)
-    c = folder_only(tmp_path / "c", [folder_tree, extra_real], convert_into, seed=4)
+    folder_only(tmp_path / "c", [folder_tree, extra_real], convert_into, seed=4)
 
     def layout(out: Path) -> dict[str, list[tuple[str, str]]]:
         return {name: [(key, json.loads(m["json"])["path"]) for key, m in items]
@@ -259,3 +259,4 @@ def test_decompression_bomb_is_rejected(tmp_path, convert_into):
     manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0, max_pixels=30 * 30)
     assert len(manifest.rejects) == 2 and all("decompression bomb" in r["reason"] for r in manifest.rejects)
     assert manifest.sets["all"].num_samples == 0 and manifest.sets["all"].shards == []
+    assert any(w.startswith("no image passed the checks") for w in manifest.warnings)

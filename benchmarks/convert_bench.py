@@ -1,0 +1,211 @@
+"""Conversion benchmark: images/s and MB/s per worker, 1 vs 2 workers, and where the time goes.
+
+Generates 1024x1024 photo-like PNG and JPEG images (the same images as a folder tree
+and as a hub-like parquet replica), then times `convert` on each source: verbatim
+with the full PIL check (the default), verbatim with `--check fast`, and
+`--preresize 440`, with 1 and 2 workers (best of two runs; one with --quick). MB/s
+counts source bytes; the sources sit in the page cache, and the shards are written
+(and fsync'ed) to the output folder. Times include planning and worker start-up.
+A second table times each step of converting one image in one process, so the
+conversion figures can be read against their parts.
+
+    python benchmarks/convert_bench.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import multiprocessing as mp
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from commfor_fast.convert.check import check_structure
+from commfor_fast.convert.run import convert
+from commfor_fast.convert.settings import ConvertSettings
+from commfor_fast.convert.tarshard import ShardWriter
+from commfor_fast.demo.hf_replica import write_hf_replica
+from commfor_fast.imageio import check_image, encode_raw, resize_shorter
+
+SIDE = 1024
+MODES = {  # name -> ConvertSettings overrides
+    "verbatim, --check full": {},
+    "verbatim, --check fast": {"check": "fast"},
+    "--preresize 440": {"preresize": 440},
+}
+CONVERT_COLUMNS = ["source", "mode", "workers", "images", "MB", "s", "img/s", "MB/s", "MB/s per worker",
+                   "x 1 worker"]
+STAGE_COLUMNS = ["step", "format", "ms/img", "MB/s", "x"]
+
+
+def photo(seed: int) -> np.ndarray:
+    """A 1024x1024 photo-like image: smooth colour fields, edges and sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32) / SIDE
+    img = np.zeros((SIDE, SIDE, 3), np.float32)
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, 1, 3)
+        blob = np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (0.02 + 0.1 * r))
+        img += blob[..., None] * rng.uniform(-120, 120, 3)
+    img += 128 + 40 * np.sin(xs * rng.uniform(5, 30))[..., None] + rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_images(count: int) -> list[tuple[str, bytes]]:
+    """`count` PNG and `count` JPEG images (format, bytes)."""
+    images = []
+    for i in range(count):
+        pixels = Image.fromarray(photo(i))
+        for fmt, options in (("PNG", {"compress_level": 6}), ("JPEG", {"quality": 92})):
+            buf = io.BytesIO()
+            pixels.save(buf, format=fmt, **options)
+            images.append((fmt, buf.getvalue()))
+    return images
+
+
+def write_sources(root: Path, images: list[tuple[str, bytes]]) -> dict[str, dict[str, Any]]:
+    """The same images as a folder tree and as a parquet replica; source name -> convert settings."""
+    folder = root / "folder"
+    for i, (fmt, data) in enumerate(images):
+        path = folder / f"gen{i % 4}" / ("fake" if i % 2 else "real") / f"{i:05d}.{fmt.lower()}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    rows = [{"image_name": f"{i:05d}", "format": fmt, "resolution": f"[{SIDE}, {SIDE}]", "image_data": data,
+             "model_name": f"gen{i % 4}", "label": i % 2, "architecture": "LatDiff"}
+            for i, (fmt, data) in enumerate(images)]
+    replica = write_hf_replica(root / "parquet", {"train": rows}, rows_per_file=64, row_group_size=8)
+    return {"folder": {"folders": [folder]}, "parquet": {"hf_repo": str(replica)}}
+
+
+def time_convert(out: Path, source: dict[str, Any], workers: int, overrides: dict[str, Any],
+                 partition_bytes: int) -> float:
+    """Seconds for one conversion, planning and process start-up included."""
+    shutil.rmtree(out, ignore_errors=True)
+    settings = ConvertSettings(out=out, val_frac=0, workers=workers, quiet=True, shard_size="64MB",
+                               partition_size=str(partition_bytes), **source, **overrides)
+    start = time.perf_counter()
+    convert(settings, command="convert_bench")
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def _per_image(images: list[bytes], step: Callable[[bytes], object]) -> float:
+    start = time.perf_counter()
+    for data in images:
+        step(data)
+    return (time.perf_counter() - start) / len(images)
+
+
+def stage_rows(images: list[tuple[str, bytes]], out: Path) -> list[dict[str, Any]]:
+    """Time each step of converting one image, per format, in this process."""
+    from commfor_fast.pipelines.decode_check import DaliDecodeCheck
+
+    dali = DaliDecodeCheck()
+    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt in ("PNG", "JPEG"):
+        data = [d for f, d in images if f == fmt]
+        mb = sum(map(len, data)) / len(data) / 1e6
+
+        steps = {
+            "full PIL check (check_image)": lambda d: check_image(d),
+            "fast structural check": lambda d: check_structure(d, 10**9),
+            "DALI CPU decode (--dali-check)": dali.check,
+            "decode + resize 440 + raw": lambda d: encode_raw(resize_shorter(check_image(d)[1], 440)),
+            "sha256": lambda d: hashlib.sha256(d).digest(),
+        }
+        for name, step in steps.items():
+            seconds = _per_image(data, step)
+            rows.append({"step": name, "format": fmt, "ms/img": 1000 * seconds, "MB/s": mb / seconds})
+        # Writing: all images into one tar (hashed, indexed, fsync'ed once), as a worker does.
+        start = time.perf_counter()
+        writer = ShardWriter(out / f"stage-{fmt}.tar", out)
+        for i, d in enumerate(data):
+            writer.add(f"{i:010d}", [("png", d), ("cls", b"1"), ("ids", bytes(20)), ("json", b"{}")])
+        writer.close()
+        seconds = (time.perf_counter() - start) / len(data)
+        rows.append({"step": "tar write + sha256 + index + fsync", "format": fmt, "ms/img": 1000 * seconds,
+                     "MB/s": mb / seconds})
+    return rows
+
+
+def _decode_loop(data: bytes, repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        check_image(data)
+    return time.perf_counter() - start
+
+
+def cpu_parallelism(data: bytes, repeats: int) -> float:
+    """How much more decoding 2 processes get done than 1 on this machine (2.0 = two real cores).
+
+    Shared or throttled virtual CPUs can make this well below 2, which caps what
+    any 2-worker figure can show.
+    """
+    one = _decode_loop(data, repeats)
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(_decode_loop, [data, data], [1, 1]))  # start-up outside the timing
+        start = time.perf_counter()
+        list(pool.map(_decode_loop, [data, data], [repeats, repeats]))
+        both = time.perf_counter() - start
+    return 2 * one / both
+
+
+def run(out_dir: Path, quick: bool = False) -> list[dict[str, Any]]:
+    """Generate data under `out_dir`, time every conversion and step; one dict per table row.
+
+    Rows of the conversion table have a "source" key, rows of the step table a "step" key.
+    """
+    out_dir = Path(out_dir)
+    images = make_images(12 if quick else 48)
+    sources = write_sources(out_dir / "sources", images)
+    total_bytes = sum(len(d) for _, d in images)
+    total_mb = total_bytes / 1e6
+    rows: list[dict[str, Any]] = []
+    for source_name, source in sources.items():
+        for mode, overrides in MODES.items():
+            one = None
+            for workers in (1, 2):
+                seconds = min(time_convert(out_dir / "shards", source, workers, overrides, total_bytes // 8)
+                              for _ in range(1 if quick else 2))
+                one = one or seconds
+                rows.append({"source": source_name, "mode": mode, "workers": workers, "images": len(images),
+                             "MB": total_mb, "s": seconds, "img/s": len(images) / seconds,
+                             "MB/s": total_mb / seconds, "MB/s per worker": total_mb / seconds / workers,
+                             "x 1 worker": one / seconds})
+    rows += stage_rows(images, out_dir / "stages")
+    shutil.rmtree(out_dir / "stages", ignore_errors=True)
+    rows.append({"step": "CPU parallelism: 2 processes decoding vs 1 (2.0 = two full cores)", "format": "PNG",
+                 "x": cpu_parallelism(images[0][1], 10 if quick else 40)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="12 + 12 images instead of 48 + 48")
+    parser.add_argument("--out", type=Path, default=Path("bench-output/convert"))
+    args = parser.parse_args()
+    # Imported here, not at the top: worker processes re-import this file, and
+    # `common` imports torch, which would add seconds to every worker's start.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import machine, markdown_table
+
+    rows = run(args.out, args.quick)
+    print(f"# Conversion benchmark ({machine()})\n")
+    print(markdown_table([r for r in rows if "source" in r], CONVERT_COLUMNS))
+    print("\nSteps of converting one image (one process):\n")
+    print(markdown_table([r for r in rows if "step" in r], STAGE_COLUMNS))
+
+
+if __name__ == "__main__":
+    main()

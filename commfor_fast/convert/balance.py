@@ -1,0 +1,72 @@
+"""Balancing real data (SPEC section 1): local reals may not outnumber the fakes.
+
+When Hugging Face data and local folders are combined, local real images are limited
+to `limit = (all fakes) - (HF reals)`, floored at 0. The limit is spread
+"water-filling" style over the local real datasets (by dataset name): from the
+smallest, each step computes `quota = ceil(remaining / datasets_left)`; a dataset no
+larger than the quota is kept whole, a larger one is sampled (seeded) down to it.
+Small datasets therefore survive whole and the big ones share what is left equally.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any
+
+import numpy as np
+
+from commfor_fast.convert.units import FOLDER, HF, Source, Unit
+
+REAL = 0
+SEED_STREAM = 1  # keeps balancing's random numbers apart from the other planning draws
+
+
+def water_fill(sizes: dict[str, int], limit: int) -> dict[str, int]:
+    """How many samples each dataset keeps, smallest datasets first."""
+    kept: dict[str, int] = {}
+    remaining = limit
+    order = sorted(sizes, key=lambda name: (sizes[name], name))
+    for i, name in enumerate(order):
+        quota = math.ceil(remaining / (len(order) - i)) if remaining > 0 else 0
+        kept[name] = min(sizes[name], quota)
+        remaining -= kept[name]
+    return kept
+
+
+def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,
+                  seed: int) -> tuple[list[Unit], dict[str, Any] | None]:
+    """The units that stay after balancing, and the report for the manifest.
+
+    The report is None when the sources are not a mix of HF data and local folders
+    (then there is nothing to balance).
+
+    Only local folders hold balanced units, and a folder unit is one image, so
+    dropping an image drops its unit.
+    """
+    if {s.kind for s in sources} != {HF, FOLDER}:
+        return units, None
+    if not enabled:
+        return units, {"applied": False, "reason": "--no-balance"}
+    is_hf = [s.kind == HF for s in sources]
+    fakes = sum(sum(u.labels) for u in units)
+    hf_reals = sum(u.num_rows - sum(u.labels) for u in units if is_hf[u.source])
+    limit = max(0, fakes - hf_reals)
+    by_dataset: dict[str, list[int]] = {}
+    for i, u in enumerate(units):
+        if not is_hf[u.source] and u.labels[0] == REAL:
+            by_dataset.setdefault(u.generators[0], []).append(i)
+    quotas = water_fill({name: len(idx) for name, idx in by_dataset.items()}, limit)
+    dropped: set[int] = set()
+    report = {}
+    for name in sorted(by_dataset):
+        idx = by_dataset[name]
+        if quotas[name] < len(idx):
+            rng = np.random.default_rng([seed, SEED_STREAM, zlib.crc32(name.encode())])
+            keep = set(rng.choice(len(idx), size=quotas[name], replace=False).tolist())
+            dropped.update(unit for j, unit in enumerate(idx) if j not in keep)
+        report[name] = {"available": len(idx), "kept": quotas[name], "dropped": len(idx) - quotas[name]}
+    return ([u for i, u in enumerate(units) if i not in dropped],
+            {"applied": True, "fakes": fakes, "hf_reals": hf_reals, "limit": limit,
+             "local_reals_available": sum(len(v) for v in by_dataset.values()),
+             "local_reals_kept": sum(quotas.values()), "datasets": report})

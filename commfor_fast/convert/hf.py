@@ -1,0 +1,188 @@
+"""The Hugging Face source: find the parquet files of the requested splits, then list their row groups.
+
+`--hf-repo` is one of
+- a hub dataset id (`OwensLab/CommunityForensics`): only README.md and the requested
+  splits' parquet files are downloaded with `huggingface_hub.snapshot_download`, and
+  the hub cache is the only copy on disk (`datasets.load_dataset` would build a second,
+  full Arrow copy: 1.1 TB for the full set);
+- a local folder laid out like the hub repo (README.md whose YAML front matter lists
+  `configs: - config_name: default, data_files: - split: NAME, path: [patterns]`);
+- a parquet file or a glob of parquet files (one split).
+
+Planning reads only the `label` and `model_name` columns and the row-group metadata;
+the images are read when a partition is converted.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from commfor_fast.convert.units import HF, Source, Unit
+from commfor_fast.errors import UserError
+
+README = "README.md"
+IMAGE_COLUMN = "image_data"
+PLAN_COLUMNS = ("label", "model_name")
+# Every column except the image, kept in each sample's metadata when present.
+META_COLUMNS = ("image_name", "format", "resolution", "model_name", "prompt", "subset", "split", "label",
+                "architecture")
+FILES_SPLIT = "files"  # the one split of parquet files given directly
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def read_split_patterns(readme: Path) -> dict[str, list[str]]:
+    """Split name -> file patterns from the `configs` front matter of a dataset card.
+
+    A card without `configs` follows the hub's default: every parquet file under
+    `data/` is the split `train`.
+    """
+    import yaml
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        meta = metadata_load(readme) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{readme}: cannot parse the YAML front matter ({exc}); fix the dataset card") from None
+    configs = meta.get("configs")
+    if not configs:
+        return {"train": ["data/**/*.parquet"]}
+    config = next((c for c in configs if c.get("config_name") == "default"), configs[0])
+    data_files = config.get("data_files", [])
+    if isinstance(data_files, dict):  # {split: patterns}
+        data_files = [{"split": k, "path": v} for k, v in data_files.items()]
+    elif isinstance(data_files, str):
+        data_files = [data_files]
+    if not all(isinstance(entry, dict) for entry in data_files):  # plain patterns: one split, "train"
+        data_files = [{"split": "train", "path": data_files}]
+    splits: dict[str, list[str]] = {}
+    for entry in data_files:
+        paths = entry.get("path", [])
+        splits[str(entry.get("split", "train"))] = [paths] if isinstance(paths, str) else list(paths)
+    return splits
+
+
+def choose_splits(requested: str | None, available: list[str], where: str) -> list[str]:
+    """The split names of "A+B" (order kept, duplicates dropped), checked against `available`."""
+    if requested is None:
+        if len(available) == 1:
+            return available
+        raise UserError(f"--hf-split is needed: {where} has the splits {', '.join(available)}; "
+                        f"pick one or more joined with '+', e.g. --hf-split {'+'.join(available[:2])}")
+    names = list(dict.fromkeys(part.strip() for part in requested.split("+")))
+    for name in names:
+        if name not in available:
+            raise UserError(f"--hf-split {requested!r}: unknown split {name!r}; {where} has "
+                            f"{', '.join(available)} (join several with '+')")
+    return names
+
+
+def _download(repo_id: str, patterns: list[str], cache_dir: Path | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=patterns, cache_dir=cache_dir))
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        raise UserError(f"--hf-repo {repo_id}: the hub dataset cannot be opened ({type(exc).__name__}); check the "
+                        "id, accept its terms on huggingface.co and log in with `hf auth login`") from None
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        raise UserError(f"--hf-repo {repo_id}: download failed ({exc}); check the network and --cache-dir, "
+                        "or pass a local copy of the repo") from None
+
+
+def find_parquet_files(repo: str, split: str | None, cache_dir: Path | None) -> tuple[Path, dict[str, list[Path]]]:
+    """(root folder, split name -> sorted parquet files) for the `--hf-repo` value."""
+    path = Path(repo).expanduser()
+    if path.is_file() or glob.has_magic(repo):
+        files = sorted({Path(p).absolute() for p in glob.glob(str(path))} if glob.has_magic(repo) else {path.absolute()})
+        files = [f for f in files if f.suffix == ".parquet"]
+        if not files:
+            raise UserError(f"--hf-repo {repo}: matches no .parquet file; give a parquet file, a glob of them, "
+                            "a folder laid out like the hub repo, or a hub dataset id")
+        if split is not None:
+            raise UserError(f"--hf-split {split!r}: parquet files given directly form one split; drop --hf-split")
+        root = Path(os.path.commonpath(files)) if len(files) > 1 else files[0].parent
+        return root, {FILES_SPLIT: files}
+    if path.is_dir():
+        root = path.absolute()
+        if not (root / README).is_file():
+            raise UserError(f"--hf-repo {repo}: the folder has no {README}; pass a folder laid out like the hub repo "
+                            "(README.md with `configs` front matter and data/<split>/*.parquet), or parquet files")
+        where = str(root)
+    elif _HUB_ID.match(repo):
+        root = _download(repo, [README], cache_dir)
+        where = f"the hub dataset {repo}"
+    else:
+        raise UserError(f"--hf-repo {repo}: no such file or folder, and not a hub dataset id like "
+                        "OwensLab/CommunityForensics; fix the path or the id")
+    patterns = read_split_patterns(root / README)
+    names = choose_splits(split, list(patterns), where)
+    if not path.is_dir():
+        root = _download(repo, [README] + [p for name in names for p in patterns[name]], cache_dir)
+    files: dict[str, list[Path]] = {}
+    for name in names:
+        found = sorted({p for pattern in patterns[name] for p in root.glob(pattern)
+                        if p.suffix == ".parquet" and p.is_file()})
+        if not found:
+            raise UserError(f"--hf-split {name}: {where} has no files matching {', '.join(patterns[name])}; "
+                            "is the download complete?")
+        files[name] = found
+    return root, files
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"{path}: not a readable parquet file ({exc}); re-download it or remove it") from None
+    missing = [c for c in (IMAGE_COLUMN, *PLAN_COLUMNS) if c not in pf.schema_arrow.names]
+    if missing:
+        raise UserError(f"{path}: lacks the column(s) {', '.join(missing)}; --hf-repo must point to "
+                        "Community Forensics parquet files (image_data, label, model_name, ...)")
+    return pf
+
+
+def scan_hf(repo: str, split: str | None, cache_dir: Path | None, source_index: int) -> tuple[Source, list[Unit]]:
+    """One unit per row group of every parquet file of the requested splits."""
+    root, files = find_parquet_files(repo, split, cache_dir)
+    units: list[Unit] = []
+    splits_summary = {}
+    for split_name, paths in files.items():
+        counts = {"files": len(paths), "row_groups": 0, "samples": 0, "labels": {"0": 0, "1": 0}}
+        for path in paths:
+            pf = _open(path)
+            try:
+                columns = pf.read(columns=list(PLAN_COLUMNS))
+            except (OSError, pa.ArrowException) as exc:
+                raise UserError(f"{path}: cannot read its label/model_name columns ({exc}); re-download it") from None
+            labels = columns.column("label").to_pylist()
+            generators = columns.column("model_name").to_pylist()
+            bad = next((i for i, v in enumerate(labels) if v not in (0, 1)), None)
+            if bad is not None:
+                raise UserError(f"{path}#row {bad}: label {labels[bad]!r}; labels must be 0 (real) or 1 (fake)")
+            start = 0
+            name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+            for rg in range(pf.metadata.num_row_groups):
+                meta = pf.metadata.row_group(rg)
+                stop = start + meta.num_rows
+                if meta.num_rows:
+                    units.append(Unit(
+                        source=source_index, path=str(path), name=name, row_group=rg, first_row=start,
+                        nbytes=meta.total_byte_size, labels=tuple(labels[start:stop]),
+                        generators=tuple(str(g) for g in generators[start:stop]),
+                    ))
+                start = stop
+            counts["row_groups"] += pf.metadata.num_row_groups
+            counts["samples"] += len(labels)
+            counts["labels"]["1"] += sum(labels)
+            counts["labels"]["0"] += len(labels) - sum(labels)
+        splits_summary[split_name] = counts
+    summary = {"kind": HF, "repo": repo, "root": str(root), "splits": splits_summary}
+    return Source(kind=HF, given=repo, root=str(root), summary=summary), units

@@ -1,0 +1,139 @@
+"""The files of a conversion folder besides the shards: plan.json and the per-partition done-markers.
+
+    OUT/plan.json                  the plan's fingerprint, written before any shard
+    OUT/parts/part-00003.json      partition 3 is done: its shards, stats and rejects
+    OUT/<set>/shard-00003-001.tar  shard 1 of partition 3 in that set (+ .tar.idx)
+
+A marker is written after all of its partition's shards are durable, so a marker
+whose shards still check out means "done"; anything else of that partition is
+deleted and redone on the next run. A rerun with other output settings would mix two
+datasets, so it is refused unless `--overwrite` is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from commfor_fast.errors import UserError
+from commfor_fast.shards import MANIFEST_NAME, read_index, write_json_atomic
+
+PLAN_NAME = "plan.json"
+PARTS_DIR = "parts"
+
+
+def marker_path(out: Path, partition: int) -> Path:
+    return out / PARTS_DIR / f"part-{partition:05d}.json"
+
+
+def shard_path(out: Path, set_name: str, partition: int, number: int) -> Path:
+    return out / set_name / f"shard-{partition:05d}-{number:03d}.tar"
+
+
+def _ours(set_names: tuple[str, ...]) -> set[str]:
+    return {PLAN_NAME, PARTS_DIR, MANIFEST_NAME, "train", "val", "all", *set_names}
+
+
+def _recorded_fingerprint(plan_file: Path) -> str | None:
+    try:
+        return json.loads(plan_file.read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def prepare_out(out: Path, plan_record: dict[str, Any], set_names: tuple[str, ...], overwrite: bool) -> None:
+    """Make sure `out` holds this plan's conversion (or nothing), then record the plan.
+
+    A folder without plan.json must be empty: nothing that `convert` did not write is
+    ever deleted. Several nodes may start at once: plan.json is written before any
+    folder, and a node that finds the same plan there deletes nothing.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    plan_file = out / PLAN_NAME
+    previous = _recorded_fingerprint(plan_file)
+    if previous is None and out.is_dir() and any(out.iterdir()):
+        previous = _recorded_fingerprint(plan_file)  # another node may have just written it
+        if previous is None:
+            raise UserError(f"--out {out} is not empty and holds no {PLAN_NAME}, so it is not from "
+                            "`commfor-fast convert`; give an empty or new folder")
+    if previous == plan_record["fingerprint"]:
+        _make_dirs(out, set_names)
+        return
+    if previous is not None:
+        if not overwrite:
+            raise UserError(f"--out {out} holds a conversion with other settings or other source files; "
+                            "use a new --out folder, or pass --overwrite to delete it and start again")
+        strangers = sorted(p.name for p in out.iterdir() if p.name not in _ours(set_names))
+        if strangers:
+            raise UserError(f"--out {out} also holds files that are not from `commfor-fast convert` "
+                            f"({', '.join(strangers[:3])}); move them away or give a new folder")
+        for name in _ours(set_names):
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan_file, plan_record)
+    _make_dirs(out, set_names)
+
+
+def _make_dirs(out: Path, set_names: tuple[str, ...]) -> None:
+    (out / PARTS_DIR).mkdir(exist_ok=True)
+    for set_name in set_names:
+        (out / set_name).mkdir(exist_ok=True)
+
+
+def clear_partition(out: Path, partition: int, set_names: tuple[str, ...]) -> None:
+    """Delete everything a partition may have left (marker, shards, temporary files)."""
+    marker_path(out, partition).unlink(missing_ok=True)
+    prefix = f"shard-{partition:05d}-"
+    for set_name in set_names:
+        for path in (out / set_name).iterdir():
+            if path.name.startswith(prefix) or path.name.startswith("." + prefix):
+                path.unlink()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_marker(out: Path, partition: int, fingerprint: str, *, check_index: bool,
+                check_hash: bool) -> dict[str, Any] | None:
+    """The partition's marker if it and its shards check out, else None.
+
+    Always: the marker belongs to this plan and every shard and index exists with the
+    recorded size. `check_index` also parses each index and counts its samples;
+    `check_hash` also re-hashes each tar.
+    """
+    try:
+        marker = json.loads(marker_path(out, partition).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if marker.get("fingerprint") != fingerprint or marker.get("partition") != partition:
+        return None
+    for info in (shard for s in marker["sets"].values() for shard in s["shards"]):
+        tar, index = out / info["tar"], out / info["index"]
+        if not tar.is_file() or tar.stat().st_size != info["bytes"] or not index.is_file():
+            return None
+        if check_index:
+            try:
+                if len(read_index(index)) != info["num_samples"]:
+                    return None
+            except UserError:
+                return None
+        if check_hash and _sha256(tar) != info["sha256"]:
+            return None
+    return marker
+
+
+def write_marker(out: Path, marker: dict[str, Any]) -> None:
+    write_json_atomic(marker_path(out, marker["partition"]), marker)

@@ -1,0 +1,188 @@
+"""The conversion plan: which sample goes to which set, partition, shard order and number.
+
+The plan is a pure function of the sources and the output settings, so every node and
+every rerun computes the same one without talking to the others:
+
+1. Scan the sources into units (parquet row groups, image files) with the label and
+   generator of every row and the unit's byte size.
+2. Balance local reals against the fakes (`balance.py`).
+3. Split samples (not units) into `train` and `val` with a seeded permutation
+   (`val` gets `floor(n * val_frac)` samples, at least one); without a split the one
+   set is called `all`.
+4. Shuffle the units (seeded) and pack them greedily into *partitions* of up to
+   `--partition-size` bytes. A partition is the unit of work, of parallelism across
+   processes and nodes, and of resume: it is converted in memory, and its shards are
+   either all there (with a done-marker) or redone.
+5. Within each partition and set, permute the samples (seeded by seed, partition and
+   set) and number them: sample numbers are unique within a set, partitions in
+   order, then the permuted order. The worker writes them in number order and cuts a
+   new shard whenever `--shard-size` would be exceeded.
+
+Folder data (one image per unit) thus gets a true global shuffle; parquet data a
+shuffle of row groups across the whole set plus a full shuffle within each partition.
+Shards must be mixed already, because DALI's reader only shuffles within a buffer.
+
+Generator ids are positions in the sorted list of generator names in the plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from commfor_fast import __version__
+from commfor_fast.convert.balance import balance_reals
+from commfor_fast.convert.folders import scan_folder
+from commfor_fast.convert.hf import scan_hf
+from commfor_fast.convert.settings import OUTPUT_SETTINGS, ConvertSettings, Limits
+from commfor_fast.convert.units import Source, Unit
+from commfor_fast.errors import UserError
+
+SPLIT_SETS = ("train", "val")
+UNSPLIT_SETS = ("all",)
+# Seed streams of the planning draws (balancing uses 1).
+SPLIT_STREAM, UNIT_STREAM, ORDER_STREAM = 2, 3, 4
+
+
+class SampleRef(NamedTuple):
+    """Where one row of a unit goes."""
+
+    row: int  # row within the unit
+    set_name: str
+    number: int  # sample number within the set (the tar key)
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """One partition: its units in order and, per unit, where each row goes."""
+
+    index: int
+    units: tuple[Unit, ...]
+    samples: tuple[tuple[SampleRef, ...], ...]  # per unit, rows in order
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(s) for s in self.samples)
+
+
+@dataclass
+class Plan:
+    """Everything decided before converting."""
+
+    sources: list[Source]
+    generators: list[str]  # generator id -> name
+    set_names: tuple[str, ...]
+    set_sizes: dict[str, int]
+    partitions: list[PartitionTask]
+    balance: dict[str, Any] | None
+    scanned_samples: int  # before balancing
+    fingerprint: str
+
+    def generator_ids(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.generators)}
+
+    def record(self) -> dict[str, Any]:
+        """What `plan.json` holds: enough to recognise the same plan on a rerun or another node."""
+        return {"fingerprint": self.fingerprint, "partitions": len(self.partitions), "sets": self.set_sizes,
+                "generators": len(self.generators), "package_version": __version__}
+
+
+def scan_sources(settings: ConvertSettings, limits: Limits) -> tuple[list[Source], list[Unit]]:
+    """Every source's units, HF first, then the folders in the order given."""
+    sources: list[Source] = []
+    units: list[Unit] = []
+    if settings.hf_repo:
+        source, found = scan_hf(settings.hf_repo, settings.hf_split, settings.cache_dir, len(sources))
+        sources.append(source)
+        units.extend(found)
+    for folder in settings.folders:
+        source, found = scan_folder(folder, limits.labels, len(sources))
+        sources.append(source)
+        units.extend(found)
+    return sources, units
+
+
+def fingerprint(settings: ConvertSettings, units: list[Unit]) -> str:
+    """sha256 of the output settings and of every unit's name, size and rows."""
+    h = hashlib.sha256()
+    record = settings.record()
+    h.update(json.dumps({k: record[k] for k in OUTPUT_SETTINGS}, sort_keys=True).encode())
+    for u in units:
+        h.update(f"\n{u.source}\t{u.name}\t{u.row_group}\t{u.nbytes}\t{bytes(u.labels).hex()}\t".encode())
+        h.update("\t".join(u.generators).encode())
+    return h.hexdigest()
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *stream])
+
+
+def split_sets(num_samples: int, val_frac: float, seed: int) -> tuple[tuple[str, ...], np.ndarray]:
+    """Set names and, per sample (in scan order), the index of its set."""
+    if val_frac == 0:
+        return UNSPLIT_SETS, np.zeros(num_samples, dtype=np.int8)
+    num_val = max(1, math.floor(num_samples * val_frac)) if num_samples >= 2 else 0
+    which = np.zeros(num_samples, dtype=np.int8)
+    which[_rng(seed, SPLIT_STREAM).permutation(num_samples)[:num_val]] = 1
+    return SPLIT_SETS, which
+
+
+def pack_partitions(units: list[Unit], max_bytes: int, seed: int) -> list[list[int]]:
+    """Unit positions per partition: seeded shuffle, then greedy packing by bytes."""
+    partitions: list[list[int]] = []
+    size = 0
+    for i in _rng(seed, UNIT_STREAM).permutation(len(units)).tolist():
+        if not partitions or (size + units[i].nbytes > max_bytes and partitions[-1]):
+            partitions.append([])
+            size = 0
+        partitions[-1].append(i)
+        size += units[i].nbytes
+    return partitions
+
+
+def make_plan(settings: ConvertSettings, limits: Limits, sources: list[Source], scanned: list[Unit]) -> Plan:
+    """Balance, split, partition and number the scanned units."""
+    units, balance = balance_reals(scanned, sources, settings.balance, settings.seed)
+    starts = np.cumsum([0] + [u.num_rows for u in units])
+    num_samples = int(starts[-1])
+    if num_samples == 0:
+        if scanned:
+            raise UserError("no sample is left after balancing (no fakes to match the local reals); "
+                            "add fake images or pass --no-balance")
+        raise UserError("the sources hold no samples (the parquet files have no rows); check --hf-repo/--hf-split")
+    set_names, which = split_sets(num_samples, settings.val_frac, settings.seed)
+    next_number = [0] * len(set_names)
+    tasks = []
+    for p, members in enumerate(pack_partitions(units, limits.partition_bytes, settings.seed)):
+        # (position of the unit in the partition, row) of each sample, per set, in unit order
+        by_set: list[list[tuple[int, int]]] = [[] for _ in set_names]
+        for pos, i in enumerate(members):
+            for row in range(units[i].num_rows):
+                by_set[which[starts[i] + row]].append((pos, row))
+        refs: list[list[SampleRef]] = [[] for _ in members]
+        for s, samples in enumerate(by_set):
+            order = _rng(settings.seed, ORDER_STREAM, p, s).permutation(len(samples))
+            for rank, k in enumerate(order.tolist()):
+                pos, row = samples[k]
+                refs[pos].append(SampleRef(row, set_names[s], next_number[s] + rank))
+            next_number[s] += len(samples)
+        tasks.append(PartitionTask(
+            index=p,
+            units=tuple(units[i] for i in members),
+            samples=tuple(tuple(sorted(r)) for r in refs),
+        ))
+    return Plan(
+        sources=sources,
+        generators=sorted({g for u in units for g in u.generators}),
+        set_names=set_names,
+        set_sizes={name: next_number[s] for s, name in enumerate(set_names)},
+        partitions=tasks,
+        balance=balance,
+        scanned_samples=sum(u.num_rows for u in scanned),
+        fingerprint=fingerprint(settings, scanned),
+    )

@@ -1,0 +1,124 @@
+"""`convert`: plan, convert this node's unfinished partitions in parallel, then merge.
+
+Every run, first or resumed, on any node, does the same steps:
+1. check the settings and scan the sources; compute the plan and its fingerprint;
+2. record the plan in OUT/plan.json (a different plan there is refused unless
+   `--overwrite`);
+3. find this node's partitions (`p % num_nodes == node_rank`) without a valid
+   done-marker, delete what they left and convert them in `--workers` processes;
+4. when every partition of every node has its marker, write manifest.json.
+So resuming after a kill, or finishing on another machine, is running the same
+command again.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import shlex
+import sys
+
+from commfor_fast.convert.merge import merge, summary_lines
+from commfor_fast.convert.parts import prepare_out, read_marker
+from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
+from commfor_fast.convert.settings import ConvertSettings, check_settings
+from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, run_in_pool
+from commfor_fast.progress import Progress
+from commfor_fast.shards import MANIFEST_NAME, Manifest
+
+POLL_S = 0.2  # how often the main process collects progress from the workers
+
+
+def _run_partitions(tasks: list[PartitionTask], config: WorkerConfig, workers: int, progress: Progress) -> None:
+    """Convert `tasks`; in this process for one worker, else in a spawned pool."""
+    if workers == 1 or len(tasks) == 1:
+        for task in tasks:
+            convert_partition(task, config, progress.update)
+        return
+    ctx = mp.get_context("spawn")  # no inherited threads or open files: safe with pyarrow's thread pools
+    reports = ctx.Queue()
+
+    def drain() -> None:
+        while True:
+            try:
+                progress.update(*reports.get_nowait())
+            except queue.Empty:
+                return
+
+    with ctx.Pool(min(workers, len(tasks)), initializer=init_pool_worker,
+                  initargs=(config, reports, os.getpid())) as pool:
+        results = pool.imap_unordered(run_in_pool, tasks, chunksize=1)
+        done = 0
+        while done < len(tasks):
+            try:
+                results.next(timeout=POLL_S)
+                done += 1
+            except mp.TimeoutError:
+                pass
+            drain()
+        pool.close()
+        pool.join()
+    drain()
+
+
+def convert(settings: ConvertSettings, command: str | None = None) -> Manifest | None:
+    """Convert the sources into shards under `settings.out`.
+
+    Returns the manifest, or None when partitions of other nodes are still missing
+    (the last node to finish, or any rerun, writes the manifest). `command` is
+    recorded in the manifest (default: this process's command line).
+    """
+    limits = check_settings(settings)
+
+    def log(line: str) -> None:
+        if not settings.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    sources, units = scan_sources(settings, limits)
+    plan = make_plan(settings, limits, sources, units)
+    printed = [w for source in plan.sources for w in source.warnings]
+    for warning in printed:
+        log(f"warning: {warning}")
+    sizes = ", ".join(f"{name} {n}" for name, n in plan.set_sizes.items())
+    log(f"plan: {sum(plan.set_sizes.values())} samples ({sizes}) of {plan.scanned_samples} found, "
+        f"{len(plan.generators)} generator(s), {len(plan.partitions)} partition(s)")
+
+    out = settings.out
+    prepare_out(out, plan.record(), plan.set_names, settings.overwrite)
+    mine = [t for t in plan.partitions if t.index % settings.num_nodes == settings.node_rank]
+    pending = [t for t in mine if read_marker(out, t.index, plan.fingerprint, check_index=True,
+                                              check_hash=settings.verify_hashes) is None]
+    if not pending and (out / MANIFEST_NAME).is_file():
+        log(f"{out} is complete already")
+        return Manifest.load(out)
+    if pending:
+        (out / MANIFEST_NAME).unlink(missing_ok=True)  # no longer complete
+        node = f"node {settings.node_rank}/{settings.num_nodes}: " if settings.num_nodes > 1 else ""
+        log(f"{node}converting {len(pending)} of {len(mine)} partition(s) ({len(mine) - len(pending)} done before)")
+        config = WorkerConfig(
+            out=out, fingerprint=plan.fingerprint, set_names=plan.set_names, shard_bytes=limits.shard_bytes,
+            preresize=settings.preresize, max_pixels=settings.max_pixels, check=settings.check,
+            dali_check=settings.dali_check, generator_ids=plan.generator_ids(),
+            sources=tuple((s.kind, s.given, s.root) for s in plan.sources),
+        )
+        with Progress(sum(t.num_samples for t in pending), "convert", enabled=not settings.quiet) as progress:
+            _run_partitions(pending, config, limits.workers, progress)
+        log(progress.line())
+
+    markers = [read_marker(out, t.index, plan.fingerprint, check_index=False, check_hash=False)
+               for t in plan.partitions]
+    missing = sum(m is None for m in markers)
+    if missing:
+        log(f"this node is done; {missing} of {len(markers)} partitions of other nodes are not finished yet. "
+            "The last node to finish writes manifest.json (re-running this command also does)")
+        return None
+    manifest = merge(plan, markers, settings, command if command is not None else shlex.join(sys.argv))
+    manifest.save(out)
+    for warning in manifest.warnings:
+        if warning not in printed:
+            log(f"warning: {warning}")
+    for line in summary_lines(manifest):
+        log(line)
+    log(f"wrote {out / MANIFEST_NAME}")
+    return manifest

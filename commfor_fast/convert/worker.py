@@ -1,0 +1,223 @@
+"""Converting one partition: read its units, check every image, write its shards, then its marker.
+
+A partition is converted in memory (about `--partition-size` bytes per worker), so
+its samples can be written in their planned, shuffled order and cut into shards by
+their actual stored size. Each image is checked first (`check.py`); undecodable,
+empty or truncated images and decompression bombs become rejects with a reason and
+never reach a shard or stop the run. Images PIL reads differently from DALI (GIF,
+16-bit, CMYK, multi-frame...) are stored as a lossless PNG of the RGB image and their
+metadata says so; all others are stored byte for byte. With `--preresize` the stored
+image is raw RGB pixels resized to the given shorter side.
+
+Every sample is written as four members in this order: image, `cls`, `ids`, `json`
+(see `commfor_fast.shards`). The done-marker is written after all shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from queue import Queue
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from commfor_fast.convert.check import check_structure
+from commfor_fast.convert.hf import IMAGE_COLUMN, META_COLUMNS
+from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
+from commfor_fast.convert.plan import PartitionTask, SampleRef
+from commfor_fast.convert.tarshard import ShardWriter, member_bytes
+from commfor_fast.convert.units import HF, Unit
+from commfor_fast.imageio import BadImage, ImageInfo, check_image, encode_png, encode_raw, resize_shorter
+from commfor_fast.shards import IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, SampleIds, ShardInfo, pack_ids, sample_key
+
+Report = Callable[[int, int], None]  # (images done, input bytes done)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every partition's conversion needs besides the partition itself."""
+
+    out: Path
+    fingerprint: str
+    set_names: tuple[str, ...]
+    shard_bytes: int
+    preresize: int | None
+    max_pixels: int
+    check: str  # "full" or "fast"
+    dali_check: bool
+    generator_ids: dict[str, int]
+    sources: tuple[tuple[str, str, str], ...]  # (kind, as given, root) per source index
+
+
+class Stored(NamedTuple):
+    """An image as it goes into the shard."""
+
+    info: ImageInfo  # what checking found (original format and size)
+    ext: str
+    data: bytes
+    height: int  # stored size
+    width: int
+
+
+_DALI: dict[str, Any] = {}  # this process's DALI decode check, made on first use
+
+
+def _dali_refuses(data: bytes) -> str | None:
+    if "check" not in _DALI:
+        from commfor_fast.pipelines.decode_check import DaliDecodeCheck
+
+        _DALI["check"] = DaliDecodeCheck()
+    return _DALI["check"].check(data)
+
+
+def store_image(data: bytes, config: WorkerConfig) -> Stored:
+    """Check `data` and choose its stored form; raises `BadImage` for a reject."""
+    info = check_structure(data, config.max_pixels) if config.check == "fast" and config.preresize is None else None
+    if info is None:
+        info, rgb = check_image(data, config.max_pixels)
+        if config.preresize is not None:
+            small = resize_shorter(rgb, config.preresize)
+            return Stored(info, RAW_EXT, encode_raw(small), small.height, small.width)
+        if info.normalise_reason:
+            return Stored(info, "png", encode_png(rgb), rgb.height, rgb.width)
+    if config.dali_check and (reason := _dali_refuses(data)):
+        raise BadImage(reason)
+    return Stored(info, info.shard_ext, data, info.height, info.width)
+
+
+def read_unit(unit: Unit, config: WorkerConfig) -> Iterator[tuple[bytes | str, dict[str, Any]]]:
+    """(image bytes, or the reason they cannot be read; source metadata) per row of `unit`."""
+    kind, given, root = config.sources[unit.source]
+    if kind != HF:
+        try:
+            data: bytes | str = Path(unit.path).read_bytes()
+        except OSError as exc:
+            data = f"cannot read: {exc.strerror or exc}"
+        yield data, {"source": kind, "root": root, "path": unit.name}
+        return
+    try:
+        pf = pq.ParquetFile(unit.path)
+        columns = [IMAGE_COLUMN] + [c for c in META_COLUMNS if c in pf.schema_arrow.names]
+        table = pf.read_row_group(unit.row_group, columns=columns).to_pydict()
+    except (OSError, pa.ArrowException) as exc:
+        for _ in range(unit.num_rows):
+            yield f"cannot read row group {unit.row_group}: {exc}", {}
+        return
+    for row in range(unit.num_rows):
+        meta = {"source": kind, "repo": given, "file": unit.name, "row": unit.first_row + row}
+        meta.update({c: table[c][row] for c in columns[1:]})
+        yield table[IMAGE_COLUMN][row] or b"", meta
+
+
+class _Sample(NamedTuple):
+    number: int
+    members: list[tuple[str, bytes]]
+    nbytes: int  # bytes in the tar
+
+
+def _bump(table: dict[str, dict[str, int]], key: str, label: int) -> None:
+    counts = table.setdefault(key, {})
+    counts[str(label)] = counts.get(str(label), 0) + 1
+
+
+def _empty_set() -> dict[str, Any]:
+    return {"num_samples": 0, "shards": [], "counts": {}, "formats": {}, "resolutions": {}}
+
+
+def _sample(unit: Unit, row: int, ref: SampleRef, stored: Stored, source_meta: dict[str, Any],
+            config: WorkerConfig) -> _Sample:
+    """The four tar members of one sample: image, cls, ids, json."""
+    info, label, generator = stored.info, unit.labels[row], unit.generators[row]
+    meta = {"generator": generator, "label": label, "set": ref.set_name, **source_meta,
+            "decoded": {"format": info.format, "mode": info.mode, "width": info.width, "height": info.height}}
+    if stored.ext == RAW_EXT:
+        meta["stored"] = {"height": stored.height, "width": stored.width, "format": "raw RGB"}
+    elif info.normalise_reason:
+        meta["normalised"] = info.normalise_reason
+    ids = SampleIds(label, config.generator_ids[generator], ref.number, stored.height, stored.width)
+    members = [(stored.ext, stored.data), (LABEL_EXT, str(label).encode()), (IDS_EXT, pack_ids(ids)),
+               (META_EXT, json.dumps(meta, ensure_ascii=False).encode())]
+    return _Sample(ref.number, members, sum(member_bytes(len(data)) for _, data in members))
+
+
+def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report) -> dict[str, Any]:
+    """Convert one partition and write its marker; returns the marker."""
+    clear_partition(config.out, task.index, config.set_names)
+    samples: dict[str, list[_Sample]] = {name: [] for name in config.set_names}
+    sets = {name: _empty_set() for name in config.set_names}
+    rejects: list[dict[str, str]] = []
+    normalised: dict[str, int] = {}
+    for unit, refs in zip(task.units, task.samples):
+        for row, (data, source_meta) in enumerate(read_unit(unit, config)):
+            try:
+                if isinstance(data, str):
+                    raise BadImage(data)
+                stored = store_image(data, config)
+            except BadImage as exc:
+                rejects.append({"item": unit.item(row), "reason": str(exc)})
+                continue
+            ref, label, info = refs[row], unit.labels[row], stored.info
+            samples[ref.set_name].append(_sample(unit, row, ref, stored, source_meta, config))
+            if info.normalise_reason and stored.ext != RAW_EXT:
+                normalised[info.normalise_reason] = normalised.get(info.normalise_reason, 0) + 1
+            stats = sets[ref.set_name]
+            stats["num_samples"] += 1
+            _bump(stats["counts"], unit.generators[row], label)
+            _bump(stats["formats"], info.format, label)
+            _bump(stats["resolutions"], f"{info.width}x{info.height}", label)
+        report(unit.num_rows, unit.nbytes)
+    for set_name, items in samples.items():
+        items.sort()  # planned order: sample numbers were assigned in the permuted order
+        sets[set_name]["shards"] = [asdict(info) for info in _write_shards(items, set_name, task.index, config)]
+    marker = {"partition": task.index, "fingerprint": config.fingerprint, "sets": sets, "rejects": rejects,
+              "normalised": normalised}
+    write_marker(config.out, marker)
+    return marker
+
+
+def _write_shards(items: list[_Sample], set_name: str, partition: int, config: WorkerConfig) -> list[ShardInfo]:
+    """Write samples in order, starting a new tar before `--shard-size` would be exceeded."""
+    shards = []
+    writer: ShardWriter | None = None
+    size = 0
+    for sample in items:
+        if writer is not None and size + sample.nbytes > config.shard_bytes:
+            shards.append(writer.close())
+            writer = None
+        if writer is None:
+            writer = ShardWriter(shard_path(config.out, set_name, partition, len(shards)), config.out)
+            size = 0
+        writer.add(sample_key(sample.number), sample.members)
+        size += sample.nbytes
+    if writer is not None:
+        shards.append(writer.close())
+    return shards
+
+
+# ------------------------------------------------------------------ process pool plumbing
+
+_POOL_STATE: dict[str, Any] = {}
+
+
+def init_pool_worker(config: WorkerConfig, progress: Queue, parent: int) -> None:
+    """Pool initializer: keep the shared config, the progress queue and the parent's pid."""
+    _POOL_STATE.update(config=config, progress=progress, parent=parent)
+
+
+def _report(n: int, nbytes: int) -> None:
+    # A worker whose parent was killed stops at the next unit instead of converting
+    # on unseen (a rerun redoes its partition anyway).
+    if os.getppid() != _POOL_STATE["parent"]:
+        os._exit(1)
+    _POOL_STATE["progress"].put((n, nbytes))
+
+
+def run_in_pool(task: PartitionTask) -> int:
+    """Pool task: convert one partition, reporting progress per unit; returns its index."""
+    convert_partition(task, _POOL_STATE["config"], _report)
+    return task.index

@@ -1,0 +1,93 @@
+"""The shards `convert` writes are read by DALI (with the index files), by `webdataset`, and by `tarfile`."""
+
+from __future__ import annotations
+
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from commfor_fast.shards import IDS_EXT, IMAGE_EXTS, Manifest, SampleIds, unpack_ids
+
+dali = pytest.importorskip("nvidia.dali")
+from nvidia.dali import fn, pipeline_def, types
+
+BATCH = 4
+
+
+@pipeline_def(batch_size=BATCH, num_threads=1, device_id=None, prefetch_queue_depth=1)
+def _reader(tars: list[str], indexes: list[str]):
+    image, ids = fn.readers.webdataset(
+        paths=tars, index_paths=indexes, ext=[";".join(IMAGE_EXTS), IDS_EXT],
+        dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
+        pad_last_batch=True, name="reader",
+    )
+    return image, ids
+
+
+def _dali_samples(root: Path, manifest: Manifest, set_name: str) -> list[tuple[SampleIds, bytes]]:
+    shards = manifest.sets[set_name].shards
+    pipe = _reader([str(root / s.tar) for s in shards], [str(root / s.index) for s in shards])
+    pipe.build()
+    size = pipe.epoch_size("reader")
+    out = []
+    for _ in range(math.ceil(size / BATCH)):
+        images, ids = pipe.run()
+        for i in range(BATCH):
+            out.append((SampleIds(*np.asarray(ids.at(i)).tolist()), np.asarray(images.at(i)).tobytes()))
+    return out[:size]
+
+
+def test_dali_reads_every_sample_with_the_index(converted):
+    manifest = Manifest.load(converted)
+    for set_name, info in manifest.sets.items():
+        samples = _dali_samples(converted, manifest, set_name)
+        assert len(samples) == info.num_samples
+        numbers = [ids.sample_number for ids, _ in samples]
+        assert len(set(numbers)) == len(numbers)
+        with_webdataset = _webdataset_samples(converted, manifest, set_name)
+        for ids, image in samples:
+            key = f"{ids.sample_number:010d}"
+            assert with_webdataset[key]["ids"] == ids
+            assert with_webdataset[key]["image"] == image
+            assert ids.label in (0, 1) and 0 <= ids.generator_id < len(manifest.generators)
+
+
+def test_dali_reads_preresized_raw_pixels(tmp_path, folder_tree, convert_into):
+    manifest = convert_into(tmp_path / "out", folders=[folder_tree], val_frac=0, preresize=48)
+    samples = _dali_samples(tmp_path / "out", manifest, "all")
+    assert len(samples) == manifest.sets["all"].num_samples > 0
+    for ids, raw in samples:
+        assert min(ids.height, ids.width) == 48 and len(raw) == ids.height * ids.width * 3
+
+
+def _webdataset_samples(root: Path, manifest: Manifest, set_name: str) -> dict[str, dict]:
+    import webdataset as wds
+
+    urls = [str(root / s.tar) for s in manifest.sets[set_name].shards]
+    found = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        image_ext = next(e for e in IMAGE_EXTS if e in sample)
+        meta = json.loads(sample["json"])
+        found[sample["__key__"]] = {"ids": unpack_ids(sample["ids"]), "image": sample[image_ext],
+                                    "cls": int(sample["cls"]), "meta": meta}
+        assert int(sample["cls"]) == meta["label"]
+    return found
+
+
+def test_webdataset_reads_the_shards(converted):
+    manifest = Manifest.load(converted)
+    for set_name, info in manifest.sets.items():
+        found = _webdataset_samples(converted, manifest, set_name)
+        assert len(found) == info.num_samples
+        assert all(int(key) == s["ids"].sample_number for key, s in found.items())
+
+
+def test_tars_are_plain_ustar_with_fixed_headers(converted):
+    shard = Manifest.load(converted).sets["train"].shards[0]
+    with tarfile.open(converted / shard.tar) as tar:
+        members = tar.getmembers()
+    assert all(m.isfile() and m.mtime == 0 and m.mode == 0o644 and not m.uname for m in members)

@@ -1,0 +1,161 @@
+"""Resume, parallelism and nodes: whatever the path to a finished folder, it holds the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from commfor_fast.convert.parts import PLAN_NAME, marker_path
+from commfor_fast.errors import UserError
+from commfor_fast.shards import MANIFEST_NAME, Manifest
+
+SETTINGS = {"val_frac": 0.2, "seed": 5}
+
+
+def snapshot(out: Path) -> dict[str, str]:
+    """sha256 of every file in a conversion folder; the manifest without command and settings."""
+    files = {}
+    for path in sorted(out.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.name == MANIFEST_NAME:
+                manifest = json.loads(data)
+                manifest.pop("command")
+                manifest.pop("settings")
+                data = json.dumps(manifest, sort_keys=True).encode()
+            files[path.relative_to(out).as_posix()] = hashlib.sha256(data).hexdigest()
+    return files
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, hf_replica, folder_tree, convert_into) -> tuple[Path, dict[str, str]]:
+    """One uninterrupted single-process run, the baseline for the others."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    convert_into(out, hf_repo=str(hf_replica), hf_split="Systematic+Manual", folders=[folder_tree], **SETTINGS)
+    return out, snapshot(out)
+
+
+def run_same(out: Path, hf_replica: Path, folder_tree: Path, convert_into, **overrides):
+    return convert_into(out, hf_repo=str(hf_replica), hf_split="Systematic+Manual", folders=[folder_tree],
+                        **{**SETTINGS, **overrides})
+
+
+def test_reference_has_several_partitions_and_shards(reference):
+    _, files = reference
+    assert sum(name.startswith("parts/") for name in files) >= 4
+    assert sum(name.endswith(".tar") for name in files) >= 8
+    assert not [name for name in files if "/." in name or name.startswith(".")]  # no temporary files left
+
+
+def test_resume_after_damage_redoes_only_what_is_broken(tmp_path, reference, hf_replica, folder_tree, convert_into):
+    _, ref_files = reference
+    out = tmp_path / "out"
+    run_same(out, hf_replica, folder_tree, convert_into)
+    marker_path(out, 1).unlink()  # partition 1 lost its marker
+    marker = json.loads(marker_path(out, 2).read_text())
+    damaged = out / marker["sets"]["train"]["shards"][0]["tar"]
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # partition 2: a shard cut short
+    (out / "train" / ".shard-00001-007.tar.tmp12345").write_bytes(b"half a shard")  # a crash's leftovers
+    (out / MANIFEST_NAME).unlink()
+    untouched = marker_path(out, 0).stat().st_mtime_ns
+    run_same(out, hf_replica, folder_tree, convert_into)
+    assert snapshot(out) == ref_files
+    assert marker_path(out, 0).stat().st_mtime_ns == untouched  # finished partitions are not redone
+
+
+def test_verify_hashes_finds_a_flipped_byte(tmp_path, reference, hf_replica, folder_tree, convert_into):
+    _, ref_files = reference
+    out = tmp_path / "out"
+    run_same(out, hf_replica, folder_tree, convert_into)
+    shard = out / Manifest.load(out).sets["train"].shards[0].tar
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    run_same(out, hf_replica, folder_tree, convert_into)  # sizes still match: considered complete
+    assert snapshot(out) != ref_files
+    run_same(out, hf_replica, folder_tree, convert_into, verify_hashes=True)
+    assert snapshot(out) == ref_files
+
+
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+from commfor_fast.convert import tarshard
+from commfor_fast.convert.run import convert
+from commfor_fast.convert.settings import ConvertSettings
+
+# Die like `kill -9` in the middle of writing a tar, after `limit` samples were added.
+added = {"n": 0}
+original_add = tarshard.ShardWriter.add
+def add(self, key, members):
+    original_add(self, key, members)
+    added["n"] += 1
+    if added["n"] == int(sys.argv[1]):
+        self._file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+tarshard.ShardWriter.add = add
+settings = ConvertSettings(**{k: (Path(v) if k == "out" else [Path(p) for p in v] if k == "folders" else v)
+                              for k, v in __import__("json").loads(sys.argv[2]).items()})
+convert(settings, command="killed")
+"""
+
+
+def test_resume_after_kill_gives_the_same_folder(tmp_path, reference, hf_replica, folder_tree, convert_into):
+    _, ref_files = reference
+    out = tmp_path / "out"
+    options = {"out": str(out), "hf_repo": str(hf_replica), "hf_split": "Systematic+Manual",
+               "folders": [str(folder_tree)], "quiet": True, "workers": 1, "shard_size": "40KB",
+               "partition_size": "60KB", **SETTINGS}
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    done = subprocess.run([sys.executable, str(script), "20", json.dumps(options)], capture_output=True, check=False)
+    assert done.returncode == -9, done.stderr.decode()
+    assert not (out / MANIFEST_NAME).exists()
+    assert list((out / "parts").glob("*.json")), "the kill came before any partition finished"
+    assert list(out.glob("*/.shard-*.tmp*")), "the kill came outside a tar write"
+    run_same(out, hf_replica, folder_tree, convert_into)
+    assert snapshot(out) == ref_files
+
+
+def test_two_workers_give_the_same_folder(tmp_path, reference, hf_replica, folder_tree, convert_into):
+    run_same(tmp_path / "out", hf_replica, folder_tree, convert_into, workers=2)
+    assert snapshot(tmp_path / "out") == reference[1]
+
+
+def test_two_nodes_then_merge_give_the_same_folder(tmp_path, reference, hf_replica, folder_tree, convert_into, capsys):
+    out = tmp_path / "out"
+    assert run_same(out, hf_replica, folder_tree, convert_into, num_nodes=2, node_rank=0, quiet=False) is None
+    assert "The last node to finish writes manifest.json" in capsys.readouterr().err
+    assert not (out / MANIFEST_NAME).exists()
+    assert all(int(p.stem.split("-")[1]) % 2 == 0 for p in (out / "parts").glob("*.json"))
+    manifest = run_same(out, hf_replica, folder_tree, convert_into, num_nodes=2, node_rank=1)
+    assert manifest is not None
+    assert snapshot(out) == reference[1]
+
+
+def test_other_settings_into_the_same_folder_are_refused(tmp_path, hf_replica, folder_tree, convert_into):
+    out = tmp_path / "out"
+    run_same(out, hf_replica, folder_tree, convert_into)
+    with pytest.raises(UserError, match="--overwrite"):
+        run_same(out, hf_replica, folder_tree, convert_into, seed=6)
+    manifest = run_same(out, hf_replica, folder_tree, convert_into, seed=6, overwrite=True)
+    assert manifest.seed == 6
+    assert json.loads((out / PLAN_NAME).read_text())["fingerprint"]
+    # settings that only change speed are not "other settings"
+    assert run_same(out, hf_replica, folder_tree, convert_into, seed=6, workers=2) is not None
+
+
+def test_a_folder_of_other_files_is_refused(tmp_path, folder_tree, convert_into):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not empty and holds no plan.json"):
+        convert_into(out, folders=[folder_tree])
+    assert (out / "precious.txt").read_text() == "keep me"
+    assert os.listdir(out) == ["precious.txt"]
