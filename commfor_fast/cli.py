@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 import typer
 
 from commfor_fast import __version__
+from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
 from commfor_fast.settings import DemoSettings, EvalSettings, TrainSettings
 
@@ -149,7 +150,6 @@ def evaluate(
     call(evaluate_shards, settings)
 
 
-from commfor_fast.convert.settings import ConvertSettings  # noqa: E402  (defaults for `convert`; no pyarrow)
 
 
 @app.command()

@@ -63,7 +63,8 @@ def _png_bit_depth(data: bytes) -> int:
     return data[24] if len(data) > 24 else 8
 
 
-def _normalise_reason(img: Image.Image, data: bytes) -> str | None:
+def normalise_reason(img: Image.Image, data: bytes) -> str | None:
+    """Why an opened image must be stored as PNG rather than verbatim; None if not."""
     fmt = img.format or "unknown"
     if fmt not in VERBATIM_FORMATS:
         return f"{fmt} is not decodable by DALI"
@@ -101,7 +102,7 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Imag
                 mode=img.mode,
                 width=width,
                 height=height,
-                normalise_reason=_normalise_reason(img, data),
+                normalise_reason=normalise_reason(img, data),
             )
             rgb = img.convert("RGB")
     except BadImage:

@@ -3,8 +3,9 @@
 An output folder of `commfor-fast convert` holds:
 
     manifest.json                      written last: its presence means "complete"
-    train/shard-000000.tar             WebDataset tar files (one folder per set:
-    train/shard-000000.tar.idx         `train` and `val`, or `all` without a split)
+    train/shard-00000-000.tar          WebDataset tar files (one folder per set:
+    train/shard-00000-000.tar.idx      `train` and `val`, or `all` without a split),
+                                       named by partition and shard within it
     ...
 
 Each sample is a group of tar members sharing one key (`0000000042`, the sample's

@@ -30,7 +30,7 @@ import warnings
 
 from PIL import Image
 
-from commfor_fast.imageio import BadImage, ImageInfo, _normalise_reason
+from commfor_fast.imageio import BadImage, ImageInfo, normalise_reason
 
 FAST_FORMATS = ("PNG", "JPEG")
 # In a JPEG scan, 0xFF is followed by 0x00 (stuffing) or a restart marker; anything else is a marker.
@@ -79,7 +79,7 @@ def check_structure(data: bytes, max_pixels: int) -> ImageInfo | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            if img.format not in FAST_FORMATS or _normalise_reason(img, data) is not None:
+            if img.format not in FAST_FORMATS or normalise_reason(img, data) is not None:
                 return None
             width, height = img.size
             if width * height > max_pixels:
