@@ -40,8 +40,8 @@ def _engines() -> list[tuple[str, str]]:
 def _time_train(root: Path, manifest: Manifest, engine: str, device: str, threads: int, batch: int,
                 batches: int, repeats: int, crop: int) -> Timing:
     set_name = manifest.training_sets()[0]
-    stream = create_train_stream(engine, root, manifest, set_name, device=device, batch_size=batch, crop=crop,
-                                 rsa=RSAConfig(), seed=0, rank=0, world_size=1, local_rank=0, num_threads=threads)
+    stream = create_train_stream(engine, root, manifest, set_name, device=torch.device(device), batch_size=batch,
+                                 crop=crop, rsa=RSAConfig(), seed=0, rank=0, world_size=1, num_threads=threads)
 
     def run() -> int:
         for _ in range(batches):
@@ -50,7 +50,10 @@ def _time_train(root: Path, manifest: Manifest, engine: str, device: str, thread
             torch.cuda.synchronize()
         return batches * batch
 
-    return measure(run, repeats)
+    try:
+        return measure(run, repeats)
+    finally:
+        stream.close()  # no workers left running into the next measurement
 
 
 def _time_eval(root: Path, manifest: Manifest, engine: str, device: str, threads: int, batch: int,
@@ -58,11 +61,12 @@ def _time_eval(root: Path, manifest: Manifest, engine: str, device: str, threads
     set_name = manifest.training_sets()[0]
 
     def run() -> int:
-        loader = create_eval_loader(engine, root, manifest, set_name, device=device, batch_size=batch, crop=crop,
-                                    rank=0, world_size=1, local_rank=0, num_threads=threads)
+        loader = create_eval_loader(engine, root, manifest, set_name, device=torch.device(device),
+                                    batch_size=batch, crop=crop, rank=0, world_size=1, num_threads=threads)
         n = 0
         for b in loader:
             n += len(b.labels)
+        loader.close()
         if device == "cuda":
             torch.cuda.synchronize()
         return n

@@ -45,11 +45,12 @@ def _train_once(data: Path, flags: list[str], itrs: int, window: int, device: st
         cmd = [sys.executable, "-m", "commfor_fast", "train", "--data", str(data), "--out", run, "--device", device,
                "--input-size", "384", "--no-pretrained", "--train-itrs", str(itrs), "--log-every", str(window),
                "--no-validate", "--num-threads", str(threads), "--ckpt-keep-count", "0", *flags]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        stderr = proc.stderr.read() if proc.stderr else ""
-        if status != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
+        with open(Path(run) / "stderr.log", "w+") as err:  # a file, not a pipe: a chatty child never blocks
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
+            if status != 0:
+                err.seek(0)
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-2000:]}")
         records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
     windows = [r for r in records if "images_per_s" in r][1:]  # the first window holds the warm-up
     return {

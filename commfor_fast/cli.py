@@ -45,12 +45,12 @@ def root(
 @app.command()
 def predict(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
-    ckpt: Annotated[Optional[Path], typer.Option(help="Local checkpoint: from training, the original's, or a plain state dict.")] = None,
-    hf_model: Annotated[Optional[str], typer.Option(help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: cuda if available, else cpu).", show_default=False)] = None,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: from training, the original's, or a plain state dict.")] = None,
+    hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     out: Annotated[Optional[Path], typer.Option(help="Write the results to this .csv or .json file instead of printing a table.")] = None,
-    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
+    workers: Annotated[int, typer.Option("--num-threads", "--workers", help="Threads decoding images.")] = 4,
 ) -> None:
     """Score images: P(fake) per image from a trained detector (--ckpt or --hf-model)."""
     from commfor_fast.predict import PredictSettings, format_predictions
@@ -62,14 +62,16 @@ def predict(
     if out is None:
         typer.echo(format_predictions(predictions))
     else:
-        typer.echo(f"wrote {len(predictions)} predictions to {out}", err=True)
+        failed = sum(p.error is not None for p in predictions)
+        typer.echo(f"wrote {len(predictions)} predictions to {out}"
+                   + (f" ({failed} file(s) could not be read: see their error column)" if failed else ""), err=True)
 
 
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="A `commfor-fast convert` output folder (trains on train/ or all/, validates on val/).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, final model, metrics.jsonl. Resumes from the newest checkpoint there.", show_default=False)],
-    device: Annotated[str, typer.Option(help="cuda or cpu (default: cuda if available).")] = TrainSettings.device,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = TrainSettings.device,
     loader: Annotated[str, typer.Option(help="dali, or reference (the PIL executor, to compare).")] = TrainSettings.loader,
     num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = TrainSettings.num_threads,
     model_size: Annotated[str, typer.Option(help="small or tiny.")] = TrainSettings.model_size,
@@ -78,15 +80,15 @@ def train(
     freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the head.")] = False,
     pretrained: Annotated[bool, typer.Option(help="Start from timm's ImageNet weights (needs the Hub or a cache).")] = True,
     pretrained_path: Annotated[Optional[Path], typer.Option(help="Local timm weights file instead of the download.")] = None,
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Start from this checkpoint (full resume unless --only-load-model-weights).")] = None,
-    only_load_model_weights: Annotated[bool, typer.Option("--only-load-model-weights", help="With --ckpt: take only the weights.")] = False,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Start from this checkpoint: a full resume for ours, the weights of the original's or of a plain state dict.")] = None,
+    only_load_model_weights: Annotated[bool, typer.Option("--only-load-model-weights", help="With --ckpt: take only the weights, with a new optimizer and schedule.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per process per step.")] = TrainSettings.batch_size,
     epochs: Annotated[int, typer.Option(help="Epochs (one epoch: every training image about once).")] = TrainSettings.epochs,
-    train_itrs: Annotated[Optional[int], typer.Option(help="Iterations; overrides --epochs.")] = None,
+    train_itrs: Annotated[Optional[int], typer.Option(help="Iterations; overrides --epochs when > 0.")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = TrainSettings.lr,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TrainSettings.weight_decay,
     warmup_epochs: Annotated[float, typer.Option(help="Linear warmup length in epochs (fractions allowed).")] = TrainSettings.warmup_epochs,
-    warmup_frac: Annotated[float, typer.Option(help="Warmup as a fraction of all iterations; overrides --warmup-epochs; -1 disables.")] = TrainSettings.warmup_frac,
+    warmup_frac: Annotated[float, typer.Option(help="Warmup as a fraction of all iterations; overrides --warmup-epochs when > 0.")] = TrainSettings.warmup_frac,
     no_lr_schedule: Annotated[bool, typer.Option("--no-lr-schedule", help="Constant lr after warmup (no cosine decay).")] = False,
     grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = TrainSettings.grad_clip,
     use_amp: Annotated[bool, typer.Option("--use-amp", help="Mixed precision.")] = False,
@@ -99,7 +101,7 @@ def train(
     fix_padding_quirk: Annotated[bool, typer.Option("--fix-padding-quirk", help="RandomPadding keeps the image's shape (the original transposes non-square images).")] = False,
     shuffle_buffer: Annotated[int, typer.Option(help="Samples in the reader's shuffle buffer.")] = TrainSettings.shuffle_buffer,
     ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every N iterations (0: at epoch ends only).")] = TrainSettings.ckpt_every,
-    ckpt_keep_count: Annotated[int, typer.Option(help="Newest checkpoints to keep (-1: all).")] = TrainSettings.ckpt_keep_count,
+    ckpt_keep_count: Annotated[int, typer.Option(help="Newest checkpoints to keep (-1: all, 0: write none).")] = TrainSettings.ckpt_keep_count,
     resume: Annotated[bool, typer.Option("--resume", help="Fail unless --out holds a checkpoint to resume from (resuming itself is automatic).")] = False,
     log_every: Annotated[int, typer.Option(help="Console/log line every N iterations.")] = TrainSettings.log_every,
     validate: Annotated[bool, typer.Option(help="Validate on val/ after every epoch.")] = True,
@@ -132,7 +134,7 @@ def evaluate(
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint (ours or the original's).")] = None,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
     sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = None,
-    device: Annotated[str, typer.Option(help="cuda or cpu (default: cuda if available).")] = EvalSettings.device,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = EvalSettings.device,
     batch_size: Annotated[int, typer.Option(help="Images per process per batch.")] = EvalSettings.batch_size,
     loader: Annotated[str, typer.Option(help="dali or reference.")] = EvalSettings.loader,
     num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = EvalSettings.num_threads,

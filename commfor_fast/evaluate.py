@@ -23,7 +23,7 @@ from commfor_fast.metrics import EvalReport
 from commfor_fast.progress import Progress
 from commfor_fast.shards import Manifest, sample_key
 from commfor_fast.settings import EvalSettings
-from commfor_fast.train import all_gather, resolve_device, setup_distributed, teardown_distributed
+from commfor_fast.distributed import Dist, all_gather, amp_dtype, resolve_device, setup_distributed, teardown_distributed
 
 SCORE_FORMATS = ("parquet", "csv")
 
@@ -44,12 +44,16 @@ class Scores:
 
 
 def _set_names(manifest: Manifest, sets: str | None, data: Path) -> list[str]:
+    """The sets to score (each once), all of them by default; never an empty choice."""
     if sets is None:
-        return list(manifest.sets)
-    names = [s.strip() for s in sets.split(",") if s.strip()]
-    unknown = [s for s in names if s not in manifest.sets]
-    if unknown or not names:
-        raise UserError(f"--sets {sets!r}: {data} has the sets {', '.join(manifest.sets)}")
+        names = list(manifest.sets)
+    else:
+        names = list(dict.fromkeys(s.strip() for s in sets.split(",") if s.strip()))
+        unknown = [s for s in names if s not in manifest.sets]
+        if unknown or not names:
+            raise UserError(f"--sets {sets!r}: {data} has the sets {', '.join(manifest.sets)}")
+    if not sum(manifest.sets[s].num_samples for s in names):
+        raise UserError(f"--data {data}: the sets {', '.join(names)} hold no images to evaluate")
     return names
 
 
@@ -96,24 +100,29 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
 
     if settings.scores_format not in SCORE_FORMATS:
         raise UserError(f"--scores-format {settings.scores_format!r}: use one of {', '.join(SCORE_FORMATS)}")
-    settings = dataclasses.replace(settings, device=resolve_device(settings.device))
-    env = setup_distributed(settings.device)
-    device = torch.device("cuda", env.local_rank) if settings.device == "cuda" else torch.device("cpu")
+    if settings.batch_size < 1 or settings.num_threads < 1:
+        raise UserError(f"--batch-size {settings.batch_size} / --num-threads {settings.num_threads}: must be >= 1")
+    autocast_dtype = amp_dtype(settings.amp_dtype)
+    env = Dist.from_env()
+    device = resolve_device(settings.device, env.local_rank)
+    env = setup_distributed(device)
     manifest = Manifest.load(settings.data)
     set_names = _set_names(manifest, settings.sets, settings.data)
     model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device)
-    amp_dtype = torch.float16 if settings.amp_dtype == "fp16" else torch.bfloat16
+    if env.is_main:
+        print(f"scoring the sets {', '.join(set_names)} of {settings.data} with {model.timm_name}", flush=True)
+        if "train" in set_names and settings.sets is None:
+            print("note: this includes the training set; pass --sets val to score held-out images only", flush=True)
 
     sets, numbers, gens, labels, logits = [], [], [], [], []
     total = sum(manifest.sets[s].num_samples for s in set_names)
     with Progress(total // env.world_size, "eval", enabled=env.is_main) as progress:
         for name in set_names:
             loader = create_eval_loader(
-                settings.loader, settings.data, manifest, name, device=settings.device,
-                batch_size=settings.batch_size, crop=model.input_size, rank=env.rank, world_size=env.world_size,
-                local_rank=env.local_rank, num_threads=settings.num_threads,
+                settings.loader, settings.data, manifest, name, device=device, batch_size=settings.batch_size,
+                crop=model.input_size, rank=env.rank, world_size=env.world_size, num_threads=settings.num_threads,
             )
-            with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=settings.use_amp):
+            with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=settings.use_amp):
                 for batch in loader:
                     logits.append(model(batch.images).float().squeeze(1).cpu().numpy())
                     numbers.append(batch.sample_numbers.numpy())
@@ -121,6 +130,7 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
                     labels.append(batch.labels.numpy())
                     sets.extend([name] * len(batch.labels))
                     progress.update(len(batch.labels))
+            loader.close()
 
     def cat(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(0)
@@ -138,8 +148,9 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
 
     report = evaluate(scores.labels, scores.probabilities, scores.generator_ids, manifest.generators)
     out = Path(settings.out)
+    settings_record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}
     meta = {"model": info, "data": str(settings.data), "sets": set_names, "command": settings.command,
-            "settings": {k: str(v) for k, v in vars(settings).items()}}
+            "settings": settings_record}
     paths = write_report(report, out, meta)
     print(format_table(report))
     if settings.save_scores:

@@ -96,9 +96,13 @@ class CommForDetector(nn.Module, PyTorchModelHubMixin):
         self.vit = timm.create_model(self.timm_name, pretrained=False)
         # A fresh nn.Linear (PyTorch's default init), as the original swaps the head in.
         self.vit.head = nn.Linear(self.vit.embed_dim, 1)
-        if freeze_backbone:
-            for name, param in self.vit.named_parameters():
-                param.requires_grad_(name.startswith("head."))
+        self.set_freeze_backbone(freeze_backbone)
+
+    def set_freeze_backbone(self, freeze: bool) -> None:
+        """Train only the head (`freeze`) or everything; recorded in `model_args`."""
+        self.freeze_backbone = freeze
+        for name, param in self.vit.named_parameters():
+            param.requires_grad_(not freeze or name.startswith("head."))
 
     @property
     def model_args(self) -> dict[str, Any]:
@@ -268,7 +272,7 @@ def _unreadable(path: Path, exc: Exception) -> UserError:
     )
 
 
-def _read_checkpoint(path: Path) -> Any:
+def read_checkpoint(path: Path) -> Any:
     """`torch.load` the file, tensors only first; UserError if it is not a torch file."""
     if path.is_dir():
         raise UserError(f"--ckpt {path}: is a folder; for a folder written by save_pretrained "
@@ -293,7 +297,12 @@ def _read_checkpoint(path: Path) -> Any:
 
 
 def _load_checkpoint(path: Path) -> tuple[CommForDetector, str]:
-    obj = _read_checkpoint(path)
+    return detector_from_checkpoint(read_checkpoint(path), path)
+
+
+def detector_from_checkpoint(obj: Any, path: Path) -> tuple[CommForDetector, str]:
+    """The detector in a loaded checkpoint object, and its format: "commfor-fast" (our
+    training checkpoints), "original" (the original's dict) or "state_dict"."""
     stored_args: Mapping[str, Any] = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         state_dict, stored_args = obj["model"], obj.get("model_args") or {}

@@ -7,6 +7,7 @@ settings: checkpoints and metrics.jsonl for training, report.json for evaluation
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,22 +32,22 @@ class TrainSettings:
     freeze_backbone: bool = False
     pretrained: bool = True  # start from timm's ImageNet-21k -> 1k weights
     pretrained_path: Path | None = None  # local timm weights instead of the download
-    ckpt: Path | None = None  # start from this checkpoint (resume, or weights only, see below)
-    only_load_model_weights: bool = False  # with --ckpt: take the weights, restart the schedule
-    # schedule
-    batch_size: int = 128  # per process
+    ckpt: Path | None = None  # start from this checkpoint: a full resume for ours, weights only for others
+    only_load_model_weights: bool = False  # with --ckpt: take only the weights of our checkpoint too
+    # schedule (the defaults are the original's)
+    batch_size: int = 32  # per process (the paper's runs use 128)
     epochs: int = 20
-    train_itrs: int | None = None  # overrides epochs
+    train_itrs: int | None = None  # overrides epochs when > 0
     lr: float = 2e-5
     weight_decay: float = 1e-2
-    warmup_epochs: float = 0.0
-    warmup_frac: float = 0.2  # fraction of all iterations; overrides warmup_epochs; -1 disables
+    warmup_epochs: float = 3.0  # linear warmup, in epochs (fractions allowed)
+    warmup_frac: float = -1.0  # warmup as a fraction of all iterations; overrides warmup_epochs when > 0
     no_lr_schedule: bool = False  # constant lr (after warmup)
     grad_clip: float = 1.0
     use_amp: bool = False
     amp_dtype: str = "fp16"  # "fp16" (with a grad scaler) or "bf16"
     compile: bool = False  # torch.compile the model
-    seed: int = 0
+    seed: int = 42
     # augmentation (RandomStateAugmentation)
     rsa_ops: str = ",".join(DEFAULT_OPS)
     rsa_min_num_ops: str = "0"
@@ -55,14 +56,14 @@ class TrainSettings:
     shuffle_buffer: int = 4096  # DALI reader shuffle buffer (samples)
     # checkpoints and logging
     ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)
-    ckpt_keep_count: int = 3  # newest checkpoints kept (-1: all)
+    ckpt_keep_count: int = 5  # newest checkpoints kept (-1: all, 0: write none)
     resume: bool = False  # require a checkpoint in --out to resume from (resuming is automatic anyway)
     log_every: int = 50
     validate: bool = True  # loss, accuracy and AP on `val` after every epoch
     synthetic_data: bool = False  # benchmark bound: one fixed batch already on the device replaces the loader
     wandb_project: str | None = None  # log to Weights & Biases (key from WANDB_API_KEY)
     wandb_run_name: str | None = None
-    command: str = field(default_factory=lambda: " ".join(sys.argv))
+    command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
 
 @dataclass
@@ -82,7 +83,7 @@ class EvalSettings:
     amp_dtype: str = "fp16"
     save_scores: bool = False  # also write every image's score
     scores_format: str = "parquet"  # "parquet" or "csv"
-    command: str = field(default_factory=lambda: " ".join(sys.argv))
+    command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
 
 @dataclass

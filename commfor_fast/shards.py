@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import atomic_write
 
 FORMAT_NAME = "commfor-fast-shards"
 FORMAT_VERSION = 1
@@ -174,18 +175,6 @@ class Manifest:
             return "train", ("val" if "val" in self.sets else None)
         return "all", None
 
-    def eval_set(self) -> str:
-        """The set `eval` reads by default: `all` when unsplit, else `val`."""
-        return "all" if "all" in self.sets else "val"
-
-    def generator_labels(self) -> dict[str, set[int]]:
-        """Generator name -> the labels it has anywhere in the output."""
-        labels: dict[str, set[int]] = {}
-        for s in self.sets.values():
-            for gen, by_label in s.counts.items():
-                labels.setdefault(gen, set()).update(int(k) for k, v in by_label.items() if v)
-        return labels
-
     # -- (de)serialisation
 
     def to_json(self) -> dict[str, Any]:
@@ -228,19 +217,21 @@ class Manifest:
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON to a temporary file, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
+    """Write JSON so that readers never see half a file (`fileio.atomic_write`)."""
+    with atomic_write(path, "w") as f:
         json.dump(data, f, indent=1, sort_keys=False)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 # -------------------------------------------------------------------------- reader
+
+
+def shard_range(num_samples: int, shard_id: int, num_shards: int) -> tuple[int, int]:
+    """[start, end) of the samples process `shard_id` of `num_shards` reads in evaluation
+    (contiguous parts, as DALI's readers split a set; no padding)."""
+    return num_samples * shard_id // num_shards, num_samples * (shard_id + 1) // num_shards
+
 
 
 class ShardReader:

@@ -12,8 +12,11 @@ for fp16, per-rank batch size, a checkpoint every epoch keeping the newest N.
 
 Resume is exact: a checkpoint holds the model, optimizer, scheduler, grad scaler,
 epoch, iteration and every rank's data-stream position, so a run killed mid-epoch
-and resumed sees the same batches as one that never stopped (same world size; with
-another world size the data streams restart, which the log says).
+and resumed sees the same batches as one that never stopped (with the same number of
+processes and data settings; otherwise the streams restart from their seeds, which
+the log says). Rank 0 picks the checkpoint and tells the others, so every rank
+resumes from the same one. `--ckpt` with the original's checkpoints or a plain
+state dict starts from their weights with a new optimizer and schedule.
 """
 
 from __future__ import annotations
@@ -21,20 +24,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import time
-from dataclasses import dataclass
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from commfor_fast import __version__
+from commfor_fast.distributed import (Dist, all_gather, amp_dtype, broadcast, resolve_device, setup_distributed,
+                                      teardown_distributed)
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import atomic_write
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.settings import TrainSettings
 from commfor_fast.shards import Manifest
@@ -44,59 +48,34 @@ CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 # ----------------------------------------------------------------- small helpers
 
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits in the torchrun job (read once from the environment)."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Dist:
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-                   int(os.environ.get("WORLD_SIZE", 1)))
+# Settings that shape the data stream: a checkpoint's stream position only replays
+# the same batches when these are unchanged.
+STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "shuffle_buffer", "rsa_ops", "rsa_min_num_ops",
+                   "rsa_max_num_ops", "fix_padding_quirk", "num_threads")
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; checks the value."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cuda", "cpu"):
-        raise UserError(f"--device {device!r}: use cuda, cpu or auto")
-    return device
+def check_settings(s: TrainSettings) -> None:
+    """Reject impossible values before any work starts (one clear line each)."""
+    from commfor_fast.pipelines.loader import ENGINES
 
-
-def setup_distributed(device: str) -> Dist:
-    """Initialise the process group under torchrun (NCCL on GPU, gloo on CPU)."""
-    env = Dist.from_env()
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
-        torch.cuda.set_device(env.local_rank)
-    if env.world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    return env
-
-
-def teardown_distributed(env: Dist) -> None:
-    if env.world_size > 1 and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def all_gather(obj: Any, env: Dist) -> list[Any]:
-    """Every rank's `obj`, in rank order (just [obj] without DDP)."""
-    if env.world_size == 1:
-        return [obj]
-    out: list[Any] = [None] * env.world_size
-    dist.all_gather_object(out, obj)
-    return out
+    positive = {"--batch-size": s.batch_size, "--epochs": s.epochs, "--log-every": s.log_every,
+                "--num-threads": s.num_threads, "--shuffle-buffer": s.shuffle_buffer}
+    for flag, value in positive.items():
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    if s.ckpt_every < 0:
+        raise UserError(f"--ckpt-every {s.ckpt_every}: use 0 (epoch ends only) or a positive number")
+    if s.ckpt_keep_count < -1:
+        raise UserError(f"--ckpt-keep-count {s.ckpt_keep_count}: use -1 (keep all), 0 (write none) or N >= 1")
+    if not s.lr > 0 or s.weight_decay < 0 or not s.grad_clip > 0:
+        raise UserError(f"--lr {s.lr} / --weight-decay {s.weight_decay} / --grad-clip {s.grad_clip}: "
+                        "lr and grad clip must be > 0, weight decay >= 0")
+    if s.warmup_frac >= 1 or s.warmup_epochs < 0:
+        raise UserError(f"--warmup-frac {s.warmup_frac} / --warmup-epochs {s.warmup_epochs}: the fraction must "
+                        "be below 1 (-1 disables it), the epochs >= 0")
+    if s.loader not in ENGINES:
+        raise UserError(f"--loader {s.loader!r}: choose one of {', '.join(ENGINES)}")
+    amp_dtype(s.amp_dtype)
 
 
 def lr_factor(itr: int, total: int, warmup: int, constant: bool, final_ratio: float = 1e-3) -> float:
@@ -122,17 +101,17 @@ def checkpoints_in(folder: Path) -> list[Path]:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, fsync, rename: a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    """torch.save through `fileio.atomic_write`: a kill never leaves half a checkpoint."""
+    with atomic_write(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def settings_dict(settings: TrainSettings) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 class MetricsLog:
@@ -147,8 +126,12 @@ class MetricsLog:
         if settings.wandb_project:
             import wandb
 
-            self.wandb = wandb.init(project=settings.wandb_project, name=settings.wandb_run_name,
-                                    config=settings_dict(settings), dir=str(settings.out))
+            # One wandb run per training run: a resumed run continues the same one.
+            id_file = settings.out / "wandb-run-id"
+            run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+            id_file.write_text(run_id)
+            self.wandb = wandb.init(project=settings.wandb_project, name=settings.wandb_run_name, id=run_id,
+                                    resume="allow", config=settings_dict(settings), dir=str(settings.out))
 
     def print(self, line: str) -> None:
         if self.enabled:
@@ -187,6 +170,9 @@ class SyntheticStream:
     def state_dict(self) -> dict[str, Any]:
         return {"engine": "synthetic"}
 
+    def close(self) -> None:
+        self.batch = None
+
 
 # ----------------------------------------------------------------------- the run
 
@@ -194,13 +180,14 @@ class SyntheticStream:
 def train(settings: TrainSettings) -> Path:
     """Train a detector; returns the path of the final model (a plain state dict)."""
     # -- settings and distributed set-up
-    settings = dataclasses.replace(settings, device=resolve_device(settings.device))
-    env = setup_distributed(settings.device)
-    device = torch.device("cuda", env.local_rank) if settings.device == "cuda" else torch.device("cpu")
+    check_settings(settings)
     rsa = RSAConfig.from_flags(settings.rsa_ops, settings.rsa_min_num_ops, settings.rsa_max_num_ops,
                                settings.fix_padding_quirk)
-    if settings.amp_dtype not in ("fp16", "bf16"):
-        raise UserError(f"--amp-dtype {settings.amp_dtype!r}: use fp16 or bf16")
+    env = Dist.from_env()
+    device = resolve_device(settings.device, env.local_rank)
+    settings = dataclasses.replace(settings, device=device.type)
+    env = setup_distributed(device)
+    manifest = Manifest.load(settings.data)
     out = Path(settings.out)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -208,30 +195,39 @@ def train(settings: TrainSettings) -> Path:
     np.random.seed(settings.seed + env.rank)
     log = MetricsLog(settings, env)
 
-    # -- data
+    # -- data sizes and schedule
     from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream, iters_per_epoch
 
-    manifest = Manifest.load(settings.data)
     train_set, val_set = manifest.training_sets()
+    if val_set is not None and manifest.sets[val_set].num_samples == 0:
+        val_set = None
+    if settings.validate and val_set is None:
+        log.print(f"note: {settings.data} has no validation images (convert with --val-frac > 0); "
+                  "no validation will run")
     itrs_per_epoch = iters_per_epoch(manifest.sets[train_set].num_samples, settings.batch_size, env.world_size)
-    total_itrs = settings.train_itrs or settings.epochs * itrs_per_epoch
+    use_itrs = settings.train_itrs is not None and settings.train_itrs > 0
+    total_itrs = settings.train_itrs if use_itrs else settings.epochs * itrs_per_epoch
     if settings.warmup_frac > 0:
         warmup = int(settings.warmup_frac * total_itrs)
     else:
         warmup = int(settings.warmup_epochs * itrs_per_epoch)
 
-    # -- model (a checkpoint's weights never need the ImageNet download)
-    from commfor_fast.model import clean_state_dict, create_detector, load_detector
+    # -- model: from rank 0's choice of checkpoint (never needs the ImageNet download)
+    from commfor_fast.model import clean_state_dict, create_detector, detector_from_checkpoint, read_checkpoint
 
-    resume_from = checkpoints_in(out)[-1] if checkpoints_in(out) else None
-    if settings.resume and resume_from is None and settings.ckpt is None:
+    newest = checkpoints_in(out)[-1] if env.is_main and checkpoints_in(out) else None
+    start, resuming = broadcast((newest or settings.ckpt, newest is not None), env)
+    if settings.resume and not resuming:
         raise UserError(f"--resume: no checkpoint (ckpt-*.pt) in {out} to resume from")
-    start = resume_from or settings.ckpt
+    ckpt: Any = None
     if start is not None:
-        model, _ = load_detector(ckpt=start)
-        if model.input_size != settings.input_size or model.model_size != settings.model_size \
-                or model.patch_size != settings.patch_size:
-            log.print(f"model shape taken from {start}: {model.model_args}")
+        ckpt = read_checkpoint(Path(start))
+        model, ckpt_format = detector_from_checkpoint(ckpt, Path(start))
+        if settings.freeze_backbone and not resuming:
+            model.set_freeze_backbone(True)
+        if (model.model_size, model.input_size, model.patch_size) != \
+                (settings.model_size, settings.input_size, settings.patch_size):
+            log.print(f"note: model shape taken from {start}: {model.model_args}")
     else:
         model = create_detector(model_size=settings.model_size, input_size=settings.input_size,
                                 patch_size=settings.patch_size, freeze_backbone=settings.freeze_backbone,
@@ -244,35 +240,37 @@ def train(settings: TrainSettings) -> Path:
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda itr: lr_factor(itr, total_itrs, warmup, settings.no_lr_schedule))
-    amp_dtype = torch.float16 if settings.amp_dtype == "fp16" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=settings.use_amp and amp_dtype == torch.float16)
+    autocast_dtype = amp_dtype(settings.amp_dtype)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.use_amp and autocast_dtype == torch.float16)
 
-    # -- resume: everything, or only the weights
+    # -- resume: everything from our own checkpoints; only weights otherwise
     itr, data_state = 0, None
-    if start is not None and not (settings.only_load_model_weights and resume_from is None):
-        ckpt = torch.load(start, map_location="cpu", weights_only=False)
-        if isinstance(ckpt, dict) and "optimizer" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            itr = int(ckpt["itr"])
-            states = ckpt.get("data") or []
-            if len(states) == env.world_size and states[0].get("engine") == settings.loader:
-                data_state = states[env.rank]
-            else:
-                log.print(f"note: {start} was written by {len(states)} process(es) with another loader or world "
-                          "size; the data streams restart from their seeds")
-            log.print(f"resumed from {start} at iteration {itr}")
+    full_resume = ckpt is not None and ckpt_format == "commfor-fast" and (
+        resuming or not settings.only_load_model_weights)
+    if full_resume:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        itr = int(ckpt["itr"])
+        states, before = ckpt.get("data") or [], ckpt.get("settings", {})
+        changed = [k for k in STREAM_SETTINGS if str(before.get(k)) != str(settings_dict(settings)[k])]
+        if len(states) == env.world_size and not changed:
+            data_state = states[env.rank]
+        else:
+            why = f"{', '.join(changed)} changed" if changed else f"it was written by {len(states)} process(es)"
+            log.print(f"note: the data streams restart from their seeds ({why} since {start})")
+        log.print(f"resumed from {start} at iteration {itr}")
+    elif ckpt is not None:
+        log.print(f"starting from the weights of {start} ({ckpt_format} format): new optimizer and schedule")
+    del ckpt
 
     if settings.synthetic_data:
         stream = SyntheticStream(settings.batch_size, crop, device)
     else:
         stream = create_train_stream(
-            settings.loader, settings.data, manifest, train_set, device=settings.device,
-            batch_size=settings.batch_size, crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank,
-            world_size=env.world_size, local_rank=env.local_rank, num_threads=settings.num_threads,
-            initial_fill=settings.shuffle_buffer, state=data_state,
+            settings.loader, settings.data, manifest, train_set, device=device, batch_size=settings.batch_size,
+            crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank, world_size=env.world_size,
+            num_threads=settings.num_threads, initial_fill=settings.shuffle_buffer, state=data_state,
         )
 
     # -- compile and DDP
@@ -285,6 +283,8 @@ def train(settings: TrainSettings) -> Path:
 
     # -- helpers used by the loop
     def save_checkpoint() -> None:
+        if settings.ckpt_keep_count == 0:
+            return
         states = all_gather(stream.state_dict(), env)
         if not env.is_main:
             return
@@ -304,16 +304,17 @@ def train(settings: TrainSettings) -> Path:
     def validate(epoch: int) -> None:
         from commfor_fast.metrics import accuracy, average_precision
 
-        loader = create_eval_loader(settings.loader, settings.data, manifest, val_set, device=settings.device,
+        started = time.perf_counter()
+        loader = create_eval_loader(settings.loader, settings.data, manifest, val_set, device=device,
                                     batch_size=settings.batch_size, crop=crop, rank=env.rank,
-                                    world_size=env.world_size, local_rank=env.local_rank,
-                                    num_threads=settings.num_threads)
+                                    world_size=env.world_size, num_threads=settings.num_threads)
         model.eval()
         labels, logits = [], []
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=settings.use_amp):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=settings.use_amp):
             for batch in loader:
                 labels.append(batch.labels)
                 logits.append(model(batch.images).float().squeeze(1).cpu())
+        loader.close()
         model.train()
         parts = all_gather((torch.cat(labels) if labels else torch.zeros(0),
                             torch.cat(logits) if logits else torch.zeros(0)), env)
@@ -324,9 +325,9 @@ def train(settings: TrainSettings) -> Path:
         record = {"itr": itr, "epoch": epoch, "val_loss": loss, "val_acc": accuracy(y.numpy(), scores),
                   "val_ap": average_precision(y.numpy(), scores), "val_n": int(y.numel())}
         log.log(record)
-        log.print(f"epoch {epoch} validation: loss {loss:.4f}, acc {record['val_acc']:.4f}, "
-                  f"AP {record['val_ap'] if record['val_ap'] is None else round(record['val_ap'], 4)} "
-                  f"on {record['val_n']} images")
+        log.print(f"epoch {epoch} validation: loss {fmt(loss)}, acc {fmt(record['val_acc'])}, "
+                  f"AP {fmt(record['val_ap'])} on {record['val_n']} images "
+                  f"({time.perf_counter() - started:.0f} s)")
 
     # -- the loop
     log.print(f"training {model.model_args} on {manifest.sets[train_set].num_samples} images ({train_set}), "
@@ -338,7 +339,7 @@ def train(settings: TrainSettings) -> Path:
         batch = next(stream)
         data_wait += time.perf_counter() - t0
 
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=settings.use_amp):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=settings.use_amp):
             logits = net(batch.images).float().squeeze(1)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels.to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
@@ -370,6 +371,8 @@ def train(settings: TrainSettings) -> Path:
             validate(itr // itrs_per_epoch - 1)
         if epoch_end or itr == total_itrs or (settings.ckpt_every and itr % settings.ckpt_every == 0):
             save_checkpoint()
+        if epoch_end:  # the throughput window starts after validation and saving
+            window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
 
     # -- teardown: the final model as a plain state dict (the original's format) and
     # as a `save_pretrained` folder that `--hf-model` and `from_pretrained` accept
@@ -378,6 +381,7 @@ def train(settings: TrainSettings) -> Path:
         save_atomic(clean_state_dict(model), final)
         model.save_pretrained(out / "final")
         log.print(f"final model: {final} (and {out / 'final'} for from_pretrained)")
+    stream.close()
     log.close()
     teardown_distributed(env)
     return final

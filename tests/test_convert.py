@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +16,11 @@ import pytest
 from conftest import image_bytes, picture, read_all_samples, write_folder_tree
 from PIL import Image
 
+from commfor_fast.convert import settings as convert_settings
 from commfor_fast.convert.balance import water_fill
 from commfor_fast.convert.check import check_structure, jpeg_is_complete
-from commfor_fast.imageio import BadImage, decode_raw, decode_rgb, encode_raw, resize_shorter
+from commfor_fast.convert.settings import default_workers
+from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb, encode_raw, resize_shorter
 from commfor_fast.shards import Manifest, unpack_ids
 
 
@@ -82,10 +87,11 @@ def test_balancing_numbers_by_hand(manifest):
 
 
 def test_water_fill_cases():
-    assert water_fill({"A": 2, "gen": 3, "C": 7, "B": 10}, 12) == {"A": 2, "gen": 3, "C": 4, "B": 3}
+    # the original's rule: one quota ceil((12 - 5) / 2) = 4 for every dataset past the whole ones
+    assert water_fill({"A": 2, "gen": 3, "C": 7, "B": 10}, 12) == {"A": 2, "gen": 3, "C": 4, "B": 4}
     assert water_fill({"A": 2, "B": 10}, 0) == {"A": 0, "B": 0}
     assert water_fill({"A": 2, "B": 10}, 100) == {"A": 2, "B": 10}
-    assert water_fill({"A": 9, "B": 9, "C": 9}, 10) == {"A": 4, "B": 3, "C": 3}
+    assert water_fill({"A": 9, "B": 9, "C": 9}, 10) == {"A": 4, "B": 4, "C": 4}  # may overshoot by < datasets
 
 
 def test_labels_ids_metadata_and_bytes_round_trip(manifest, samples):
@@ -195,15 +201,15 @@ def test_folder_data_is_shuffled_globally(tmp_path, folder_tree, extra_real, con
 
 
 def test_preresize_stores_resized_raw_pixels(tmp_path, folder_tree, convert_into):
-    manifest = convert_into(tmp_path / "out", folders=[folder_tree], val_frac=0, preresize=64)
-    assert manifest.preresize == 64
+    manifest = convert_into(tmp_path / "out", folders=[folder_tree], val_frac=0, preresize=256)
+    assert manifest.preresize == 256
     items = read_all_samples(tmp_path / "out")["all"]
     assert items
     for _, m in items:
         meta, ids = json.loads(m["json"]), unpack_ids(m["ids"])
-        assert min(ids.height, ids.width) == 64
+        assert min(ids.height, ids.width) == 256
         assert (meta["stored"]["height"], meta["stored"]["width"]) == (ids.height, ids.width)
-        expected = encode_raw(resize_shorter(decode_rgb(source_bytes(meta)), 64))
+        expected = encode_raw(resize_shorter(decode_rgb(source_bytes(meta)), 256))
         assert m["rgb"] == expected
         assert decode_raw(m["rgb"], ids.height, ids.width).shape == (ids.height, ids.width, 3)
         assert (meta["decoded"]["width"], meta["decoded"]["height"]) == Image.open(
@@ -260,3 +266,109 @@ def test_decompression_bomb_is_rejected(tmp_path, convert_into):
     assert len(manifest.rejects) == 2 and all("decompression bomb" in r["reason"] for r in manifest.rejects)
     assert manifest.sets["all"].num_samples == 0 and manifest.sets["all"].shards == []
     assert any(w.startswith("no image passed the checks") for w in manifest.warnings)
+
+
+@pytest.mark.parametrize("check", ["full", "fast"])
+def test_damaged_tiff_is_rejected_not_a_crash(tmp_path, convert_into, check):
+    root = write_folder_tree(tmp_path / "root", {"gen": {"fake": ("png", "damaged_tiff", "jpeg")}})
+    manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0, check=check)
+    assert manifest.sets["all"].num_samples == 2
+    assert manifest.rejects == [{"item": str(root / "gen" / "fake" / "img001.tiff"),
+                                 "reason": "cannot decode: Missing dimensions"}]
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares a size but holds (almost) no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+def test_every_decoding_failure_becomes_bad_image(monkeypatch):
+    with pytest.raises(BadImage, match="^cannot decode: Missing dimensions$"):
+        check_image(image_bytes("damaged_tiff", 1))
+    with pytest.raises(BadImage, match="^decompression bomb: "):  # PIL's own limit still applies here
+        decode_rgb(png_header(20_000, 20_000))
+
+    def fail(self, *args, **kwargs):
+        raise TypeError()
+
+    monkeypatch.setattr(Image.Image, "convert", fail)
+    with pytest.raises(BadImage, match="^cannot decode: TypeError$"):  # an empty message names the type
+        decode_rgb(image_bytes("png", 1))
+
+
+def test_max_pixels_alone_decides_over_pil_limit(monkeypatch):
+    # 20000 x 20000 = 400 MP is over twice PIL's default limit: PIL alone would refuse it while opening.
+    with pytest.raises(BadImage, match="^decompression bomb: 20000x20000 = 400000000 pixels exceeds the limit of"):
+        check_image(png_header(20_000, 20_000))
+    with pytest.raises(BadImage, match="^cannot decode"):  # allowed by --max-pixels; then found to hold no pixels
+        check_image(png_header(20_000, 20_000), max_pixels=10**9)
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses images over 200 pixels
+    png = image_bytes("png", 2)
+    info, rgb = check_image(png, max_pixels=10**6)
+    assert rgb.size == (info.width, info.height) and info.width * info.height > 200
+    assert check_structure(png, 10**6).format == "PNG"
+    with pytest.raises(BadImage, match="exceeds the limit of 1000$"):
+        check_image(png, max_pixels=1000)
+    assert Image.MAX_IMAGE_PIXELS == 100  # restored: other callers keep PIL's limit
+    with pytest.raises(BadImage, match="^decompression bomb: "):
+        decode_rgb(png)
+
+
+def test_folder_walk_skips_hidden_folders_and_symlink_cycles(tmp_path, convert_into):
+    root = write_folder_tree(tmp_path / "root", {"gen": {"fake": ("png", "png"), "real": ("jpeg",)}})
+    fake = root / "gen" / "fake"
+    (fake / "sub").mkdir()
+    (fake / "sub" / "a.png").write_bytes(image_bytes("png", 5))
+    (fake / "sub" / "loop").symlink_to(fake, target_is_directory=True)  # a cycle
+    (fake / ".thumbnails").mkdir()  # hidden, like the hidden files beside it
+    (fake / ".thumbnails" / "t.png").write_bytes(image_bytes("png", 6))
+    (fake / ".t.png").write_bytes(image_bytes("png", 7))
+    elsewhere = write_folder_tree(tmp_path / "elsewhere", {"more": {"fake": ("png",)}}) / "more" / "fake"
+    (fake / "linked").symlink_to(elsewhere, target_is_directory=True)  # no cycle: followed
+    manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0)
+    paths = sorted(json.loads(m["json"])["path"] for _, m in read_all_samples(tmp_path / "out")["all"])
+    assert paths == ["gen/fake/img000.png", "gen/fake/img001.png", "gen/fake/linked/img000.png",
+                     "gen/fake/sub/a.png", "gen/real/img000.JPG"]
+    assert manifest.sources[0]["ignored_examples"] == ["gen/fake/.t.png", "gen/fake/.thumbnails/",
+                                                       "gen/fake/sub/loop/"]
+
+
+def test_balancing_is_reported(tmp_path, hf_replica, extra_real, convert_into, capsys):
+    # HF Manual: 5 fakes, 3 reals -> limit 2 of the 8 local reals
+    convert_into(tmp_path / "out", hf_repo=str(hf_replica), hf_split="Manual", folders=[extra_real], val_frac=0,
+                 quiet=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert "balance: kept 2 of 8 local real images (limit 2 = fakes 5 - HF reals 3); see manifest.json balance" in lines
+    assert any(line.startswith("note: with --val-frac 0") and "--no-balance" in line for line in lines)
+    convert_into(tmp_path / "kept", hf_repo=str(hf_replica), hf_split="Manual", folders=[extra_real], val_frac=0,
+                 balance=False, quiet=False)
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith(("balance", "note"))]
+
+
+def test_default_workers_respect_the_cgroup_memory_limit(monkeypatch, tmp_path):
+    files: dict[str, str] = {}
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(convert_settings, "host_memory", lambda: 256 * 10**9)
+    monkeypatch.setattr(convert_settings, "read_cgroup_file", lambda path: files.get(path.name))
+    partition = 2 * 10**9  # a worker needs about 3 x 2 GB
+    assert default_workers(partition) == 16  # no cgroup
+    files["memory.max"] = "max\n"
+    assert default_workers(partition) == 16  # cgroup v2 without a limit
+    files["memory.max"] = f"{12 * 10**9}\n"
+    assert default_workers(partition) == 2
+    files.clear()
+    files["memory.limit_in_bytes"] = "9223372036854771712\n"  # cgroup v1 "unlimited"
+    assert default_workers(partition) == 16
+    files["memory.limit_in_bytes"] = f"{30 * 10**9}\n"
+    assert default_workers(partition) == 5
+    files["memory.limit_in_bytes"] = "1000\n"
+    assert default_workers(partition) == 1
+    assert convert_settings.cgroup_memory_limit() == 1000
+    monkeypatch.undo()
+    assert convert_settings.read_cgroup_file(tmp_path / "memory.max") is None

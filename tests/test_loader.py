@@ -37,7 +37,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _kwargs(**extra: object) -> dict:
-    return dict(device="cpu", batch_size=4, crop=CROP, local_rank=0, num_threads=1, **extra)
+    return dict(device=torch.device("cpu"), batch_size=4, crop=CROP, num_threads=1, **extra)
 
 
 @pytest.mark.parametrize("engine", ["dali", "reference"])

@@ -188,8 +188,10 @@ def test_rsa_flags_are_checked() -> None:
         RSAConfig.from_flags("Blur")
     with pytest.raises(UserError, match="3 numbers for 2 ops"):
         RSAConfig.from_flags("RandomCrop,JPEGinMemory", 0, "1,2,3")
-    with pytest.raises(UserError, match="min 2 > max 1"):
+    with pytest.raises(UserError, match="min 2, max 1"):
         RSAConfig.from_flags("RandomCrop", 2, 1)
+    with pytest.raises(UserError, match="one count per op"):
+        RSAConfig(("RandomCrop", "JPEGinMemory"), (0,), (1,))
     with pytest.raises(UserError, match=">= 0"):
         RSAConfig.from_flags("RandomCrop", -1, 1)
     assert RSAConfig.from_flags("StochasticJPEG,singleJPEG", 0, "1,2").max_steps == 10 + 4

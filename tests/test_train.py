@@ -49,7 +49,7 @@ def easy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _settings(data: Path, out: Path, **overrides: object) -> TrainSettings:
     base = dict(data=data, out=out, device="cpu", model_size="tiny", input_size=224, patch_size=16,
                 pretrained=False, batch_size=4, lr=1e-3, warmup_frac=0.1, num_threads=1, log_every=1,
-                ckpt_keep_count=-1, shuffle_buffer=16, rsa_max_num_ops="1")
+                ckpt_keep_count=-1, shuffle_buffer=16, rsa_max_num_ops="1", seed=0)
     base.update(overrides)
     return TrainSettings(**base)  # type: ignore[arg-type]
 
@@ -172,3 +172,40 @@ def test_wandb_offline_run_is_written(easy: Path, tmp_path: Path, monkeypatch: p
 def test_resume_flag_needs_a_checkpoint(easy: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--resume"):
         train(_settings(easy, tmp_path / "empty", train_itrs=1, resume=True))
+
+
+@pytest.mark.parametrize("overrides, flag", [
+    ({"batch_size": 0}, "--batch-size"), ({"log_every": 0}, "--log-every"), ({"amp_dtype": "fp32"}, "--amp-dtype"),
+    ({"loader": "pil"}, "--loader"), ({"ckpt_keep_count": -2}, "--ckpt-keep-count"),
+    ({"warmup_frac": 1.5}, "--warmup-frac"), ({"rsa_ops": "Blur"}, "--rsa-ops"), ({"device": "tpu"}, "--device"),
+])
+def test_bad_settings_are_refused_before_work(easy: Path, tmp_path: Path, overrides: dict, flag: str) -> None:
+    with pytest.raises(UserError, match=flag):
+        train(_settings(easy, tmp_path / "run", train_itrs=1, **overrides))
+    assert not (tmp_path / "run").exists()
+
+
+def test_original_checkpoint_gives_weights_and_freeze_applies(easy: Path, tmp_path: Path) -> None:
+    """`--ckpt` with the original's format: its weights, a new optimizer and schedule;
+    `--freeze-backbone` holds on weights loaded from a file too."""
+    from commfor_fast.model import CommForDetector
+
+    torch.manual_seed(1)
+    start = CommForDetector(model_size="tiny", input_size=224, patch_size=16)
+    original = {"model": {f"_orig_mod.{k}": v for k, v in start.state_dict().items()}, "optimizer": {},
+                "scheduler": {"last_epoch": 7}, "scaler": {}, "epoch": 1, "itr": 1234}
+    torch.save(original, tmp_path / "original.pt")
+    run = tmp_path / "run"
+    final = train(_settings(easy, run, train_itrs=2, validate=False, ckpt=tmp_path / "original.pt",
+                            freeze_backbone=True))
+    trained = torch.load(final)
+    before = start.state_dict()
+    assert torch.equal(trained["vit.pos_embed"], before["vit.pos_embed"])  # frozen backbone
+    assert not torch.equal(trained["vit.head.weight"], before["vit.head.weight"])  # the head trained
+    assert [r["itr"] for r in _records(run) if "loss" in r] == [1, 2]  # a new schedule, not itr 1234
+
+
+def test_train_itrs_below_one_means_epochs(easy: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(_settings(easy, run, train_itrs=-1, epochs=1, validate=False, log_every=100))
+    assert [r["itr"] for r in _records(run) if "loss" in r] == [9]  # one epoch of 36 images at batch 4

@@ -2,10 +2,12 @@
 
 When Hugging Face data and local folders are combined, local real images are limited
 to `limit = (all fakes) - (HF reals)`, floored at 0. The limit is spread
-"water-filling" style over the local real datasets (by dataset name): from the
-smallest, each step computes `quota = ceil(remaining / datasets_left)`; a dataset no
-larger than the quota is kept whole, a larger one is sampled (seeded) down to it.
-Small datasets therefore survive whole and the big ones share what is left equally.
+"water-filling" style over the local real datasets (by dataset name), as the original
+does: datasets are taken from the smallest while keeping them whole and giving every
+remaining dataset as many images still stays under the limit; at the first dataset
+where it does not, one quota `ceil((limit - kept so far) / datasets left)` applies to
+it and every larger dataset (sampled, seeded). Small datasets survive whole, the big
+ones share the rest equally; the ceiling can overshoot the limit by a few images.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ SEED_STREAM = 1  # keeps balancing's random numbers apart from the other plannin
 
 
 def water_fill(sizes: dict[str, int], limit: int) -> dict[str, int]:
-    """How many samples each dataset keeps, smallest datasets first."""
-    kept: dict[str, int] = {}
-    remaining = limit
+    """How many samples each dataset keeps (all of them when the total fits the limit)."""
+    if sum(sizes.values()) <= limit:
+        return dict(sizes)
     order = sorted(sizes, key=lambda name: (sizes[name], name))
+    whole, left = 0, len(order)
     for i, name in enumerate(order):
-        quota = math.ceil(remaining / (len(order) - i)) if remaining > 0 else 0
-        kept[name] = min(sizes[name], quota)
-        remaining -= kept[name]
-    return kept
+        if sizes[name] * left + whole >= limit:
+            quota = math.ceil((limit - whole) / left)
+            return {**{n: sizes[n] for n in order[:i]}, **{n: min(sizes[n], quota) for n in order[i:]}}
+        whole += sizes[name]
+        left -= 1
+    return dict(sizes)
 
 
 def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,

@@ -15,6 +15,7 @@ The same command with `--device cuda` and larger sizes is a smoke test on a GPU 
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def run_demo(settings: DemoSettings) -> EvalReport:
     from commfor_fast.train import train
 
     out = Path(settings.out)
+    for previous in (out / "run", out / "report"):  # a rerun trains and reports afresh
+        shutil.rmtree(previous, ignore_errors=True)
     started = time.perf_counter()
     print(f"[1/4] rendering demo images into {out / 'data'}", flush=True)
     hf, folders = write_demo_data(out / "data", settings.fakes_per_generator, settings.test_per_source,

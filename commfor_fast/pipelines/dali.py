@@ -21,7 +21,6 @@ at RandomResizedCrop's scales), and resampling rounds differently by about a gre
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +29,11 @@ from typing import Callable
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline, do_not_convert
-from PIL import Image
 
 from commfor_fast.errors import UserError
 from commfor_fast.pipelines.ops import Affine, Crop, Erase, Flip, Interp, Jpeg, Pad, Resize, ResizedCrop, Step, trace_sizes
 from commfor_fast.pipelines.plan import Plan, RSAConfig, eval_plan, train_plan
-from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_preresize
 from commfor_fast.shards import IDS_EXT, IMAGE_EXTS, Manifest, SampleIds
 
 READER_NAME = "reader"
@@ -95,36 +93,28 @@ PlanFn = Callable[[SampleIds, int, int, np.random.Generator], Plan]
 class PlanCompiler:
     """The per-batch host function: draws (or looks up) plans and lowers them.
 
-    Inputs per sample: the `.ids` record, two random seeds from DALI and the encoded
-    bytes (only their header is read, for the image size). Outputs: the first-resize size, `positions`
+    Inputs per sample: the `.ids` record (which holds the stored image's size), two
+    random seeds from DALI and the encoded bytes (only their length is read). Outputs: the first-resize size, `positions`
     step kinds, the packed step arguments, the final crop window, and the byte count,
     which the graph uses to make decoding wait for this function: so the compiler has
     always seen a batch that fails to decode.
     """
 
-    def __init__(self, plan_fn: PlanFn, positions: int, raw: bool) -> None:
+    def __init__(self, plan_fn: PlanFn, positions: int) -> None:
         self.plan_fn = plan_fn
         self.positions = positions
-        self.raw = raw
         # Sample numbers of the last few batches: where to look when decoding fails.
         self.recent: deque[tuple[int, ...]] = deque(maxlen=8)
-
-    def stored_size(self, ids: SampleIds, encoded: np.ndarray) -> tuple[int, int]:
-        """(H, W) of the stored image: from `.ids` for raw pixels, else the file header."""
-        if self.raw:
-            return ids.height, ids.width
-        with Image.open(io.BytesIO(encoded.tobytes())) as img:  # reads the header only
-            return img.height, img.width
 
     @do_not_convert
     def __call__(self, ids_batch: list[np.ndarray], seed_batch: list[np.ndarray], encoded_batch: list[np.ndarray]):
         sizes, kinds, args, crops = [], [], [], []
         lengths = [np.array(e.shape, np.int64) for e in encoded_batch]
         self.recent.append(tuple(int(ids[2]) for ids in ids_batch))
-        for raw_ids, seed, encoded in zip(ids_batch, seed_batch, encoded_batch):
+        for raw_ids, seed in zip(ids_batch, seed_batch):
             ids = SampleIds(*(int(v) for v in raw_ids))
             rng = np.random.default_rng([int(s) for s in seed])
-            plan = self.plan_fn(ids, *self.stored_size(ids, encoded), rng)
+            plan = self.plan_fn(ids, ids.height, ids.width, rng)
             h, w = plan.height, plan.width
             if plan.resize is not None:
                 h, w = plan.resize.out_size(h, w)
@@ -239,16 +229,6 @@ class ShardSource:
             manifest.preresize,
         )
 
-    def check_crop(self, crop: int) -> None:
-        """Pre-resized shards only fit the input size they were made for."""
-        from commfor_fast.pipelines.preprocess import resize_size
-
-        if self.preresize is not None and self.preresize != resize_size(crop):
-            raise UserError(
-                f"these shards were pre-resized to a shorter side of {self.preresize}, but --input-size {crop} "
-                f"needs {resize_size(crop)}; convert again with --preresize {resize_size(crop)} "
-                "(or without --preresize)"
-            )
 
 
 def _read(source: ShardSource, shard_id: int, num_shards: int, shuffle: bool, initial_fill: int, seed: int):
@@ -318,7 +298,7 @@ def _train_graph(source: ShardSource, device: str, compiler: PlanCompiler, shard
     return (_normalise(img) if normalise else img), ids
 
 
-@pipeline_def(enable_checkpointing=True)
+@pipeline_def
 def _eval_graph(source: ShardSource, device: str, compiler: PlanCompiler, shard_id: int, num_shards: int,
                 normalise: bool):
     encoded, ids = _read(source, shard_id, num_shards, False, 1, 0)
@@ -365,7 +345,7 @@ def create_train_pipeline(
     it to inject parameters). `checkpoint` restores a state from `Pipeline.checkpoint()`.
     The returned pipeline's `plan_compiler` remembers the last batches' sample numbers.
     """
-    source.check_crop(crop)
+    check_preresize(source.preresize, crop)
     preresized = source.preresize is not None
 
     def draw(ids: SampleIds, h: int, w: int, rng: np.random.Generator) -> Plan:
@@ -373,11 +353,12 @@ def create_train_pipeline(
             return plans(ids, h, w)
         return train_plan(rng, rsa, h, w, crop, preresized)
 
-    compiler = PlanCompiler(draw, max(rsa.max_steps, 1), preresized)
+    compiler = PlanCompiler(draw, max(rsa.max_steps, 1))
     pipe = _train_graph(
         source, device, compiler, shard_id, num_shards, initial_fill, seed, normalise,
         batch_size=batch_size, num_threads=num_threads, device_id=_check_device(device, device_id),
-        seed=seed * 1000 + shard_id, prefetch_queue_depth=prefetch_queue_depth, checkpoint=checkpoint,
+        seed=int(np.random.SeedSequence([seed, shard_id]).generate_state(1)[0] >> 1),
+        prefetch_queue_depth=prefetch_queue_depth, checkpoint=checkpoint,
     )
     pipe.plan_compiler = compiler
     return pipe
@@ -401,13 +382,13 @@ def create_eval_pipeline(
     Each shard_id reads its contiguous part of the set once, in stored order; the last
     batch is padded by repeating the last sample (the loader drops those repeats).
     """
-    source.check_crop(crop)
+    check_preresize(source.preresize, crop)
     preresized = source.preresize is not None
 
     def draw(ids: SampleIds, h: int, w: int, rng: np.random.Generator) -> Plan:
         return eval_plan(h, w, crop, preresized)
 
-    compiler = PlanCompiler(draw, 0, preresized)
+    compiler = PlanCompiler(draw, 0)
     pipe = _eval_graph(
         source, device, compiler, shard_id, num_shards, normalise,
         batch_size=batch_size, num_threads=num_threads, device_id=_check_device(device, device_id),
@@ -415,8 +396,3 @@ def create_eval_pipeline(
     )
     pipe.plan_compiler = compiler
     return pipe
-
-
-def shard_range(num_samples: int, shard_id: int, num_shards: int) -> tuple[int, int]:
-    """[start, end) sample range DALI's readers give to `shard_id` (no padding)."""
-    return num_samples * shard_id // num_shards, num_samples * (shard_id + 1) // num_shards

@@ -35,6 +35,6 @@ class DaliDecodeCheck:
         except RuntimeError as exc:
             self._pipe = None  # a failed DALI pipeline cannot run again
             reason = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            useful = [r for r in reason if "failure" in r.lower() or "error" in r.lower() and "operator" not in r]
+            useful = [r for r in reason if "failure" in r.lower() or ("error" in r.lower() and "operator" not in r)]
             return "DALI cannot decode it" + (f" ({useful[-1]})" if useful else "")
         return None

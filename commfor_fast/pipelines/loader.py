@@ -19,20 +19,21 @@ knowing.
 
 from __future__ import annotations
 
-import math
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb
 from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan
-from commfor_fast.pipelines.preprocess import normalise
+from commfor_fast.pipelines.preprocess import check_preresize, normalise
 from commfor_fast.pipelines.reference import run_plan
-from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, sample_key, unpack_ids
+from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, sample_key, shard_range, unpack_ids
 
 ENGINES = ("dali", "reference")
 
@@ -67,31 +68,48 @@ class DataError(UserError):
     """A sample in the shards cannot be decoded at training or evaluation time."""
 
 
-def _describe_bad_samples(reader: ShardReader, numbers: set[int]) -> str:
-    """Decode the given samples with PIL and DALI and name the ones that fail."""
+def _damaged(number: int, shard: str, reason: str) -> DataError:
+    return DataError(f"cannot decode sample {sample_key(number)} in {shard}: {reason}. The shards were damaged "
+                     "after conversion: compare their sha256 with manifest.json, or convert again")
+
+
+def _find_damaged(reader: ShardReader, numbers: set[int]) -> DataError | None:
+    """Decode the given samples with PIL and DALI; the first that fails, as an error."""
     from commfor_fast.pipelines.decode_check import DaliDecodeCheck
 
     dali_check = DaliDecodeCheck()
-    found = []
     for number in sorted(numbers):
         i = reader.position(sample_key(number))
         if i is None:
             continue
         data = reader.read(i)
+        ids = unpack_ids(data["ids"])
         image = next((data[e] for e in IMAGE_EXTS if e in data), b"")
         if RAW_EXT in data:
-            ids = unpack_ids(data["ids"])
-            if len(image) != ids.height * ids.width * 3:
-                found.append(f"sample {sample_key(number)} in {reader.shard_of(i)}: raw pixels have the wrong size")
-            continue
-        try:
-            check_image(image)
-            reason = dali_check.check(image)
-        except BadImage as exc:
-            reason = str(exc)
+            reason = None if len(image) == ids.height * ids.width * 3 else "raw pixels of the wrong size"
+        else:
+            try:
+                check_image(image)
+                reason = dali_check.check(image)
+            except BadImage as exc:
+                reason = str(exc)
         if reason:
-            found.append(f"sample {sample_key(number)} in {reader.shard_of(i)}: {reason}")
-    return "; ".join(found)
+            return _damaged(number, reader.shard_of(i), reason)
+    return None
+
+
+def _decode_failure(exc: RuntimeError, root: Path, manifest: Manifest, set_name: str, pipe: Any) -> Exception:
+    """Name the damaged sample behind a DALI failure in decoding or planning; other
+    failures (out of memory, ...) pass through unchanged."""
+    text = str(exc)
+    if not any(op in text for op in ("decoders", "python_function", "reshape")):
+        return exc
+    recent = {n for batch in pipe.plan_compiler.recent for n in batch}
+    reader = ShardReader(root, manifest.sets[set_name])
+    try:
+        return _find_damaged(reader, recent) or exc
+    finally:
+        reader.close()
 
 
 def _unwrap_worker_error(exc: DataError) -> DataError:
@@ -102,13 +120,9 @@ def _unwrap_worker_error(exc: DataError) -> DataError:
     return DataError(text.rsplit(marker, 1)[1].strip()) if marker in text else exc
 
 
-def _device_of(device: str, local_rank: int) -> tuple[str, int | None, torch.device]:
-    """torch device name -> (DALI device, DALI device_id, torch device)."""
-    if device == "cuda":
-        return "gpu", local_rank, torch.device("cuda", local_rank)
-    if device == "cpu":
-        return "cpu", None, torch.device("cpu")
-    raise UserError(f"--device {device!r}: use 'cuda' or 'cpu'")
+def _dali_device(device: torch.device) -> tuple[str, int | None]:
+    """A torch device as DALI's (device, device_id)."""
+    return ("gpu", device.index or 0) if device.type == "cuda" else ("cpu", None)
 
 
 # ------------------------------------------------------------------------- DALI
@@ -117,16 +131,15 @@ def _device_of(device: str, local_rank: int) -> tuple[str, int | None, torch.dev
 class DaliTrainStream:
     """Endless stream of augmented training batches from the DALI pipeline."""
 
-    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: str, batch_size: int, crop: int,
-                 rsa: RSAConfig, seed: int, rank: int, world_size: int, local_rank: int, num_threads: int,
+    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
+                 crop: int, rsa: RSAConfig, seed: int, rank: int, world_size: int, num_threads: int,
                  initial_fill: int = 4096, state: dict[str, Any] | None = None) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         from commfor_fast.pipelines.dali import ShardSource, create_train_pipeline
 
-        self.root, self.set_name = Path(root), set_name
-        self.manifest = manifest
-        dali_device, device_id, self.device = _device_of(device, local_rank)
+        self.root, self.manifest, self.set_name = Path(root), manifest, set_name
+        dali_device, device_id = _dali_device(device)
         source = ShardSource.from_manifest(root, manifest, set_name)
         self.pipe = create_train_pipeline(
             source, device=dali_device, batch_size=batch_size, crop=crop, rsa=rsa, seed=seed, shard_id=rank,
@@ -152,27 +165,21 @@ class DaliTrainStream:
     def state_dict(self) -> dict[str, Any]:
         return {"engine": "dali", "checkpoint": self._iter.checkpoints()[0]}
 
-
-def _decode_failure(exc: RuntimeError, root: Path, manifest: Manifest, set_name: str, pipe: Any) -> Exception:
-    recent = {n for batch in pipe.plan_compiler.recent for n in batch}
-    detail = _describe_bad_samples(ShardReader(root, manifest.sets[set_name]), recent) if recent else ""
-    if not detail:
-        return exc
-    return DataError(
-        f"cannot decode {detail}. The shards were damaged after conversion: compare their sha256 with "
-        f"{root}/manifest.json or convert again"
-    )
+    def close(self) -> None:
+        """Stop the pipeline now (from this thread), not whenever garbage collection runs."""
+        self._iter = self.pipe = None
+        gc.collect()
 
 
 class DaliEvalLoader:
     """This rank's part of a set, once, in stored order, without padding repeats."""
 
-    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: str, batch_size: int, crop: int,
-                 rank: int, world_size: int, local_rank: int, num_threads: int) -> None:
-        from commfor_fast.pipelines.dali import ShardSource, create_eval_pipeline, shard_range
+    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
+                 crop: int, rank: int, world_size: int, num_threads: int) -> None:
+        from commfor_fast.pipelines.dali import ShardSource, create_eval_pipeline
 
         self.root, self.manifest, self.set_name = Path(root), manifest, set_name
-        dali_device, device_id, self.device = _device_of(device, local_rank)
+        dali_device, device_id = _dali_device(device)
         source = ShardSource.from_manifest(root, manifest, set_name)
         start, end = shard_range(source.num_samples, rank, world_size)
         self.num_samples = end - start
@@ -200,6 +207,10 @@ class DaliEvalLoader:
         except RuntimeError as exc:
             raise _decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
 
+    def close(self) -> None:
+        self.pipe = None
+        gc.collect()
+
 
 # -------------------------------------------------------------------- reference
 
@@ -217,17 +228,16 @@ class _ReferenceItems(torch.utils.data.Dataset):
         epoch, index = key
         data = self.reader.read(index)
         ids = unpack_ids(data["ids"])
-        ext = next(e for e in IMAGE_EXTS if e in data)
+        ext = next((e for e in IMAGE_EXTS if e in data), None)
         try:
+            if ext is None:
+                raise BadImage("the sample has no image member")
             if ext == RAW_EXT:
-                from PIL import Image
-
                 img = Image.fromarray(decode_raw(data[ext], ids.height, ids.width))
             else:
                 img = decode_rgb(data[ext])
         except BadImage as exc:
-            raise DataError(f"cannot decode sample {sample_key(ids.sample_number)} in {self.reader.shard_of(index)}: "
-                            f"{exc}; the shards were damaged after conversion, convert again") from None
+            raise _damaged(ids.sample_number, self.reader.shard_of(index), str(exc)) from None
         if self.rsa is None:
             plan = eval_plan(img.height, img.width, self.crop, self.preresized)
         else:
@@ -241,7 +251,8 @@ class _StreamSampler(torch.utils.data.Sampler):
     `iters` batches per rank; starts at batch `start` of the stream."""
 
     def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int, start: int) -> None:
-        self.n, self.b, self.rank, self.world, self.seed, self.start = num_samples, batch_size, rank, world_size, seed, start
+        self.n, self.b, self.rank, self.world = num_samples, batch_size, rank, world_size
+        self.seed, self.start = seed, start
         self.iters = iters_per_epoch(num_samples, batch_size, world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -258,20 +269,18 @@ class _StreamSampler(torch.utils.data.Sampler):
 class ReferenceTrainStream:
     """Endless stream of training batches from the PIL reference executor."""
 
-    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: str, batch_size: int, crop: int,
-                 rsa: RSAConfig, seed: int, rank: int, world_size: int, local_rank: int, num_threads: int,
+    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
+                 crop: int, rsa: RSAConfig, seed: int, rank: int, world_size: int, num_threads: int,
                  state: dict[str, Any] | None = None) -> None:
-        from commfor_fast.pipelines.dali import ShardSource
-
-        ShardSource.from_manifest(root, manifest, set_name).check_crop(crop)
-        _, _, self.device = _device_of(device, local_rank)
+        check_preresize(manifest.preresize, crop)
+        self.device = device
         reader = ShardReader(root, manifest.sets[set_name])
         self.served = int((state or {}).get("batches", 0))
         items = _ReferenceItems(reader, crop, manifest.preresize is not None, rsa, seed)
         sampler = _StreamSampler(len(reader), batch_size, rank, world_size, seed, self.served)
         self._iter = iter(torch.utils.data.DataLoader(
             items, batch_size=batch_size, sampler=sampler, num_workers=num_threads,
-            pin_memory=self.device.type == "cuda", persistent_workers=num_threads > 0,
+            pin_memory=device.type == "cuda", persistent_workers=num_threads > 0,
         ))
 
     def __iter__(self) -> ReferenceTrainStream:
@@ -288,23 +297,26 @@ class ReferenceTrainStream:
     def state_dict(self) -> dict[str, Any]:
         return {"engine": "reference", "batches": self.served}
 
+    def close(self) -> None:
+        """Stop the worker processes now."""
+        self._iter = None
+        gc.collect()
+
 
 class ReferenceEvalLoader:
     """This rank's contiguous part of a set, once, preprocessed by the reference executor."""
 
-    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: str, batch_size: int, crop: int,
-                 rank: int, world_size: int, local_rank: int, num_threads: int) -> None:
-        from commfor_fast.pipelines.dali import ShardSource, shard_range
-
-        ShardSource.from_manifest(root, manifest, set_name).check_crop(crop)
-        _, _, self.device = _device_of(device, local_rank)
-        reader = ShardReader(root, manifest.sets[set_name])
-        start, end = shard_range(len(reader), rank, world_size)
+    def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
+                 crop: int, rank: int, world_size: int, num_threads: int) -> None:
+        check_preresize(manifest.preresize, crop)
+        self.device = device
+        self.reader = ShardReader(root, manifest.sets[set_name])
+        start, end = shard_range(len(self.reader), rank, world_size)
         self.num_samples = end - start
-        items = _ReferenceItems(reader, crop, manifest.preresize is not None, None, 0)
+        items = _ReferenceItems(self.reader, crop, manifest.preresize is not None, None, 0)
         self._loader = torch.utils.data.DataLoader(
             items, batch_size=batch_size, sampler=[(0, i) for i in range(start, end)], num_workers=num_threads,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=device.type == "cuda",
         )
 
     def __len__(self) -> int:
@@ -317,29 +329,47 @@ class ReferenceEvalLoader:
         except DataError as exc:
             raise _unwrap_worker_error(exc) from None
 
+    def close(self) -> None:
+        self.reader.close()
+
 
 # ---------------------------------------------------------------------- factories
 
+TrainStream = DaliTrainStream | ReferenceTrainStream
+EvalLoader = DaliEvalLoader | ReferenceEvalLoader
 
-def create_train_stream(engine: str, root: Path, manifest: Manifest, set_name: str, **kwargs: Any):
-    """An endless training stream (`dali` or `reference`); see the classes for kwargs."""
+
+def create_train_stream(engine: str, root: Path, manifest: Manifest, set_name: str, *, device: torch.device,
+                        batch_size: int, crop: int, rsa: RSAConfig, seed: int, rank: int, world_size: int,
+                        num_threads: int, initial_fill: int = 4096,
+                        state: dict[str, Any] | None = None) -> TrainStream:
+    """An endless training stream of `engine` ("dali" or "reference").
+
+    Args:
+        device: where the images go (and, for DALI, which device runs the pipeline).
+        rank, world_size: this process's shard of the set.
+        num_threads: DALI CPU threads, or reference DataLoader workers.
+        initial_fill: DALI's shuffle buffer (samples); the reference permutes every epoch.
+        state: a `state_dict()` of an earlier stream with the same settings, to resume.
+    """
     if engine == "dali":
-        return DaliTrainStream(root, manifest, set_name, **kwargs)
+        return DaliTrainStream(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop, rsa=rsa,
+                               seed=seed, rank=rank, world_size=world_size, num_threads=num_threads,
+                               initial_fill=initial_fill, state=state)
     if engine == "reference":
-        kwargs.pop("initial_fill", None)
-        return ReferenceTrainStream(root, manifest, set_name, **kwargs)
+        return ReferenceTrainStream(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop,
+                                    rsa=rsa, seed=seed, rank=rank, world_size=world_size, num_threads=num_threads,
+                                    state=state)
     raise UserError(f"--loader {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
-def create_eval_loader(engine: str, root: Path, manifest: Manifest, set_name: str, **kwargs: Any):
-    """One pass over this rank's part of a set (`dali` or `reference`)."""
+def create_eval_loader(engine: str, root: Path, manifest: Manifest, set_name: str, *, device: torch.device,
+                       batch_size: int, crop: int, rank: int, world_size: int, num_threads: int) -> EvalLoader:
+    """One pass over this rank's contiguous part of a set, with `engine` ("dali" or "reference")."""
     if engine == "dali":
-        return DaliEvalLoader(root, manifest, set_name, **kwargs)
+        return DaliEvalLoader(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop, rank=rank,
+                              world_size=world_size, num_threads=num_threads)
     if engine == "reference":
-        return ReferenceEvalLoader(root, manifest, set_name, **kwargs)
+        return ReferenceEvalLoader(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop,
+                                   rank=rank, world_size=world_size, num_threads=num_threads)
     raise UserError(f"--loader {engine!r}: choose one of {', '.join(ENGINES)}")
-
-
-def eval_batches_total(num_samples: int, batch_size: int, world_size: int) -> int:
-    """The most batches any rank produces in one evaluation pass (for progress bars)."""
-    return math.ceil(math.ceil(num_samples / world_size) / batch_size)

@@ -35,6 +35,18 @@ class RSAConfig:
     # non-square images; True resizes back to (old H, old W) instead.
     fix_padding_quirk: bool = False
 
+    def __post_init__(self) -> None:
+        unknown = [o for o in self.ops if o not in OPS]
+        if unknown:
+            raise UserError(f"--rsa-ops: unknown op {unknown[0]!r}; choose from {', '.join(OPS)}")
+        if not len(self.ops) == len(self.min_counts) == len(self.max_counts):
+            raise UserError(f"RSA config: {len(self.ops)} ops but {len(self.min_counts)} minimum and "
+                            f"{len(self.max_counts)} maximum counts; give one count per op")
+        for name, lo, hi in zip(self.ops, self.min_counts, self.max_counts):
+            if lo < 0 or hi < lo:
+                raise UserError(f"--rsa-min-num-ops/--rsa-max-num-ops: {name} has min {lo}, max {hi}; "
+                                "counts must satisfy 0 <= min <= max")
+
     @classmethod
     def from_flags(
         cls,
@@ -49,14 +61,8 @@ class RSAConfig:
         An empty op list turns RSA off.
         """
         names = tuple(o.strip() for o in ops.split(",") if o.strip()) if isinstance(ops, str) else tuple(ops)
-        unknown = [o for o in names if o not in OPS]
-        if unknown:
-            raise UserError(f"--rsa-ops: unknown op {unknown[0]!r}; choose from {', '.join(OPS)}")
         lo = _counts("--rsa-min-num-ops", min_num_ops, len(names))
         hi = _counts("--rsa-max-num-ops", max_num_ops, len(names))
-        for name, a, b in zip(names, lo, hi):
-            if b < a:
-                raise UserError(f"--rsa-min-num-ops/--rsa-max-num-ops: {name} has min {a} > max {b}")
         return cls(names, lo, hi, fix_padding_quirk)
 
     @property

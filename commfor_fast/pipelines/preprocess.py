@@ -24,6 +24,15 @@ def resize_size(crop: int) -> int:
     return RESIZE_FOR_CROP[crop]
 
 
+def check_preresize(preresize: int | None, crop: int) -> None:
+    """Pre-resized shards only fit the input size they were made for."""
+    if preresize is not None and preresize != resize_size(crop):
+        raise UserError(
+            f"these shards were pre-resized to a shorter side of {preresize}, but --input-size {crop} needs "
+            f"{resize_size(crop)}; convert again with --preresize {resize_size(crop)} (or without --preresize)"
+        )
+
+
 def center_crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
     """(top, left) of torchvision's CenterCrop: `int(round((H - crop) / 2))` (round half to even)."""
     return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
@@ -41,9 +50,3 @@ def normalise(hwc: np.ndarray) -> torch.Tensor:
     """uint8 HWC RGB -> float32 CHW, scaled to [0, 1] then ImageNet-normalised."""
     return torch.from_numpy(np.stack([_NORMALISE_LUT[c][hwc[..., c]] for c in range(3)]))
 
-
-def denormalise(chw: torch.Tensor) -> torch.Tensor:
-    """Inverse of `normalise`, back to the 0..255 scale (float), for comparisons and plots."""
-    mean = torch.tensor(IMAGENET_MEAN, device=chw.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=chw.device).view(3, 1, 1)
-    return (chw.float() * std + mean) * 255.0

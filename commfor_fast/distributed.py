@@ -1,0 +1,99 @@
+"""The process's place in a torchrun job, its device, and the few collectives we use.
+
+Read once from the environment: `RANK`, `LOCAL_RANK` and `WORLD_SIZE` (torchrun sets
+them; a plain process is rank 0 of 1). NCCL on GPUs, gloo on CPUs. Only rank 0
+prints, logs and saves; the others gather to it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from commfor_fast.errors import UserError
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                   int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """`auto`/None -> this rank's GPU if one is visible, else the CPU; `cuda` -> this
+    rank's GPU; `cuda:N` -> GPU N; `cpu`. Errors name the flag and the fix."""
+    if name in (None, "auto"):
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is visible here; use --device cpu")
+    index = local_rank if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device("cuda", index)
+
+
+def amp_dtype(name: str) -> torch.dtype:
+    """The autocast dtype of `--amp-dtype`."""
+    if name not in AMP_DTYPES:
+        raise UserError(f"--amp-dtype {name!r}: use {' or '.join(AMP_DTYPES)}")
+    return AMP_DTYPES[name]
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    """Initialise the process group under torchrun (NCCL on GPU, gloo on CPU)."""
+    env = Dist.from_env()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if env.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return env
+
+
+def teardown_distributed(env: Dist) -> None:
+    if env.world_size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_gather(obj: Any, env: Dist) -> list[Any]:
+    """Every rank's `obj`, in rank order (just [obj] without DDP)."""
+    if env.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj: Any, env: Dist) -> Any:
+    """Rank 0's `obj` on every rank: decisions taken once (which checkpoint to resume)."""
+    if env.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
