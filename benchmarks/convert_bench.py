@@ -1,9 +1,10 @@
 """Conversion benchmark: images/s and MB/s per worker, 1 vs 2 workers, and where the time goes.
 
-Generates 1024x1024 photo-like PNG and JPEG images (the same images as a folder tree
-and as a hub-like parquet replica), then times `convert` on each source: verbatim
-with the full PIL check (the default), verbatim with `--check fast`, and
-`--preresize 440`, with 1 and 2 workers (best of two runs; one with --quick). MB/s
+Uses the benchmark images of `data.py` (1024x1024 demo scenes as PNG and JPEG
+folders) as a folder source and, the same images, as a hub-like parquet replica,
+then times `convert` on each source: verbatim with the full PIL check (the
+default), verbatim with `--check fast`, and `--preresize 440`, with 1 and 2
+workers (best of two runs; one with --quick). MB/s
 counts source bytes; the sources sit in the page cache, and the shards are written
 (and fsync'ed) to the output folder. Times include planning and worker start-up.
 A second table times each step of converting one image in one process, so the
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import multiprocessing as mp
 import shutil
 import sys
@@ -26,9 +26,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from commfor_fast.convert.check import check_structure
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
@@ -36,7 +33,6 @@ from commfor_fast.convert.tarshard import ShardWriter
 from commfor_fast.demo.hf_replica import write_hf_replica
 from commfor_fast.imageio import check_image, encode_raw, resize_shorter
 
-SIDE = 1024
 MODES = {  # name -> ConvertSettings overrides
     "verbatim, --check full": {},
     "verbatim, --check fast": {"check": "fast"},
@@ -47,43 +43,21 @@ CONVERT_COLUMNS = ["source", "mode", "workers", "images", "MB", "s", "img/s", "M
 STAGE_COLUMNS = ["step", "format", "ms/img", "MB/s", "x"]
 
 
-def photo(seed: int) -> np.ndarray:
-    """A 1024x1024 photo-like image: smooth colour fields, edges and sensor-like noise."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32) / SIDE
-    img = np.zeros((SIDE, SIDE, 3), np.float32)
-    for _ in range(6):
-        cy, cx, r = rng.uniform(0, 1, 3)
-        blob = np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (0.02 + 0.1 * r))
-        img += blob[..., None] * rng.uniform(-120, 120, 3)
-    img += 128 + 40 * np.sin(xs * rng.uniform(5, 30))[..., None] + rng.normal(0, 4, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def make_images(count: int) -> list[tuple[str, bytes]]:
-    """`count` PNG and `count` JPEG images (format, bytes)."""
+def read_images(folders: dict[str, Path]) -> list[tuple[str, str, int, bytes]]:
+    """(format, generator, label, bytes) of every image `data.write_sources` wrote, in path order."""
     images = []
-    for i in range(count):
-        pixels = Image.fromarray(photo(i))
-        for fmt, options in (("PNG", {"compress_level": 6}), ("JPEG", {"quality": 92})):
-            buf = io.BytesIO()
-            pixels.save(buf, format=fmt, **options)
-            images.append((fmt, buf.getvalue()))
+    for fmt, folder in folders.items():
+        for path in sorted(folder.glob(f"*/*/*.{fmt}")):
+            images.append((fmt.upper(), path.parts[-3], int(path.parent.name == "fake"), path.read_bytes()))
     return images
 
 
-def write_sources(root: Path, images: list[tuple[str, bytes]]) -> dict[str, dict[str, Any]]:
-    """The same images as a folder tree and as a parquet replica; source name -> convert settings."""
-    folder = root / "folder"
-    for i, (fmt, data) in enumerate(images):
-        path = folder / f"gen{i % 4}" / ("fake" if i % 2 else "real") / f"{i:05d}.{fmt.lower()}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    rows = [{"image_name": f"{i:05d}", "format": fmt, "resolution": f"[{SIDE}, {SIDE}]", "image_data": data,
-             "model_name": f"gen{i % 4}", "label": i % 2, "architecture": "LatDiff"}
-            for i, (fmt, data) in enumerate(images)]
-    replica = write_hf_replica(root / "parquet", {"train": rows}, rows_per_file=64, row_group_size=8)
-    return {"folder": {"folders": [folder]}, "parquet": {"hf_repo": str(replica)}}
+def parquet_replica(root: Path, images: list[tuple[str, str, int, bytes]], side: int) -> Path:
+    """The same images as a hub-like parquet replica (8 rows per row group)."""
+    rows = [{"image_name": f"{i:05d}", "format": fmt, "resolution": f"[{side}, {side}]", "image_data": data,
+             "model_name": generator, "label": label, "architecture": "LatDiff" if label else "real"}
+            for i, (fmt, generator, label, data) in enumerate(images)]
+    return write_hf_replica(root, {"train": rows}, rows_per_file=64, row_group_size=8)
 
 
 def time_convert(out: Path, source: dict[str, Any], workers: int, overrides: dict[str, Any],
@@ -126,7 +100,7 @@ def stage_rows(images: list[tuple[str, bytes]], out: Path) -> list[dict[str, Any
         }
         for name, step in steps.items():
             seconds = _per_image(data, step)
-            rows.append({"step": name, "format": fmt, "ms/img": 1000 * seconds, "MB/s": mb / seconds})
+            rows.append({"step": name, "format": fmt, "ms/img": 1000 * seconds, "MB/s": mb / seconds, "x": None})
         # Writing: all images into one tar (hashed, indexed, fsync'ed once), as a worker does.
         start = time.perf_counter()
         writer = ShardWriter(out / f"stage-{fmt}.tar", out)
@@ -135,7 +109,7 @@ def stage_rows(images: list[tuple[str, bytes]], out: Path) -> list[dict[str, Any
         writer.close()
         seconds = (time.perf_counter() - start) / len(data)
         rows.append({"step": "tar write + sha256 + index + fsync", "format": fmt, "ms/img": 1000 * seconds,
-                     "MB/s": mb / seconds})
+                     "MB/s": mb / seconds, "x": None})
     return rows
 
 
@@ -161,17 +135,25 @@ def cpu_parallelism(data: bytes, repeats: int) -> float:
     return 2 * one / both
 
 
-def run(out_dir: Path, quick: bool = False) -> list[dict[str, Any]]:
-    """Generate data under `out_dir`, time every conversion and step; one dict per table row.
+def run(out_dir: Path, quick: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Time every conversion and step on `data.py`'s images (written under `out_dir`).
 
-    Rows of the conversion table have a "source" key, rows of the step table a "step" key.
+    Returns two tables, each a list of rows with the same keys: "conversion"
+    (`CONVERT_COLUMNS`) and "steps" (`STAGE_COLUMNS`).
     """
+    # Imported here, not at the top: worker processes re-import this file when it is
+    # run as a script, and `data` imports the demo renderer (OpenCV).
+    from data import SIZE, write_sources
+
     out_dir = Path(out_dir)
-    images = make_images(12 if quick else 48)
-    sources = write_sources(out_dir / "sources", images)
-    total_bytes = sum(len(d) for _, d in images)
+    n_images = 12 if quick else 48  # per format
+    folders = write_sources(out_dir / f"sources-{n_images}", n_images)
+    images = read_images(folders)
+    sources = {"folder": {"folders": list(folders.values())},
+               "parquet": {"hf_repo": str(parquet_replica(out_dir / "parquet", images, SIZE))}}
+    total_bytes = sum(len(d) for *_, d in images)
     total_mb = total_bytes / 1e6
-    rows: list[dict[str, Any]] = []
+    conversion: list[dict[str, Any]] = []
     for source_name, source in sources.items():
         for mode, overrides in MODES.items():
             one = None
@@ -179,15 +161,16 @@ def run(out_dir: Path, quick: bool = False) -> list[dict[str, Any]]:
                 seconds = min(time_convert(out_dir / "shards", source, workers, overrides, total_bytes // 8)
                               for _ in range(1 if quick else 2))
                 one = one or seconds
-                rows.append({"source": source_name, "mode": mode, "workers": workers, "images": len(images),
-                             "MB": total_mb, "s": seconds, "img/s": len(images) / seconds,
-                             "MB/s": total_mb / seconds, "MB/s per worker": total_mb / seconds / workers,
-                             "x 1 worker": one / seconds})
-    rows += stage_rows(images, out_dir / "stages")
+                conversion.append({"source": source_name, "mode": mode, "workers": workers, "images": len(images),
+                                   "MB": total_mb, "s": seconds, "img/s": len(images) / seconds,
+                                   "MB/s": total_mb / seconds, "MB/s per worker": total_mb / seconds / workers,
+                                   "x 1 worker": one / seconds})
+    encoded = [(fmt, data) for fmt, *_, data in images]
+    steps = stage_rows(encoded, out_dir / "stages")
     shutil.rmtree(out_dir / "stages", ignore_errors=True)
-    rows.append({"step": "CPU parallelism: 2 processes decoding vs 1 (2.0 = two full cores)", "format": "PNG",
-                 "x": cpu_parallelism(images[0][1], 10 if quick else 40)})
-    return rows
+    steps.append({"step": "CPU parallelism: 2 processes decoding vs 1 (2.0 = two full cores)", "format": "PNG",
+                  "ms/img": None, "MB/s": None, "x": cpu_parallelism(encoded[0][1], 10 if quick else 40)})
+    return {"conversion": conversion, "steps": steps}
 
 
 def main() -> None:
@@ -200,11 +183,11 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import machine, markdown_table
 
-    rows = run(args.out, args.quick)
+    tables = run(args.out, args.quick)
     print(f"# Conversion benchmark ({machine()})\n")
-    print(markdown_table([r for r in rows if "source" in r], CONVERT_COLUMNS))
+    print(markdown_table(tables["conversion"], CONVERT_COLUMNS))
     print("\nSteps of converting one image (one process):\n")
-    print(markdown_table([r for r in rows if "step" in r], STAGE_COLUMNS))
+    print(markdown_table(tables["steps"], STAGE_COLUMNS))
 
 
 if __name__ == "__main__":

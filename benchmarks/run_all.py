@@ -50,8 +50,10 @@ def run_all(out: Path, quick: bool, shards: list[Path] | None = None, threads: i
     sections = [f"# commfor-fast benchmarks\n\n{datetime.date.today().isoformat()}, {machine()}"
                 f"{', quick set' if quick else ''}\n"]
     if shards is None:
-        rows = convert_bench.run(out / "convert", quick=quick)
-        sections.append("## Converter\n\n" + markdown_table(rows, list(rows[0])))
+        tables = convert_bench.run(out / "convert", quick=quick)
+        sections.append("## Converter\n\n" + markdown_table(tables["conversion"], convert_bench.CONVERT_COLUMNS) +
+                        "\n\nSteps of converting one image (one process):\n\n" +
+                        markdown_table(tables["steps"], convert_bench.STAGE_COLUMNS))
         found = bench_shards(out / "data", quick)
     else:
         found = {p.name: p for p in shards}

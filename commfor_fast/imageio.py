@@ -11,12 +11,16 @@ and TIFF in the modes listed in `VERBATIM_MODES` (8-bit). Anything else PIL can 
 (GIF, 16-bit, CMYK, multi-frame files) is stored as a lossless PNG of the RGB image
 the reference would see, so a shard never holds bytes that DALI would decode
 differently.
+
+Whatever goes wrong while PIL opens or decodes bytes becomes `BadImage` with the
+reason (`as_bad_image`), in every caller: a damaged image is a reject, never a crash.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,54 +81,87 @@ def normalise_reason(img: Image.Image, data: bytes) -> str | None:
     return None
 
 
-def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageInfo, Image.Image]:
-    """Fully decode `data` and say how it must be stored.
+@contextmanager
+def as_bad_image() -> Iterator[None]:
+    """Turn any failure of opening or decoding image bytes into `BadImage`.
 
-    Returns the info and the decoded RGB image (as the reference sees it). Raises
-    `BadImage` for empty, truncated or undecodable data and for images over
-    `max_pixels` (decompression bombs), so that no such image reaches a shard.
+    Damaged files make PIL raise far more than `OSError`: `SyntaxError`, `EOFError`,
+    `ValueError`, `struct.error`, and even `TypeError("Missing dimensions")` from a
+    TIFF whose later frame has no size. Whatever the type, it is the image's fault, so
+    it becomes a reject with a reason, never a traceback in a conversion worker or in
+    `predict`. `MemoryError` is left alone: it is the machine's problem (rerun with
+    fewer workers), and rejecting the image for it would lose data silently.
     """
-    if not data:
-        raise BadImage("empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise BadImage(
-                    f"decompression bomb: {width}x{height} = {width * height} pixels "
-                    f"exceeds the limit of {max_pixels}"
-                )
-            img.load()
-            info = ImageInfo(
-                format=img.format or "unknown",
-                mode=img.mode,
-                width=width,
-                height=height,
-                normalise_reason=normalise_reason(img, data),
-            )
-            rgb = img.convert("RGB")
-    except BadImage:
+        yield
+    except (BadImage, MemoryError):
         raise
     except Image.DecompressionBombError as exc:
         raise BadImage(f"decompression bomb: {exc}") from None
     except Image.UnidentifiedImageError:
         raise BadImage("cannot decode: not a recognised image format (damaged header or not an image)") from None
-    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise BadImage(f"cannot decode: {reason}") from None
+    except Exception as exc:  # noqa: BLE001 (deliberate: whatever PIL raises, the image is at fault)
+        raise BadImage(f"cannot decode: {str(exc) or type(exc).__name__}") from None
+
+
+@contextmanager
+def pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Let `max_pixels` alone decide what is a decompression bomb inside the block.
+
+    PIL refuses images over twice its global `Image.MAX_IMAGE_PIXELS` (about 179 MP)
+    while opening them, before our own check could accept them, so a larger
+    `--max-pixels` would have no effect. The global limit is lifted only inside the
+    block and restored after it; callers check `width * height` against `max_pixels`
+    themselves. This changes a process-wide setting: use it in single-threaded
+    checking code (conversion workers), not around decoding in threads.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # no check at all: neither PIL's error nor its warning
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Raise `BadImage` for an image over `max_pixels` (a decompression bomb)."""
+    if width * height > max_pixels:
+        raise BadImage(f"decompression bomb: {width}x{height} = {width * height} pixels "
+                       f"exceeds the limit of {max_pixels}")
+
+
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageInfo, Image.Image]:
+    """Fully decode `data` and say how it must be stored.
+
+    Returns the info and the decoded RGB image (as the reference sees it). Raises
+    `BadImage` for empty, truncated or undecodable data and for images over
+    `max_pixels` (decompression bombs, judged by `max_pixels` alone, not by PIL's
+    global limit), so that no such image reaches a shard.
+    """
+    if not data:
+        raise BadImage("empty file")
+    with as_bad_image(), pixel_limit(max_pixels):
+        img = Image.open(io.BytesIO(data))
+        check_pixels(*img.size, max_pixels)
+        img.load()
+        info = ImageInfo(
+            format=img.format or "unknown",
+            mode=img.mode,
+            width=img.width,
+            height=img.height,
+            normalise_reason=normalise_reason(img, data),
+        )
+        rgb = img.convert("RGB")
     return info, rgb
 
 
 def decode_rgb(data: bytes) -> Image.Image:
-    """Decode like the reference: PIL open + `.convert("RGB")` (no EXIF rotation)."""
-    try:
+    """Decode like the reference: PIL open + `.convert("RGB")` (no EXIF rotation).
+
+    PIL's own decompression-bomb limit applies; any failure raises `BadImage`.
+    """
+    with as_bad_image():
         return Image.open(io.BytesIO(data)).convert("RGB")
-    except Image.UnidentifiedImageError:
-        raise BadImage("cannot decode: not a recognised image format (damaged header or not an image)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise BadImage(f"cannot decode: {exc or type(exc).__name__}") from None
 
 
 def encode_png(img: Image.Image) -> bytes:

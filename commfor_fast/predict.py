@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import SOURCE_EXTENSIONS, BadImage, decode_rgb
@@ -110,7 +109,7 @@ def _load_input(path: Path, input_size: int) -> torch.Tensor | str:
     try:
         img = decode_rgb(path.read_bytes())
         return normalise(eval_image(img, input_size))
-    except (BadImage, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (BadImage, OSError) as exc:  # decode_rgb maps every decoding failure to BadImage
         return str(exc) or type(exc).__name__
 
 

@@ -10,6 +10,7 @@ must not modify them (copy first).
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,12 @@ def image_bytes(kind: str, seed: int) -> bytes:
     if kind == "truncated":
         data = encode(rgb, "PNG")
         return data[: len(data) // 2]
+    if kind == "damaged_tiff":  # frame 2's IFD has no size: PIL raises TypeError("Missing dimensions")
+        data = bytearray(encode(rgb, "TIFF"))
+        ifd = struct.unpack("<I", data[4:8])[0]
+        next_ifd = ifd + 2 + 12 * struct.unpack("<H", data[ifd : ifd + 2])[0]
+        data[next_ifd : next_ifd + 4] = struct.pack("<I", len(data))
+        return bytes(data) + struct.pack("<HHHII", 1, 258, 3, 1, 8) + struct.pack("<I", 0)  # BitsPerSample only
     if kind == "garbage":
         return rng.integers(0, 256, size=300, dtype=np.uint8).tobytes()
     if kind == "empty":
@@ -79,7 +86,7 @@ def image_bytes(kind: str, seed: int) -> bytes:
     raise ValueError(f"unknown test image kind {kind!r}")
 
 
-BAD_KINDS = ("truncated", "garbage", "empty")
+BAD_KINDS = ("truncated", "garbage", "empty", "damaged_tiff")
 
 # (generator, label, architecture, kinds) per split; kinds are cycled through.
 HF_LAYOUT = {
@@ -127,7 +134,7 @@ def write_folder_tree(root: Path, layout: dict[str, dict[str, tuple[str, ...]]],
                 if kind == "txt":
                     (folder / f"notes{i}.txt").write_text("not an image\n")
                     continue
-                ext = {"jpeg": ".JPG", "webp": ".webp", "gif": ".gif"}.get(kind, ".png")
+                ext = {"jpeg": ".JPG", "webp": ".webp", "gif": ".gif", "damaged_tiff": ".tiff"}.get(kind, ".png")
                 if kind == "jpeg" and i % 2:
                     ext = ".jpeg"
                 (folder / f"img{i:03d}{ext}").write_bytes(image_bytes(kind, seed * 100_000 + d * 1000 + i))

@@ -81,6 +81,7 @@ def test_empty_result(tmp_path):
     ("--val-frac", "1.5", "--val-frac 1.5"),
     ("--check", "thorough", "--check 'thorough'"),
     ("--node-rank", "3", "--node-rank 3"),
+    ("--preresize", "64", "--preresize 64: the pipelines can only use 440 (crop 384) or 256 (crop 224)"),
 ])
 def test_bad_options(tmp_path, folder_tree, flag, value, fragment):
     assert_user_error(convert_cli("--folder", str(folder_tree), "--out", str(tmp_path / "out"), flag, value), fragment)

@@ -57,11 +57,11 @@ def test_dali_reads_every_sample_with_the_index(converted):
 
 
 def test_dali_reads_preresized_raw_pixels(tmp_path, folder_tree, convert_into):
-    manifest = convert_into(tmp_path / "out", folders=[folder_tree], val_frac=0, preresize=48)
+    manifest = convert_into(tmp_path / "out", folders=[folder_tree], val_frac=0, preresize=256)
     samples = _dali_samples(tmp_path / "out", manifest, "all")
     assert len(samples) == manifest.sets["all"].num_samples > 0
     for ids, raw in samples:
-        assert min(ids.height, ids.width) == 48 and len(raw) == ids.height * ids.width * 3
+        assert min(ids.height, ids.width) == 256 and len(raw) == ids.height * ids.width * 3
 
 
 def _webdataset_samples(root: Path, manifest: Manifest, set_name: str) -> dict[str, dict]:

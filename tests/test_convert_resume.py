@@ -61,7 +61,8 @@ def test_resume_after_damage_redoes_only_what_is_broken(tmp_path, reference, hf_
     marker = json.loads(marker_path(out, 2).read_text())
     damaged = out / marker["sets"]["train"]["shards"][0]["tar"]
     damaged.write_bytes(damaged.read_bytes()[:1000])  # partition 2: a shard cut short
-    (out / "train" / ".shard-00001-007.tar.tmp12345").write_bytes(b"half a shard")  # a crash's leftovers
+    (out / "train" / ".shard-00001-007.tar.0123abcd.tmp").write_bytes(b"half a shard")  # a crash's leftovers
+    (out / "parts" / ".part-00001.json.4567cdef.tmp").write_bytes(b"half a marker")
     (out / MANIFEST_NAME).unlink()
     untouched = marker_path(out, 0).stat().st_mtime_ns
     run_same(out, hf_replica, folder_tree, convert_into)
@@ -121,6 +122,72 @@ def test_resume_after_kill_gives_the_same_folder(tmp_path, reference, hf_replica
     assert list(out.glob("*/.shard-*.tmp*")), "the kill came outside a tar write"
     run_same(out, hf_replica, folder_tree, convert_into)
     assert snapshot(out) == ref_files
+
+
+DYING_WORKER = """
+import json, os, signal, sys
+from pathlib import Path
+from commfor_fast.convert import run
+from commfor_fast.convert.settings import ConvertSettings
+from commfor_fast.convert.worker import run_in_pool
+from commfor_fast.errors import UserError
+
+def die_on_partition_1(task):
+    # Killed like the kernel's OOM killer does it: no exception, no message.
+    if task.index == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return run_in_pool(task)
+
+if __name__ == "__main__":  # spawned workers import this file too
+    run.run_in_pool = die_on_partition_1
+    settings = ConvertSettings(**{k: (Path(v) if k == "out" else [Path(p) for p in v] if k == "folders" else v)
+                                  for k, v in json.loads(sys.argv[1]).items()})
+    try:
+        run.convert(settings, command="dying")
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
+"""
+
+
+def test_a_dead_worker_stops_the_run_instead_of_hanging(tmp_path, reference, hf_replica, folder_tree, convert_into):
+    out = tmp_path / "out"
+    options = {"out": str(out), "hf_repo": str(hf_replica), "hf_split": "Systematic+Manual",
+               "folders": [str(folder_tree)], "quiet": True, "workers": 2, "shard_size": "40KB",
+               "partition_size": "60KB", **SETTINGS}
+    script = tmp_path / "dying.py"
+    script.write_text(DYING_WORKER)
+    done = subprocess.run([sys.executable, str(script), json.dumps(options)], capture_output=True, check=False,
+                          timeout=180)
+    assert done.returncode == 1, done.stderr.decode()
+    assert done.stderr.decode().strip() == (
+        "error: a conversion worker died (out of memory?): rerun the same command to resume; "
+        "lower --workers or --partition-size")
+    assert not marker_path(out, 1).exists() and not (out / MANIFEST_NAME).exists()
+    run_same(out, hf_replica, folder_tree, convert_into, workers=2)
+    assert snapshot(out) == reference[1]
+
+
+def test_relative_and_absolute_paths_are_the_same_sources(tmp_path, reference, hf_replica, folder_tree,
+                                                          convert_into, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.chdir(folder_tree.parent)
+    relative = {"hf_repo": os.path.relpath(hf_replica), "folders": [Path(folder_tree.name)]}
+    convert_into(out, hf_split="Systematic+Manual", **relative, **SETTINGS)
+    marker_path(out, 1).unlink()
+    (out / MANIFEST_NAME).unlink()
+    manifest = run_same(out, hf_replica, folder_tree, convert_into)  # absolute paths: resumes, is not refused
+    assert manifest.settings["folders"] == [str(folder_tree.resolve())]
+    assert snapshot(out) == reference[1]
+
+
+def test_temporary_files_are_not_foreign(tmp_path, folder_tree, convert_into):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".plan.json.0123abcd.tmp").write_text("{")  # another node was killed while writing plan.json
+    assert convert_into(out, folders=[folder_tree], val_frac=0) is not None
+    (out / ".manifest.json.4567cdef.tmp").write_text("{")
+    assert convert_into(out, folders=[folder_tree], val_frac=0, seed=9, overwrite=True).seed == 9
+    assert not list(out.glob(".*"))  # --overwrite deleted the leftovers with the old conversion
 
 
 def test_two_workers_give_the_same_folder(tmp_path, reference, hf_replica, folder_tree, convert_into):

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
 
 from PIL import Image
 
-from commfor_fast.imageio import BadImage, ImageInfo, normalise_reason
+from commfor_fast.imageio import BadImage, ImageInfo, as_bad_image, check_pixels, normalise_reason, pixel_limit
 
 FAST_FORMATS = ("PNG", "JPEG")
 # In a JPEG scan, 0xFF is followed by 0x00 (stuffing) or a restart marker; anything else is a marker.
@@ -71,29 +70,19 @@ def jpeg_is_complete(data: bytes) -> bool:
 def check_structure(data: bytes, max_pixels: int) -> ImageInfo | None:
     """The info of a verbatim PNG/JPEG checked without decoding; None when a full decode is needed.
 
-    Raises `BadImage` like `imageio.check_image` for data that is certainly bad.
+    Raises `BadImage` like `imageio.check_image` for data that is certainly bad (the
+    same exception mapping and the same `max_pixels` rule).
     """
     if not data:
         raise BadImage("empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in FAST_FORMATS or normalise_reason(img, data) is not None:
-                return None
-            width, height = img.size
-            if width * height > max_pixels:
-                raise BadImage(f"decompression bomb: {width}x{height} = {width * height} pixels "
-                               f"exceeds the limit of {max_pixels}")
-            info = ImageInfo(format=img.format, mode=img.mode, width=width, height=height, normalise_reason=None)
-            if img.format == "PNG":
-                img.verify()
-            elif not jpeg_is_complete(data):
-                raise BadImage("cannot decode: truncated JPEG (no end-of-image marker after the last scan)")
-    except BadImage:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise BadImage(f"decompression bomb: {exc}") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise BadImage(f"cannot decode: {exc or type(exc).__name__}") from None
+    with as_bad_image(), pixel_limit(max_pixels):
+        img = Image.open(io.BytesIO(data))
+        if img.format not in FAST_FORMATS or normalise_reason(img, data) is not None:
+            return None
+        check_pixels(*img.size, max_pixels)
+        info = ImageInfo(format=img.format, mode=img.mode, width=img.width, height=img.height, normalise_reason=None)
+        if img.format == "PNG":
+            img.verify()
+        elif not jpeg_is_complete(data):
+            raise BadImage("cannot decode: truncated JPEG (no end-of-image marker after the last scan)")
     return info

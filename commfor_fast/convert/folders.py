@@ -3,8 +3,12 @@
 The generator name is the folder above the label folder; label folders are mapped by
 `--labels`, and images may sit in subfolders of a label folder. Extensions are
 matched case-insensitively (the original only matched lower case and silently
-missed `IMG_0001.JPG`). Files that are not images are never skipped silently: they
-are counted, a few are named in the manifest, and a line is printed.
+missed `IMG_0001.JPG`). Hidden files and folders (names starting with ".") are
+skipped at every level. Symlinks are followed, since datasets are often linked into
+a root, but each real folder below a label folder is walked once: a link back up the
+tree (a cycle) or a second link to a folder already walked is skipped. Nothing is
+skipped silently: skipped files and folders are counted, a few are named in the
+manifest, and a line is printed.
 """
 
 from __future__ import annotations
@@ -24,14 +28,36 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         return sorted(it, key=lambda e: e.name)
 
 
-def _walk_files(folder: Path) -> list[os.DirEntry]:
-    """Every file below `folder`, in sorted path order (symlinks followed)."""
-    files = []
-    for entry in _entries(folder):
-        if entry.is_dir():
-            files.extend(_walk_files(Path(entry.path)))
-        elif entry.is_file():
-            files.append(entry)
+def _walk_files(folder: Path, root: Path, ignored: list[str]) -> list[os.DirEntry]:
+    """Every file below `folder`, in sorted path order; skipped entries go to `ignored`.
+
+    Skipped: hidden files and folders, folders whose real path was walked already
+    (symlink cycles would otherwise recurse until `RecursionError`), and entries that
+    are neither (broken symlinks).
+    """
+    files: list[os.DirEntry] = []
+    walked = {os.path.realpath(folder)}
+
+    def skip(entry: os.DirEntry, is_dir: bool) -> None:
+        ignored.append(Path(entry.path).relative_to(root).as_posix() + ("/" if is_dir else ""))
+
+    def walk(directory: Path) -> None:
+        for entry in _entries(directory):
+            if entry.name.startswith("."):
+                skip(entry, entry.is_dir())
+            elif entry.is_dir():
+                real = os.path.realpath(entry.path)
+                if real in walked:
+                    skip(entry, True)
+                    continue
+                walked.add(real)
+                walk(Path(entry.path))
+            elif entry.is_file():
+                files.append(entry)
+            else:  # a broken symlink, a socket...
+                skip(entry, False)
+
+    walk(folder)
     return files
 
 
@@ -61,9 +87,9 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int) -> tuple[
                     f"Rename it, move it out, or name it in --labels (e.g. --labels {real}:0,{label_dir.name}:1)"
                 )
             label = labels[label_dir.name]
-            for entry in _walk_files(Path(label_dir.path)):
+            for entry in _walk_files(Path(label_dir.path), root, ignored):
                 name = Path(entry.path).relative_to(root).as_posix()
-                if Path(entry.name).suffix.lower() not in SOURCE_EXTENSIONS or entry.name.startswith("."):
+                if Path(entry.name).suffix.lower() not in SOURCE_EXTENSIONS:
                     ignored.append(name)
                     continue
                 units.append(Unit(source=source_index, path=entry.path, name=name, row_group=-1, first_row=0,
@@ -80,6 +106,7 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int) -> tuple[
     }
     warnings = []
     if ignored:
-        warnings.append(f"--folder {root}: ignored {len(ignored)} file(s) that are not images in the layout "
-                        f"ROOT/<generator>/<label>/<image>, e.g. {', '.join(ignored[:3])} (listed in manifest.json sources)")
+        warnings.append(f"--folder {root}: ignored {len(ignored)} file(s) or folder(s) that are not images in the "
+                        f"layout ROOT/<generator>/<label>/<image>, are hidden, or were reached twice through symlinks, "
+                        f"e.g. {', '.join(ignored[:3])} (listed in manifest.json sources)")
     return Source(kind=FOLDER, given=given, root=str(root), summary=summary, warnings=warnings), units

@@ -91,13 +91,31 @@ def merge(plan: Plan, markers: list[dict[str, Any]], settings: ConvertSettings, 
     )
 
 
+def balance_lines(manifest: Manifest) -> list[str]:
+    """What balancing did, when it applied: a line if it dropped local reals, and a note for unsplit sets.
+
+    Balancing is a training rule (SPEC section 1), but it applies whenever HF data
+    and folders are combined; with `--val-frac 0` the output is often an evaluation
+    set, where dropping reals is rarely wanted, so the user is told how to keep them.
+    """
+    b = manifest.balance
+    if not b or not b["applied"]:
+        return []
+    kept, available = b["local_reals_kept"], b["local_reals_available"]
+    lines = []
+    if kept < available:
+        lines.append(f"balance: kept {kept} of {available} local real images (limit {b['limit']} = fakes "
+                     f"{b['fakes']} - HF reals {b['hf_reals']}); see manifest.json balance")
+    if manifest.settings["val_frac"] == 0:
+        lines.append(f"note: with --val-frac 0 (e.g. an evaluation set) local reals are still balanced as for "
+                     f"training (kept {kept} of {available}); pass --no-balance to keep them all")
+    return lines
+
+
 def summary_lines(manifest: Manifest) -> list[str]:
     """The final lines printed after a conversion."""
     lines = [f"{name}: {info.num_samples} samples in {len(info.shards)} shards" for name, info in manifest.sets.items()]
-    if manifest.balance and manifest.balance["applied"]:
-        b = manifest.balance
-        lines.append(f"balanced local reals: kept {b['local_reals_kept']} of {b['local_reals_available']} "
-                     f"(limit {b['limit']} = {b['fakes']} fakes - {b['hf_reals']} HF reals; see manifest.json balance)")
+    lines += balance_lines(manifest)
     if manifest.rejects:
         lines.append(f"rejected {len(manifest.rejects)} unreadable image(s) (see manifest.json rejects)")
     if manifest.normalised:

@@ -6,7 +6,10 @@
 
 A marker is written after all of its partition's shards are durable, so a marker
 whose shards still check out means "done"; anything else of that partition is
-deleted and redone on the next run. A rerun with other output settings would mix two
+deleted and redone on the next run. Every file is written through
+`fileio.atomic_write`, so a kill leaves at most its temporary dot-files
+(`fileio.is_temporary`); they are ours, never "foreign" files, and are deleted with
+the partition they belong to. A rerun with other output settings would mix two
 datasets, so it is refused unless `--overwrite` is given.
 """
 
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import is_temporary
 from commfor_fast.shards import MANIFEST_NAME, read_index, write_json_atomic
 
 PLAN_NAME = "plan.json"
@@ -47,15 +51,16 @@ def _recorded_fingerprint(plan_file: Path) -> str | None:
 def prepare_out(out: Path, plan_record: dict[str, Any], set_names: tuple[str, ...], overwrite: bool) -> None:
     """Make sure `out` holds this plan's conversion (or nothing), then record the plan.
 
-    A folder without plan.json must be empty: nothing that `convert` did not write is
-    ever deleted. Several nodes may start at once: plan.json is written before any
-    folder, and a node that finds the same plan there deletes nothing.
+    A folder without plan.json must be empty (but for temporary files of an
+    interrupted write, e.g. another node's plan.json): nothing that `convert` did not
+    write is ever deleted. Several nodes may start at once: plan.json is written
+    before any folder, and a node that finds the same plan there deletes nothing.
     """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     plan_file = out / PLAN_NAME
     previous = _recorded_fingerprint(plan_file)
-    if previous is None and out.is_dir() and any(out.iterdir()):
+    if previous is None and out.is_dir() and any(not is_temporary(p.name) for p in out.iterdir()):
         previous = _recorded_fingerprint(plan_file)  # another node may have just written it
         if previous is None:
             raise UserError(f"--out {out} is not empty and holds no {PLAN_NAME}, so it is not from "
@@ -67,15 +72,15 @@ def prepare_out(out: Path, plan_record: dict[str, Any], set_names: tuple[str, ..
         if not overwrite:
             raise UserError(f"--out {out} holds a conversion with other settings or other source files; "
                             "use a new --out folder, or pass --overwrite to delete it and start again")
-        strangers = sorted(p.name for p in out.iterdir() if p.name not in _ours(set_names))
+        strangers = sorted(p.name for p in out.iterdir()
+                           if p.name not in _ours(set_names) and not is_temporary(p.name))
         if strangers:
             raise UserError(f"--out {out} also holds files that are not from `commfor-fast convert` "
                             f"({', '.join(strangers[:3])}); move them away or give a new folder")
-        for name in _ours(set_names):
-            path = out / name
+        for path in out.iterdir():  # everything in it is ours now
             if path.is_dir():
                 shutil.rmtree(path)
-            elif path.exists():
+            else:
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(plan_file, plan_record)
@@ -88,13 +93,21 @@ def _make_dirs(out: Path, set_names: tuple[str, ...]) -> None:
         (out / set_name).mkdir(exist_ok=True)
 
 
+def _left_by(name: str, prefix: str) -> bool:
+    """Whether `name` is a file starting with `prefix`, or `atomic_write`'s temporary file of one."""
+    return name.startswith(prefix) or (is_temporary(name) and name[1:].startswith(prefix))
+
+
 def clear_partition(out: Path, partition: int, set_names: tuple[str, ...]) -> None:
     """Delete everything a partition may have left (marker, shards, temporary files)."""
-    marker_path(out, partition).unlink(missing_ok=True)
+    marker = marker_path(out, partition)
+    for path in marker.parent.iterdir():
+        if _left_by(path.name, marker.name):
+            path.unlink()
     prefix = f"shard-{partition:05d}-"
     for set_name in set_names:
         for path in (out / set_name).iterdir():
-            if path.name.startswith(prefix) or path.name.startswith("." + prefix):
+            if _left_by(path.name, prefix):
                 path.unlink()
 
 

@@ -8,7 +8,9 @@ Every run, first or resumed, on any node, does the same steps:
    done-marker, delete what they left and convert them in `--workers` processes;
 4. when every partition of every node has its marker, write manifest.json.
 So resuming after a kill, or finishing on another machine, is running the same
-command again.
+command again. That includes a worker process killed on its own (the kernel's OOM
+killer): the run stops with an error saying so instead of waiting for the lost
+partition forever, and the rerun redoes only the unfinished partitions.
 """
 
 from __future__ import annotations
@@ -18,20 +20,31 @@ import os
 import queue
 import shlex
 import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from commfor_fast.convert.merge import merge, summary_lines
 from commfor_fast.convert.parts import prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
-from commfor_fast.convert.settings import ConvertSettings, check_settings
+from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, run_in_pool
+from commfor_fast.errors import UserError
 from commfor_fast.progress import Progress
 from commfor_fast.shards import MANIFEST_NAME, Manifest
 
 POLL_S = 0.2  # how often the main process collects progress from the workers
+WORKER_DIED = ("a conversion worker died (out of memory?): rerun the same command to resume; "
+               "lower --workers or --partition-size")
 
 
 def _run_partitions(tasks: list[PartitionTask], config: WorkerConfig, workers: int, progress: Progress) -> None:
-    """Convert `tasks`; in this process for one worker, else in a spawned pool."""
+    """Convert `tasks`; in this process for one worker, else in a spawned process pool.
+
+    `ProcessPoolExecutor` notices a worker that dies without a word (SIGKILL, the OOM
+    killer) and fails its partition with `BrokenProcessPool`, which becomes a
+    `UserError`; `multiprocessing.Pool` would wait for that partition forever.
+    Workers exit by themselves when this process dies (`worker._report`).
+    """
     if workers == 1 or len(tasks) == 1:
         for task in tasks:
             convert_partition(task, config, progress.update)
@@ -46,19 +59,20 @@ def _run_partitions(tasks: list[PartitionTask], config: WorkerConfig, workers: i
             except queue.Empty:
                 return
 
-    with ctx.Pool(min(workers, len(tasks)), initializer=init_pool_worker,
-                  initargs=(config, reports, os.getpid())) as pool:
-        results = pool.imap_unordered(run_in_pool, tasks, chunksize=1)
-        done = 0
-        while done < len(tasks):
-            try:
-                results.next(timeout=POLL_S)
-                done += 1
-            except mp.TimeoutError:
-                pass
-            drain()
-        pool.close()
-        pool.join()
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=init_pool_worker,
+                             initargs=(config, reports, os.getpid())) as pool:
+        pending = {pool.submit(run_in_pool, task) for task in tasks}
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                drain()
+                for future in done:
+                    future.result()  # re-raises a worker's exception here
+        except BrokenProcessPool:
+            raise UserError(WORKER_DIED) from None
+        finally:
+            # On an error, start no further partition; those running finish (and count on resume).
+            pool.shutdown(wait=False, cancel_futures=True)
     drain()
 
 
@@ -70,6 +84,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     recorded in the manifest (default: this process's command line).
     """
     limits = check_settings(settings)
+    settings = resolve_sources(settings)  # the same data gives the same plan, however its paths are typed
 
     def log(line: str) -> None:
         if not settings.quiet:

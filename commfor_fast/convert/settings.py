@@ -9,6 +9,7 @@ instead of after an hour of planning.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from commfor_fast.errors import UserError
-from commfor_fast.imageio import DEFAULT_MAX_PIXELS
+from commfor_fast.imageio import DEFAULT_MAX_PIXELS, RESIZE_FOR_CROP
 
 CHECK_MODES = ("full", "fast")
 
@@ -41,7 +42,7 @@ class ConvertSettings:
     # --- shard layout
     shard_size: str = "512MB"  # target tar size: "512MB", "1GB", "2GiB" or plain bytes
     partition_size: str = "2GB"  # input bytes per unit of work (memory per worker is about this much)
-    preresize: int | None = None  # store raw RGB pixels resized to this shorter side (e.g. 440 for crop 384)
+    preresize: int | None = None  # store raw RGB pixels resized to this shorter side: 440 (crop 384) or 256 (crop 224)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are rejected as decompression bombs
     check: str = "full"  # "full": decode every image with PIL; "fast": structural check of verbatim PNG/JPEG
     dali_check: bool = False  # also decode every verbatim image with DALI's CPU decoder; reject what it refuses
@@ -106,14 +107,64 @@ def parse_labels(value: str) -> dict[str, int]:
 MEMORY_PER_PARTITION_BYTE = 3
 
 
-def default_workers(partition_bytes: int) -> int:
-    """One worker per CPU core, but no more than the machine's memory holds."""
-    cores = os.cpu_count() or 1
+# Where a container's memory limit shows: cgroup v2, then cgroup v1 (a huge number there means none).
+CGROUP_MEMORY_FILES = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+def read_cgroup_file(path: Path) -> str | None:
+    """The text of a cgroup file, or None when it is not there (no such cgroup version)."""
     try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def cgroup_memory_limit() -> int | None:
+    """Bytes this process's container may use (its cgroup's limit); None when unlimited or unknown.
+
+    In a container (Docker, Kubernetes, Slurm with cgroups) the host's RAM is not what
+    the workers may use: going over the cgroup limit gets a worker OOM-killed.
+    """
+    for path in CGROUP_MEMORY_FILES:
+        text = read_cgroup_file(path)
+        if text is None:
+            continue
+        text = text.strip()
+        return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+    return None
+
+
+def host_memory() -> int | None:
+    """Bytes of RAM in the machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_workers(partition_bytes: int) -> int:
+    """One worker per CPU core, but no more than the machine's memory, or its container's limit, holds."""
+    cores = os.cpu_count() or 1
+    known = [m for m in (host_memory(), cgroup_memory_limit()) if m]
+    if not known:
         return cores
-    return max(1, min(cores, memory // (MEMORY_PER_PARTITION_BYTE * partition_bytes)))
+    return max(1, min(cores, min(known) // (MEMORY_PER_PARTITION_BYTE * partition_bytes)))
+
+
+def resolve_sources(s: ConvertSettings) -> ConvertSettings:
+    """The settings with local source paths made absolute and resolved; hub ids stay as given.
+
+    The plan's fingerprint and the manifest record the sources, so the same data given
+    as `data/` in one run and `/home/me/data` in the next must read the same, or the
+    rerun would be refused as "other settings" (and `--overwrite` would delete
+    finished work). An `--hf-repo` is local when it names an existing file or folder
+    or is a glob of parquet files, exactly as `hf.find_parquet_files` decides.
+    """
+    hf_repo = s.hf_repo
+    if hf_repo and (glob.has_magic(hf_repo) or Path(hf_repo).expanduser().exists()):
+        hf_repo = str(Path(hf_repo).expanduser().resolve())
+    folders = [Path(folder).expanduser().resolve() for folder in s.folders]
+    return dataclasses.replace(s, hf_repo=hf_repo, folders=folders)
 
 
 @dataclass(frozen=True)
@@ -137,8 +188,10 @@ def check_settings(s: ConvertSettings) -> Limits:
         raise UserError(f"--val-frac {s.val_frac}: must be in [0, 1); e.g. 0.01, or 0 for no validation set")
     if s.seed < 0:
         raise UserError(f"--seed {s.seed}: must be >= 0")
-    if s.preresize is not None and s.preresize < 1:
-        raise UserError(f"--preresize {s.preresize}: must be a positive side length, e.g. 440 (crop 384) or 256 (crop 224)")
+    if s.preresize is not None and s.preresize not in RESIZE_FOR_CROP.values():
+        usable = " or ".join(f"{size} (crop {crop})" for crop, size in RESIZE_FOR_CROP.items())
+        raise UserError(f"--preresize {s.preresize}: the pipelines can only use {usable}, the shorter side "
+                        "they resize to first; pick the one for your --input-size, or leave --preresize out")
     if s.max_pixels < 1:
         raise UserError(f"--max-pixels {s.max_pixels}: must be positive; the default is {DEFAULT_MAX_PIXELS}")
     if s.check not in CHECK_MODES:

@@ -5,17 +5,22 @@ owner), so the same samples always give byte-identical tars. The writer records 
 member's data offset and size as it goes, which is exactly what DALI's v1.2 index
 needs, so the index costs nothing extra to make and DALI never scans the tar.
 
-Tar and index go to temporary names first and are fsync'ed and renamed into place
-only when complete; a crash leaves only temporary files, which resume deletes.
+Tar and index are written through `fileio.atomic_write`: to temporary dot-files,
+fsync'ed and renamed into place only when complete; a crash leaves only temporary
+files, which resume deletes (`parts.clear_partition`). Output is deterministic, so
+two processes converting the same partition (a leftover worker of a killed run, or a
+mistyped --node-rank) write the same bytes; private temporary names and atomic
+renames keep every visible file whole.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
+from contextlib import ExitStack
 from pathlib import Path
 
+from commfor_fast.fileio import atomic_write
 from commfor_fast.shards import INDEX_SUFFIX, Member, ShardInfo, format_index
 
 BLOCK = 512
@@ -35,23 +40,14 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
 
 
-def temp_name(path: Path) -> Path:
-    """Where `path` is written before it is complete: a dot-file beside it, private to this process.
-
-    Output is deterministic, so two processes that convert the same partition (a
-    leftover worker of a killed run, or a mistyped --node-rank) write the same
-    bytes; private temporary files and atomic renames keep every visible file whole.
-    """
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 class ShardWriter:
     """Appends samples to one tar; `close` renames it into place and writes the index."""
 
     def __init__(self, path: Path, relative_to: Path) -> None:
         self.path = path
         self.relative_to = relative_to
-        self._file = open(temp_name(path), "wb")
+        self._tar = ExitStack()  # the open atomic write of the tar, finished by `close`
+        self._file = self._tar.enter_context(atomic_write(path))
         self._sha = hashlib.sha256()
         self._offset = 0
         self._samples: list[list[Member]] = []
@@ -76,16 +72,10 @@ class ShardWriter:
     def close(self) -> ShardInfo:
         """Finish the tar, make both files durable and visible, and describe the shard."""
         self._write(END_OF_ARCHIVE)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._tar.close()
         index = self.path.with_name(self.path.name + INDEX_SUFFIX)
-        with open(temp_name(index), "w") as f:
+        with atomic_write(index, "w") as f:
             f.write(format_index(self._samples))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp_name(self.path), self.path)
-        os.replace(temp_name(index), index)
         return ShardInfo(
             tar=self.path.relative_to(self.relative_to).as_posix(),
             index=index.relative_to(self.relative_to).as_posix(),
