@@ -1,8 +1,9 @@
 """Score single images or folders with a trained detector: `commfor-fast predict`.
 
-Each image goes through exactly the evaluation preprocessing (`imageio.decode_rgb` ->
-`pipelines.reference.eval_image` at the model's input size -> `normalise`), so a
-score here equals the score the image gets in evaluation. Images are decoded on a few
+Each image goes through exactly the evaluation preprocessing of the reference
+executor (`imageio.decode_rgb` -> `pipelines.reference.eval_image` at the model's
+input size -> `normalise`): the score equals `eval --loader reference`; the DALI
+loader's resampling differs by a fraction of a grey level (see README, Fidelity). Images are decoded on a few
 threads (PIL releases the GIL) and scored in batches. A file that cannot be read or
 decoded gets an error row instead of stopping the run.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from commfor_fast.distributed import resolve_device
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import SOURCE_EXTENSIONS, BadImage, decode_rgb
 from commfor_fast.metrics import THRESHOLD
@@ -36,7 +38,7 @@ class PredictSettings:
     paths: list[Path]  # image files and/or folders (searched recursively)
     ckpt: Path | None = None  # local checkpoint (ours, the original's, or a state dict) ...
     hf_model: str | None = None  # ... or a Hugging Face model id, e.g. OwensLab/commfor-model-384
-    device: str | None = None  # "cpu", "cuda", "cuda:1"; None: cuda if available, else cpu
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
     batch_size: int = 32
     out: Path | None = None  # .csv or .json file to write; None: nothing written
     workers: int = 4  # decoding threads
@@ -78,25 +80,11 @@ def collect_images(paths: list[Path]) -> list[Path]:
     return list(found)
 
 
-def _resolve_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        resolved = None
-    if resolved is None or resolved.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device!r}: use cpu, cuda or cuda:N")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is visible here; use --device cpu")
-    return resolved
-
-
 def _check_settings(settings: PredictSettings) -> None:
     if settings.batch_size < 1:
         raise UserError(f"--batch-size {settings.batch_size}: must be at least 1")
     if settings.workers < 1:
-        raise UserError(f"workers {settings.workers}: must be at least 1")
+        raise UserError(f"--num-threads {settings.workers}: must be at least 1")
     if settings.out is not None and settings.out.suffix.lower() not in OUT_SUFFIXES:
         raise UserError(
             f"--out {settings.out}: the suffix {settings.out.suffix or '(none)'!r} is not a known "
@@ -133,7 +121,7 @@ def predict(settings: PredictSettings) -> list[Prediction]:
     """
     _check_settings(settings)
     files = collect_images(settings.paths)
-    device = _resolve_device(settings.device)
+    device = resolve_device(settings.device)
     model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device)
     input_size = model.input_size
 
