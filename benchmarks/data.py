@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from commfor_fast.demo import synth
 
 SIZE = 1024
@@ -39,6 +41,8 @@ def bench_shards(work: Path, quick: bool) -> dict[str, Path]:
     from commfor_fast.convert.settings import ConvertSettings
 
     n_images = 48 if quick else 160
+    if torch.cuda.is_available():  # GPU runs train at batch 128: give them a few batches per epoch
+        n_images = 256 if quick else 1024
     sources = write_sources(work / f"sources-{n_images}", n_images)
     outputs = {}
     for label, folder, preresize in (("png-1024", sources["png"], None), ("jpeg-1024", sources["jpeg"], None),
