@@ -11,7 +11,6 @@ the reference executor reading the same source verbatim (the original pipeline).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timing, machine, markdown_table, measure  # noqa: E402
+from common import Timing, bench_main, measure  # noqa: E402
 
 from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream  # noqa: E402
 from commfor_fast.pipelines.plan import RSAConfig  # noqa: E402
@@ -101,20 +100,5 @@ def run(shards: dict[str, Path], quick: bool, threads: int = 2, crop: int = 384)
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--shards", type=Path, nargs="*", help="convert output folders (default: generated)")
-    parser.add_argument("--work", type=Path, default=Path("bench-output/data"))
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    from data import bench_shards
-
-    shards = {p.name: p for p in args.shards} if args.shards else bench_shards(args.work, quick=args.quick)
-    rows = run(shards, args.quick, args.threads)
-    print(f"# Pipeline benchmark ({machine()})\n")
-    print(markdown_table(rows, COLUMNS))
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, "Pipeline benchmark", run, COLUMNS)

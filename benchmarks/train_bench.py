@@ -11,7 +11,6 @@ data wait is the share of step time spent waiting for the next batch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table  # noqa: E402
+from common import bench_main  # noqa: E402
 
 COLUMNS = ["model", "data", "loader", "compile", "img/s", "% of bound", "data wait %", "peak RSS MB",
            "GPU peak MB"]
@@ -87,20 +86,5 @@ def run(shards: dict[str, Path], quick: bool, threads: int = 2) -> list[dict[str
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--shards", type=Path, nargs="*", help="convert output folders (default: generated)")
-    parser.add_argument("--work", type=Path, default=Path("bench-output/data"))
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    from data import bench_shards
-
-    shards = {p.name: p for p in args.shards} if args.shards else bench_shards(args.work, quick=args.quick)
-    rows = run(shards, args.quick, args.threads)
-    print(f"# Training benchmark ({machine()})\n")
-    print(markdown_table(rows, COLUMNS))
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, "Training benchmark", run, COLUMNS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -111,6 +112,36 @@ def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a.astype(np.int16) - b.astype(np.int16))
 
 
+def _replay(root: Path, plans: Callable[[SampleIds, int, int], Plan],
+            reference_root: Path | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Run one batch through the DALI training pipeline (CPU, no normalisation) with the
+    given plans, and every image through the reference executor with the same plan:
+    (DALI output, reference output) pairs. The reference reads `reference_root`'s copy
+    of each sample when given (sample numbers match across conversions of one source)."""
+    manifest = Manifest.load(root)
+    drawn: dict[int, Plan] = {}
+
+    def remember(ids: SampleIds, h: int, w: int) -> Plan:
+        drawn[ids.sample_number] = plans(ids, h, w)
+        return drawn[ids.sample_number]
+
+    source = ShardSource.from_manifest(root, manifest, "all")
+    pipe = create_train_pipeline(source, device="cpu", batch_size=len(IMAGES), crop=CROP, rsa=RSAConfig(), seed=0,
+                                 plans=remember, normalise=False, num_threads=2, initial_fill=len(IMAGES))
+    pipe.build()
+    images, ids = pipe.run()
+    ref_root = reference_root or root
+    reader = ShardReader(ref_root, Manifest.load(ref_root).sets["all"])
+    pairs = []
+    for j in range(len(IMAGES)):
+        number = int(np.array(ids[j])[2])
+        img, _ = _reference_input(reader, number)
+        plan = drawn[number] if reference_root is None else Plan(img.height, img.width, None, (), Crop(
+            0, 0, img.height, img.width))
+        pairs.append((np.array(images[j]), run_plan(img, plan)))
+    return pairs
+
+
 @pytest.mark.parametrize("kind", ["verbatim", "preresized"])
 def test_eval_matches_reference(shards: dict[str, Path], kind: str) -> None:
     root = shards[kind]
@@ -175,28 +206,12 @@ def _case(name: str, k: int, h: int, w: int):
 
 @pytest.mark.parametrize("name", sorted(TOLERANCES))
 def test_step_matches_reference(shards: dict[str, Path], name: str) -> None:
-    root = shards["preresized"]
-    manifest = Manifest.load(root)
-    plans: dict[int, Plan] = {}
-
     def inject(ids: SampleIds, h: int, w: int) -> Plan:
         steps = _case(name, ids.sample_number % 12, h, w)  # k <= 11 keeps every case in range
         fh, fw = trace_sizes(steps, h, w)[-1]
-        plans[ids.sample_number] = Plan(h, w, None, (PlanEntry(name, tuple(steps)),), Crop(0, 0, fh, fw))
-        return plans[ids.sample_number]
+        return Plan(h, w, None, (PlanEntry(name, tuple(steps)),), Crop(0, 0, fh, fw))
 
-    source = ShardSource.from_manifest(root, manifest, "all")
-    pipe = create_train_pipeline(source, device="cpu", batch_size=len(IMAGES), crop=CROP, rsa=RSAConfig(), seed=0,
-                                 plans=inject, normalise=False, num_threads=2, initial_fill=len(IMAGES))
-    pipe.build()
-    images, ids = pipe.run()
-    reader = ShardReader(root, manifest.sets["all"])
-    diffs = []
-    for j in range(len(IMAGES)):
-        number = int(np.array(ids[j])[2])
-        img, _ = _reference_input(reader, number)
-        diffs.append(_diff(np.array(images[j]), run_plan(img, plans[number])).ravel())
-    d = np.concatenate(diffs)
+    d = np.concatenate([_diff(a, b).ravel() for a, b in _replay(shards["preresized"], inject)])
     mean, p999, over4 = TOLERANCES[name]
     assert d.mean() <= mean and np.percentile(d, 99.9) <= p999 and np.mean(d > 4) <= over4, \
         (name, d.mean(), np.percentile(d, 99.9), np.mean(d > 4), d.max())
@@ -204,29 +219,14 @@ def test_step_matches_reference(shards: dict[str, Path], name: str) -> None:
 
 def test_random_plans_match_reference_end_to_end(shards: dict[str, Path]) -> None:
     """Whole random RSA chains (up to 22 ops), drawn once and replayed in both executors."""
-    root = shards["verbatim"]
-    manifest = Manifest.load(root)
     rsa = RSAConfig()
-    plans: dict[int, Plan] = {}
 
     def draw(ids: SampleIds, h: int, w: int) -> Plan:
-        rng = np.random.default_rng([5, ids.sample_number])
-        plans[ids.sample_number] = train_plan(rng, rsa, h, w, CROP)
-        return plans[ids.sample_number]
+        return train_plan(np.random.default_rng([5, ids.sample_number]), rsa, h, w, CROP)
 
-    source = ShardSource.from_manifest(root, manifest, "all")
-    pipe = create_train_pipeline(source, device="cpu", batch_size=len(IMAGES), crop=CROP, rsa=rsa, seed=0,
-                                 plans=draw, normalise=False, num_threads=2, initial_fill=len(IMAGES))
-    pipe.build()
-    images, ids = pipe.run()
-    reader = ShardReader(root, manifest.sets["all"])
-    means = []
-    for j in range(len(IMAGES)):
-        number = int(np.array(ids[j])[2])
-        img, _ = _reference_input(reader, number)
-        d = _diff(np.array(images[j]), run_plan(img, plans[number]))
-        assert np.array(images[j]).shape == (CROP, CROP, 3)
-        means.append(d.mean())
+    pairs = _replay(shards["verbatim"], draw)
+    assert all(a.shape == (CROP, CROP, 3) for a, _ in pairs)
+    means = [_diff(a, b).mean() for a, b in pairs]
     # Resampling differences compound over a chain; they stay a few grey levels.
     assert np.median(means) < 2.0 and max(means) < 8.0, means
 
@@ -240,21 +240,11 @@ def test_preresized_size_mismatch_is_refused(shards: dict[str, Path]) -> None:
 
 def test_first_resize_matches_converter_preresize(shards: dict[str, Path]) -> None:
     """The DALI first resize on verbatim shards and the converter's pre-resize agree."""
-    verbatim = Manifest.load(shards["verbatim"])
-    src = ShardSource.from_manifest(shards["verbatim"], verbatim, "all")
 
-    def identity(ids: SampleIds, h: int, w: int) -> Plan:
+    def first_resize_only(ids: SampleIds, h: int, w: int) -> Plan:
         r = first_resize(h, w, CROP, False)
         return Plan(h, w, r, (), Crop(0, 0, *r.out_size(h, w)))
 
-    pipe = create_train_pipeline(src, device="cpu", batch_size=len(IMAGES), crop=CROP, rsa=RSAConfig(), seed=0,
-                                 plans=identity, normalise=False, num_threads=2, initial_fill=len(IMAGES))
-    pipe.build()
-    images, ids = pipe.run()
-    reader = ShardReader(shards["preresized"], Manifest.load(shards["preresized"]).sets["all"])
-    # Sample numbers are assigned before conversion, so they match across both outputs.
-    d = np.concatenate([
-        _diff(np.array(images[j]), np.asarray(_reference_input(reader, int(np.array(ids[j])[2]))[0])).ravel()
-        for j in range(len(IMAGES))
-    ])
+    pairs = _replay(shards["verbatim"], first_resize_only, reference_root=shards["preresized"])
+    d = np.concatenate([_diff(a, b).ravel() for a, b in pairs])
     assert d.mean() < 0.5 and d.max() <= 2
