@@ -99,7 +99,7 @@ class DemoSettings:
     patch_size: int = 16
     batch_size: int = 16
     train_itrs: int = 300
-    lr: float = 5e-4  # from scratch, not the fine-tuning lr of the full recipe
+    lr: float = 3e-4  # from scratch, not the fine-tuning lr of the full recipe
     num_threads: int = 2
     loader: str = "dali"
     seed: int = 0

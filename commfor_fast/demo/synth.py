@@ -7,15 +7,19 @@ differs from "real" the way it does in the wild, only more strongly, and nowhere
 Every image, real or fake, starts from the same procedural scene: a colour gradient,
 optionally a horizon, 1/f ("pink") noise texture like foliage, ground or clouds,
 overlapping shapes with their own texture and shading, some of them out of focus,
-thin lines like branches or wires, and a vignette. Content, colours, sizes and file
-formats are drawn from the same distributions for both labels, so none of them is a
-shortcut: both labels are saved as PNG, JPEG and WebP in similar proportions.
+thin lines like branches or wires, and a vignette. The scene is white-balanced the way
+a camera's auto white balance does it, so its average colour is grey. Content and
+file formats are drawn from the same distributions for both labels, so neither is a
+shortcut: both labels are saved as PNG, JPEG and WebP in similar proportions. Sizes
+span the same range (sides 256 to 400 pixels), but as in the real world generators
+emit a few fixed sizes (multiples of 16) while photos and scans come in many; after
+the first resize only the aspect ratio is left of that, and it overlaps.
 
 What differs is how the pixels were made:
 
 Real sources
-- ``demo-photos``: a camera. Optical blur, a Bayer colour filter mosaic, shot and read
-  noise, demosaicing, gamma and a little sharpening.
+- ``demo-photos``: a camera. Optical blur, a small white-balance error, a Bayer colour
+  filter mosaic, shot and read noise, demosaicing, gamma and a little sharpening.
 - ``demo-scans``: scanned film. Scanner blur, film grain and faint row streaks.
 
 Generators (SPEC architecture tag in brackets)
@@ -23,10 +27,11 @@ Generators (SPEC architecture tag in brackets)
   kernels are nearly but not exactly bilinear. The uneven overlap leaves a
   checkerboard, and the spectrum has peaks at 1/2, 1/4 and 1/8 cycles per pixel.
 - ``demo/gan-upsample-nn`` [GAN]: nearest-neighbour upsampling with weak smoothing,
-  plus per-layer noise injected at low resolution. Pixels repeat in 2x2 and 4x4 blocks.
+  plus noise injected at 1/8 and 1/4 resolution. The noise is carried up by pixel
+  repetition, so the texture comes in 8x8 and 4x4 blocks.
 - ``demo/latdiff-vae`` [LatDiff]: a latent diffusion model's VAE decoder. Fine texture
-  is too smooth, there is no sensor noise, the decoder stamps a faint fixed 8-pixel
-  pattern, and colours come out a little oversaturated.
+  is too smooth, there is no sensor noise, the decoder stamps a fixed 8-pixel
+  pattern, and colours come out oversaturated.
 - ``demo/pixdiff-cascade`` [PixDiff]: a pixel-space cascade. A quarter-resolution base
   is upsampled by a super-resolution stage that hallucinates only part of the fine
   detail and leaves sharpening halos and white residual noise.
@@ -34,18 +39,27 @@ Generators (SPEC architecture tag in brackets)
   keeps only its coarse structure, and the patch colours are quantised to a codebook,
   so seams appear every 16 pixels.
 
-The traces are stronger than in today's generators. They have to survive resizing,
-JPEG re-compression, rotation and the other augmentations, and a small ViT trained
-from scratch has to pick them up within a few hundred iterations. Every image comes
-from its own seed, so a sample depends only on (seed, source, index).
+Each generator also shifts colour statistics in its own direction. It learned colour
+from white-balanced photos but reproduces it with a bias (the last layer's bias, the
+decoder's colour response), so its images average a tint of about 7% (about 19 of
+255 levels) rather than grey. The tints are magenta, green, warm, cyan and blue.
+
+The traces are stronger than in today's generators, because they must survive the
+first resize, JPEG re-compression, rotation and the other augmentations, and be learnt
+from scratch within a few hundred iterations. Measured on CPU with the full
+augmentation, a ViT-Tiny/16 trained from random initialisation for 300 iterations at
+batch 16 learns mainly the colour shift: after augmentation, the spatial traces were
+too weak for it within that budget. The spatial traces are there for longer runs,
+pre-trained models and the tests. Every image comes from its own seed, so a sample
+depends only on (seed, source, index).
 """
 
 from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -94,7 +108,8 @@ def _pink_noise(rng: np.random.Generator, height: int, width: int, exponent: flo
     freq = np.sqrt(fy * fy + fx * fx)
     freq[0, 0] = 1.0
     shape = (height, width // 2 + 1)
-    spectrum = (rng.standard_normal(shape, np.float32) + 1j * rng.standard_normal(shape, np.float32)) / freq**exponent
+    white = rng.standard_normal(shape, np.float32) + 1j * rng.standard_normal(shape, np.float32)
+    spectrum = white / freq**exponent
     spectrum[0, 0] = 0.0
     field = np.fft.irfft2(spectrum, s=(height, width)).astype(np.float32)
     return field / (field.std() + 1e-8)
@@ -134,9 +149,13 @@ def _shape_mask(rng: np.random.Generator, height: int, width: int) -> tuple[np.n
         axes = (int(radius), int(radius * rng.uniform(0.3, 1.0)))
         cv2.ellipse(canvas, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 255, -1, cv2.LINE_AA)
     else:
-        corners = 4 if kind == 1 else int(rng.integers(3, 8))
-        angles = np.sort(rng.uniform(0, 2 * np.pi, corners)) if kind == 2 else np.arange(4) * np.pi / 2 + rng.uniform(0, np.pi)
-        radii = radius * (rng.uniform(0.5, 1.0, corners) if kind == 2 else rng.uniform(0.6, 1.4, 2)[np.arange(4) % 2])
+        if kind == 1:  # a rotated box: corners at right angles, two half-diagonals
+            angles = np.arange(4) * np.pi / 2 + rng.uniform(0, np.pi)
+            radii = radius * rng.uniform(0.6, 1.4, 2)[np.arange(4) % 2]
+        else:  # an irregular polygon
+            corners = int(rng.integers(3, 8))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+            radii = radius * rng.uniform(0.5, 1.0, corners)
         points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=-1)
         cv2.fillPoly(canvas, [np.round(points * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
     mask = canvas.astype(np.float32) / 255.0
@@ -173,7 +192,11 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     for i in range(int(rng.integers(3, 12))):
         mask, (rows, cols) = _shape_mask(rng, height, width)
         shading = 1.0 + rng.uniform(0.0, 0.4) * _ramp(rng, ys[rows], xs[:, cols])
-        grain = 1.0 + rng.uniform(-0.12, 0.12) * detail[rows, cols] + rng.uniform(-0.08, 0.08) * texture[rows, cols]
+        grain = (
+            1.0
+            + rng.uniform(-0.12, 0.12) * detail[rows, cols]
+            + rng.uniform(-0.08, 0.08) * texture[rows, cols]
+        )
         fill = palette[3 + i % 9] * (shading * grain)[..., None]
         img[rows, cols] += mask[rows, cols, None] * (fill - img[rows, cols])
 
@@ -185,6 +208,9 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     img = img + line_mask * (palette[int(rng.integers(12))] * 0.6 - img)
 
     img = img * (1.0 - rng.uniform(0.0, 0.35) * (xs * xs + ys * ys)[..., None] / 2.0)
+    # White-balanced like a photo (grey world): the average colour is neutral.
+    means = img.reshape(-1, 3).mean(axis=0)
+    img = img * (means.mean() / np.maximum(means, 1e-3))
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
@@ -216,7 +242,8 @@ def _name_rng(name: str) -> np.random.Generator:
 def _camera(rng: np.random.Generator, scene: np.ndarray) -> np.ndarray:
     """A raw camera pipeline: optics, Bayer mosaic, shot + read noise, demosaic, gamma, sharpen."""
     height, width = scene.shape[:2]
-    linear = _blur(scene**2.2, rng.uniform(0.5, 0.9))
+    white_balance_error = 1.0 + rng.normal(0.0, 0.02, 3).astype(np.float32)
+    linear = _blur(scene**2.2 * white_balance_error, rng.uniform(0.5, 0.9))
     raw = np.empty((height, width), np.float32)
     raw[0::2, 0::2] = linear[0::2, 0::2, 0]
     raw[0::2, 1::2] = linear[0::2, 1::2, 1]
@@ -235,7 +262,7 @@ def _camera(rng: np.random.Generator, scene: np.ndarray) -> np.ndarray:
 def _film_scan(rng: np.random.Generator, scene: np.ndarray) -> np.ndarray:
     """Scanned film: scanner blur, film grain (strongest in the mid-tones), faint row streaks."""
     height, width = scene.shape[:2]
-    img = _blur(scene, rng.uniform(0.6, 1.1))
+    img = _blur(scene, rng.uniform(0.6, 1.1)) + rng.normal(0.0, 0.01, 3).astype(np.float32)  # scanner balance
     grain = _blur(rng.standard_normal((height, width, 3), np.float32), rng.uniform(0.5, 0.9))
     grain = 0.6 * grain.mean(axis=2, keepdims=True) + 0.4 * grain
     strength = rng.uniform(0.03, 0.07) * 4.0 * img * (1.0 - img)
@@ -279,8 +306,8 @@ def _gan_tconv(rng: np.random.Generator, scene: np.ndarray, name: str) -> np.nda
         pyramid.append(_down(pyramid[-1], 2))
     bilinear = np.repeat(_BILINEAR_KERNEL[None], 3, axis=0)
     img = pyramid[3]
-    for level in (2, 1, 0):
-        kernels = bilinear + 0.3 * weights.standard_normal((3, 3, 3)).astype(np.float32)
+    for level, strength in ((2, 0.1), (1, 0.07), (0, 0.03)):
+        kernels = bilinear + strength * weights.standard_normal((3, 3, 3)).astype(np.float32)
         kernels = kernels * 4.0 / kernels.sum(axis=(1, 2), keepdims=True)
         detail = pyramid[level] - _upsample_tconv(pyramid[level + 1], bilinear)
         img = _upsample_tconv(img, kernels) + detail
@@ -288,41 +315,44 @@ def _gan_tconv(rng: np.random.Generator, scene: np.ndarray, name: str) -> np.nda
 
 
 def _gan_nn(rng: np.random.Generator, scene: np.ndarray, name: str) -> np.ndarray:
-    """Nearest-neighbour upsampling, a weak smoothing conv, and noise injected per layer.
+    """Nearest-neighbour upsampling from 1/8 resolution, a weak smoothing conv, and noise injected per layer.
 
-    The noise added at 1/4 and 1/2 resolution is carried up by pixel repetition, so
-    the fine texture comes in 2x2 and 4x4 blocks.
+    Only part of each scale's detail is rebuilt. The noise added at 1/8 and 1/4
+    resolution is carried up by pixel repetition, so the texture comes in 8x8 and
+    4x4 blocks.
     """
-    pyramid = [scene, _down(scene, 2), _down(scene, 4)]
+    pyramid = [scene]
+    for _ in range(3):
+        pyramid.append(_down(pyramid[-1], 2))
     smooth = np.array([0.1, 0.8, 0.1], np.float32)
-    img = pyramid[2]
-    for level in (1, 0):
-        noise_sigma = rng.uniform(0.03, 0.05)
-        img = img + rng.standard_normal(img.shape[:2] + (1,), np.float32) * noise_sigma
+    img = pyramid[3]
+    for level in (2, 1, 0):
+        if level:
+            img = img + rng.standard_normal(img.shape[:2] + (1,), np.float32) * rng.uniform(0.02, 0.035)
         up = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)
         up = cv2.sepFilter2D(up, -1, smooth, smooth, borderType=cv2.BORDER_REFLECT)
         ref = np.repeat(np.repeat(pyramid[level + 1], 2, axis=0), 2, axis=1)
         ref = cv2.sepFilter2D(ref, -1, smooth, smooth, borderType=cv2.BORDER_REFLECT)
-        img = up + 0.5 * (pyramid[level] - ref)
+        img = up + 0.6 * (pyramid[level] - ref)
     return img
 
 
 def _latdiff_vae(rng: np.random.Generator, scene: np.ndarray, name: str) -> np.ndarray:
     """Over-smooth texture, no sensor noise, a fixed 8-pixel decoder pattern, and richer colour."""
     height, width = scene.shape[:2]
-    smooth = cv2.bilateralFilter(scene, 7, 0.15, 3.0)
+    smooth = cv2.bilateralFilter(scene, 7, 0.12, 3.0)
     tile = _name_rng(name).standard_normal((8, 8, 3)).astype(np.float32)
     tile = _blur(tile - tile.mean(axis=(0, 1)), 0.7)
     tile /= tile.std()
     pattern = np.tile(tile, (height // 8, width // 8, 1))
     edges = np.abs(scene - _blur(scene, 2.0)).mean(axis=2, keepdims=True)
-    img = smooth + pattern * (0.03 + 0.5 * edges) * rng.uniform(0.8, 1.2)
+    img = smooth + pattern * (0.025 + 0.5 * edges) * rng.uniform(0.8, 1.2)
     grey = img.mean(axis=2, keepdims=True)
     return grey + (img - grey) * rng.uniform(1.1, 1.25)
 
 
 def _pixdiff_cascade(rng: np.random.Generator, scene: np.ndarray, name: str) -> np.ndarray:
-    """A quarter-resolution base, bicubic super-resolution with halos, part of the detail back, white noise."""
+    """A quarter-resolution base, bicubic super-resolution with halos, some detail back, white noise."""
     height, width = scene.shape[:2]
     up = cv2.resize(_down(scene, 4), (width, height), interpolation=cv2.INTER_CUBIC)
     up = up + rng.uniform(1.0, 1.5) * (up - _blur(up, 2.0))
@@ -361,6 +391,10 @@ def _vq_autoregressive(rng: np.random.Generator, scene: np.ndarray, name: str) -
 # --------------------------------------------------------------------------- sources
 
 
+# How a source turns a scene into its image: (rng, scene, source name) -> float RGB.
+Form = Callable[[np.random.Generator, np.ndarray, str], np.ndarray]
+
+
 @dataclass(frozen=True)
 class DemoSource:
     """A real dataset or a generator: how its images are formed, sized and saved."""
@@ -370,7 +404,9 @@ class DemoSource:
     architecture: str
     formats: tuple[tuple[str, float], ...]  # (PIL format, probability)
     sizes: tuple[tuple[int, int], ...]  # (height, width) choices; empty = free photo sizes
-    form: Callable[[np.random.Generator, np.ndarray, str], np.ndarray]
+    form: Form
+    # Average colour shift (RGB, display units) the generator adds; zero for real sources.
+    colour_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def draw_size(self, rng: np.random.Generator) -> tuple[int, int]:
         """(height, width) of the next image.
@@ -390,7 +426,21 @@ class DemoSource:
         return names[int(rng.choice(len(names), p=[p for _, p in self.formats]))]
 
 
-def _real(form: Callable[[np.random.Generator, np.ndarray], np.ndarray]) -> Callable[[np.random.Generator, np.ndarray, str], np.ndarray]:
+def _chroma(hue_angle: float, amount: float = 0.075) -> tuple[float, float, float]:
+    """An RGB offset of length `amount` that changes colour but not brightness.
+
+    `hue_angle` is measured in the plane orthogonal to grey, from red-minus-blue (0)
+    towards green (90), so the five generators' biases point in different directions.
+    """
+    angle = np.deg2rad(hue_angle)
+    red_blue = np.array([1.0, 0.0, -1.0]) / np.sqrt(2.0)
+    green = np.array([-1.0, 2.0, -1.0]) / np.sqrt(6.0)
+    r, g, b = amount * (np.cos(angle) * red_blue + np.sin(angle) * green)
+    return float(r), float(g), float(b)
+
+
+def _real(form: Callable[[np.random.Generator, np.ndarray], np.ndarray]) -> Form:
+    """Adapt a real source's image formation to the sources' signature (reals have no fixed weights)."""
     return lambda rng, scene, name: form(rng, scene)
 
 
@@ -402,23 +452,23 @@ REAL_SOURCES: tuple[DemoSource, ...] = (
 GENERATORS: tuple[DemoSource, ...] = (
     DemoSource(
         "demo/gan-tconv", 1, "GAN", (("PNG", 0.5), ("JPEG", 0.4), ("WEBP", 0.1)),
-        ((256, 256), (320, 320), (384, 384)), _gan_tconv,
+        ((256, 256), (320, 320), (384, 384)), _gan_tconv, _chroma(288.0),
     ),
     DemoSource(
         "demo/gan-upsample-nn", 1, "GAN", (("PNG", 0.55), ("JPEG", 0.45)),
-        ((256, 256), (384, 384), (256, 384)), _gan_nn,
+        ((256, 256), (384, 384), (256, 384)), _gan_nn, _chroma(72.0),
     ),
     DemoSource(
         "demo/latdiff-vae", 1, "LatDiff", (("PNG", 0.45), ("JPEG", 0.4), ("WEBP", 0.15)),
-        ((320, 320), (384, 384), (256, 384), (384, 256)), _latdiff_vae,
+        ((320, 320), (384, 384), (256, 384), (384, 256)), _latdiff_vae, _chroma(0.0),
     ),
     DemoSource(
         "demo/pixdiff-cascade", 1, "PixDiff", (("PNG", 0.5), ("JPEG", 0.5)),
-        ((256, 256), (400, 400)), _pixdiff_cascade,
+        ((256, 256), (400, 400)), _pixdiff_cascade, _chroma(144.0),
     ),
     DemoSource(
         "demo/vq-autoregressive", 1, "other", (("JPEG", 0.5), ("PNG", 0.4), ("WEBP", 0.1)),
-        ((256, 256), (384, 384), (288, 384)), _vq_autoregressive,
+        ((256, 256), (384, 384), (288, 384)), _vq_autoregressive, _chroma(216.0),
     ),
 )
 
@@ -436,19 +486,31 @@ def get_source(name: str) -> DemoSource:
 # --------------------------------------------------------------------------- rendering and encoding
 
 
-def render_image(source: str | DemoSource, rng: np.random.Generator, size: tuple[int, int] | None = None) -> np.ndarray:
+def render_image(
+    source: str | DemoSource,
+    rng: np.random.Generator,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Render one image of `source`: uint8 HWC RGB, before encoding.
 
     `size` is (height, width); by default the source draws one of its own. Generator
-    sizes must be multiples of 16 and real sizes even, as the traces need.
+    sizes must be multiples of 16 and real sizes even, as the traces need. With a
+    given size, the scene is the first thing drawn from `rng`. Equal seeds therefore
+    render the same scene in every source, which lets a real and a fake image be
+    compared with nothing but the image formation differing.
     """
     src = get_source(source) if isinstance(source, str) else source
     height, width = size or src.draw_size(rng)
     multiple = 16 if src.label else 2
     if height % multiple or width % multiple or min(height, width) < 32:
-        raise ValueError(f"size {(height, width)} for {src.name!r}: sides must be >= 32 and multiples of {multiple}")
+        raise ValueError(
+            f"size {(height, width)} for {src.name!r}: sides must be >= 32 and multiples of {multiple}"
+        )
     scene = render_scene(rng, height, width)
-    return _to_uint8(src.form(rng, scene, src.name))
+    img = src.form(rng, scene, src.name)
+    if src.label:
+        img = img + np.asarray(src.colour_bias, np.float32) * rng.uniform(0.85, 1.15)
+    return _to_uint8(img)
 
 
 def encode_image(image: np.ndarray, fmt: str, quality: int = 90) -> bytes:
@@ -480,7 +542,12 @@ def make_sample(source: str | DemoSource, index: int, seed: int = 0) -> DemoImag
     return DemoImage(src.name, src.label, src.architecture, fmt, width, height, data, index)
 
 
-def generate(n_per_source: int, seed: int = 0, sources: Sequence[str] | None = None, start: int = 0) -> Iterator[DemoImage]:
+def generate(
+    n_per_source: int,
+    seed: int = 0,
+    sources: Sequence[str] | None = None,
+    start: int = 0,
+) -> Iterator[DemoImage]:
     """Yield `n_per_source` samples of every source (all by default), source by source.
 
     `start` offsets the sample indices, so a held-out set is `generate(n, seed,
