@@ -12,7 +12,6 @@ data wait is the share of step time spent waiting for the next batch.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -46,8 +45,7 @@ def _train_once(data: Path, flags: list[str], itrs: int, window: int, device: st
                "--no-validate", "--num-threads", str(threads), "--ckpt-keep-count", "0", *flags]
         with open(Path(run) / "stderr.log", "w+") as err:  # a file, not a pipe: a chatty child never blocks
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
-            if status != 0:
+            if proc.wait() != 0:
                 err.seek(0)
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-2000:]}")
         records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
@@ -55,7 +53,7 @@ def _train_once(data: Path, flags: list[str], itrs: int, window: int, device: st
     return {
         "img/s": statistics.median(r["images_per_s"] for r in windows),
         "data wait %": 100 * statistics.median(r["data_wait"] for r in windows),
-        "peak RSS MB": usage.ru_maxrss / 1024,
+        "peak RSS MB": max(r["host_peak_mb"] for r in windows),
         "GPU peak MB": max((r.get("gpu_memory_mb", 0.0) for r in windows), default=0.0) or None,
     }
 

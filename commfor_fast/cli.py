@@ -170,7 +170,7 @@ def convert(
     partition_size: Annotated[str, typer.Option(help="Input bytes per unit of work and of resume; each worker holds about 3 x this in memory (lower it with --preresize of small JPEGs).")] = ConvertSettings.partition_size,
     preresize: Annotated[Optional[int], typer.Option(help="Store raw RGB pixels resized to this shorter side (440 for crop 384, 256 for crop 224) instead of the encoded image.", show_default=False)] = None,
     max_pixels: Annotated[int, typer.Option(help="Reject larger images as decompression bombs.")] = ConvertSettings.max_pixels,
-    check: Annotated[str, typer.Option(help="full: decode every image with PIL; fast: check the structure of verbatim PNG/JPEG without decoding (much faster, misses damage inside compressed data).")] = ConvertSettings.check,
+    check: Annotated[str, typer.Option(help="full: decode all compressed data of every image (PNG inflated, JPEG entropy-decoded; PIL decodes the rest); fast: check only the file structure of verbatim PNG/JPEG (faster, misses damage inside compressed data).")] = ConvertSettings.check,
     dali_check: Annotated[bool, typer.Option("--dali-check", help="Also decode every verbatim image with DALI's CPU decoder and reject what it refuses (about one more full decode).")] = False,
     workers: Annotated[int, typer.Option(help="Conversion processes (0: one per CPU core, as many as memory allows); each holds about 3 x --partition-size in memory.")] = ConvertSettings.workers,
     num_nodes: Annotated[int, typer.Option(help="Machines converting into the same --out (shared storage).")] = ConvertSettings.num_nodes,
@@ -194,7 +194,7 @@ def convert(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes its data, shards, run and report.")] = DemoSettings.out,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = DemoSettings.device,
+    device: Annotated[str, typer.Option(help="cpu, cuda (or gpu) or auto.")] = DemoSettings.device,
     fakes_per_generator: Annotated[int, typer.Option(help="Training images per generator (reals matched in number).")] = DemoSettings.fakes_per_generator,
     test_per_source: Annotated[int, typer.Option(help="Held-out images per source.")] = DemoSettings.test_per_source,
     model_size: Annotated[str, typer.Option(help="small or tiny.")] = DemoSettings.model_size,

@@ -152,6 +152,24 @@ class MetricsLog:
                 self.wandb.finish()
 
 
+def host_peak_mb() -> float:
+    """This process's peak resident memory in MiB, for the log.
+
+    Read from /proc (VmHWM) where it exists: `getrusage` also counts the memory of
+    the process this one was forked from before `exec`, which inflates it for any
+    process started by a large parent (a benchmark driver, a launcher).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class SyntheticStream:
     """The same random batch, already on the device, forever: the loop's upper bound
     (`--synthetic-data`), to measure how close the real pipeline gets to it."""
@@ -357,7 +375,7 @@ def train(settings: TrainSettings) -> Path:
             elapsed = time.perf_counter() - window_start
             record = {"itr": itr, "epoch": (itr - 1) // itrs_per_epoch, "loss": loss.item(),
                       "lr": lr, "images_per_s": window_images / elapsed,
-                      "data_wait": data_wait / elapsed}
+                      "data_wait": data_wait / elapsed, "host_peak_mb": host_peak_mb()}
             if device.type == "cuda":
                 record["gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             log.log(record)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from commfor_fast.convert import settings as convert_settings
 from commfor_fast.convert.balance import water_fill
-from commfor_fast.convert.check import check_structure, jpeg_is_complete
+from commfor_fast.convert.check import check_data, check_structure, jpeg_is_complete
 from commfor_fast.convert.settings import default_workers
 from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb, encode_raw, resize_shorter
 from commfor_fast.shards import Manifest, unpack_ids
@@ -247,6 +247,64 @@ def test_structural_check_of_jpeg_and_png():
     assert check_structure(image_bytes("gif", 3), 10**8) is None  # needs the full decode
 
 
+def _damaged(data: bytes, seed: int) -> list[bytes]:
+    """Truncations, flipped bytes and zeroed runs all over `data` (past the 8-byte signature)."""
+    rng = np.random.default_rng(seed)
+    cuts = [data[:n] for n in np.linspace(9, len(data) - 1, 20).astype(int)]
+    flips = [data[:p] + bytes([data[p] ^ 0x5A]) + data[p + 1:] for p in rng.integers(8, len(data), 40)]
+    zeros = [data[:p] + bytes(48) + data[p + 48:] for p in rng.integers(8, len(data) - 48, 12)]
+    return cuts + flips + zeros
+
+
+def _verdict(check, data: bytes) -> bool:
+    try:
+        check(data)
+        return True
+    except BadImage:
+        return False
+
+
+def _encoded(kind: str) -> bytes:
+    rgb = Image.fromarray(picture(7, 120, 88))
+    buf = io.BytesIO()
+    if kind.startswith("jpeg"):
+        img = rgb.convert("L") if kind == "jpeg-grey" else rgb
+        img.save(buf, format="JPEG", quality=90, progressive=kind == "jpeg-progressive")
+    else:
+        img = {"png": rgb, "png-grey": rgb.convert("L"), "png-palette": rgb.convert("P", colors=16),
+               "png-rgba": rgb.convert("RGBA"), "png-1bit": rgb.convert("1")}[kind]
+        img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["png", "png-grey", "png-palette", "png-rgba", "png-1bit",
+                                  "jpeg", "jpeg-progressive", "jpeg-grey"])
+def test_full_check_rejects_whatever_a_full_decode_rejects(kind):
+    """`--check full` skips the pixel work of a full decode, never a check that can fail."""
+    good = _encoded(kind)
+    assert check_data(good, 10**8) is not None  # the cheaper path is the one under test
+    variants = _damaged(good, seed=len(kind))
+    outcomes = [(_verdict(check_image, v), _verdict(lambda d: check_data(d, 10**8), v)) for v in variants]
+    assert any(not full for full, _ in outcomes) and any(full for full, _ in outcomes)  # both kinds occur
+    for variant, (full, ours) in zip(variants, outcomes):
+        assert ours <= full  # whatever the full decode rejects, the check rejects
+        if ours != full:  # stricter only where a PNG chunk's CRC is wrong, which PIL does not always check
+            assert kind.startswith("png") and not _verdict(lambda d: check_structure(d, 10**8), variant)
+
+
+def test_full_check_leaves_interlaced_png_to_the_full_decode():
+    data = bytearray(_encoded("png"))
+    data[28] = 1  # IHDR interlace method: Adam7
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    assert check_data(bytes(data), 10**8) is None
+    # intact chunks (right CRCs) around bad compressed data: found only by inflating it
+    with pytest.raises(BadImage, match=r"^cannot decode: truncated PNG data \(0 of 20 rows\)$"):
+        check_data(png_header(20, 20), 10**8)
+    with pytest.raises(BadImage, match="^cannot decode: PNG row with an unknown filter type$"):
+        check_data(png_header(3, 2, rows=b"\0" + bytes(9) + b"\7" + bytes(9)), 10**8)
+    assert check_data(png_header(3, 2, rows=b"\4" + bytes(9) + b"\1" + bytes(9)), 10**8) is not None
+
+
 def test_format_bias_warning(tmp_path, convert_into):
     root = write_folder_tree(tmp_path / "bias", {"gen": {"fake": ("png",) * 20}, "photos": {"real": ("jpeg",) * 20}})
     manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0)
@@ -277,14 +335,14 @@ def test_damaged_tiff_is_rejected_not_a_crash(tmp_path, convert_into, check):
                                  "reason": "cannot decode: Missing dimensions"}]
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares a size but holds (almost) no pixel data."""
+def png_header(width: int, height: int, rows: bytes = b"\0" * 10) -> bytes:
+    """An 8-bit RGB PNG with intact chunks around the given (by default too little) row data."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def test_every_decoding_failure_becomes_bad_image(monkeypatch):

@@ -79,6 +79,7 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     for r in records:
         assert r["lr"] == pytest.approx(1e-3 * lr_factor(r["itr"] - 1, 24, 2, False))
         assert r["images_per_s"] > 0 and 0 <= r["data_wait"] <= 1
+        assert 100 < r["host_peak_mb"] < 20_000  # torch alone needs more than 100 MiB
     first, last = np.mean([r["loss"] for r in records[:6]]), np.mean([r["loss"] for r in records[-6:]])
     assert last < first * 0.7, (first, last)
     val = [r for r in _records(run) if "val_loss" in r]
@@ -209,3 +210,16 @@ def test_train_itrs_below_one_means_epochs(easy: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(_settings(easy, run, train_itrs=-1, epochs=1, validate=False, log_every=100))
     assert [r["itr"] for r in _records(run) if "loss" in r] == [9]  # one epoch of 36 images at batch 4
+
+
+def test_device_names_resolve_or_say_the_fix(monkeypatch):
+    from commfor_fast.distributed import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    for name in ("gpu", "cuda", "cuda:1"):  # "gpu" is DALI's word for it
+        with pytest.raises(UserError, match=f"^--device {name}: no CUDA device is visible here; use --device cpu$"):
+            resolve_device(name)
+    with pytest.raises(UserError, match="use auto, cpu, cuda"):
+        resolve_device("tpu")

@@ -44,7 +44,7 @@ class ConvertSettings:
     partition_size: str = "2GB"  # input bytes per unit of work (memory per worker is about this much)
     preresize: int | None = None  # store raw RGB pixels resized to this shorter side: 440 (crop 384) or 256 (crop 224)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are rejected as decompression bombs
-    check: str = "full"  # "full": decode every image with PIL; "fast": structural check of verbatim PNG/JPEG
+    check: str = "full"  # "full": decode all compressed data of every image; "fast": file structure of verbatim PNG/JPEG
     dali_check: bool = False  # also decode every verbatim image with DALI's CPU decoder; reject what it refuses
     # --- execution
     workers: int = 0  # conversion processes; 0 = one per CPU core, as many as memory allows

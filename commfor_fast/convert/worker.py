@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from commfor_fast.convert.check import check_structure
+from commfor_fast.convert.check import check_data, check_structure
 from commfor_fast.convert.hf import IMAGE_COLUMN, META_COLUMNS
 from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
@@ -77,7 +77,9 @@ def _dali_refuses(data: bytes) -> str | None:
 
 def store_image(data: bytes, config: WorkerConfig) -> Stored:
     """Check `data` and choose its stored form; raises `BadImage` for a reject."""
-    info = check_structure(data, config.max_pixels) if config.check == "fast" and config.preresize is None else None
+    info = None
+    if config.preresize is None:  # stored verbatim if it can be: a check without the pixels will do
+        info = (check_structure if config.check == "fast" else check_data)(data, config.max_pixels)
     if info is None:
         info, rgb = check_image(data, config.max_pixels)
         if config.preresize is not None:
