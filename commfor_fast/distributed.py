@@ -41,12 +41,10 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
     """`auto`/None -> this rank's GPU if one is visible, else the CPU; `cuda` (or `gpu`,
     DALI's word) -> this rank's GPU; `cuda:N` -> GPU N; `cpu`. Errors name the flag
     and the fix."""
-    if name == "gpu":
-        name = "cuda"
     if name in (None, "auto"):
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
-        device = torch.device(name)
+        device = torch.device("cuda" if name == "gpu" else name)
     except (RuntimeError, TypeError):
         raise UserError(f"--device {name!r}: use auto, cpu, cuda (or gpu) or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
