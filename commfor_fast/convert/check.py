@@ -38,6 +38,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+from collections.abc import Callable
 
 import numpy as np
 from isal import isal_zlib
@@ -81,38 +82,36 @@ def jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
-def _open_verbatim(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageInfo] | None:
-    """The opened image and its info when `data` is a PNG/JPEG stored as it is; else None.
+def _checked(data: bytes, max_pixels: int, check: Callable[[Image.Image, bytes], bool]) -> ImageInfo | None:
+    """Open `data` and, if it is a PNG/JPEG stored as it is, run `check` on it.
 
-    Raises `BadImage` for empty data, an unreadable header or a decompression bomb.
-    Call inside `as_bad_image()` and `pixel_limit(max_pixels)`.
+    Returns the image's info, or None when the image needs PIL's full decode instead
+    (another format, an image to normalise, or `check` declines). Raises `BadImage`
+    like `imageio.check_image` (the same exception mapping and `max_pixels` rule).
     """
-    if not data:
-        raise BadImage("empty file")
-    img = Image.open(io.BytesIO(data))
-    if img.format not in FAST_FORMATS or normalise_reason(img, data) is not None:
-        return None
-    check_pixels(*img.size, max_pixels)
-    return img, ImageInfo(format=img.format, mode=img.mode, width=img.width, height=img.height, normalise_reason=None)
+    with as_bad_image(), pixel_limit(max_pixels):
+        if not data:
+            raise BadImage("empty file")
+        img = Image.open(io.BytesIO(data))
+        if img.format not in FAST_FORMATS or normalise_reason(img, data) is not None:
+            return None
+        check_pixels(*img.size, max_pixels)
+        info = ImageInfo(format=img.format, mode=img.mode, width=img.width, height=img.height, normalise_reason=None)
+        return info if check(img, data) else None
+
+
+def _structure_intact(img: Image.Image, data: bytes) -> bool:
+    if img.format == "PNG":
+        img.verify()
+    elif not jpeg_is_complete(data):
+        raise BadImage("cannot decode: truncated JPEG (no end-of-image marker after the last scan)")
+    return True
 
 
 def check_structure(data: bytes, max_pixels: int) -> ImageInfo | None:
     """`--check fast`: the info of a verbatim PNG/JPEG checked without decoding; None when a
-    full decode is needed.
-
-    Raises `BadImage` like `imageio.check_image` for data that is certainly bad (the
-    same exception mapping and the same `max_pixels` rule).
-    """
-    with as_bad_image(), pixel_limit(max_pixels):
-        opened = _open_verbatim(data, max_pixels)
-        if opened is None:
-            return None
-        img, info = opened
-        if img.format == "PNG":
-            img.verify()
-        elif not jpeg_is_complete(data):
-            raise BadImage("cannot decode: truncated JPEG (no end-of-image marker after the last scan)")
-    return info
+    full decode is needed. Raises `BadImage` for data that is certainly bad."""
+    return _checked(data, max_pixels, _structure_intact)
 
 
 # PNG colour type -> samples per pixel (grey, -, RGB, palette, grey+alpha, -, RGBA).
@@ -148,22 +147,17 @@ def _png_rows_complete(data: bytes, width: int, height: int) -> bool:
     return True
 
 
+def _data_decodes(img: Image.Image, data: bytes) -> bool:
+    if img.format == "PNG":
+        img.verify()
+        return _png_rows_complete(data, img.width, img.height)
+    img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))  # libjpeg's 1/8 DCT scaling
+    img.load()
+    return True
+
+
 def check_data(data: bytes, max_pixels: int) -> ImageInfo | None:
     """`--check full` for a verbatim PNG/JPEG: all compressed data decoded, see the module
-    docstring. Returns None when the image needs PIL's full decode instead.
-
-    Raises `BadImage` for what a full decode would reject, with the same mapping.
-    """
-    with as_bad_image(), pixel_limit(max_pixels):
-        opened = _open_verbatim(data, max_pixels)
-        if opened is None:
-            return None
-        img, info = opened
-        if img.format == "PNG":
-            img.verify()
-            if not _png_rows_complete(data, img.width, img.height):
-                return None
-        else:
-            img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
-    return info
+    docstring. Returns None when the image needs PIL's full decode instead. Raises
+    `BadImage` for what a full decode would reject."""
+    return _checked(data, max_pixels, _data_decodes)
