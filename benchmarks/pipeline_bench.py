@@ -15,17 +15,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Timing, bench_main, measure  # noqa: E402
 
+from commfor_fast.pipelines.dali import PlanCompiler  # noqa: E402
 from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream  # noqa: E402
-from commfor_fast.pipelines.plan import RSAConfig  # noqa: E402
+from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan  # noqa: E402
 from commfor_fast.shards import Manifest  # noqa: E402
 
 COLUMNS = ["shards", "mode", "engine", "threads", "img/s", "img/s per core", "x reference per core",
            "host CPU ms/img"]
+PLAN_COLUMNS = ["mode", "stored image", "host CPU ms/img"]
 
 
 def _engines() -> list[tuple[str, str]]:
@@ -97,6 +100,35 @@ def run(shards: dict[str, Path], quick: bool, threads: int = 2, crop: int = 384)
                      and r["engine"] == "reference-cpu"), None)
         if base:
             row["x reference per core"] = row["img/s per core"] / base["img/s per core"]
+    return rows
+
+
+def plan_rows(quick: bool, crop: int = 384, batch: int = 128) -> list[dict[str, Any]]:
+    """Host CPU per image of the pipelines' Python step (drawing and lowering every
+    sample's plan, `PlanCompiler`), alone: on a GPU it is the per-image host work
+    besides reading, whatever the engine does on the device."""
+    rsa = RSAConfig()
+    rows = []
+    for mode, preresized, (h, w) in (("train", True, (440, 586)), ("train", False, (1024, 1024)),
+                                     ("eval", True, (440, 586)), ("eval", False, (1024, 1024))):
+        def draw(ids, height, width, rng, mode=mode, preresized=preresized):
+            if mode == "train":
+                return train_plan(rng, rsa, height, width, crop, preresized)
+            return eval_plan(height, width, crop, preresized)
+
+        compiler = PlanCompiler(draw, rsa.max_steps if mode == "train" else 0)
+        ids = [np.array([i % 2, 0, i, h, w], np.int32) for i in range(batch)]
+        encoded = [np.zeros(1, np.uint8)] * batch
+        calls = iter(range(10**9))
+
+        def run() -> int:
+            seeds = [np.array([next(calls), 0], np.int64) for _ in range(batch)]
+            compiler(ids, seeds, encoded)
+            return batch
+
+        t = measure(run, 3 if quick else 10)
+        rows.append({"mode": mode, "stored image": f"{h}x{w}{' pre-resized' if preresized else ''}",
+                     "host CPU ms/img": t.cpu_ms_per_image})
     return rows
 
 

@@ -61,6 +61,9 @@ def run_all(out: Path, quick: bool, shards: list[Path] | None = None, threads: i
     sections.append("## Pipelines (batches from the torch-facing loaders)\n\n" +
                     markdown_table(rows, pipeline_bench.COLUMNS))
     chart = _chart(rows, out / "bench.png")
+    sections.append("Host work per image in the pipelines' Python step (drawing and lowering each sample's "
+                    "plan, batch 128), the same on every engine:\n\n" +
+                    markdown_table(pipeline_bench.plan_rows(quick), pipeline_bench.PLAN_COLUMNS))
     if any("preresized" in name for name in found):
         rows = train_bench.run(found, quick, threads)
         sections.append("## Training loop: real pipeline vs synthetic batches\n\n" +
