@@ -11,6 +11,7 @@ the reference executor reading the same source verbatim (the original pipeline).
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,8 @@ def run(shards: dict[str, Path], quick: bool, threads: int = 2, crop: int = 384)
 
 def plan_rows(quick: bool, crop: int = 384, batch: int = 128) -> list[dict[str, Any]]:
     """Host CPU per image of the pipelines' Python step (drawing and lowering every
-    sample's plan, `PlanCompiler`), alone: on a GPU it is the per-image host work
-    besides reading, whatever the engine does on the device."""
+    sample's plan, `PlanCompiler`), alone: on a GPU it is our own code's per-image
+    host work besides reading; DALI's scheduling of the graph comes on top."""
     rsa = RSAConfig()
     rows = []
     for mode, preresized, (h, w) in (("train", True, (440, 586)), ("train", False, (1024, 1024)),
@@ -119,7 +120,7 @@ def plan_rows(quick: bool, crop: int = 384, batch: int = 128) -> list[dict[str, 
         compiler = PlanCompiler(draw, rsa.max_steps if mode == "train" else 0)
         ids = [np.array([i % 2, 0, i, h, w], np.int32) for i in range(batch)]
         encoded = [np.zeros(1, np.uint8)] * batch
-        calls = iter(range(10**9))
+        calls = itertools.count()
 
         def run() -> int:
             seeds = [np.array([next(calls), 0], np.int64) for _ in range(batch)]
