@@ -4,9 +4,9 @@ Uses the benchmark images of `data.py` (1024x1024 demo scenes as PNG and JPEG
 folders) as a folder source and, the same images, as a hub-like parquet replica,
 then times `convert` on each source: verbatim with the full check (the
 default: all compressed data decoded), verbatim with `--check fast`, and
-`--preresize 440`, with 1 and 2 workers (best of two runs; one with --quick), each
-image four times over (once with --quick) so that worker start-up does not decide
-the figures. MB/s
+`--preresize 440`, with 1 and 2 workers, each image four times over (once with
+--quick) so that worker start-up does not decide the figures. Every figure is the
+median of three runs after a warm-up. MB/s
 counts source bytes; the sources sit in the page cache, and the shards are written
 (and fsync'ed) to the output folder. Times include planning and worker start-up.
 A second table times each step of converting one image in one process, so the
@@ -22,10 +22,12 @@ import hashlib
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +98,30 @@ def time_convert(out: Path, source: dict[str, Any], workers: int, overrides: dic
     return seconds
 
 
-def _per_image(images: list[bytes], step: Callable[[bytes], object]) -> float:
-    start = time.perf_counter()
-    for data in images:
-        step(data)
-    return (time.perf_counter() - start) / len(images)
+def median_after_warmup(run: Callable[[], float], repeats: int) -> float:
+    """The median of `repeats` results of `run` (seconds) after one warm-up call."""
+    run()
+    return statistics.median(run() for _ in range(repeats))
 
 
-def stage_rows(images: list[tuple[str, bytes]], out: Path) -> list[dict[str, Any]]:
+def _per_image(images: list[bytes], step: Callable[[list[bytes]], object]) -> Callable[[], float]:
+    """A timer of `step` over all `images`: seconds per image."""
+    def run() -> float:
+        start = time.perf_counter()
+        step(images)
+        return (time.perf_counter() - start) / len(images)
+    return run
+
+
+def _write_tar(path: Path, images: list[bytes]) -> None:
+    """All images into one tar (hashed, indexed, fsync'ed once), as a worker writes a shard."""
+    writer = ShardWriter(path, path.parent)
+    for i, d in enumerate(images):
+        writer.add(f"{i:010d}", [("png", d), ("cls", b"1"), ("ids", bytes(20)), ("json", b"{}")])
+    writer.close()
+
+
+def stage_rows(images: list[tuple[str, bytes]], out: Path, repeats: int) -> list[dict[str, Any]]:
     """Time each step of converting one image, per format, in this process."""
     from commfor_fast.pipelines.decode_check import DaliDecodeCheck
 
@@ -114,7 +132,7 @@ def stage_rows(images: list[tuple[str, bytes]], out: Path) -> list[dict[str, Any
         data = [d for f, d in images if f == fmt]
         mb = sum(map(len, data)) / len(data) / 1e6
 
-        steps = {
+        each = {
             "PIL full decode (check_image)": lambda d: check_image(d),
             "--check full (check_data)": lambda d: check_data(d, 10**9),
             "--check fast (check_structure)": lambda d: check_structure(d, 10**9),
@@ -122,18 +140,12 @@ def stage_rows(images: list[tuple[str, bytes]], out: Path) -> list[dict[str, Any
             "decode + resize 440 + raw": lambda d: encode_raw(resize_shorter(check_image(d)[1], 440)),
             "sha256": lambda d: hashlib.sha256(d).digest(),
         }
+        steps = {name: (lambda images, step=step: [step(d) for d in images]) for name, step in each.items()}
+        steps["tar write + sha256 + index + fsync"] = lambda images, fmt=fmt: _write_tar(out / f"stage-{fmt}.tar",
+                                                                                      images)
         for name, step in steps.items():
-            seconds = _per_image(data, step)
+            seconds = median_after_warmup(_per_image(data, step), repeats)
             rows.append({"step": name, "format": fmt, "ms/img": 1000 * seconds, "MB/s": mb / seconds, "x": None})
-        # Writing: all images into one tar (hashed, indexed, fsync'ed once), as a worker does.
-        start = time.perf_counter()
-        writer = ShardWriter(out / f"stage-{fmt}.tar", out)
-        for i, d in enumerate(data):
-            writer.add(f"{i:010d}", [("png", d), ("cls", b"1"), ("ids", bytes(20)), ("json", b"{}")])
-        writer.close()
-        seconds = (time.perf_counter() - start) / len(data)
-        rows.append({"step": "tar write + sha256 + index + fsync", "format": fmt, "ms/img": 1000 * seconds,
-                     "MB/s": mb / seconds, "x": None})
     return rows
 
 
@@ -172,6 +184,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, list[dict[str, Any]]]:
     out_dir = Path(out_dir)
     n_images = 12 if quick else 48  # per format
     times = 1 if quick else 4  # each image converted this many times over
+    repeats = 3  # timed runs of everything, after a warm-up
     originals = write_sources(out_dir / f"sources-{n_images}", n_images)
     folders = repeated(originals, times, out_dir / f"sources-{n_images}-x{times}")
     images = read_images(folders)
@@ -184,15 +197,15 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, list[dict[str, Any]]]:
         for mode, overrides in MODES.items():
             one = None
             for workers in (1, 2):
-                seconds = min(time_convert(out_dir / "shards", source, workers, overrides, total_bytes // 8)
-                              for _ in range(1 if quick else 2))
+                seconds = median_after_warmup(
+                    partial(time_convert, out_dir / "shards", source, workers, overrides, total_bytes // 8), repeats)
                 one = one or seconds
                 conversion.append({"source": source_name, "mode": mode, "workers": workers, "images": len(images),
                                    "MB": total_mb, "s": seconds, "img/s": len(images) / seconds,
                                    "MB/s": total_mb / seconds, "MB/s per worker": total_mb / seconds / workers,
                                    "x 1 worker": one / seconds})
     encoded = [(fmt, data) for fmt, *_, data in read_images(originals)]
-    steps = stage_rows(encoded, out_dir / "stages")
+    steps = stage_rows(encoded, out_dir / "stages", repeats)
     shutil.rmtree(out_dir / "stages", ignore_errors=True)
     steps.append({"step": "CPU parallelism: 2 processes decoding vs 1 (2.0 = two full cores)", "format": "PNG",
                   "ms/img": None, "MB/s": None, "x": cpu_parallelism(encoded[0][1], 10 if quick else 40)})
