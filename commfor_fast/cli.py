@@ -152,8 +152,6 @@ def evaluate(
     call(evaluate_shards, settings)
 
 
-
-
 @app.command()
 def convert(
     out: Annotated[Path, typer.Option(help="Output folder: <set>/shard-*.tar (+ .idx), parts/, plan.json, manifest.json (written last). Rerun the same command to resume.", show_default=False)],
@@ -185,8 +183,8 @@ def convert(
         hf_repo=hf_repo, hf_split=hf_split, cache_dir=cache_dir, folders=list(folder or []), labels=labels,
         out=out, overwrite=overwrite, val_frac=val_frac, seed=seed, balance=balance, shard_size=shard_size,
         partition_size=partition_size, preresize=preresize, max_pixels=max_pixels, check=check,
-        dali_check=dali_check, workers=workers,
-        num_nodes=num_nodes, node_rank=node_rank, verify_hashes=verify_hashes, quiet=quiet,
+        dali_check=dali_check, workers=workers, num_nodes=num_nodes, node_rank=node_rank,
+        verify_hashes=verify_hashes, quiet=quiet,
     )
     call(run_convert, settings)
 
