@@ -19,12 +19,15 @@ reason (`as_bad_image`), in every caller: a damaged image is a reject, never a c
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from commfor_fast.shards import RAW_HEADER_BYTES
 
 # File endings the original accepts for local folders (SPEC section 1), matched
 # case-insensitively here; `.tif` is accepted as well since it is the same format.
@@ -188,14 +191,25 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     return img.resize((width, height), Image.BILINEAR)
 
 
+def raw_header(height: int, width: int) -> bytes:
+    """The `.npy` (v1.0) header of a height x width x 3 uint8 array, padded to `RAW_HEADER_BYTES`."""
+    text = repr({"descr": "|u1", "fortran_order": False, "shape": (height, width, 3)})
+    prefix = b"\x93NUMPY\x01\x00" + struct.pack("<H", RAW_HEADER_BYTES - 10)
+    return prefix + text.ljust(RAW_HEADER_BYTES - len(prefix) - 1).encode("latin1") + b"\n"
+
+
 def encode_raw(img: Image.Image) -> bytes:
-    """Raw HWC uint8 RGB pixels: the pre-resized storage format (decodes for free)."""
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).tobytes()
+    """HWC uint8 RGB pixels as a `.npy` file with a fixed-size header: the pre-resized
+    storage format (decodes for free; `numpy.load`, webdataset and HF datasets read it)."""
+    pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return raw_header(img.height, img.width) + pixels.tobytes()
 
 
 def decode_raw(data: bytes, height: int, width: int) -> np.ndarray:
-    """Inverse of `encode_raw`; checks that the byte count matches the shape."""
-    expected = height * width * 3
+    """Inverse of `encode_raw`; checks the header and that the byte count matches the shape."""
+    expected = RAW_HEADER_BYTES + height * width * 3
     if len(data) != expected:
         raise BadImage(f"raw image has {len(data)} bytes, expected {expected} for {height}x{width}x3")
-    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+    if data[:RAW_HEADER_BYTES] != raw_header(height, width):
+        raise BadImage(f"raw image header does not describe a {height}x{width}x3 uint8 array")
+    return np.frombuffer(data, dtype=np.uint8, offset=RAW_HEADER_BYTES).reshape(height, width, 3)

@@ -3,6 +3,7 @@
 An output folder of `commfor-fast convert` holds:
 
     manifest.json                      written last: its presence means "complete"
+    README.md                          a dataset card: `datasets.load_dataset(OUT)` reads the folder
     train/shard-00000-000.tar          WebDataset tar files (one folder per set:
     train/shard-00000-000.tar.idx      `train` and `val`, or `all` without a split),
                                        named by partition and shard within it
@@ -12,7 +13,8 @@ Each sample is a group of tar members sharing one key (`0000000042`, the sample'
 number within its set):
 
     KEY.<jpg|png|webp|bmp|tiff>        the image bytes, verbatim (or a lossless PNG)
-    KEY.rgb                            ...or raw HWC uint8 pixels (`--preresize`)
+    KEY.npy                            ...or HWC uint8 pixels (`--preresize`), a NumPy
+                                       `.npy` file whose header is always RAW_HEADER_BYTES
     KEY.cls                            the label as ASCII ("0" real, "1" fake)
     KEY.ids                            5 little-endian int32: label, generator id,
                                        sample number, stored height, stored width
@@ -38,13 +40,18 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write
 
 FORMAT_NAME = "commfor-fast-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pre-resized pixels as `.npy` (were headerless `.rgb`); a dataset card
 MANIFEST_NAME = "manifest.json"
+CARD_NAME = "README.md"  # the dataset card for Hugging Face `datasets` (convert/card.py)
 INDEX_VERSION = "v1.2"
 INDEX_SUFFIX = ".idx"
 
-IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "tiff", "rgb")  # one DALI output group
-RAW_EXT = "rgb"
+IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "tiff", "npy")  # one DALI output group
+ENCODED_EXTS = IMAGE_EXTS[:-1]  # images stored as encoded files
+RAW_EXT = "npy"
+# Every pre-resized `.npy` member starts with a header of exactly this many bytes (npy
+# v1.0, padded with spaces), so the DALI graph finds the pixels at a constant offset.
+RAW_HEADER_BYTES = 128
 LABEL_EXT = "cls"
 IDS_EXT = "ids"
 META_EXT = "json"
@@ -146,6 +153,8 @@ class SetInfo:
     formats: dict[str, dict[str, int]] = field(default_factory=dict)
     # original resolution bucket (e.g. "512x512") -> label -> count
     resolutions: dict[str, dict[str, int]] = field(default_factory=dict)
+    # stored image member (IMAGE_EXTS, e.g. "png" or "npy") -> label -> count
+    stored: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from commfor_fast.convert.balance import water_fill
 from commfor_fast.convert.check import check_data, check_structure, jpeg_is_complete
 from commfor_fast.convert.settings import default_workers
 from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb, encode_raw, resize_shorter
-from commfor_fast.shards import Manifest, unpack_ids
+from commfor_fast.shards import RAW_EXT, RAW_HEADER_BYTES, Manifest, unpack_ids
 
 
 def source_bytes(meta: dict) -> bytes:
@@ -210,8 +210,12 @@ def test_preresize_stores_resized_raw_pixels(tmp_path, folder_tree, convert_into
         assert min(ids.height, ids.width) == 256
         assert (meta["stored"]["height"], meta["stored"]["width"]) == (ids.height, ids.width)
         expected = encode_raw(resize_shorter(decode_rgb(source_bytes(meta)), 256))
-        assert m["rgb"] == expected
-        assert decode_raw(m["rgb"], ids.height, ids.width).shape == (ids.height, ids.width, 3)
+        assert m[RAW_EXT] == expected
+        pixels = decode_raw(m[RAW_EXT], ids.height, ids.width)
+        assert pixels.shape == (ids.height, ids.width, 3)
+        assert np.array_equal(np.load(io.BytesIO(m[RAW_EXT])), pixels)  # a plain .npy file
+        header_bytes = 10 + int.from_bytes(m[RAW_EXT][8:10], "little")  # magic, version, length, text
+        assert header_bytes == RAW_HEADER_BYTES  # the same for every image: DALI skips it as a constant
         assert (meta["decoded"]["width"], meta["decoded"]["height"]) == Image.open(
             io.BytesIO(source_bytes(meta))).size
 

@@ -1,7 +1,9 @@
-"""The shards `convert` writes are read by DALI (with the index files), by `webdataset`, and by `tarfile`."""
+"""The shards `convert` writes are read by DALI (with the index files), by `webdataset`, by Hugging Face
+`datasets` (through the dataset card), by `numpy.load` (pre-resized pixels) and by `tarfile`."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import tarfile
@@ -10,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from commfor_fast.shards import IDS_EXT, IMAGE_EXTS, Manifest, SampleIds, unpack_ids
+from commfor_fast.convert.card import SPLIT_NAMES
+from commfor_fast.imageio import decode_raw, decode_rgb
+from commfor_fast.shards import IDS_EXT, IMAGE_EXTS, RAW_EXT, Manifest, SampleIds, unpack_ids
 
 dali = pytest.importorskip("nvidia.dali")
 from nvidia.dali import fn, pipeline_def, types
@@ -56,12 +60,68 @@ def test_dali_reads_every_sample_with_the_index(converted):
             assert ids.label in (0, 1) and 0 <= ids.generator_id < len(manifest.generators)
 
 
-def test_dali_reads_preresized_raw_pixels(tmp_path, folder_tree, convert_into):
-    manifest = convert_into(tmp_path / "out", folders=[folder_tree], val_frac=0, preresize=256)
-    samples = _dali_samples(tmp_path / "out", manifest, "all")
+@pytest.fixture(scope="module")
+def preresized(tmp_path_factory, folder_tree, convert_into) -> Path:
+    out = tmp_path_factory.mktemp("preresized") / "out"
+    convert_into(out, folders=[folder_tree], val_frac=0, preresize=256)
+    return out
+
+
+def test_dali_reads_preresized_pixels(preresized):
+    manifest = Manifest.load(preresized)
+    samples = _dali_samples(preresized, manifest, "all")
     assert len(samples) == manifest.sets["all"].num_samples > 0
-    for ids, raw in samples:
-        assert min(ids.height, ids.width) == 256 and len(raw) == ids.height * ids.width * 3
+    for ids, npy in samples:
+        assert min(ids.height, ids.width) == 256
+        assert decode_raw(npy, ids.height, ids.width).shape == (ids.height, ids.width, 3)
+
+
+def _hf_load(root: Path, cache: Path):
+    import datasets
+
+    return datasets.load_dataset(str(root), cache_dir=str(cache))
+
+
+def test_preresized_pixels_are_read_by_numpy_webdataset_and_hf_datasets(preresized, tmp_path):
+    import webdataset as wds
+
+    manifest = Manifest.load(preresized)
+    urls = [str(preresized / s.tar) for s in manifest.sets["all"].shards]
+    by_key = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil"):
+        ids = unpack_ids(sample["ids"])
+        pixels = sample[RAW_EXT]  # webdataset's .npy handler, even when asked for PIL images
+        assert isinstance(pixels, np.ndarray) and pixels.shape == (ids.height, ids.width, 3)
+        by_key[sample["__key__"]] = pixels
+    raw = _webdataset_samples(preresized, manifest, "all")
+    assert by_key.keys() == raw.keys() and len(by_key) == manifest.sets["all"].num_samples
+    for key, sample in raw.items():
+        assert np.array_equal(np.load(io.BytesIO(sample["image"])), by_key[key])
+    rows = _hf_load(preresized, tmp_path)[SPLIT_NAMES["all"]].with_format("numpy")
+    assert len(rows) == len(by_key)
+    for row in rows:
+        assert np.array_equal(row[RAW_EXT], by_key[row["__key__"]])
+        assert row["cls"] == row["json"]["label"] == raw[row["__key__"]]["cls"]
+
+
+def test_hf_datasets_loads_a_conversion_of_mixed_formats(converted, tmp_path):
+    manifest = Manifest.load(converted)
+    stored = {ext for info in manifest.sets.values() for ext in info.stored}
+    assert {"png", "jpg", "webp"} <= stored  # the case HF's own column inference fails on
+    loaded = _hf_load(converted, tmp_path)
+    assert set(loaded) == {SPLIT_NAMES[name] for name in manifest.sets}
+    for set_name, info in manifest.sets.items():
+        rows = loaded[SPLIT_NAMES[set_name]]
+        assert len(rows) == info.num_samples
+        raw = _webdataset_samples(converted, manifest, set_name)
+        for row in rows:
+            sample = raw[row["__key__"]]
+            images = [ext for ext in IMAGE_EXTS if row.get(ext) is not None]
+            assert len(images) == 1
+            expected = np.asarray(decode_rgb(sample["image"]))
+            assert np.array_equal(np.asarray(row[images[0]].convert("RGB")), expected)
+            assert row["cls"] == sample["cls"] and row["json"] == sample["meta"]
+            assert unpack_ids(row["ids"]) == sample["ids"]
 
 
 def _webdataset_samples(root: Path, manifest: Manifest, set_name: str) -> dict[str, dict]:

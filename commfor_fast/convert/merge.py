@@ -65,8 +65,9 @@ def merge(plan: Plan, markers: list[dict[str, Any]], settings: ConvertSettings, 
             _add(info.counts, part["counts"])
             _add(info.formats, part["formats"])
             _add(info.resolutions, part["resolutions"])
-        info.counts, info.formats, info.resolutions = (_sorted(info.counts), _sorted(info.formats),
-                                                       _sorted(info.resolutions))
+            _add(info.stored, part["stored"])
+        info.counts, info.formats, info.resolutions, info.stored = (
+            _sorted(info.counts), _sorted(info.formats), _sorted(info.resolutions), _sorted(info.stored))
         sets[set_name] = info
     normalised: dict[str, int] = {}
     for marker in markers:

@@ -23,7 +23,7 @@ from typing import Any
 
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import is_temporary
-from commfor_fast.shards import MANIFEST_NAME, read_index, write_json_atomic
+from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, read_index, write_json_atomic
 
 PLAN_NAME = "plan.json"
 PARTS_DIR = "parts"
@@ -38,7 +38,7 @@ def shard_path(out: Path, set_name: str, partition: int, number: int) -> Path:
 
 
 def _ours(set_names: tuple[str, ...]) -> set[str]:
-    return {PLAN_NAME, PARTS_DIR, MANIFEST_NAME, "train", "val", "all", *set_names}
+    return {PLAN_NAME, PARTS_DIR, MANIFEST_NAME, CARD_NAME, "train", "val", "all", *set_names}
 
 
 def _recorded_fingerprint(plan_file: Path) -> str | None:

@@ -42,6 +42,7 @@ from commfor_fast.convert.hf import scan_hf
 from commfor_fast.convert.settings import OUTPUT_SETTINGS, ConvertSettings, Limits
 from commfor_fast.convert.units import Source, Unit
 from commfor_fast.errors import UserError
+from commfor_fast.shards import FORMAT_VERSION
 
 SPLIT_SETS = ("train", "val")
 UNSPLIT_SETS = ("all",)
@@ -108,10 +109,11 @@ def scan_sources(settings: ConvertSettings, limits: Limits) -> tuple[list[Source
 
 
 def fingerprint(settings: ConvertSettings, units: list[Unit]) -> str:
-    """sha256 of the output settings and of every unit's name, size and rows."""
+    """sha256 of the output settings, the shard format version and every unit's name, size and rows."""
     h = hashlib.sha256()
     record = settings.record()
-    h.update(json.dumps({k: record[k] for k in OUTPUT_SETTINGS}, sort_keys=True).encode())
+    outputs = {**{k: record[k] for k in OUTPUT_SETTINGS}, "format_version": FORMAT_VERSION}
+    h.update(json.dumps(outputs, sort_keys=True).encode())
     for u in units:
         h.update(f"\n{u.source}\t{u.name}\t{u.row_group}\t{u.nbytes}\t{bytes(u.labels).hex()}\t".encode())
         h.update("\t".join(u.generators).encode())

@@ -23,6 +23,7 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from commfor_fast.convert.card import write_dataset_card
 from commfor_fast.convert.merge import merge, summary_lines
 from commfor_fast.convert.parts import prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
@@ -129,6 +130,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
             "The last node to finish writes manifest.json (re-running this command also does)")
         return None
     manifest = merge(plan, markers, settings, command if command is not None else shlex.join(sys.argv))
+    write_dataset_card(out, manifest)
     manifest.save(out)
     for warning in manifest.warnings:
         if warning not in printed:

@@ -7,7 +7,7 @@ empty or truncated images and decompression bombs become rejects with a reason a
 never reach a shard or stop the run. Images PIL reads differently from DALI (GIF,
 16-bit, CMYK, multi-frame...) are stored as a lossless PNG of the RGB image and their
 metadata says so; all others are stored byte for byte. With `--preresize` the stored
-image is raw RGB pixels resized to the given shorter side.
+image is its RGB pixels resized to the given shorter side, as a `.npy` array.
 
 Every sample is written as four members in this order: image, `cls`, `ids`, `json`
 (see `commfor_fast.shards`). The done-marker is written after all shards.
@@ -128,7 +128,7 @@ def _bump(table: dict[str, dict[str, int]], key: str, label: int) -> None:
 
 
 def _empty_set() -> dict[str, Any]:
-    return {"num_samples": 0, "shards": [], "counts": {}, "formats": {}, "resolutions": {}}
+    return {"num_samples": 0, "shards": [], "counts": {}, "formats": {}, "resolutions": {}, "stored": {}}
 
 
 def _sample(unit: Unit, row: int, ref: SampleRef, stored: Stored, source_meta: dict[str, Any],
@@ -138,7 +138,7 @@ def _sample(unit: Unit, row: int, ref: SampleRef, stored: Stored, source_meta: d
     meta = {"generator": generator, "label": label, "set": ref.set_name, **source_meta,
             "decoded": {"format": info.format, "mode": info.mode, "width": info.width, "height": info.height}}
     if stored.ext == RAW_EXT:
-        meta["stored"] = {"height": stored.height, "width": stored.width, "format": "raw RGB"}
+        meta["stored"] = {"height": stored.height, "width": stored.width, "format": "npy uint8 HWC"}
     elif info.normalise_reason:
         meta["normalised"] = info.normalise_reason
     ids = SampleIds(label, config.generator_ids[generator], ref.number, stored.height, stored.width)
@@ -172,6 +172,7 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
             _bump(stats["counts"], unit.generators[row], label)
             _bump(stats["formats"], info.format, label)
             _bump(stats["resolutions"], f"{info.width}x{info.height}", label)
+            _bump(stats["stored"], stored.ext, label)
         report(unit.num_rows, unit.nbytes)
     for set_name, items in samples.items():
         items.sort()  # planned order: sample numbers were assigned in the permuted order

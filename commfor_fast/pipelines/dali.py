@@ -34,7 +34,7 @@ from commfor_fast.errors import UserError
 from commfor_fast.pipelines.ops import Affine, Crop, Erase, Flip, Interp, Jpeg, Pad, Resize, ResizedCrop, Step, trace_sizes
 from commfor_fast.pipelines.plan import Plan, RSAConfig, eval_plan, train_plan
 from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_preresize
-from commfor_fast.shards import IDS_EXT, IMAGE_EXTS, Manifest, SampleIds
+from commfor_fast.shards import IDS_EXT, IMAGE_EXTS, RAW_HEADER_BYTES, Manifest, SampleIds
 
 READER_NAME = "reader"
 
@@ -254,9 +254,9 @@ def _read(source: ShardSource, shard_id: int, num_shards: int, shuffle: bool, in
 
 def _decode(source: ShardSource, device: str, encoded, ids):
     """uint8 HWC RGB on the pipeline's device, decoded like PIL (no EXIF rotation)."""
-    if source.preresize is not None:
-        img = fn.reshape(encoded, shape=fn.cat(ids[3:5], types.Constant(np.array([3], np.int32))), layout="HWC")
-        return img.gpu() if device == "gpu" else img
+    if source.preresize is not None:  # a .npy file: skip its fixed-size header, view the rest as HWC
+        pixels = (encoded.gpu() if device == "gpu" else encoded)[RAW_HEADER_BYTES:]
+        return fn.reshape(pixels, shape=fn.cat(ids[3:5], types.Constant(np.array([3], np.int32))), layout="HWC")
     return fn.decoders.image(
         encoded,
         device="mixed" if device == "gpu" else "cpu",

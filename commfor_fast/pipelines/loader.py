@@ -85,14 +85,15 @@ def _find_damaged(reader: ShardReader, numbers: set[int]) -> DataError | None:
         data = reader.read(i)
         ids = unpack_ids(data["ids"])
         image = next((data[e] for e in IMAGE_EXTS if e in data), b"")
-        if RAW_EXT in data:
-            reason = None if len(image) == ids.height * ids.width * 3 else "raw pixels of the wrong size"
-        else:
-            try:
+        try:
+            if RAW_EXT in data:
+                decode_raw(image, ids.height, ids.width)
+                reason = None
+            else:
                 check_image(image)
                 reason = dali_check.check(image)
-            except BadImage as exc:
-                reason = str(exc)
+        except BadImage as exc:
+            reason = str(exc)
         if reason:
             return _damaged(number, reader.shard_of(i), reason)
     return None
