@@ -20,6 +20,7 @@ from commfor_fast.convert import settings as convert_settings
 from commfor_fast.convert.balance import water_fill
 from commfor_fast.convert.check import check_data, check_structure, jpeg_is_complete
 from commfor_fast.convert.settings import default_workers
+from commfor_fast.errors import UserError
 from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb, encode_raw, resize_shorter
 from commfor_fast.shards import RAW_EXT, RAW_HEADER_BYTES, Manifest, unpack_ids
 
@@ -320,6 +321,22 @@ def test_hf_parquet_files_given_directly(tmp_path, hf_replica, convert_into):
     manifest = convert_into(tmp_path / "out", hf_repo=str(hf_replica / "data" / "manual" / "*.parquet"), val_frac=0)
     assert manifest.sets["all"].num_samples == 8
     assert list(manifest.sources[0]["splits"]) == ["files"]
+
+
+def test_hf_repo_without_configs_uses_the_hubs_default_layout(tmp_path, hf_replica, convert_into):
+    """A card without `configs`: the splits are what `datasets` infers from file names (train-*, test-*)."""
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "README.md").write_text("---\nlicense: cc-by-4.0\n---\nno configs\n")
+    for split, name in (("train", "systematic"), ("test", "publicEval")):
+        for i, part in enumerate(sorted((hf_replica / "data" / name).glob("*.parquet"))):
+            (repo / "data" / f"{split}-{i:05d}.parquet").write_bytes(part.read_bytes())
+    rows = {name: sum(pq.ParquetFile(p).metadata.num_rows for p in (hf_replica / "data" / name).glob("*.parquet"))
+            for name in ("systematic", "publicEval")}
+    manifest = convert_into(tmp_path / "out", hf_repo=str(repo), hf_split="test", val_frac=0, balance=False)
+    assert manifest.sources[0]["splits"]["test"]["samples"] == rows["publicEval"]
+    with pytest.raises(UserError, match="--hf-split 'validation': unknown split 'validation'; .* has train, test "):
+        convert_into(tmp_path / "out2", hf_repo=str(repo), hf_split="validation")
 
 
 def test_decompression_bomb_is_rejected(tmp_path, convert_into):

@@ -9,6 +9,8 @@
   `configs: - config_name: default, data_files: - split: NAME, path: [patterns]`);
 - a parquet file or a glob of parquet files (one split).
 
+Splits are found as `datasets` finds them (`read_split_patterns`, `_resolve`: its card
+parsing, default layouts and pattern matching), only the download is ours.
 Planning reads only the `label` and `model_name` columns and the row-group metadata;
 the images are read when a partition is converted.
 """
@@ -37,35 +39,33 @@ FILES_SPLIT = "files"  # the one split of parquet files given directly
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def read_split_patterns(readme: Path) -> dict[str, list[str]]:
-    """Split name -> file patterns from the `configs` front matter of a dataset card.
+def read_split_patterns(root: Path, base_path: str) -> dict[str, list[str]]:
+    """Split name -> file patterns of a dataset repo, by `datasets`' own rules.
 
-    A card without `configs` follows the hub's default: every parquet file under
-    `data/` is the split `train`.
+    `root` holds the repo's README.md; its `configs` front matter (config `default`,
+    else the first) names the splits. A card without `configs` gets the hub's default
+    layout inference (`datasets.data_files.get_data_patterns`) on `base_path`, the
+    repo's folder or `hf://datasets/ID`.
     """
     import yaml
-    from huggingface_hub.repocard import metadata_load
+    from datasets.data_files import get_data_patterns, sanitize_patterns
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard
 
+    readme = root / README
     try:
-        meta = metadata_load(readme) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{readme}: cannot parse the YAML front matter ({exc}); fix the dataset card") from None
-    configs = meta.get("configs")
-    if not configs:
-        return {"train": ["data/**/*.parquet"]}
-    config = next((c for c in configs if c.get("config_name") == "default"), configs[0])
-    data_files = config.get("data_files", [])
-    if isinstance(data_files, dict):  # {split: patterns}
-        data_files = [{"split": k, "path": v} for k, v in data_files.items()]
-    elif isinstance(data_files, str):
-        data_files = [data_files]
-    if not all(isinstance(entry, dict) for entry in data_files):  # plain patterns: one split, "train"
-        data_files = [{"split": "train", "path": data_files}]
-    splits: dict[str, list[str]] = {}
-    for entry in data_files:
-        paths = entry.get("path", [])
-        splits[str(entry.get("split", "train"))] = [paths] if isinstance(paths, str) else list(paths)
-    return splits
+        configs = MetadataConfigs.from_dataset_card_data(DatasetCard.load(readme).data)
+        if configs:
+            config = configs.get("default", next(iter(configs.values())))
+            patterns = sanitize_patterns(config.get("data_files", []))
+        else:
+            patterns = get_data_patterns(base_path)
+        return {str(name): list(split_patterns) for name, split_patterns in patterns.items()}
+    except (yaml.YAMLError, ValueError) as exc:
+        raise UserError(f"{readme}: cannot read its `configs` front matter ({exc}); fix the dataset card") from None
+    except FileNotFoundError:
+        raise UserError(f"{readme} has no `configs` and {base_path} holds no data files in a layout the hub "
+                        "recognises; add `configs` to the card") from None
 
 
 def choose_splits(requested: str | None, available: list[str], where: str) -> list[str]:
@@ -122,19 +122,26 @@ def find_parquet_files(repo: str, split: str | None, cache_dir: Path | None) -> 
     else:
         raise UserError(f"--hf-repo {repo}: no such file or folder, and not a hub dataset id like "
                         "OwensLab/CommunityForensics; fix the path or the id")
-    patterns = read_split_patterns(root / README)
+    patterns = read_split_patterns(root, str(root) if path.is_dir() else f"hf://datasets/{repo}")
     names = choose_splits(split, list(patterns), where)
     if not path.is_dir():
         root = _download(repo, [README] + [p for name in names for p in patterns[name]], cache_dir)
-    files: dict[str, list[Path]] = {}
-    for name in names:
-        found = sorted({p for pattern in patterns[name] for p in root.glob(pattern)
-                        if p.suffix == ".parquet" and p.is_file()})
-        if not found:
-            raise UserError(f"--hf-split {name}: {where} has no files matching {', '.join(patterns[name])}; "
-                            "is the download complete?")
-        files[name] = found
-    return root, files
+    return root, {name: _resolve(patterns[name], root, name, where) for name in names}
+
+
+def _resolve(patterns: list[str], root: Path, split: str, where: str) -> list[Path]:
+    """The sorted parquet files of one split's patterns, matched as `datasets` matches them."""
+    from datasets.data_files import DataFilesList
+
+    try:
+        found = DataFilesList.from_patterns(patterns, base_path=str(root), allowed_extensions=[".parquet"])
+    except FileNotFoundError:
+        found = []
+    files = sorted({Path(f) for f in found if Path(f).is_file()})
+    if not files:
+        raise UserError(f"--hf-split {split}: {where} has no parquet files matching {', '.join(patterns)}; "
+                        "is the download complete?")
+    return files
 
 
 def _open(path: Path) -> pq.ParquetFile:
