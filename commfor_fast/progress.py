@@ -2,7 +2,8 @@
 
 Logs and CI capture stderr without a terminal, where a redrawn bar turns into noise,
 so there the same figures (count, rate, MB/s, ETA) are printed as one line every
-`every_s` seconds.
+`every_s` seconds (or never, with `every_s=None`, for callers that print their own
+periodic lines, as training does).
 """
 
 from __future__ import annotations
@@ -22,16 +23,34 @@ def _eta(seconds: float) -> str:
 class Progress:
     """Counts items (and optionally bytes) and shows rate, MB/s and ETA."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "img", every_s: float = 10.0,
-                 enabled: bool = True) -> None:
+    def __init__(self, total: int | None, desc: str, unit: str = "img", every_s: float | None = 10.0,
+                 enabled: bool = True, initial: int = 0) -> None:
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.enabled = enabled
-        self.count = 0
+        self.count = self._initial = initial  # `initial`: done before (a resumed run); not in the rate
         self.nbytes = 0
         self._start = self._last = time.monotonic()
         self._bar = None
         if enabled and sys.stderr.isatty():
-            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
+                             initial=initial)
+
+    @property
+    def live(self) -> bool:
+        """True when a bar is drawn (a terminal); False for plain lines or when disabled."""
+        return self._bar is not None
+
+    def postfix(self, text: str) -> None:
+        """Show `text` after the bar (figures the caller measures: loss, lr, ...)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
+    def write(self, line: str) -> None:
+        """Print a line to stdout without breaking the bar."""
+        if self._bar is not None:
+            tqdm.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
 
     def update(self, n: int = 1, nbytes: int = 0) -> None:
         self.count += n
@@ -44,7 +63,7 @@ class Progress:
                 self._bar.set_postfix_str(f"{self._mb_per_s():.1f} MB/s", refresh=False)
             return
         now = time.monotonic()
-        if now - self._last >= self.every_s:
+        if self.every_s is not None and now - self._last >= self.every_s:
             self._last = now
             print(self.line(), file=sys.stderr, flush=True)
 
@@ -54,7 +73,7 @@ class Progress:
     def line(self) -> str:
         """The current state as one line (also used for the final summary)."""
         elapsed = max(time.monotonic() - self._start, 1e-9)
-        rate = self.count / elapsed
+        rate = (self.count - self._initial) / elapsed
         parts = [f"{self.desc}: {self.count}"]
         if self.total:
             parts[0] += f"/{self.total} {self.unit} ({100 * self.count / self.total:.0f}%)"

@@ -40,6 +40,7 @@ from commfor_fast.distributed import (Dist, all_gather, amp_dtype, broadcast, re
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write
 from commfor_fast.pipelines.plan import RSAConfig
+from commfor_fast.progress import Progress
 from commfor_fast.settings import TrainSettings
 from commfor_fast.shards import Manifest
 
@@ -115,11 +116,16 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 
 class MetricsLog:
-    """Rank 0's log: console lines, `metrics.jsonl` in the run folder, optional wandb."""
+    """Rank 0's log: console lines, `metrics.jsonl` in the run folder, optional wandb.
+
+    On a terminal the loop's progress is a live bar (iteration, ETA, and the figures
+    of the latest log record); elsewhere one line per `--log-every` iterations.
+    """
 
     def __init__(self, settings: TrainSettings, env: Dist) -> None:
         self.enabled = env.is_main
         self.wandb = None
+        self.progress: Progress | None = None
         if not self.enabled:
             return
         self.file = open(settings.out / "metrics.jsonl", "a")
@@ -134,8 +140,27 @@ class MetricsLog:
                                     resume="allow", config=settings_dict(settings), dir=str(settings.out))
 
     def print(self, line: str) -> None:
-        if self.enabled:
+        if self.progress is not None:
+            self.progress.write(line)
+        elif self.enabled:
             print(line, flush=True)
+
+    def start_progress(self, total_itrs: int, done: int) -> None:
+        """The bar of the loop, from iteration `done` (a resumed run) to `total_itrs`."""
+        self.progress = Progress(total_itrs, "train", unit="itr", every_s=None, enabled=self.enabled,
+                                 initial=done)
+
+    def step(self) -> None:
+        """One iteration done."""
+        if self.progress is not None:
+            self.progress.update()
+
+    def status(self, line: str, short: str) -> None:
+        """The figures of a log record: `short` after a live bar, else `line` printed."""
+        if self.progress is not None and self.progress.live:
+            self.progress.postfix(short)
+        else:
+            self.print(line)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -146,6 +171,9 @@ class MetricsLog:
             self.wandb.log({k: v for k, v in record.items() if k != "itr"}, step=record["itr"])
 
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
         if self.enabled:
             self.file.close()
             if self.wandb is not None:
@@ -352,6 +380,7 @@ def train(settings: TrainSettings) -> Path:
               f"{env.world_size} process(es) x batch {settings.batch_size}, {itrs_per_epoch} iterations per epoch, "
               f"{total_itrs} in all (warmup {warmup}), loader {settings.loader}, device {device}")
     window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
+    log.start_progress(total_itrs, itr)
     while itr < total_itrs:
         t0 = time.perf_counter()
         batch = next(stream)
@@ -370,6 +399,7 @@ def train(settings: TrainSettings) -> Path:
         scheduler.step()
         itr += 1
         window_images += batch.images.shape[0] * env.world_size
+        log.step()
 
         if itr % settings.log_every == 0 or itr == total_itrs:
             elapsed = time.perf_counter() - window_start
@@ -379,9 +409,9 @@ def train(settings: TrainSettings) -> Path:
             if device.type == "cuda":
                 record["gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             log.log(record)
-            log.print(f"itr {itr}/{total_itrs} | epoch {record['epoch']} | loss {record['loss']:.4f} | "
-                      f"lr {record['lr']:.2e} | {record['images_per_s']:.1f} img/s | "
-                      f"data wait {100 * record['data_wait']:.0f}%")
+            figures = (f"loss {record['loss']:.4f} | lr {record['lr']:.2e} | {record['images_per_s']:.1f} img/s | "
+                       f"data wait {100 * record['data_wait']:.0f}%")
+            log.status(f"itr {itr}/{total_itrs} | epoch {record['epoch']} | {figures}", figures)
             window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
 
         epoch_end = itr % itrs_per_epoch == 0

@@ -213,3 +213,13 @@ def test_bad_arguments_name_the_allowed_values():
         synth.encode_image(np.zeros((8, 8, 3), np.uint8), "GIF")
     with pytest.raises(ValueError, match="n_per_source"):
         list(synth.generate(-1))
+
+
+def test_rendering_the_demo_data_reports_progress(tmp_path, capsys):
+    from commfor_fast.demo.run import write_demo_data
+
+    hf, folders = write_demo_data(tmp_path, fakes_per_generator=1, test_per_source=1, seed=0)
+    total = len(synth.GENERATORS) + 2 * (len(synth.GENERATORS) // len(synth.REAL_SOURCES)) + len(synth.SOURCES)
+    assert f"render: {total}/{total} img (100%)" in capsys.readouterr().err
+    assert len(list(folders.rglob("*.*"))) == len(synth.GENERATORS) // len(synth.REAL_SOURCES)
+    assert (hf / "README.md").is_file()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,3 +225,21 @@ def test_device_names_resolve_or_say_the_fix(monkeypatch):
             resolve_device(name)
     with pytest.raises(UserError, match="use auto, cpu, cuda"):
         resolve_device("tpu")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_live_bar_on_a_terminal_and_lines_elsewhere(easy: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    train(_settings(easy, tmp_path / "plain", train_itrs=3, validate=False))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("itr ")]
+    assert len(lines) == 3 and all(" loss " in line and " img/s " in line and "data wait" in line for line in lines)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(_settings(easy, tmp_path / "bar", train_itrs=3, validate=False))
+    assert not any(line.startswith("itr ") for line in capsys.readouterr().out.splitlines())
+    bar = terminal.getvalue()
+    assert re.search(r"train: 100%.* 3/3 \[\d\d:\d\d<\d\d:\d\d, .*loss \d\.\d{4} \| lr .* img/s \| data wait \d+%", bar)

@@ -16,12 +16,14 @@ The same command with `--device cuda` and larger sizes is a smoke test on a GPU 
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from commfor_fast.demo import synth
 from commfor_fast.demo.hf_replica import write_hf_replica
 from commfor_fast.metrics import EvalReport
+from commfor_fast.progress import Progress
 from commfor_fast.settings import DemoSettings
 
 # Which generators go to which hub split (like the real dataset's subsets).
@@ -40,23 +42,34 @@ def _row(img: synth.DemoImage, split: str) -> dict:
     }
 
 
-def write_demo_data(root: Path, fakes_per_generator: int, test_per_source: int, seed: int) -> tuple[Path, Path]:
-    """Render the demo images into an HF replica and a folder tree; returns both roots."""
+def write_demo_data(root: Path, fakes_per_generator: int, test_per_source: int, seed: int,
+                    show_progress: bool = True) -> tuple[Path, Path]:
+    """Render the demo images into an HF replica and a folder tree (with a progress bar
+    or periodic lines on stderr); returns both roots."""
     n_reals = fakes_per_generator * len(synth.GENERATORS) // len(synth.REAL_SOURCES)
+    total = (fakes_per_generator * len(synth.GENERATORS) + n_reals * len(synth.REAL_SOURCES)
+             + test_per_source * len(synth.SOURCES))
     rows: dict[str, list[dict]] = {split: [] for split in (*SPLITS, "PublicEval")}
-    for split, generators in SPLITS.items():
-        for img in synth.generate(fakes_per_generator, seed, generators):
-            rows[split].append(_row(img, split))
-    for img in synth.generate(n_reals, seed, [HF_REAL]):
-        rows["Systematic"].append(_row(img, "Systematic"))
     folders = root / "folders"
-    for img in synth.generate(n_reals, seed, [FOLDER_REAL]):
-        path = folders / img.name / "real" / img.file_name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(img.data)
-    start = max(fakes_per_generator, n_reals)  # held-out images: indices after the training ones
-    for img in synth.generate(test_per_source, seed, start=start):
-        rows["PublicEval"].append(_row(img, "PublicEval"))
+    with Progress(total, "render", enabled=show_progress) as progress:
+        for split, generators in SPLITS.items():
+            for img in synth.generate(fakes_per_generator, seed, generators):
+                rows[split].append(_row(img, split))
+                progress.update()
+        for img in synth.generate(n_reals, seed, [HF_REAL]):
+            rows["Systematic"].append(_row(img, "Systematic"))
+            progress.update()
+        for img in synth.generate(n_reals, seed, [FOLDER_REAL]):
+            path = folders / img.name / "real" / img.file_name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(img.data)
+            progress.update()
+        start = max(fakes_per_generator, n_reals)  # held-out images: indices after the training ones
+        for img in synth.generate(test_per_source, seed, start=start):
+            rows["PublicEval"].append(_row(img, "PublicEval"))
+            progress.update()
+    if show_progress:
+        print(progress.line(), file=sys.stderr, flush=True)
     hf = write_hf_replica(root / "hf", rows, rows_per_file=200, row_group_size=50)
     return hf, folders
 
