@@ -451,3 +451,16 @@ def test_default_workers_respect_the_cgroup_memory_limit(monkeypatch, tmp_path):
     assert convert_settings.cgroup_memory_limit() == 1000
     monkeypatch.undo()
     assert convert_settings.read_cgroup_file(tmp_path / "memory.max") is None
+
+
+
+def test_parallel_conversion_stops_its_workers_before_returning(tmp_path, folder_tree, convert_into):
+    """A worker still starting when the last partition is done must not outlive the pool's queues
+    (it would print a `SemLock ... FileNotFoundError` traceback): convert joins every worker."""
+    import multiprocessing
+
+    for run in range(2):
+        manifest = convert_into(tmp_path / f"out{run}", folders=[folder_tree], val_frac=0, workers=2,
+                                partition_size="8KB", check="fast")
+        assert manifest.sets["all"].num_samples > 0
+        assert multiprocessing.active_children() == []

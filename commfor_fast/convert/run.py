@@ -70,10 +70,14 @@ def _run_partitions(tasks: list[PartitionTask], config: WorkerConfig, workers: i
                 for future in done:
                     future.result()  # re-raises a worker's exception here
         except BrokenProcessPool:
-            raise UserError(WORKER_DIED) from None
-        finally:
-            # On an error, start no further partition; those running finish (and count on resume).
             pool.shutdown(wait=False, cancel_futures=True)
+            raise UserError(WORKER_DIED) from None
+        except BaseException:
+            # Start no further partition; those running finish (and count on resume).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    # Leaving `with` waits for the pool to stop: a worker still starting then never
+    # finds the pool's queues gone (a `SemLock ... FileNotFoundError` traceback).
     drain()
 
 
