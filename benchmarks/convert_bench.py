@@ -23,7 +23,6 @@ import multiprocessing as mp
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from common import check_spread, machine, markdown_table, say
 from commfor_fast.convert.check import check_data, check_structure
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
@@ -98,10 +98,13 @@ def time_convert(out: Path, source: dict[str, Any], workers: int, overrides: dic
     return seconds
 
 
-def median_after_warmup(run: Callable[[], float], repeats: int) -> float:
-    """The median of `repeats` results of `run` (seconds) after one warm-up call."""
+def median_after_warmup(run: Callable[[], float], repeats: int, label: str) -> float:
+    """The median of `repeats` results of `run` (seconds) after one warm-up call; a
+    warning names `label` when the results spread widely."""
     run()
-    return statistics.median(run() for _ in range(repeats))
+    samples = [run() for _ in range(repeats)]
+    check_spread(label, samples, "s")
+    return statistics.median(samples)
 
 
 def _per_image(images: list[bytes], step: Callable[[list[bytes]], object]) -> Callable[[], float]:
@@ -143,8 +146,9 @@ def stage_rows(images: list[tuple[str, bytes]], out: Path, repeats: int) -> list
         steps = {name: (lambda images, step=step: [step(d) for d in images]) for name, step in each.items()}
         steps["tar write + sha256 + index + fsync"] = lambda images, fmt=fmt: _write_tar(out / f"stage-{fmt}.tar",
                                                                                       images)
+        say(f"timing the steps of converting one {fmt} image")
         for name, step in steps.items():
-            seconds = median_after_warmup(_per_image(data, step), repeats)
+            seconds = median_after_warmup(_per_image(data, step), repeats, f"step {name!r} ({fmt})")
             rows.append({"step": name, "format": fmt, "ms/img": 1000 * seconds, "MB/s": mb / seconds, "x": None})
     return rows
 
@@ -181,6 +185,8 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, list[dict[str, Any]]]:
     # run as a script, and `data` imports the demo renderer (OpenCV).
     from data import SIZE, write_sources
 
+    say("converter benchmark")
+
     out_dir = Path(out_dir)
     n_images = 12 if quick else 48  # per format
     times = 1 if quick else 4  # each image converted this many times over
@@ -197,8 +203,11 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, list[dict[str, Any]]]:
         for mode, overrides in MODES.items():
             one = None
             for workers in (1, 2):
+                label = f"convert {source_name}, {mode}, {workers} worker(s)"
+                say(f"{label}: {len(images)} images, {repeats} runs after a warm-up")
                 seconds = median_after_warmup(
-                    partial(time_convert, out_dir / "shards", source, workers, overrides, total_bytes // 8), repeats)
+                    partial(time_convert, out_dir / "shards", source, workers, overrides, total_bytes // 8), repeats,
+                    label)
                 one = one or seconds
                 conversion.append({"source": source_name, "mode": mode, "workers": workers, "images": len(images),
                                    "MB": total_mb, "s": seconds, "img/s": len(images) / seconds,
@@ -217,11 +226,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="12 + 12 images instead of 48 + 48")
     parser.add_argument("--out", type=Path, default=Path("bench-output/convert"))
     args = parser.parse_args()
-    # Imported here, not at the top: worker processes re-import this file, and
-    # `common` imports torch, which would add seconds to every worker's start.
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import machine, markdown_table
-
     tables = run(args.out, args.quick)
     print(f"# Conversion benchmark ({machine()})\n")
     print(markdown_table(tables["conversion"], CONVERT_COLUMNS))

@@ -2,7 +2,7 @@
 
 The images come from the demo's renderer (camera-like scenes with generator traces),
 so codecs see realistic content, not noise. Shards: PNG verbatim, JPEG verbatim, and
-PNG pre-resized to a shorter side of 440 (raw pixels) for 384 crops.
+PNG pre-resized to a shorter side of 440 (`.npy` pixels) for 384 crops.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
+from common import say
 from commfor_fast.demo import synth
+from commfor_fast.progress import Progress
 
 SIZE = 1024
 
@@ -22,14 +24,17 @@ def write_sources(root: Path, n_images: int, seed: int = 0) -> dict[str, Path]:
     if all((r / "done").exists() for r in roots.values()):
         return {k.lower(): v for k, v in roots.items()}
     sources = [synth.REAL_SOURCES[0], synth.GENERATORS[0]]
-    for i in range(n_images):
-        src = sources[i % 2]
-        rng = synth.np.random.default_rng([seed, i])
-        image = synth.render_image(src, rng, (SIZE, SIZE))
-        for fmt, folder in roots.items():
-            path = folder / src.name.replace("/", "-") / ("fake" if src.label else "real") / f"{i:05d}.{fmt.lower()}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(synth.encode_image(image, fmt, quality=95))
+    with Progress(n_images, f"bench: render {SIZE}-px images") as progress:
+        for i in range(n_images):
+            src = sources[i % 2]
+            rng = synth.np.random.default_rng([seed, i])
+            image = synth.render_image(src, rng, (SIZE, SIZE))
+            for fmt, folder in roots.items():
+                label = "fake" if src.label else "real"
+                path = folder / src.name.replace("/", "-") / label / f"{i:05d}.{fmt.lower()}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(synth.encode_image(image, fmt, quality=95))
+            progress.update()
     for r in roots.values():
         (r / "done").write_text("")
     return {k.lower(): v for k, v in roots.items()}
@@ -49,6 +54,7 @@ def bench_shards(work: Path, quick: bool) -> dict[str, Path]:
                                      ("png-1024 preresized", sources["png"], 440)):
         out = work / f"shards-{n_images}-{label.replace(' ', '-')}"
         if not (out / "manifest.json").exists():
+            say(f"converting the {label} benchmark shards")
             convert(ConvertSettings(folders=[folder], out=out, val_frac=0.0, preresize=preresize, quiet=True,
                                     shard_size="64MB", partition_size="256MB"))
         outputs[label] = out

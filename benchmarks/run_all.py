@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convert_bench  # noqa: E402
 import pipeline_bench  # noqa: E402
 import train_bench  # noqa: E402
-from common import machine, markdown_table  # noqa: E402
+from common import machine, markdown_table, warnings_markdown  # noqa: E402
 from data import bench_shards  # noqa: E402
 
 
@@ -68,7 +68,8 @@ def run_all(out: Path, quick: bool, shards: list[Path] | None = None, threads: i
         rows = train_bench.run(found, quick, threads)
         sections.append("## Training loop: real pipeline vs synthetic batches\n\n" +
                         markdown_table(rows, train_bench.COLUMNS))
-    text = "\n\n".join(sections) + f"\n\n![pipeline throughput]({chart.name})\n"
+    sections.append(warnings_markdown())
+    text = "\n\n".join(s for s in sections if s) + f"\n\n![pipeline throughput]({chart.name})\n"
     path = out / "BENCH.md"
     path.write_text(text)
     print(text)

@@ -1,0 +1,60 @@
+"""The benchmarks' own checks: progress lines, and warnings on figures not to trust."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import common  # noqa: E402
+import train_bench  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "_WARNINGS", [])
+
+
+def test_a_wide_spread_between_repeats_is_a_warning(capsys) -> None:
+    common.check_spread("steady", [1.0, 1.05, 0.98], "s")
+    assert common.warnings_markdown() == ""
+    common.check_spread("noisy", [1.0, 1.6, 1.1], "s")
+    err = capsys.readouterr().err
+    assert "bench: warning: noisy: its 3 repeats spread over 55% of their median (1 to 1.6 s)" in err
+    assert "steady" not in err
+    assert common.warnings_markdown().startswith("## Warnings: figures not to trust\n\n- noisy: its 3 repeats")
+
+
+def test_measure_reports_progress_and_checks_the_spread(capsys) -> None:
+    slow = iter([0.0, 0.0, 0.2, 0.0])  # warm-up, then three repeats, one of them much slower
+
+    def run() -> int:
+        import time
+
+        time.sleep(next(slow))
+        return 10
+
+    timing = common.measure(run, repeats=3, label="toy loader")
+    err = capsys.readouterr().err
+    assert timing.images == 10 and "bench: toy loader: " in err and "img/s (median of 3)" in err
+    assert "bench: warning: toy loader: its 3 repeats spread" in err
+
+
+def test_a_real_pipeline_faster_than_its_synthetic_bound_is_a_warning(monkeypatch, tmp_path, capsys) -> None:
+    speeds = {"--synthetic-data": 5.0, "dali": 4.0, "reference": 6.0}
+
+    def fake_train_once(data, flags, itrs, window, device, threads, label):
+        key = next(k for k in speeds if k in flags)
+        return {"img/s": speeds[key], "data wait %": 1.0, "peak RSS MB": 1.0, "GPU peak MB": None}
+
+    monkeypatch.setattr(train_bench, "_train_once", fake_train_once)
+    monkeypatch.setattr(train_bench.torch.cuda, "is_available", lambda: False)
+    rows = train_bench.run({"png-1024 preresized": tmp_path}, quick=True)
+    assert [round(r["% of bound"]) for r in rows] == [100, 80, 120]
+    warnings = common.warnings_markdown()
+    assert "loader reference: 6 img/s is faster than its synthetic bound (5)" in warnings
+    assert "loader dali" not in warnings
+    assert "bench: training ViT-Ti/16 384 fp32 b4 on png-1024 preresized, loader dali: 8 iterations" in \
+        capsys.readouterr().err
