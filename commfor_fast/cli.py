@@ -175,6 +175,7 @@ def convert(
     node_rank: Annotated[int, typer.Option(help="This machine's rank: it converts partitions p with p % num_nodes == node_rank.")] = ConvertSettings.node_rank,
     verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="On resume, re-hash finished shards (sha256) instead of checking sizes and indexes only.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress or summary lines.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Scan and plan only: print the sources found, balancing, the split, the partitions and the expected output size; write nothing.")] = ConvertSettings.dry_run,
 ) -> None:
     """Convert Hugging Face parquet files and/or local image folders into WebDataset shards."""
     from commfor_fast.convert.run import convert as run_convert
@@ -184,9 +185,19 @@ def convert(
         out=out, overwrite=overwrite, val_frac=val_frac, seed=seed, balance=balance, shard_size=shard_size,
         partition_size=partition_size, preresize=preresize, max_pixels=max_pixels, check=check,
         dali_check=dali_check, workers=workers, num_nodes=num_nodes, node_rank=node_rank,
-        verify_hashes=verify_hashes, quiet=quiet,
+        verify_hashes=verify_hashes, quiet=quiet, dry_run=dry_run,
     )
     call(run_convert, settings)
+
+
+@app.command("inspect")
+def inspect_data(
+    data: Annotated[Path, typer.Argument(help="A convert output folder.", show_default=False)],
+) -> None:
+    """Show what converted shards hold: sets, counts per generator, label and format, format-bias warnings, sizes."""
+    from commfor_fast.inspection import describe
+
+    typer.echo("\n".join(call(describe, data)))
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Merging the partitions' done-markers into `manifest.json`, and the warnings and summary lines.
+"""Merging the partitions' done-markers into `manifest.json`; the warnings, summary and dry-run lines.
 
 Markers are merged in partition order, so the manifest depends only on the plan and
 the data, never on which node or process finished first. The manifest is written
@@ -11,14 +11,17 @@ from typing import Any
 
 from commfor_fast import __version__
 from commfor_fast.convert.plan import Plan
-from commfor_fast.convert.settings import ConvertSettings
-from commfor_fast.shards import Manifest, SetInfo, ShardInfo
+from commfor_fast.convert.settings import ConvertSettings, Limits
+from commfor_fast.convert.tarshard import member_bytes
+from commfor_fast.convert.units import HF, Source
+from commfor_fast.shards import RAW_HEADER_BYTES, Manifest, SetInfo, ShardInfo
 
 # A format that is nearly all one label lets a detector learn the file format instead
 # of the image (a known shortcut in this field); below this many images it is noise.
 FORMAT_BIAS_SHARE = 0.95
 FORMAT_BIAS_MIN_IMAGES = 20
 LABEL_NAMES = {"0": "real", "1": "fake"}
+METADATA_BYTES = 400  # a sample's `.json` member, about (for --dry-run's size estimate)
 
 
 def _add(total: dict[str, dict[str, int]], part: dict[str, dict[str, int]]) -> None:
@@ -92,14 +95,14 @@ def merge(plan: Plan, markers: list[dict[str, Any]], settings: ConvertSettings, 
     )
 
 
-def balance_lines(manifest: Manifest) -> list[str]:
-    """What balancing did, when it applied: a line if it dropped local reals, and a note for unsplit sets.
+def balance_lines(b: dict[str, Any] | None, val_frac: float) -> list[str]:
+    """What balancing did (`b`, the plan's balance report), when it applied: a line if it
+    dropped local reals, and a note for unsplit sets.
 
     Balancing is a training rule (SPEC section 1), but it applies whenever HF data
     and folders are combined; with `--val-frac 0` the output is often an evaluation
     set, where dropping reals is rarely wanted, so the user is told how to keep them.
     """
-    b = manifest.balance
     if not b or not b["applied"]:
         return []
     kept, available = b["local_reals_kept"], b["local_reals_available"]
@@ -107,7 +110,7 @@ def balance_lines(manifest: Manifest) -> list[str]:
     if kept < available:
         lines.append(f"balance: kept {kept} of {available} local real images (limit {b['limit']} = fakes "
                      f"{b['fakes']} - HF reals {b['hf_reals']}); see manifest.json balance")
-    if manifest.settings["val_frac"] == 0:
+    if val_frac == 0:
         lines.append(f"note: with --val-frac 0 (e.g. an evaluation set) local reals are still balanced as for "
                      f"training (kept {kept} of {available}); pass --no-balance to keep them all")
     return lines
@@ -116,10 +119,84 @@ def balance_lines(manifest: Manifest) -> list[str]:
 def summary_lines(manifest: Manifest) -> list[str]:
     """The final lines printed after a conversion."""
     lines = [f"{name}: {info.num_samples} samples in {len(info.shards)} shards" for name, info in manifest.sets.items()]
-    lines += balance_lines(manifest)
+    lines += balance_lines(manifest.balance, manifest.settings["val_frac"])
     if manifest.rejects:
         lines.append(f"rejected {len(manifest.rejects)} unreadable image(s) (see manifest.json rejects)")
     if manifest.normalised:
         lines.append(f"stored {sum(manifest.normalised.values())} image(s) as lossless PNG "
                      f"(see manifest.json normalised)")
+    return lines
+
+
+def human_bytes(nbytes: float) -> str:
+    """`nbytes` in kB, MB or GB (decimal units, as --shard-size reads them)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def label_table(title: str, columns: dict[str, dict[str, dict[str, int]]]) -> list[str]:
+    """A table of "real / fake" counts: one row per key (e.g. generator), one column per table (e.g. set)."""
+    keys = sorted({key for table in columns.values() for key in table})
+    cells = [[key] + [f"{table.get(key, {}).get('0', 0)} / {table.get(key, {}).get('1', 0)}"
+                      for table in columns.values()] for key in keys]
+    header = [f"{title} ({LABEL_NAMES['0']} / {LABEL_NAMES['1']})", *columns]
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            .rstrip() for row in [header, *cells]]
+
+
+def _source_line(source: Source) -> list[str]:
+    s = source.summary
+    if source.kind == HF:
+        return [f"  --hf-repo {source.given}, split {name}: {c['samples']} images (real {c['labels']['0']}, fake "
+                f"{c['labels']['1']}) in {c['files']} file(s), {c['row_groups']} row group(s)"
+                for name, c in s["splits"].items()]
+    ignored = f"; {s['ignored_files']} file(s) ignored" if s["ignored_files"] else ""
+    return [f"  --folder {source.given}: {s['samples']} images (real {s['labels']['0']}, fake {s['labels']['1']}) "
+            f"in {len(s['datasets'])} dataset folder(s){ignored}"]
+
+
+def _sample_tar_bytes(image_bytes: int) -> int:
+    """Bytes of one sample in a tar: its image, `.cls`, `.ids` (20 bytes) and `.json` members."""
+    return sum(member_bytes(n) for n in (image_bytes, 1, 20, METADATA_BYTES))
+
+
+def dry_run_lines(plan: Plan, settings: ConvertSettings, limits: Limits) -> list[str]:
+    """What `convert --dry-run` prints: sources, balance, split, partitions, expected size."""
+    counts: dict[str, dict[str, dict[str, int]]] = {name: {} for name in plan.set_names}
+    input_bytes = tar_bytes = 0.0
+    for task in plan.partitions:
+        for unit, refs in zip(task.units, task.samples):
+            per_row = unit.nbytes / unit.num_rows
+            for ref in refs:
+                label = unit.labels[ref.row]
+                by_label = counts[ref.set_name].setdefault(unit.generators[ref.row], {})
+                by_label[str(label)] = by_label.get(str(label), 0) + 1
+                input_bytes += per_row
+                tar_bytes += _sample_tar_bytes(round(per_row))
+    samples = sum(plan.set_sizes.values())
+    lines = [f"dry run: nothing is written to {settings.out}", "sources:"]
+    lines += [line for source in plan.sources for line in _source_line(source)]
+    lines += [f"warning: {w}" for source in plan.sources for w in source.warnings]
+    b = plan.balance
+    if b and b["applied"] and b["local_reals_kept"] == b["local_reals_available"]:
+        lines.append(f"balance: keeps all {b['local_reals_kept']} local real images (limit {b['limit']} = fakes "
+                     f"{b['fakes']} - HF reals {b['hf_reals']})")
+    lines += balance_lines(b, settings.val_frac)
+    sizes = ", ".join(f"{name} {n}" for name, n in plan.set_sizes.items())
+    lines += [f"split: {sizes} (--val-frac {settings.val_frac}, --seed {settings.seed}); {len(plan.generators)} "
+              f"generator(s)", "", *label_table("per generator", counts), ""]
+    lines.append(f"partitions: {len(plan.partitions)} of up to {settings.partition_size} of input "
+                 f"({human_bytes(input_bytes)} in all), {limits.workers} worker(s)")
+    if settings.preresize:
+        side = settings.preresize
+        raw = samples * _sample_tar_bytes(RAW_HEADER_BYTES + side * side * 3)
+        lines.append(f"expected output: at least {human_bytes(raw)} ({side} x {side} x 3 bytes per square image, "
+                     f"more for others), {max(1, round(raw / limits.shard_bytes))} shard(s) or more")
+    else:
+        lines.append(f"expected output: about {human_bytes(tar_bytes)} (the images verbatim, tar headers, "
+                     f"metadata), about {max(1, round(tar_bytes / limits.shard_bytes))} shard(s) of up to "
+                     f"{settings.shard_size}")
     return lines

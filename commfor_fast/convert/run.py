@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from commfor_fast.convert.card import write_dataset_card
-from commfor_fast.convert.merge import merge, summary_lines
+from commfor_fast.convert.merge import dry_run_lines, merge, summary_lines
 from commfor_fast.convert.parts import prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
@@ -85,7 +85,8 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     """Convert the sources into shards under `settings.out`.
 
     Returns the manifest, or None when partitions of other nodes are still missing
-    (the last node to finish, or any rerun, writes the manifest). `command` is
+    (the last node to finish, or any rerun, writes the manifest) and with
+    `settings.dry_run`, which prints what would be done and writes nothing. `command` is
     recorded in the manifest (default: this process's command line).
     """
     limits = check_settings(settings)
@@ -103,6 +104,9 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     sizes = ", ".join(f"{name} {n}" for name, n in plan.set_sizes.items())
     log(f"plan: {sum(plan.set_sizes.values())} samples ({sizes}) of {plan.scanned_samples} found, "
         f"{len(plan.generators)} generator(s), {len(plan.partitions)} partition(s)")
+    if settings.dry_run:
+        print("\n".join(dry_run_lines(plan, settings, limits)), flush=True)
+        return None
 
     out = settings.out
     prepare_out(out, plan.record(), plan.set_names, settings.overwrite)

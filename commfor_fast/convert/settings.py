@@ -52,6 +52,7 @@ class ConvertSettings:
     node_rank: int = 0
     verify_hashes: bool = False  # on resume, re-hash finished shards (sha256) instead of checking sizes only
     quiet: bool = False  # no progress or summary lines
+    dry_run: bool = False  # scan and plan, print sources, balance, split, partitions and expected size; write nothing
 
     def record(self) -> dict[str, Any]:
         """The settings as plain JSON values (for the manifest)."""
