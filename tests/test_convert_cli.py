@@ -137,3 +137,15 @@ def test_empty_result_after_balancing(tmp_path):
                          "--no-balance", "--val-frac", "0")
     assert result.exit_code == 0, result.output
     assert Manifest.load(tmp_path / "out").balance == {"applied": False, "reason": "--no-balance"}
+
+
+@pytest.mark.parametrize("front_matter, fragment", [
+    ("configs: [unclosed", "expected ',' or ']'"),
+    ("configs:\n- data_files: x", "must include `config_name`"),
+])
+def test_a_malformed_dataset_card_is_one_error_line(tmp_path, front_matter, fragment):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "README.md").write_text(f"---\n{front_matter}\n---\n")
+    assert_user_error(convert_cli("--hf-repo", str(repo), "--out", str(tmp_path / "out")),
+                      f"{repo / 'README.md'}: cannot read its `configs` front matter", fragment)

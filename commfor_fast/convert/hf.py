@@ -62,7 +62,8 @@ def read_split_patterns(root: Path, base_path: str) -> dict[str, list[str]]:
             patterns = get_data_patterns(base_path)
         return {str(name): list(split_patterns) for name, split_patterns in patterns.items()}
     except (yaml.YAMLError, ValueError) as exc:
-        raise UserError(f"{readme}: cannot read its `configs` front matter ({exc}); fix the dataset card") from None
+        reason = " ".join(str(exc).split())  # YAML's messages span lines
+        raise UserError(f"{readme}: cannot read its `configs` front matter ({reason}); fix the dataset card") from None
     except FileNotFoundError:
         raise UserError(f"{readme} has no `configs` and {base_path} holds no data files in a layout the hub "
                         "recognises; add `configs` to the card") from None
