@@ -47,7 +47,6 @@ INDEX_VERSION = "v1.2"
 INDEX_SUFFIX = ".idx"
 
 IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "tiff", "npy")  # one DALI output group
-ENCODED_EXTS = IMAGE_EXTS[:-1]  # images stored as encoded files
 RAW_EXT = "npy"
 # Every pre-resized `.npy` member starts with a header of exactly this many bytes (npy
 # v1.0, padded with spaces), so the DALI graph finds the pixels at a constant offset.
