@@ -74,6 +74,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = TrainSettings.device,
     loader: Annotated[str, typer.Option(help="dali, or reference (the PIL executor, to compare).")] = TrainSettings.loader,
     num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = TrainSettings.num_threads,
+    batches_per_run: Annotated[int, typer.Option(help="DALI: training batches per pipeline run (shares DALI's fixed cost per run).")] = TrainSettings.batches_per_run,
     model_size: Annotated[str, typer.Option(help="small or tiny.")] = TrainSettings.model_size,
     input_size: Annotated[int, typer.Option(help="384 or 224.")] = TrainSettings.input_size,
     patch_size: Annotated[int, typer.Option(help="16 or 32.")] = TrainSettings.patch_size,
@@ -99,7 +100,6 @@ def train(
     rsa_min_num_ops: Annotated[str, typer.Option(help="Minimum count per op: one number or a comma list.")] = TrainSettings.rsa_min_num_ops,
     rsa_max_num_ops: Annotated[str, typer.Option(help="Maximum count per op: one number or a comma list.")] = TrainSettings.rsa_max_num_ops,
     fix_padding_quirk: Annotated[bool, typer.Option("--fix-padding-quirk", help="RandomPadding keeps the image's shape (the original transposes non-square images).")] = False,
-    shuffle_buffer: Annotated[int, typer.Option(help="Samples in the reader's shuffle buffer.")] = TrainSettings.shuffle_buffer,
     ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every N iterations (0: at epoch ends only).")] = TrainSettings.ckpt_every,
     ckpt_keep_count: Annotated[int, typer.Option(help="Newest checkpoints to keep (-1: all, 0: write none).")] = TrainSettings.ckpt_keep_count,
     resume: Annotated[bool, typer.Option("--resume", help="Fail unless --out holds a checkpoint to resume from (resuming itself is automatic).")] = False,
@@ -113,14 +113,15 @@ def train(
     from commfor_fast.train import train as run_train
 
     settings = TrainSettings(
-        data=data, out=out, device=device, loader=loader, num_threads=num_threads, model_size=model_size,
+        data=data, out=out, device=device, loader=loader, num_threads=num_threads, batches_per_run=batches_per_run,
+        model_size=model_size,
         input_size=input_size, patch_size=patch_size, freeze_backbone=freeze_backbone, pretrained=pretrained,
         pretrained_path=pretrained_path, ckpt=ckpt, only_load_model_weights=only_load_model_weights,
         batch_size=batch_size, epochs=epochs, train_itrs=train_itrs, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, warmup_frac=warmup_frac, no_lr_schedule=no_lr_schedule, grad_clip=grad_clip,
         use_amp=use_amp, amp_dtype=amp_dtype, compile=compile, seed=seed, rsa_ops=rsa_ops,
         rsa_min_num_ops=rsa_min_num_ops, rsa_max_num_ops=rsa_max_num_ops, fix_padding_quirk=fix_padding_quirk,
-        shuffle_buffer=shuffle_buffer, ckpt_every=ckpt_every, ckpt_keep_count=ckpt_keep_count, resume=resume,
+        ckpt_every=ckpt_every, ckpt_keep_count=ckpt_keep_count, resume=resume,
         log_every=log_every, validate=validate, synthetic_data=synthetic_data, wandb_project=wandb_project,
         wandb_run_name=wandb_run_name,
     )

@@ -24,6 +24,7 @@ class TrainSettings:
     out: Path  # run folder: checkpoints, final model, metrics.jsonl
     loader: str = "dali"  # "dali" or "reference" (the PIL executor, for comparison)
     num_threads: int = 4  # CPU threads per process for the loader (the original's --cpus-per-gpu)
+    batches_per_run: int = 4  # DALI: training batches per pipeline run, sharing DALI's fixed cost per run
     device: str = "auto"  # "cuda", "cpu", or "auto": cuda when a GPU is visible
     # model
     model_size: str = "small"
@@ -53,7 +54,6 @@ class TrainSettings:
     rsa_min_num_ops: str = "0"
     rsa_max_num_ops: str = "2"
     fix_padding_quirk: bool = False
-    shuffle_buffer: int = 4096  # DALI reader shuffle buffer (samples)
     # checkpoints and logging
     ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)
     ckpt_keep_count: int = 5  # newest checkpoints kept (-1: all, 0: write none)

@@ -50,7 +50,7 @@ CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 # Settings that shape the data stream: a checkpoint's stream position only replays
 # the same batches when these are unchanged.
-STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "shuffle_buffer", "rsa_ops", "rsa_min_num_ops",
+STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "batches_per_run", "rsa_ops", "rsa_min_num_ops",
                    "rsa_max_num_ops", "fix_padding_quirk", "num_threads")
 
 
@@ -59,7 +59,7 @@ def check_settings(s: TrainSettings) -> None:
     from commfor_fast.pipelines.loader import ENGINES
 
     positive = {"--batch-size": s.batch_size, "--epochs": s.epochs, "--log-every": s.log_every,
-                "--num-threads": s.num_threads, "--shuffle-buffer": s.shuffle_buffer}
+                "--num-threads": s.num_threads, "--batches-per-run": s.batches_per_run}
     for flag, value in positive.items():
         if value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
@@ -288,7 +288,7 @@ def train(settings: TrainSettings) -> Path:
         stream = create_train_stream(
             settings.loader, settings.data, manifest, train_set, device=device, batch_size=settings.batch_size,
             crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank, world_size=env.world_size,
-            num_threads=settings.num_threads, initial_fill=settings.shuffle_buffer, state=data_state,
+            num_threads=settings.num_threads, batches_per_run=settings.batches_per_run, state=data_state,
         )
 
     # -- compile and DDP

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def easy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _settings(data: Path, out: Path, **overrides: object) -> TrainSettings:
     base = dict(data=data, out=out, device="cpu", model_size="tiny", input_size=224, patch_size=16,
                 pretrained=False, batch_size=4, lr=1e-3, warmup_frac=0.1, num_threads=1, log_every=1,
-                ckpt_keep_count=-1, shuffle_buffer=16, rsa_max_num_ops="1", seed=0)
+                ckpt_keep_count=-1, rsa_max_num_ops="1", seed=0)
     base.update(overrides)
     return TrainSettings(**base)  # type: ignore[arg-type]
 
@@ -112,6 +113,23 @@ def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
     assert len(rows) == 49 and rows[0].replace('"', "").startswith("set,key,generator,label,logit,score")
 
 
+@pytest.mark.gpu
+def test_gpu_train_resume_eval_round_trip(easy: Path, tmp_path: Path) -> None:
+    """On CUDA: a run resumed from its checkpoint at iteration 2 ends where the
+    uninterrupted run ends; evaluation on the GPU scores every image once."""
+    settings = dict(device="cuda", train_itrs=4, ckpt_every=2, validate=False, use_amp=True, amp_dtype="bf16")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(_settings(easy, whole, **settings))
+    resumed.mkdir()
+    shutil.copy(checkpoints_in(whole)[0], resumed)  # the run as it was after 2 iterations
+    train(_settings(easy, resumed, **settings))
+    a, b = (torch.load(run / "model.pt") for run in (whole, resumed))
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+    report = evaluate_shards(EvalSettings(data=easy, out=tmp_path / "report", ckpt=tmp_path / "whole" / "model.pt",
+                                          device="cuda", batch_size=5, num_threads=1))
+    assert report.n == 48
+
+
 def _cli(*args: str, env: dict | None = None) -> list[str]:
     return [sys.executable, "-m", "commfor_fast", *args]
 
@@ -119,7 +137,7 @@ def _cli(*args: str, env: dict | None = None) -> list[str]:
 def _train_args(data: Path, out: Path, itrs: int, ckpt_every: int) -> list[str]:
     return ["train", "--data", str(data), "--out", str(out), "--device", "cpu", "--model-size", "tiny",
             "--input-size", "224", "--no-pretrained", "--batch-size", "4", "--lr", "1e-3", "--num-threads", "1",
-            "--train-itrs", str(itrs), "--ckpt-every", str(ckpt_every), "--shuffle-buffer", "16",
+            "--train-itrs", str(itrs), "--ckpt-every", str(ckpt_every),
             "--rsa-max-num-ops", "1", "--no-validate", "--log-every", "1"]
 
 
