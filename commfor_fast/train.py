@@ -8,7 +8,8 @@ and schedule, resume, the loop, teardown. The defaults are the reference recipe
 (SPEC section 5): AdamW (lr 2e-5, weight decay 1e-2), BCE-with-logits, gradient
 clipping at 1.0, linear warmup then cosine annealing towards lr * 1e-3 stepped as the
 original steps it (`LRSchedule`; `--lr-schedule per-iteration` ends exactly at the
-floor instead), mixed precision with a grad scaler for fp16, per-rank batch size, a checkpoint every epoch keeping the newest N.
+floor instead), mixed precision with a grad scaler for fp16, per-rank batch size, a
+checkpoint every epoch keeping the newest N.
 
 Resume is exact: a checkpoint holds the model, optimizer, scheduler, grad scaler,
 epoch, iteration and every rank's data-stream position, so a run killed mid-epoch
@@ -414,7 +415,8 @@ def train(settings: TrainSettings) -> Path:
     # -- the loop
     log.print(f"training {model.model_args} on {manifest.sets[train_set].num_samples} images ({train_set}), "
               f"{env.world_size} process(es) x batch {settings.batch_size}, {itrs_per_epoch} iterations per epoch, "
-              f"{total_itrs} in all (warmup {schedule.warmup}, {schedule.kind} lr schedule), loader {settings.loader}, device {device}")
+              f"{total_itrs} in all (warmup {schedule.warmup}, {schedule.kind} lr schedule), "
+              f"loader {settings.loader}, device {device}")
     window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
     while itr < total_itrs:
         t0 = time.perf_counter()

@@ -117,7 +117,7 @@ def test_original_lr_schedule_matches_the_originals_stepping(per_epoch: int, ove
     itrs = settings.train_itrs or 0
     epochs = math.ceil(itrs / per_epoch) if itrs > 0 else settings.epochs
     total = itrs if itrs > 0 else epochs * per_epoch
-    warmup = round(settings.warmup_frac * total) if settings.warmup_frac > 0 else round(settings.warmup_epochs * per_epoch)
+    warmup = round(settings.warmup_frac * total if settings.warmup_frac > 0 else settings.warmup_epochs * per_epoch)
     expected = original_lrs(settings.lr, per_epoch, epochs, itrs, warmup, settings.no_lr_schedule)
     ours = [settings.lr * schedule.factor(i) for i in range(schedule.total)]
     assert schedule.kind == "original" and schedule.warmup == warmup and len(ours) == len(expected) == total
