@@ -44,6 +44,7 @@ class TrainSettings:
     warmup_epochs: float = 3.0  # linear warmup, in epochs (fractions allowed)
     warmup_frac: float = -1.0  # warmup as a fraction of all iterations; overrides warmup_epochs when > 0
     no_lr_schedule: bool = False  # constant lr (after warmup)
+    lr_schedule: str = "original"  # "original" (its cosine stepping) or "per-iteration" (ends exactly at the floor)
     grad_clip: float = 1.0
     use_amp: bool = False
     amp_dtype: str = "fp16"  # "fp16" (with a grad scaler) or "bf16"
