@@ -147,7 +147,7 @@ def create_train_pipeline(
                                   start_run * batches_per_run)
     runs = runs_of(batches, batches_per_run)
     plan = train_planner(rsa, crop, source.preresize is not None, seed, shard_id, positions, plans, vectorised)
-    host = BatchSource(source, runs, plan, positions)
+    host = BatchSource(source, runs, plan, positions, read_threads=num_threads)
     host.calls = start_run
     return create_pipeline(host, positions=positions, device=device, batch_size=batch_size * batches_per_run,
                            num_threads=num_threads, device_id=device_id, normalise=normalise,
@@ -175,7 +175,8 @@ def create_eval_pipeline(
     """
     check_preresize(source.preresize, crop)
     batches = eval_batch_indices(source.num_samples, batch_size, shard_id, num_shards)
-    host = BatchSource(source, batches, eval_planner(crop, source.preresize is not None), 0)
+    host = BatchSource(source, batches, eval_planner(crop, source.preresize is not None), 0,
+                       read_threads=num_threads)
     return create_pipeline(host, positions=0, device=device, batch_size=batch_size, num_threads=num_threads,
                            device_id=device_id, normalise=normalise, prefetch_queue_depth=prefetch_queue_depth)
 
