@@ -27,6 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 T = TypeVar("T")
+TRUST_HELP = ("Allow full unpickling of --ckpt when it holds more than tensors. DANGEROUS: unpickling runs any "
+              "code stored in the file, so use it only for checkpoints from a source you trust.")
 
 
 def _version(value: bool) -> None:
@@ -47,6 +49,7 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: from training, the original's, or a plain state dict.")] = None,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     out: Annotated[Optional[Path], typer.Option(help="Write the results to this .csv or .json file instead of printing a table.")] = None,
@@ -56,8 +59,8 @@ def predict(
     from commfor_fast.predict import PredictSettings, format_predictions
     from commfor_fast.predict import predict as run_predict
 
-    settings = PredictSettings(paths=paths, ckpt=ckpt, hf_model=hf_model, device=device,
-                               batch_size=batch_size, out=out, workers=workers)
+    settings = PredictSettings(paths=paths, ckpt=ckpt, hf_model=hf_model, trust_checkpoint=trust_checkpoint,
+                               device=device, batch_size=batch_size, out=out, workers=workers)
     predictions = call(run_predict, settings)
     if out is None:
         typer.echo(format_predictions(predictions))
@@ -82,6 +85,7 @@ def train(
     pretrained_path: Annotated[Optional[Path], typer.Option(help="Local timm weights file instead of the download.")] = None,
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Start from this checkpoint: a full resume for ours, the weights of the original's or of a plain state dict.")] = None,
     only_load_model_weights: Annotated[bool, typer.Option("--only-load-model-weights", help="With --ckpt: take only the weights, with a new optimizer and schedule.")] = False,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
     batch_size: Annotated[int, typer.Option(help="Images per process per step.")] = TrainSettings.batch_size,
     epochs: Annotated[int, typer.Option(help="Epochs (one epoch: every training image about once).")] = TrainSettings.epochs,
     train_itrs: Annotated[Optional[int], typer.Option(help="Iterations; overrides --epochs when > 0.")] = None,
@@ -116,6 +120,7 @@ def train(
         data=data, out=out, device=device, loader=loader, num_threads=num_threads, model_size=model_size,
         input_size=input_size, patch_size=patch_size, freeze_backbone=freeze_backbone, pretrained=pretrained,
         pretrained_path=pretrained_path, ckpt=ckpt, only_load_model_weights=only_load_model_weights,
+        trust_checkpoint=trust_checkpoint,
         batch_size=batch_size, epochs=epochs, train_itrs=train_itrs, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, warmup_frac=warmup_frac, no_lr_schedule=no_lr_schedule, grad_clip=grad_clip,
         use_amp=use_amp, amp_dtype=amp_dtype, compile=compile, seed=seed, rsa_ops=rsa_ops,
@@ -133,6 +138,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Report folder: report.json, per_generator.csv, per_generator.png.", show_default=False)],
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint (ours or the original's).")] = None,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
     sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = EvalSettings.device,
     batch_size: Annotated[int, typer.Option(help="Images per process per batch.")] = EvalSettings.batch_size,
@@ -146,7 +152,8 @@ def evaluate(
     """Evaluate a detector on converted shards: overall and per-generator accuracy, AP, AUC."""
     from commfor_fast.evaluate import evaluate_shards
 
-    settings = EvalSettings(data=data, out=out, ckpt=ckpt, hf_model=hf_model, sets=sets, device=device,
+    settings = EvalSettings(data=data, out=out, ckpt=ckpt, hf_model=hf_model, trust_checkpoint=trust_checkpoint,
+                            sets=sets, device=device,
                             batch_size=batch_size, loader=loader, num_threads=num_threads, use_amp=use_amp,
                             amp_dtype=amp_dtype, save_scores=save_scores, scores_format=scores_format)
     call(evaluate_shards, settings)

@@ -108,7 +108,8 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
     env = setup_distributed(device)
     manifest = Manifest.load(settings.data)
     set_names = _set_names(manifest, settings.sets, settings.data)
-    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device)
+    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device,
+                                trust_checkpoint=settings.trust_checkpoint)
     if env.is_main:
         print(f"scoring the sets {', '.join(set_names)} of {settings.data} with {model.timm_name}", flush=True)
         if "train" in set_names and settings.sets is None:

@@ -38,6 +38,7 @@ class PredictSettings:
     paths: list[Path]  # image files and/or folders (searched recursively)
     ckpt: Path | None = None  # local checkpoint (ours, the original's, or a state dict) ...
     hf_model: str | None = None  # ... or a Hugging Face model id, e.g. OwensLab/commfor-model-384
+    trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
     batch_size: int = 32
     out: Path | None = None  # .csv or .json file to write; None: nothing written
@@ -122,7 +123,8 @@ def predict(settings: PredictSettings) -> list[Prediction]:
     _check_settings(settings)
     files = collect_images(settings.paths)
     device = resolve_device(settings.device)
-    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device)
+    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device,
+                                trust_checkpoint=settings.trust_checkpoint)
     input_size = model.input_size
 
     results: list[Prediction] = []

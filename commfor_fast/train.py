@@ -239,7 +239,7 @@ def train(settings: TrainSettings) -> Path:
         raise UserError(f"--resume: no checkpoint (ckpt-*.pt) in {out} to resume from")
     ckpt: Any = None
     if start is not None:
-        ckpt = read_checkpoint(Path(start))
+        ckpt = read_checkpoint(Path(start), trust=settings.trust_checkpoint)
         model, ckpt_format = detector_from_checkpoint(ckpt, Path(start))
         if settings.freeze_backbone and not resuming:
             model.set_freeze_backbone(True)
