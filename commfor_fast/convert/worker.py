@@ -31,7 +31,7 @@ from commfor_fast.convert.hf import IMAGE_COLUMN, META_COLUMNS
 from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
 from commfor_fast.convert.tarshard import ShardWriter, member_bytes
-from commfor_fast.convert.units import HF, Unit
+from commfor_fast.convert.units import HF, Unit, escape_name
 from commfor_fast.imageio import BadImage, ImageInfo, check_image, encode_png, encode_raw, resize_shorter
 from commfor_fast.shards import IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, SampleIds, ShardInfo, pack_ids, sample_key
 
@@ -100,7 +100,10 @@ def read_unit(unit: Unit, config: WorkerConfig) -> Iterator[tuple[bytes | str, d
             data: bytes | str = Path(unit.path).read_bytes()
         except OSError as exc:
             data = f"cannot read: {exc.strerror or exc}"
-        yield data, {"source": kind, "root": root, "path": unit.name}
+        meta = {"source": kind, "root": root, "path": unit.name}
+        if escape_name(unit.path) != unit.path:
+            meta["path_escaped"] = True  # not UTF-8: "path" has the bytes as \xNN (`units.escape_name`)
+        yield data, meta
         return
     try:
         pf = pq.ParquetFile(unit.path)
