@@ -241,12 +241,17 @@ def bench(
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run one library call; a `UserError` becomes `error: ...` on stderr and exit code 2."""
+    """Run one library call; a `UserError` becomes `error: ...` on stderr and exit code 2,
+    Ctrl-C one line and exit code 130 (the shell's code for SIGINT)."""
     try:
         return fn(*args, **kwargs)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to go on (convert and train resume where they "
+                   "stopped)", err=True)
+        raise typer.Exit(130) from None
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ Every run, first or resumed, on any node, does the same steps:
 So resuming after a kill, or finishing on another machine, is running the same
 command again. That includes a worker process killed on its own (the kernel's OOM
 killer): the run stops with an error saying so instead of waiting for the lost
-partition forever, and the rerun redoes only the unfinished partitions.
+partition forever, and the rerun redoes only the unfinished partitions. Ctrl-C stops
+the workers at once and deletes what the unfinished partitions left (temporary files
+included), so the rerun finds only finished partitions.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from commfor_fast.convert.merge import merge, summary_lines
-from commfor_fast.convert.parts import prepare_out, read_marker
+from commfor_fast.convert.parts import clear_partition, prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, run_in_pool
@@ -59,6 +61,7 @@ def _run_partitions(tasks: list[PartitionTask], config: WorkerConfig, workers: i
             except queue.Empty:
                 return
 
+    others = set(mp.active_children())
     with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=init_pool_worker,
                              initargs=(config, reports, os.getpid())) as pool:
         pending = {pool.submit(run_in_pool, task) for task in tasks}
@@ -70,6 +73,14 @@ def _run_partitions(tasks: list[PartitionTask], config: WorkerConfig, workers: i
                     future.result()  # re-raises a worker's exception here
         except BrokenProcessPool:
             raise UserError(WORKER_DIED) from None
+        except KeyboardInterrupt:
+            # Workers ignore SIGINT (`init_pool_worker`): stop them here, at once. Letting
+            # them unwind could block one on the progress queue's lock while this process
+            # waits for it; the caller deletes what their partitions left.
+            for process in set(mp.active_children()) - others:
+                process.kill()
+                process.join()
+            raise
         finally:
             # On an error, start no further partition; those running finish (and count on resume).
             pool.shutdown(wait=False, cancel_futures=True)
@@ -118,7 +129,13 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
             sources=tuple((s.kind, s.given, s.root) for s in plan.sources),
         )
         with Progress(sum(t.num_samples for t in pending), "convert", enabled=not settings.quiet) as progress:
-            _run_partitions(pending, config, limits.workers, progress)
+            try:
+                _run_partitions(pending, config, limits.workers, progress)
+            except KeyboardInterrupt:  # Ctrl-C: leave only finished partitions, for the rerun to keep
+                for task in pending:
+                    if read_marker(out, task.index, plan.fingerprint, check_index=False, check_hash=False) is None:
+                        clear_partition(out, task.index, plan.set_names)
+                raise
         log(progress.line())
 
     markers = [read_marker(out, t.index, plan.fingerprint, check_index=False, check_hash=False)

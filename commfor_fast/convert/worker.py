@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -210,7 +211,12 @@ _POOL_STATE: dict[str, Any] = {}
 
 
 def init_pool_worker(config: WorkerConfig, progress: Queue, parent: int) -> None:
-    """Pool initializer: keep the shared config, the progress queue and the parent's pid."""
+    """Pool initializer: keep the shared config, the progress queue and the parent's pid.
+
+    Ctrl-C reaches the whole process group; workers ignore it and the parent stops
+    them (`run._run_partitions`), so none is interrupted inside a queue operation.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _POOL_STATE.update(config=config, progress=progress, parent=parent)
 
 
