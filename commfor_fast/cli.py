@@ -17,6 +17,7 @@ import typer
 from commfor_fast import __version__
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import OUTPUT_ERRNOS, output_error
 from commfor_fast.settings import DemoSettings, EvalSettings, TrainSettings
 
 app = typer.Typer(
@@ -104,6 +105,7 @@ def train(
     rsa_max_num_ops: Annotated[str, typer.Option(help="Maximum count per op: one number or a comma list.")] = TrainSettings.rsa_max_num_ops,
     fix_padding_quirk: Annotated[bool, typer.Option("--fix-padding-quirk", help="RandomPadding keeps the image's shape (the original transposes non-square images).")] = False,
     shuffle_buffer: Annotated[int, typer.Option(help="Samples in the reader's shuffle buffer.")] = TrainSettings.shuffle_buffer,
+    verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="Check every shard's sha256 against the manifest before training (sizes and indexes are always checked).")] = False,
     ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every N iterations (0: at epoch ends only).")] = TrainSettings.ckpt_every,
     ckpt_keep_count: Annotated[int, typer.Option(help="Newest checkpoints to keep (-1: all, 0: write none).")] = TrainSettings.ckpt_keep_count,
     resume: Annotated[bool, typer.Option("--resume", help="Fail unless --out holds a checkpoint to resume from (resuming itself is automatic).")] = False,
@@ -125,7 +127,8 @@ def train(
         warmup_epochs=warmup_epochs, warmup_frac=warmup_frac, no_lr_schedule=no_lr_schedule, grad_clip=grad_clip,
         use_amp=use_amp, amp_dtype=amp_dtype, compile=compile, seed=seed, rsa_ops=rsa_ops,
         rsa_min_num_ops=rsa_min_num_ops, rsa_max_num_ops=rsa_max_num_ops, fix_padding_quirk=fix_padding_quirk,
-        shuffle_buffer=shuffle_buffer, ckpt_every=ckpt_every, ckpt_keep_count=ckpt_keep_count, resume=resume,
+        shuffle_buffer=shuffle_buffer, verify_hashes=verify_hashes, ckpt_every=ckpt_every,
+        ckpt_keep_count=ckpt_keep_count, resume=resume,
         log_every=log_every, validate=validate, synthetic_data=synthetic_data, wandb_project=wandb_project,
         wandb_run_name=wandb_run_name,
     )
@@ -197,6 +200,24 @@ def convert(
 
 
 @app.command()
+def verify(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="A `commfor-fast convert` output folder.", show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
+) -> None:
+    """Check every shard against manifest.json: sha256, index, and each sample's label and ids. Exit 1 if any is damaged."""
+    from commfor_fast.verify import verify_shards
+
+    checked, damaged = call(verify_shards, data, not quiet)
+    for damage in damaged:
+        typer.echo(f"damaged: {data / damage.shard}: {damage.problem}")
+    if damaged:
+        typer.echo(f"{len(damaged)} of {checked} shards are damaged; re-run the convert command recorded in "
+                   f"{data / 'manifest.json'} to redo them", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{checked} shards intact", err=True)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes its data, shards, run and report.")] = DemoSettings.out,
     device: Annotated[str, typer.Option(help="cpu, cuda (or gpu) or auto.")] = DemoSettings.device,
@@ -241,12 +262,18 @@ def bench(
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run one library call; a `UserError` becomes `error: ...` on stderr and exit code 2,
-    Ctrl-C one line and exit code 130 (the shell's code for SIGINT)."""
+    """Run one library call; a `UserError` (or a write that failed for lack of space or
+    permission) becomes `error: ...` on stderr and exit code 2, Ctrl-C one line and exit
+    code 130 (the shell's code for SIGINT)."""
     try:
         return fn(*args, **kwargs)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        typer.echo(f"error: {output_error(exc.filename, exc)}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to go on (convert and train resume where they "

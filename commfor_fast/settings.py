@@ -55,6 +55,7 @@ class TrainSettings:
     rsa_max_num_ops: str = "2"
     fix_padding_quirk: bool = False
     shuffle_buffer: int = 4096  # DALI reader shuffle buffer (samples)
+    verify_hashes: bool = False  # sha256 of every shard against the manifest before training (sizes are always checked)
     # checkpoints and logging
     ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)
     ckpt_keep_count: int = 5  # newest checkpoints kept (-1: all, 0: write none)

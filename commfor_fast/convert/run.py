@@ -31,6 +31,7 @@ from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, run_in_pool
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import check_writable
 from commfor_fast.progress import Progress
 from commfor_fast.shards import MANIFEST_NAME, Manifest
 
@@ -96,6 +97,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     """
     limits = check_settings(settings)
     settings = resolve_sources(settings)  # the same data gives the same plan, however its paths are typed
+    check_writable(settings.out, "--out")  # before scanning: a folder that cannot be written is known now
 
     def log(line: str) -> None:
         if not settings.quiet:
@@ -116,8 +118,13 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     pending = [t for t in mine if read_marker(out, t.index, plan.fingerprint, check_index=True,
                                               check_hash=settings.verify_hashes) is None]
     if not pending and (out / MANIFEST_NAME).is_file():
-        log(f"{out} is complete already")
-        return Manifest.load(out)
+        try:
+            manifest = Manifest.load(out)
+        except UserError:  # damaged after the fact: the partitions checked out, so it is rebuilt from them
+            log(f"{out / MANIFEST_NAME} is unreadable: rebuilding it from the partitions, which check out")
+        else:
+            log(f"{out} is complete already")
+            return manifest
     if pending:
         (out / MANIFEST_NAME).unlink(missing_ok=True)  # no longer complete
         node = f"node {settings.node_rank}/{settings.num_nodes}: " if settings.num_nodes > 1 else ""

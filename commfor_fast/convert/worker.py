@@ -165,7 +165,10 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
                     raise BadImage(data)
                 stored = store_image(data, config)
             except BadImage as exc:
-                rejects.append({"item": unit.item(row), "reason": str(exc)})
+                reject = {"item": unit.item(row), "reason": str(exc)}
+                if source_meta.get("image_name"):  # HF rows: the dataset's own name for the image too
+                    reject["image_name"] = str(source_meta["image_name"])
+                rejects.append(reject)
                 continue
             ref, label, info = refs[row], unit.labels[row], stored.info
             samples[ref.set_name].append(_sample(unit, row, ref, stored, source_meta, config))
