@@ -183,7 +183,7 @@ def convert(
     workers: Annotated[int, typer.Option(help="Conversion processes (0: one per CPU core, as many as memory allows); each holds about 3 x --partition-size in memory.")] = ConvertSettings.workers,
     num_nodes: Annotated[int, typer.Option(help="Machines converting into the same --out (shared storage).")] = ConvertSettings.num_nodes,
     node_rank: Annotated[int, typer.Option(help="This machine's rank: it converts partitions p with p % num_nodes == node_rank.")] = ConvertSettings.node_rank,
-    verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="On resume, re-hash finished shards (sha256) instead of checking sizes and indexes only.")] = False,
+    verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="On resume, re-hash finished shards and their source files (sha256) instead of checking names, sizes and indexes only: damaged shards and sources edited in place are converted again (partitions first converted without this flag are redone once).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress or summary lines.")] = False,
 ) -> None:
     """Convert Hugging Face parquet files and/or local image folders into WebDataset shards."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import image_bytes, read_all_samples
 
 from commfor_fast.convert.parts import PLAN_NAME, marker_path
 from commfor_fast.errors import UserError
@@ -22,7 +24,8 @@ SETTINGS = {"val_frac": 0.2, "seed": 5}
 
 
 def snapshot(out: Path) -> dict[str, str]:
-    """sha256 of every file in a conversion folder; the manifest without command and settings."""
+    """sha256 of every file in a conversion folder; the manifest without command and settings, the
+    markers without the source hash that only `--verify-hashes` records."""
     files = {}
     for path in sorted(out.rglob("*")):
         if path.is_file():
@@ -32,6 +35,10 @@ def snapshot(out: Path) -> dict[str, str]:
                 manifest.pop("command")
                 manifest.pop("settings")
                 data = json.dumps(manifest, sort_keys=True).encode()
+            elif path.parent.name == "parts":
+                marker = json.loads(data)
+                marker.pop("inputs_sha256")
+                data = json.dumps(marker, sort_keys=True).encode()
             files[path.relative_to(out).as_posix()] = hashlib.sha256(data).hexdigest()
     return files
 
@@ -279,3 +286,24 @@ def test_ctrl_c_with_workers_stops_at_once_and_resumes(tmp_path, reference, hf_r
     assert finished and len(finished) < sum(n.startswith("parts/") for n in reference[1])
     run_same(out, hf_replica, folder_tree, convert_into, workers=2)
     assert snapshot(out) == reference[1]
+
+
+def test_verify_hashes_finds_a_source_edited_in_place(tmp_path, folder_tree, convert_into, capsys):
+    """Same name, same size, other bytes: only a hash of the sources can tell."""
+    src = Path(shutil.copytree(folder_tree, tmp_path / "src"))
+    out = tmp_path / "out"
+    convert_into(out, folders=[src], val_frac=0)
+    convert_into(out, folders=[src], val_frac=0, verify_hashes=True, quiet=False)  # records the source hashes
+    assert "were converted without --verify-hashes" in capsys.readouterr().err
+    edited = src / "coco-extra" / "real" / "img000.JPG"
+    before = {key: members["jpg"] for key, members in read_all_samples(out)["all"] if "jpg" in members}
+    assert edited.read_bytes() in before.values()
+    size = edited.stat().st_size
+    smaller = next(b for b in (image_bytes("jpeg", seed) for seed in range(900, 1000)) if len(b) < size)
+    data = smaller.ljust(size, b"\0")  # another valid JPEG (zeros after its end), the same size
+    edited.write_bytes(data)
+    convert_into(out, folders=[src], val_frac=0)  # names and sizes match: considered complete
+    assert data not in [m.get("jpg") for _, m in read_all_samples(out)["all"]]
+    convert_into(out, folders=[src], val_frac=0, verify_hashes=True)
+    stored = [m.get("jpg") for _, m in read_all_samples(out)["all"]]
+    assert data in stored

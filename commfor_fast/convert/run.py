@@ -24,12 +24,13 @@ import shlex
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from commfor_fast.convert.merge import merge, summary_lines
 from commfor_fast.convert.parts import clear_partition, prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
-from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, run_in_pool
+from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, inputs_sha256, run_in_pool
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import check_writable
 from commfor_fast.progress import Progress
@@ -88,6 +89,17 @@ def _run_partitions(tasks: list[PartitionTask], config: WorkerConfig, workers: i
     drain()
 
 
+def _finished(out: Path, task: PartitionTask, fingerprint: str, sources: tuple[tuple[str, str, str], ...],
+              verify_hashes: bool) -> bool:
+    """Whether a partition is done and intact: its marker and shards check out and, with
+    `--verify-hashes`, the shards' and the sources' sha256 match what the marker recorded
+    (a marker written without the flag recorded no source hash, so its partition is redone)."""
+    marker = read_marker(out, task.index, fingerprint, check_index=True, check_hash=verify_hashes)
+    if marker is None:
+        return False
+    return not verify_hashes or marker.get("inputs_sha256") == inputs_sha256(task, sources)
+
+
 def convert(settings: ConvertSettings, command: str | None = None) -> Manifest | None:
     """Convert the sources into shards under `settings.out`.
 
@@ -115,8 +127,14 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     out = settings.out
     prepare_out(out, plan.record(), plan.set_names, settings.overwrite)
     mine = [t for t in plan.partitions if t.index % settings.num_nodes == settings.node_rank]
-    pending = [t for t in mine if read_marker(out, t.index, plan.fingerprint, check_index=True,
-                                              check_hash=settings.verify_hashes) is None]
+    sources = tuple((s.kind, s.given, s.root) for s in plan.sources)
+    if settings.verify_hashes:
+        unhashed = sum(1 for t in mine if (m := read_marker(out, t.index, plan.fingerprint, check_index=False,
+                                                             check_hash=False)) and m.get("inputs_sha256") is None)
+        if unhashed:
+            log(f"note: {unhashed} partition(s) were converted without --verify-hashes, so no hash of their "
+                "sources was recorded: converting them again")
+    pending = [t for t in mine if not _finished(out, t, plan.fingerprint, sources, settings.verify_hashes)]
     if not pending and (out / MANIFEST_NAME).is_file():
         try:
             manifest = Manifest.load(out)
@@ -133,7 +151,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
             out=out, fingerprint=plan.fingerprint, set_names=plan.set_names, shard_bytes=limits.shard_bytes,
             preresize=settings.preresize, max_pixels=settings.max_pixels, check=settings.check,
             dali_check=settings.dali_check, generator_ids=plan.generator_ids(),
-            sources=tuple((s.kind, s.given, s.root) for s in plan.sources),
+            sources=sources, hash_inputs=settings.verify_hashes,
         )
         with Progress(sum(t.num_samples for t in pending), "convert", enabled=not settings.quiet) as progress:
             try:
