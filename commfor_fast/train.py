@@ -79,7 +79,7 @@ def check_settings(s: TrainSettings) -> None:
 
 
 def _verify_hashes(data: Path) -> None:
-    """`--verify-hashes`: every shard's sha256 against the manifest, before training."""
+    """`--verify-hashes`: every shard against the manifest (sha256 and more, see `verify`), before training."""
     from commfor_fast.verify import verify_shards
 
     checked, damaged = verify_shards(data)
