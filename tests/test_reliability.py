@@ -218,7 +218,7 @@ def json_label(shards: Path, shard) -> str:
 
 def _train_settings(data: Path, out: Path, **overrides: object) -> TrainSettings:
     base = dict(data=data, out=out, device="cpu", model_size="tiny", input_size=224, patch_size=16,
-                pretrained=False, batch_size=4, num_threads=1, log_every=1, shuffle_buffer=8, rsa_max_num_ops="0",
+                pretrained=False, batch_size=4, num_threads=1, log_every=1, rsa_max_num_ops="0",
                 loader="reference", validate=False, seed=0)
     return TrainSettings(**{**base, **overrides})  # type: ignore[arg-type]
 
