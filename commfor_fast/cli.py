@@ -17,6 +17,7 @@ import typer
 from commfor_fast import __version__
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import OUTPUT_ERRNOS, output_error
 from commfor_fast.settings import DemoSettings, EvalSettings, TrainSettings
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 T = TypeVar("T")
+TRUST_HELP = ("Allow full unpickling of --ckpt when it holds more than tensors. DANGEROUS: unpickling runs any "
+              "code stored in the file, so use it only for checkpoints from a source you trust.")
 
 
 def _version(value: bool) -> None:
@@ -47,6 +50,7 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: from training, the original's, or a plain state dict.")] = None,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     out: Annotated[Optional[Path], typer.Option(help="Write the results to this .csv or .json file instead of printing a table.")] = None,
@@ -56,8 +60,8 @@ def predict(
     from commfor_fast.predict import PredictSettings, format_predictions
     from commfor_fast.predict import predict as run_predict
 
-    settings = PredictSettings(paths=paths, ckpt=ckpt, hf_model=hf_model, device=device,
-                               batch_size=batch_size, out=out, workers=workers)
+    settings = PredictSettings(paths=paths, ckpt=ckpt, hf_model=hf_model, trust_checkpoint=trust_checkpoint,
+                               device=device, batch_size=batch_size, out=out, workers=workers)
     predictions = call(run_predict, settings)
     if out is None:
         typer.echo(format_predictions(predictions))
@@ -74,6 +78,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = TrainSettings.device,
     loader: Annotated[str, typer.Option(help="dali, or reference (the PIL executor, to compare).")] = TrainSettings.loader,
     num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = TrainSettings.num_threads,
+    batches_per_run: Annotated[int, typer.Option(help="DALI: training batches per pipeline run (shares DALI's fixed cost per run).")] = TrainSettings.batches_per_run,
     model_size: Annotated[str, typer.Option(help="small or tiny.")] = TrainSettings.model_size,
     input_size: Annotated[int, typer.Option(help="384 or 224.")] = TrainSettings.input_size,
     patch_size: Annotated[int, typer.Option(help="16 or 32.")] = TrainSettings.patch_size,
@@ -82,6 +87,7 @@ def train(
     pretrained_path: Annotated[Optional[Path], typer.Option(help="Local timm weights file instead of the download.")] = None,
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Start from this checkpoint: a full resume for ours, the weights of the original's or of a plain state dict.")] = None,
     only_load_model_weights: Annotated[bool, typer.Option("--only-load-model-weights", help="With --ckpt: take only the weights, with a new optimizer and schedule.")] = False,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
     batch_size: Annotated[int, typer.Option(help="Images per process per step.")] = TrainSettings.batch_size,
     epochs: Annotated[int, typer.Option(help="Epochs (one epoch: every training image about once).")] = TrainSettings.epochs,
     train_itrs: Annotated[Optional[int], typer.Option(help="Iterations; overrides --epochs when > 0.")] = None,
@@ -90,6 +96,7 @@ def train(
     warmup_epochs: Annotated[float, typer.Option(help="Linear warmup length in epochs (fractions allowed).")] = TrainSettings.warmup_epochs,
     warmup_frac: Annotated[float, typer.Option(help="Warmup as a fraction of all iterations; overrides --warmup-epochs when > 0.")] = TrainSettings.warmup_frac,
     no_lr_schedule: Annotated[bool, typer.Option("--no-lr-schedule", help="Constant lr after warmup (no cosine decay).")] = False,
+    lr_schedule: Annotated[str, typer.Option(help="original: the cosine stepped as the original steps it (each iteration after warmup and again at each epoch end; it need not end at lr x 1e-3); per-iteration: one step per iteration, ending exactly at lr x 1e-3.")] = TrainSettings.lr_schedule,
     grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = TrainSettings.grad_clip,
     use_amp: Annotated[bool, typer.Option("--use-amp", help="Mixed precision.")] = False,
     amp_dtype: Annotated[str, typer.Option(help="fp16 (with a grad scaler) or bf16.")] = TrainSettings.amp_dtype,
@@ -99,7 +106,7 @@ def train(
     rsa_min_num_ops: Annotated[str, typer.Option(help="Minimum count per op: one number or a comma list.")] = TrainSettings.rsa_min_num_ops,
     rsa_max_num_ops: Annotated[str, typer.Option(help="Maximum count per op: one number or a comma list.")] = TrainSettings.rsa_max_num_ops,
     fix_padding_quirk: Annotated[bool, typer.Option("--fix-padding-quirk", help="RandomPadding keeps the image's shape (the original transposes non-square images).")] = False,
-    shuffle_buffer: Annotated[int, typer.Option(help="Samples in the reader's shuffle buffer.")] = TrainSettings.shuffle_buffer,
+    verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="Check every shard's sha256 against the manifest before training (sizes and indexes are always checked).")] = False,
     ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every N iterations (0: at epoch ends only).")] = TrainSettings.ckpt_every,
     ckpt_keep_count: Annotated[int, typer.Option(help="Newest checkpoints to keep (-1: all, 0: write none).")] = TrainSettings.ckpt_keep_count,
     resume: Annotated[bool, typer.Option("--resume", help="Fail unless --out holds a checkpoint to resume from (resuming itself is automatic).")] = False,
@@ -113,14 +120,16 @@ def train(
     from commfor_fast.train import train as run_train
 
     settings = TrainSettings(
-        data=data, out=out, device=device, loader=loader, num_threads=num_threads, model_size=model_size,
+        data=data, out=out, device=device, loader=loader, num_threads=num_threads, batches_per_run=batches_per_run,
+        model_size=model_size,
         input_size=input_size, patch_size=patch_size, freeze_backbone=freeze_backbone, pretrained=pretrained,
         pretrained_path=pretrained_path, ckpt=ckpt, only_load_model_weights=only_load_model_weights,
+        trust_checkpoint=trust_checkpoint,
         batch_size=batch_size, epochs=epochs, train_itrs=train_itrs, lr=lr, weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs, warmup_frac=warmup_frac, no_lr_schedule=no_lr_schedule, grad_clip=grad_clip,
-        use_amp=use_amp, amp_dtype=amp_dtype, compile=compile, seed=seed, rsa_ops=rsa_ops,
+        warmup_epochs=warmup_epochs, warmup_frac=warmup_frac, no_lr_schedule=no_lr_schedule, lr_schedule=lr_schedule,
+        grad_clip=grad_clip, use_amp=use_amp, amp_dtype=amp_dtype, compile=compile, seed=seed, rsa_ops=rsa_ops,
         rsa_min_num_ops=rsa_min_num_ops, rsa_max_num_ops=rsa_max_num_ops, fix_padding_quirk=fix_padding_quirk,
-        shuffle_buffer=shuffle_buffer, ckpt_every=ckpt_every, ckpt_keep_count=ckpt_keep_count, resume=resume,
+        verify_hashes=verify_hashes, ckpt_every=ckpt_every, ckpt_keep_count=ckpt_keep_count, resume=resume,
         log_every=log_every, validate=validate, synthetic_data=synthetic_data, wandb_project=wandb_project,
         wandb_run_name=wandb_run_name,
     )
@@ -133,6 +142,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Report folder: report.json, per_generator.csv, per_generator.png.", show_default=False)],
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint (ours or the original's).")] = None,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
     sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = EvalSettings.device,
     batch_size: Annotated[int, typer.Option(help="Images per process per batch.")] = EvalSettings.batch_size,
@@ -146,7 +156,8 @@ def evaluate(
     """Evaluate a detector on converted shards: overall and per-generator accuracy, AP, AUC."""
     from commfor_fast.evaluate import evaluate_shards
 
-    settings = EvalSettings(data=data, out=out, ckpt=ckpt, hf_model=hf_model, sets=sets, device=device,
+    settings = EvalSettings(data=data, out=out, ckpt=ckpt, hf_model=hf_model, trust_checkpoint=trust_checkpoint,
+                            sets=sets, device=device,
                             batch_size=batch_size, loader=loader, num_threads=num_threads, use_amp=use_amp,
                             amp_dtype=amp_dtype, save_scores=save_scores, scores_format=scores_format)
     call(evaluate_shards, settings)
@@ -173,7 +184,7 @@ def convert(
     workers: Annotated[int, typer.Option(help="Conversion processes (0: one per CPU core, as many as memory allows); each holds about 3 x --partition-size in memory.")] = ConvertSettings.workers,
     num_nodes: Annotated[int, typer.Option(help="Machines converting into the same --out (shared storage).")] = ConvertSettings.num_nodes,
     node_rank: Annotated[int, typer.Option(help="This machine's rank: it converts partitions p with p % num_nodes == node_rank.")] = ConvertSettings.node_rank,
-    verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="On resume, re-hash finished shards (sha256) instead of checking sizes and indexes only.")] = False,
+    verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="On resume, re-hash finished shards and their source files (sha256) instead of checking names, sizes and indexes only: damaged shards and sources edited in place are converted again (partitions first converted without this flag are redone once).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress or summary lines.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Scan and plan only: print the sources found, balancing, the split, the partitions and the expected output size; write nothing.")] = ConvertSettings.dry_run,
 ) -> None:
@@ -198,6 +209,24 @@ def inspect_data(
     from commfor_fast.inspection import describe
 
     typer.echo("\n".join(call(describe, data)))
+
+
+@app.command()
+def verify(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="A `commfor-fast convert` output folder.", show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
+) -> None:
+    """Check every shard against manifest.json: sha256, index, and each sample's label and ids. Exit 1 if any is damaged."""
+    from commfor_fast.verify import verify_shards
+
+    checked, damaged = call(verify_shards, data, not quiet)
+    for damage in damaged:
+        typer.echo(f"damaged: {data / damage.shard}: {damage.problem}")
+    if damaged:
+        typer.echo(f"{len(damaged)} of {checked} shards are damaged; re-run the convert command recorded in "
+                   f"{data / 'manifest.json'} to redo them", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{checked} shards intact", err=True)
 
 
 @app.command()
@@ -245,12 +274,23 @@ def bench(
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run one library call; a `UserError` becomes `error: ...` on stderr and exit code 2."""
+    """Run one library call; a `UserError` (or a write that failed for lack of space or
+    permission) becomes `error: ...` on stderr and exit code 2, Ctrl-C one line and exit
+    code 130 (the shell's code for SIGINT)."""
     try:
         return fn(*args, **kwargs)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        typer.echo(f"error: {output_error(exc.filename, exc)}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to go on (convert and train resume where they "
+                   "stopped)", err=True)
+        raise typer.Exit(130) from None
 
 
 def main() -> None:

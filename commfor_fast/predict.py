@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ import torch
 
 from commfor_fast.distributed import resolve_device
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import atomic_write, check_writable
 from commfor_fast.imageio import SOURCE_EXTENSIONS, BadImage, decode_rgb
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.model import load_detector
@@ -38,6 +40,7 @@ class PredictSettings:
     paths: list[Path]  # image files and/or folders (searched recursively)
     ckpt: Path | None = None  # local checkpoint (ours, the original's, or a state dict) ...
     hf_model: str | None = None  # ... or a Hugging Face model id, e.g. OwensLab/commfor-model-384
+    trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
     batch_size: int = 32
     out: Path | None = None  # .csv or .json file to write; None: nothing written
@@ -54,22 +57,30 @@ class Prediction:
     error: str | None
 
 
-def collect_images(paths: list[Path]) -> list[Path]:
-    """The files to score: named files as given, folders searched recursively.
+def collect_images(paths: list[Path]) -> tuple[list[Path], dict[Path, str]]:
+    """The files to score, and the folders that could not be read with the reason.
 
-    Folders contribute files whose extension (any case) is in `SOURCE_EXTENSIONS`,
-    sorted; a named file is used whatever its extension. Duplicates are dropped.
+    Named files are taken as given, folders searched recursively (not through
+    symlinked folders): they contribute files whose extension (any case) is in
+    `SOURCE_EXTENSIONS`, sorted; a named file is used whatever its extension.
+    Duplicates are dropped. A sub-folder that cannot be listed is returned with the
+    error, so its images are reported as missing rather than silently left out.
     """
     if not paths:
         raise UserError("PATH: no image or folder given; name at least one")
     found: dict[Path, None] = {}
+    unreadable: dict[Path, str] = {}
+
+    def note(exc: OSError) -> None:
+        unreadable[Path(exc.filename)] = f"cannot read the folder: {exc.strerror or exc}"
+
     for path in paths:
         if path.is_file():
             found[path] = None
         elif path.is_dir():
-            images = sorted(p for p in path.rglob("*")
-                            if p.suffix.lower() in SOURCE_EXTENSIONS and p.is_file())
-            if not images:
+            images = sorted(Path(top, name) for top, _, names in os.walk(path, onerror=note) for name in names
+                            if Path(name).suffix.lower() in SOURCE_EXTENSIONS and Path(top, name).is_file())
+            if not images and not unreadable:
                 raise UserError(
                     f"PATH {path}: the folder holds no images (searched recursively for "
                     f"{', '.join(SOURCE_EXTENSIONS)}); point to a folder with images"
@@ -77,7 +88,7 @@ def collect_images(paths: list[Path]) -> list[Path]:
             found.update(dict.fromkeys(images))
         else:
             raise UserError(f"PATH {path}: no such file or folder; give an existing image or folder")
-    return list(found)
+    return list(found), unreadable
 
 
 def _check_settings(settings: PredictSettings) -> None:
@@ -90,6 +101,10 @@ def _check_settings(settings: PredictSettings) -> None:
             f"--out {settings.out}: the suffix {settings.out.suffix or '(none)'!r} is not a known "
             f"format; end the file name with .csv or .json"
         )
+    if settings.out is not None:
+        if settings.out.is_dir():
+            raise UserError(f"--out {settings.out}: is a folder; give a file name ending in .csv or .json")
+        check_writable(settings.out.parent, f"--out {settings.out}: its folder")
 
 
 def _load_input(path: Path, input_size: int) -> torch.Tensor | str:
@@ -105,6 +120,8 @@ def _decoded_batches(files: list[Path], input_size: int, batch_size: int,
                      workers: int) -> Iterator[tuple[list[Path], list[torch.Tensor | str]]]:
     """Batches of (files, tensors or error messages); the next batch decodes meanwhile."""
     batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    if not batches:
+        return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = [pool.submit(_load_input, p, input_size) for p in batches[0]]
         for k, batch in enumerate(batches):
@@ -117,12 +134,14 @@ def _decoded_batches(files: list[Path], input_size: int, batch_size: int,
 def predict(settings: PredictSettings) -> list[Prediction]:
     """Score every image of `settings.paths`; write `settings.out` if set.
 
-    Returns one `Prediction` per file, in the order of `collect_images`.
+    Returns one `Prediction` per file, in the order of `collect_images`, then an
+    error row per folder that could not be read.
     """
     _check_settings(settings)
-    files = collect_images(settings.paths)
+    files, unreadable = collect_images(settings.paths)
     device = resolve_device(settings.device)
-    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device)
+    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device,
+                                trust_checkpoint=settings.trust_checkpoint)
     input_size = model.input_size
 
     results: list[Prediction] = []
@@ -141,20 +160,22 @@ def predict(settings: PredictSettings) -> list[Prediction]:
                     results.append(Prediction(str(path), p, "fake" if p > THRESHOLD else "real", None))
                 else:
                     results.append(Prediction(str(path), None, None, x))
+    results += [Prediction(str(folder), None, None, reason) for folder, reason in unreadable.items()]
     if settings.out is not None:
         write_predictions(results, settings.out, info)
     return results
 
 
 def write_predictions(predictions: list[Prediction], out: Path, model_info: dict[str, Any]) -> None:
-    """Write a .csv (one row per file) or a .json (model info, threshold and the rows)."""
+    """Write a .csv (one row per file) or a .json (model info, threshold and the rows), atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [asdict(p) for p in predictions]
     if out.suffix.lower() == ".json":
         doc = {"model": model_info, "threshold": THRESHOLD, "predictions": rows}
-        out.write_text(json.dumps(doc, indent=2) + "\n")
+        with atomic_write(out, "w") as f:
+            f.write(json.dumps(doc, indent=2) + "\n")
         return
-    with out.open("w", newline="") as f:
+    with atomic_write(out, "w") as f:
         writer = csv.DictWriter(f, fieldnames=[*Prediction.__dataclass_fields__])
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)

@@ -24,6 +24,7 @@ class TrainSettings:
     out: Path  # run folder: checkpoints, final model, metrics.jsonl
     loader: str = "dali"  # "dali" or "reference" (the PIL executor, for comparison)
     num_threads: int = 4  # CPU threads per process for the loader (the original's --cpus-per-gpu)
+    batches_per_run: int = 4  # DALI: training batches per pipeline run, sharing DALI's fixed cost per run
     device: str = "auto"  # "cuda", "cpu", or "auto": cuda when a GPU is visible
     # model
     model_size: str = "small"
@@ -34,6 +35,7 @@ class TrainSettings:
     pretrained_path: Path | None = None  # local timm weights instead of the download
     ckpt: Path | None = None  # start from this checkpoint: a full resume for ours, weights only for others
     only_load_model_weights: bool = False  # with --ckpt: take only the weights of our checkpoint too
+    trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
     # schedule (the defaults are the original's)
     batch_size: int = 32  # per process (the paper's runs use 128)
     epochs: int = 20
@@ -43,6 +45,7 @@ class TrainSettings:
     warmup_epochs: float = 3.0  # linear warmup, in epochs (fractions allowed)
     warmup_frac: float = -1.0  # warmup as a fraction of all iterations; overrides warmup_epochs when > 0
     no_lr_schedule: bool = False  # constant lr (after warmup)
+    lr_schedule: str = "original"  # "original" (its cosine stepping) or "per-iteration" (ends exactly at the floor)
     grad_clip: float = 1.0
     use_amp: bool = False
     amp_dtype: str = "fp16"  # "fp16" (with a grad scaler) or "bf16"
@@ -53,7 +56,7 @@ class TrainSettings:
     rsa_min_num_ops: str = "0"
     rsa_max_num_ops: str = "2"
     fix_padding_quirk: bool = False
-    shuffle_buffer: int = 4096  # DALI reader shuffle buffer (samples)
+    verify_hashes: bool = False  # sha256 of every shard against the manifest before training (sizes are always checked)
     # checkpoints and logging
     ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)
     ckpt_keep_count: int = 5  # newest checkpoints kept (-1: all, 0: write none)
@@ -74,6 +77,7 @@ class EvalSettings:
     out: Path  # report folder: report.json, per_generator.csv, per_generator.png
     ckpt: Path | None = None  # a local checkpoint (ours or the original's)
     hf_model: str | None = None  # or a Hugging Face model id, e.g. OwensLab/commfor-model-384
+    trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
     sets: str | None = None  # comma list of sets to score; default: every set in the folder
     device: str = "auto"  # "cuda", "cpu", or "auto": cuda when a GPU is visible
     batch_size: int = 128  # per process

@@ -6,9 +6,10 @@ torchrun:         torchrun --nproc_per_node=8 -m commfor_fast train --data SHARD
 The file reads top to bottom: settings, distributed set-up, data, model, optimizer
 and schedule, resume, the loop, teardown. The defaults are the reference recipe
 (SPEC section 5): AdamW (lr 2e-5, weight decay 1e-2), BCE-with-logits, gradient
-clipping at 1.0, linear warmup then cosine annealing to lr * 1e-3 (stepped exactly
-once per iteration; the original steps twice), mixed precision with a grad scaler
-for fp16, per-rank batch size, a checkpoint every epoch keeping the newest N.
+clipping at 1.0, linear warmup then cosine annealing towards lr * 1e-3 stepped as the
+original steps it (`LRSchedule`; `--lr-schedule per-iteration` ends exactly at the
+floor instead), mixed precision with a grad scaler for fp16, per-rank batch size, a
+checkpoint every epoch keeping the newest N.
 
 Resume is exact: a checkpoint holds the model, optimizer, scheduler, grad scaler,
 epoch, iteration and every rank's data-stream position, so a run killed mid-epoch
@@ -38,7 +39,7 @@ from commfor_fast import __version__
 from commfor_fast.distributed import (Dist, all_gather, amp_dtype, broadcast, resolve_device, setup_distributed,
                                       teardown_distributed)
 from commfor_fast.errors import UserError
-from commfor_fast.fileio import atomic_write
+from commfor_fast.fileio import atomic_write, check_writable
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.progress import Progress
 from commfor_fast.settings import TrainSettings
@@ -51,7 +52,7 @@ CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 # Settings that shape the data stream: a checkpoint's stream position only replays
 # the same batches when these are unchanged.
-STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "shuffle_buffer", "rsa_ops", "rsa_min_num_ops",
+STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "batches_per_run", "rsa_ops", "rsa_min_num_ops",
                    "rsa_max_num_ops", "fix_padding_quirk", "num_threads")
 
 
@@ -60,7 +61,7 @@ def check_settings(s: TrainSettings) -> None:
     from commfor_fast.pipelines.loader import ENGINES
 
     positive = {"--batch-size": s.batch_size, "--epochs": s.epochs, "--log-every": s.log_every,
-                "--num-threads": s.num_threads, "--shuffle-buffer": s.shuffle_buffer}
+                "--num-threads": s.num_threads, "--batches-per-run": s.batches_per_run}
     for flag, value in positive.items():
         if value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
@@ -74,24 +75,104 @@ def check_settings(s: TrainSettings) -> None:
     if s.warmup_frac >= 1 or s.warmup_epochs < 0:
         raise UserError(f"--warmup-frac {s.warmup_frac} / --warmup-epochs {s.warmup_epochs}: the fraction must "
                         "be below 1 (-1 disables it), the epochs >= 0")
+    if s.lr_schedule not in LR_SCHEDULES:
+        raise UserError(f"--lr-schedule {s.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     if s.loader not in ENGINES:
         raise UserError(f"--loader {s.loader!r}: choose one of {', '.join(ENGINES)}")
     amp_dtype(s.amp_dtype)
 
 
-def lr_factor(itr: int, total: int, warmup: int, constant: bool, final_ratio: float = 1e-3) -> float:
-    """Multiplier of the base lr at iteration `itr` (0-based).
+def _verify_hashes(data: Path) -> None:
+    """`--verify-hashes`: every shard against the manifest (sha256 and more, see `verify`), before training."""
+    from commfor_fast.verify import verify_shards
 
-    Linear warmup `(itr + 1) / warmup` for `warmup` iterations, then cosine annealing
-    from 1 to `final_ratio` over the remaining iterations (or constant 1).
+    checked, damaged = verify_shards(data)
+    if damaged:
+        raise UserError(f"--verify-hashes: {len(damaged)} of {checked} shards in {data} are damaged, e.g. "
+                        f"{damaged[0].shard}: {damaged[0].problem}; `commfor-fast verify {data}` lists them all. "
+                        "Re-run the convert command recorded in its manifest.json to redo them")
+
+
+LR_SCHEDULES = ("original", "per-iteration")
+
+
+@dataclasses.dataclass(frozen=True)
+class LRSchedule:
+    """The lr multiplier of every iteration, a pure function of the (0-based) iteration.
+
+    Being a pure function makes resume exact: the lr after a resume is the
+    uninterrupted run's. `warmup` is `round(warmup_frac * total)` or
+    `round(warmup_epochs * per_epoch)`, as the original rounds it.
+
+    "original" (the default) gives the lr the original's loop gives (SPEC section 5):
+    it counts iterations from k = 1, sets `lr * (k + 1) / warmup` before iteration k
+    while `k < warmup`, and runs torch's `CosineAnnealingLR(T_max = epochs * per_epoch
+    - warmup, eta_min = lr * final_ratio)`, stepped after every iteration with
+    `k > warmup` and once more at every epoch end (with `--train-itrs`, epochs =
+    ceil(total / per_epoch)). Before iteration k the scheduler has thus stepped
+    `t = max(k - 1 - warmup, 0) + (k - 1) // per_epoch` times. torch's step is
+    recursive (it rescales the distance of the current lr from eta_min), so the
+    epoch-end steps taken during the warmup leave a scale `c(t_peak)` behind, where
+    `t_peak` is the step count when the lr was last set to the peak and
+    `c(u) = 1 + cos(pi u / T_max)`: the lr is `eta_min + (lr - eta_min) c(t) / c(t_peak)`
+    until torch's first additive step (the step to `T_max + 1 (mod 2 T_max)`, past
+    the floor), after which it is the plain `eta_min + (lr - eta_min) c(t) / 2`. So
+    the original need not end at the floor: its scheduler takes T_max + epochs steps,
+    so without `--train-itrs` the last iteration runs `epochs - 2` steps past the floor
+    (the cosine rises again; negligible with thousands of iterations per epoch), and
+    with a `--train-itrs` that is not a multiple of the epoch it stops short of it.
+    T_max below 1 (a warmup as long as the run, where the original divides by zero)
+    counts as 1.
+
+    "per-iteration": warmup `(itr + 1) / warmup` for `itr < warmup`, then one cosine
+    step per iteration from 1 down to `final_ratio`, which it reaches at the end of
+    the run. `constant` (`--no-lr-schedule`) keeps 1 after the warmup in both.
     """
-    if itr < warmup:
-        return (itr + 1) / warmup
-    if constant:
-        return 1.0
-    span = max(total - warmup, 1)
-    progress = min((itr - warmup) / span, 1.0)
-    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    kind: str  # one of LR_SCHEDULES
+    total: int  # iterations the run trains
+    per_epoch: int  # iterations per epoch
+    warmup: int  # warmup iterations
+    constant: bool
+    final_ratio: float = 1e-3
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings, per_epoch: int) -> LRSchedule:
+        use_itrs = settings.train_itrs is not None and settings.train_itrs > 0
+        total = settings.train_itrs if use_itrs else settings.epochs * per_epoch
+        warmup = round(settings.warmup_frac * total if settings.warmup_frac > 0 else settings.warmup_epochs * per_epoch)
+        return cls(settings.lr_schedule, total, per_epoch, warmup, settings.no_lr_schedule)
+
+    def factor(self, itr: int) -> float:
+        """Multiplier of the base lr at iteration `itr` (0-based)."""
+        if self.kind == "original":
+            if itr + 1 < self.warmup:
+                return (itr + 2) / self.warmup
+            return 1.0 if self.constant else self._original_cosine(itr + 1)
+        if itr < self.warmup:
+            return (itr + 1) / self.warmup
+        if self.constant:
+            return 1.0
+        progress = min((itr - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _original_cosine(self, k: int) -> float:
+        """The original's lr factor at its iteration k >= warmup (1-based)."""
+        t_max = max(math.ceil(self.total / self.per_epoch) * self.per_epoch - self.warmup, 1)
+
+        def c(u: int) -> float:
+            return 1 + math.cos(math.pi * u / t_max)
+
+        t = max(k - 1 - self.warmup, 0) + (k - 1) // self.per_epoch
+        # the step count when the lr was last the peak: set at k = warmup - 1, or at construction
+        peak, scale = max(self.warmup - 2, 0) // self.per_epoch, 1.0
+        if t == peak:
+            return 1.0
+        if (peak - t_max) % (2 * t_max) == 0:  # c(peak) = 0: torch's next step adds instead of rescaling
+            peak, scale = peak + 1, 1 + (1 - math.cos(math.pi / t_max)) / 2
+        first_add = peak + 1 + (t_max - peak) % (2 * t_max)
+        d = c(t) / 2 if t >= first_add else scale * c(t) / c(peak)
+        return self.final_ratio + (1 - self.final_ratio) * d
 
 
 def checkpoints_in(folder: Path) -> list[Path]:
@@ -139,6 +220,20 @@ class MetricsLog:
             self.wandb = wandb.init(project=settings.wandb_project, name=settings.wandb_run_name, id=run_id,
                                     resume="allow", config=settings_dict(settings), dir=str(settings.out))
 
+    def drop_after(self, itr: int) -> None:
+        """Resuming at `itr`: drop the records of later iterations, which the run now repeats,
+        so metrics.jsonl holds each iteration once."""
+        if not self.enabled:
+            return
+        self.file.close()
+        path = Path(self.file.name)
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _record_itr(line) <= itr]
+        if len(kept) != len(lines):
+            with atomic_write(path, "w") as f:
+                f.writelines(kept)
+        self.file = open(path, "a")
+
     def print(self, line: str) -> None:
         if self.progress is not None:
             self.progress.write(line)
@@ -178,6 +273,21 @@ class MetricsLog:
             self.file.close()
             if self.wandb is not None:
                 self.wandb.finish()
+
+
+def _record_itr(line: str) -> int:
+    """The iteration of one metrics.jsonl line; a line cut short by a kill counts as the last."""
+    try:
+        return int(json.loads(line)["itr"])
+    except (ValueError, KeyError, TypeError):
+        return 2**62
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files that checkpoint writes killed midway left in `out`
+    (`fileio.atomic_write` names them `.ckpt-*.tmp`, `.model.pt.*.tmp`)."""
+    for path in [*out.glob(".ckpt-*.tmp"), *out.glob(".model.pt.*.tmp")]:
+        path.unlink(missing_ok=True)
 
 
 def host_peak_mb() -> float:
@@ -236,7 +346,10 @@ def train(settings: TrainSettings) -> Path:
     manifest = Manifest.load(settings.data)
     out = Path(settings.out)
     if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out, "--out")  # before any work: checkpoints and the model must be writable
+        if settings.verify_hashes:
+            _verify_hashes(settings.data)
+        remove_stale_temporaries(out)
     torch.manual_seed(settings.seed + env.rank)
     np.random.seed(settings.seed + env.rank)
     log = MetricsLog(settings, env)
@@ -251,12 +364,8 @@ def train(settings: TrainSettings) -> Path:
         log.print(f"note: {settings.data} has no validation images (convert with --val-frac > 0); "
                   "no validation will run")
     itrs_per_epoch = iters_per_epoch(manifest.sets[train_set].num_samples, settings.batch_size, env.world_size)
-    use_itrs = settings.train_itrs is not None and settings.train_itrs > 0
-    total_itrs = settings.train_itrs if use_itrs else settings.epochs * itrs_per_epoch
-    if settings.warmup_frac > 0:
-        warmup = int(settings.warmup_frac * total_itrs)
-    else:
-        warmup = int(settings.warmup_epochs * itrs_per_epoch)
+    schedule = LRSchedule.from_settings(settings, itrs_per_epoch)
+    total_itrs = schedule.total
 
     # -- model: from rank 0's choice of checkpoint (never needs the ImageNet download)
     from commfor_fast.model import clean_state_dict, create_detector, detector_from_checkpoint, read_checkpoint
@@ -267,7 +376,7 @@ def train(settings: TrainSettings) -> Path:
         raise UserError(f"--resume: no checkpoint (ckpt-*.pt) in {out} to resume from")
     ckpt: Any = None
     if start is not None:
-        ckpt = read_checkpoint(Path(start))
+        ckpt = read_checkpoint(Path(start), trust=settings.trust_checkpoint)
         model, ckpt_format = detector_from_checkpoint(ckpt, Path(start))
         if settings.freeze_backbone and not resuming:
             model.set_freeze_backbone(True)
@@ -284,8 +393,7 @@ def train(settings: TrainSettings) -> Path:
     # -- optimizer, schedule, mixed precision
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda itr: lr_factor(itr, total_itrs, warmup, settings.no_lr_schedule))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
     autocast_dtype = amp_dtype(settings.amp_dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=settings.use_amp and autocast_dtype == torch.float16)
 
@@ -305,6 +413,8 @@ def train(settings: TrainSettings) -> Path:
         else:
             why = f"{', '.join(changed)} changed" if changed else f"it was written by {len(states)} process(es)"
             log.print(f"note: the data streams restart from their seeds ({why} since {start})")
+        if resuming:
+            log.drop_after(itr)
         log.print(f"resumed from {start} at iteration {itr}")
     elif ckpt is not None:
         log.print(f"starting from the weights of {start} ({ckpt_format} format): new optimizer and schedule")
@@ -316,7 +426,7 @@ def train(settings: TrainSettings) -> Path:
         stream = create_train_stream(
             settings.loader, settings.data, manifest, train_set, device=device, batch_size=settings.batch_size,
             crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank, world_size=env.world_size,
-            num_threads=settings.num_threads, initial_fill=settings.shuffle_buffer, state=data_state,
+            num_threads=settings.num_threads, batches_per_run=settings.batches_per_run, state=data_state,
         )
 
     # -- compile and DDP
@@ -378,7 +488,8 @@ def train(settings: TrainSettings) -> Path:
     # -- the loop
     log.print(f"training {model.model_args} on {manifest.sets[train_set].num_samples} images ({train_set}), "
               f"{env.world_size} process(es) x batch {settings.batch_size}, {itrs_per_epoch} iterations per epoch, "
-              f"{total_itrs} in all (warmup {warmup}), loader {settings.loader}, device {device}")
+              f"{total_itrs} in all (warmup {schedule.warmup}, {schedule.kind} lr schedule), "
+              f"loader {settings.loader}, device {device}")
     window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
     log.start_progress(total_itrs, itr)
     while itr < total_itrs:

@@ -62,11 +62,13 @@ def reference_probability(model: CommForDetector, path: Path) -> float:
 
 
 def test_collect_images_recurses_and_ignores_case(images: Path) -> None:
-    found = [p.relative_to(images).as_posix() for p in collect_images([images])]
+    files, unreadable = collect_images([images])
+    found = [p.relative_to(images).as_posix() for p in files]
+    assert unreadable == {}
     assert found == ["a.png", "b.jpg", "broken.jpg", "nested/C.PNG", "nested/deeper/d_rgba.png",
                      "nested/small.JPEG"]
     # A named file is used as given, and duplicates are dropped.
-    assert collect_images([images / "a.png", images / "a.png"]) == [images / "a.png"]
+    assert collect_images([images / "a.png", images / "a.png"]) == ([images / "a.png"], {})
 
 
 def test_scores_match_the_evaluation_preprocessing(model: CommForDetector, ckpt: Path,

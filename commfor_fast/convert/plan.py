@@ -20,7 +20,8 @@ every rerun computes the same one without talking to the others:
 
 Folder data (one image per unit) thus gets a true global shuffle; parquet data a
 shuffle of row groups across the whole set plus a full shuffle within each partition.
-Shards must be mixed already, because DALI's reader only shuffles within a buffer.
+Training permutes the samples globally every epoch anyway; the mixed stored order
+serves readers that stream shards in order (webdataset, HF datasets).
 
 Generator ids are positions in the sorted list of generator names in the plan.
 """
@@ -36,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from commfor_fast import __version__
-from commfor_fast.convert.balance import balance_reals
+from commfor_fast.convert.balance import balance_reals, balance_warnings
 from commfor_fast.convert.folders import scan_folder
 from commfor_fast.convert.hf import scan_hf
 from commfor_fast.convert.settings import OUTPUT_SETTINGS, ConvertSettings, Limits
@@ -84,6 +85,10 @@ class Plan:
     scanned_samples: int  # before balancing
     fingerprint: str
 
+    def warnings(self) -> list[str]:
+        """The warnings known before converting: the sources' and balancing's."""
+        return [w for source in self.sources for w in source.warnings] + balance_warnings(self.balance)
+
     def generator_ids(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.generators)}
 
@@ -101,8 +106,9 @@ def scan_sources(settings: ConvertSettings, limits: Limits) -> tuple[list[Source
         source, found = scan_hf(settings.hf_repo, settings.hf_split, settings.cache_dir, len(sources))
         sources.append(source)
         units.extend(found)
+    seen: set[str] = set()  # real paths of the files taken: each is stored once, whichever root reaches it
     for folder in settings.folders:
-        source, found = scan_folder(folder, limits.labels, len(sources))
+        source, found = scan_folder(folder, limits.labels, len(sources), seen)
         sources.append(source)
         units.extend(found)
     return sources, units
