@@ -111,7 +111,7 @@ def warnings_markdown() -> str:
     return "## Warnings: figures not to trust\n\n" + "\n".join(f"- {w}" for w in _WARNINGS)
 
 
-def measure(run: Callable[[], int], repeats: int, warmup: int = 1, label: str = "pipeline run") -> Timing:
+def measure(run: Callable[[], int], repeats: int, warmup: int = 1, label: str = "timed run") -> Timing:
     """Call `run` (which returns the number of images it processed) `warmup + repeats`
     times; report the median wall and CPU time of the timed repetitions. `label` names
     the figure in the progress line and in a warning about its spread."""
