@@ -116,7 +116,8 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     """
     limits = check_settings(settings)
     settings = resolve_sources(settings)  # the same data gives the same plan, however its paths are typed
-    check_writable(settings.out, "--out")  # before scanning: a folder that cannot be written is known now
+    if not settings.dry_run:  # before scanning: a folder that cannot be written is known now
+        check_writable(settings.out, "--out")
 
     def log(line: str) -> None:
         if not settings.quiet:
