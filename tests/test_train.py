@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -110,8 +111,17 @@ def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
     assert {g.name for g in report.generators} == {"gen-bright", "cam-dark"}
     for name in ("report.json", "per_generator.csv", "per_generator.png", "scores.csv"):
         assert (tmp_path / "report" / name).is_file()
-    rows = (tmp_path / "report" / "scores.csv").read_text().splitlines()
-    assert len(rows) == 49 and rows[0].replace('"', "").startswith("set,key,generator,label,logit,score")
+    lines = (tmp_path / "report" / "scores.csv").read_text().splitlines()
+    assert len(lines) == 49 and lines[0].replace('"', "") == "set,key,name,source,generator,label,logit,score"
+    rows = list(csv.DictReader(lines))
+    # the original file of every image, and both sets' keys (each starts at 0) told apart by the set
+    originals = sorted(p.relative_to(easy.parent / "src").as_posix() for p in (easy.parent / "src").rglob("*.png"))
+    assert sorted(r["name"] for r in rows) == originals
+    assert {r["source"] for r in rows} == {str(easy.parent / "src")}
+    assert all(r["generator"] == r["name"].split("/")[0] and r["label"] == str(int("/fake/" in r["name"]))
+               for r in rows)
+    assert {(r["set"], r["key"]) for r in rows if r["key"] == "0000000000"} == {("train", "0000000000"),
+                                                                                ("val", "0000000000")}
 
 
 def _cli(*args: str, env: dict | None = None) -> list[str]:
