@@ -75,7 +75,7 @@ class EvalSettings:
     """Everything an evaluation run depends on; recorded in report.json."""
 
     data: Path  # a `commfor-fast convert` output folder
-    out: Path  # report folder: report.json, per_generator.csv, per_generator.png
+    out: Path  # report folder: report.json, per_generator.csv, per_generator.png and .pdf
     ckpt: Path | None = None  # a local checkpoint (ours or the original's)
     hf_model: str | None = None  # or a Hugging Face model id, e.g. OwensLab/commfor-model-384
     sets: str | None = None  # comma list of sets to score; default: every set in the folder

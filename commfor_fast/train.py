@@ -365,7 +365,7 @@ def train(settings: TrainSettings) -> Path:
                 old.unlink()
         log.print(f"saved {path}")
 
-    def validate(epoch: int) -> None:
+    def validate(epoch: int) -> dict[str, Any]:
         from commfor_fast.metrics import accuracy, average_precision
 
         started = time.perf_counter()
@@ -392,12 +392,14 @@ def train(settings: TrainSettings) -> Path:
         log.print(f"epoch {epoch} validation: loss {fmt(loss)}, acc {fmt(record['val_acc'])}, "
                   f"AP {fmt(record['val_ap'])} on {record['val_n']} images "
                   f"({time.perf_counter() - started:.0f} s)")
+        return record
 
     # -- the loop
     log.print(f"training {model.model_args} on {manifest.sets[train_set].num_samples} images ({train_set}), "
               f"{env.world_size} process(es) x batch {settings.batch_size}, {itrs_per_epoch} iterations per epoch, "
               f"{total_itrs} in all (warmup {warmup}), loader {settings.loader}, device {device}")
     window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
+    last_validation: dict[str, Any] | None = None
     while itr < total_itrs:
         t0 = time.perf_counter()
         batch = next(stream)
@@ -432,18 +434,23 @@ def train(settings: TrainSettings) -> Path:
 
         epoch_end = itr % itrs_per_epoch == 0
         if epoch_end and settings.validate and val_set is not None:
-            validate(itr // itrs_per_epoch - 1)
+            last_validation = validate(itr // itrs_per_epoch - 1)
         if epoch_end or itr == total_itrs or (settings.ckpt_every and itr % settings.ckpt_every == 0):
             save_checkpoint()
         if epoch_end:  # the throughput window starts after validation and saving
             window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
 
     # -- teardown: the final model as a plain state dict (the original's format) and
-    # as a `save_pretrained` folder that `--hf-model` and `from_pretrained` accept
+    # as a `save_pretrained` folder with a model card, that `--hf-model` and
+    # `from_pretrained` accept
     final = out / "model.pt"
     if env.is_main:
+        from commfor_fast.modelcard import write_model_card
+
         save_atomic(clean_state_dict(model), final)
         model.save_pretrained(out / "final")
+        write_model_card(out / "final", model_args=model.model_args, timm_name=model.timm_name, settings=settings,
+                         manifest=manifest, train_set=train_set, schedule=schedule, validation=last_validation)
         log.print(f"final model: {final} (and {out / 'final'} for from_pretrained)")
     stream.close()
     log.close()

@@ -23,6 +23,7 @@ from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.evaluate import evaluate_shards
 from commfor_fast.errors import UserError
 from commfor_fast.settings import EvalSettings, TrainSettings
+from commfor_fast.shards import Manifest
 from commfor_fast.train import checkpoints_in, lr_factor, resume_changes, settings_dict, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +101,17 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     again, _ = load_detector(hf_model=str(run / "final"))  # save_pretrained folder
     x = torch.randn(1, 3, 224, 224)
     assert torch.allclose(model(x), again(x))
+    # the folder's model card: metadata, task, input, data, settings, the last validation, how to load
+    card = (run / "final" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: commfor-fast\n") and "pipeline_tag: image-classification" in card
+    assert "ViT tiny/16 at 224 px" in card and "centre crop 224 x 224" in card and "resized to\n256" in card
+    counts = Manifest.load(easy).sets["train"].counts
+    n_real, n_fake = counts["cam-dark"]["0"], counts["gen-bright"]["1"]
+    assert f"{n_real + n_fake} images, {n_real} real and {n_fake} fake, from\n1 real source(s) and 1 generator(s)" in card
+    assert "| iterations | 24 (2 warmup), 1 process(es) x batch 4 |" in card and "| started from | random" in card
+    assert f"At iteration {val[-1]['itr']}, on 12 held-out images" in card
+    assert f"accuracy {val[-1]['val_acc']:.4f}" in card and f"average precision {val[-1]['val_ap']:.4f}" in card
+    assert 'CommForDetector.from_pretrained("PATH_OR_HUB_ID")' in card
 
 
 def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
