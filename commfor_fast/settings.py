@@ -85,7 +85,7 @@ class EvalSettings:
     num_threads: int = 4
     use_amp: bool = False
     amp_dtype: str = "fp16"
-    save_scores: bool = False  # also write every image's score
+    save_scores: bool = False  # also write every image's set, key, original name, source, label, logit and score
     scores_format: str = "parquet"  # "parquet" or "csv"
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
