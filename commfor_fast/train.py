@@ -170,6 +170,17 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "itr"}, step=record["itr"])
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every record in `metrics.jsonl`, including those of the runs this one resumed
+        (a line cut short by a kill is skipped)."""
+        records = []
+        for line in Path(self.file.name).read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
     def close(self) -> None:
         if self.enabled:
             self.file.close()
@@ -365,7 +376,7 @@ def train(settings: TrainSettings) -> Path:
                 old.unlink()
         log.print(f"saved {path}")
 
-    def validate(epoch: int) -> dict[str, Any]:
+    def validate(epoch: int) -> None:
         from commfor_fast.metrics import accuracy, average_precision
 
         started = time.perf_counter()
@@ -392,14 +403,12 @@ def train(settings: TrainSettings) -> Path:
         log.print(f"epoch {epoch} validation: loss {fmt(loss)}, acc {fmt(record['val_acc'])}, "
                   f"AP {fmt(record['val_ap'])} on {record['val_n']} images "
                   f"({time.perf_counter() - started:.0f} s)")
-        return record
 
     # -- the loop
     log.print(f"training {model.model_args} on {manifest.sets[train_set].num_samples} images ({train_set}), "
               f"{env.world_size} process(es) x batch {settings.batch_size}, {itrs_per_epoch} iterations per epoch, "
               f"{total_itrs} in all (warmup {warmup}), loader {settings.loader}, device {device}")
     window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
-    last_validation: dict[str, Any] | None = None
     while itr < total_itrs:
         t0 = time.perf_counter()
         batch = next(stream)
@@ -434,7 +443,7 @@ def train(settings: TrainSettings) -> Path:
 
         epoch_end = itr % itrs_per_epoch == 0
         if epoch_end and settings.validate and val_set is not None:
-            last_validation = validate(itr // itrs_per_epoch - 1)
+            validate(itr // itrs_per_epoch - 1)
         if epoch_end or itr == total_itrs or (settings.ckpt_every and itr % settings.ckpt_every == 0):
             save_checkpoint()
         if epoch_end:  # the throughput window starts after validation and saving
@@ -449,8 +458,10 @@ def train(settings: TrainSettings) -> Path:
 
         save_atomic(clean_state_dict(model), final)
         model.save_pretrained(out / "final")
+        validations = [r for r in log.records() if "val_loss" in r]  # this run's, across resumes
         write_model_card(out / "final", model_args=model.model_args, timm_name=model.timm_name, settings=settings,
-                         manifest=manifest, train_set=train_set, schedule=schedule, validation=last_validation)
+                         manifest=manifest, train_set=train_set, schedule=schedule,
+                         validation=validations[-1] if validations else None)
         log.print(f"final model: {final} (and {out / 'final'} for from_pretrained)")
     stream.close()
     log.close()
