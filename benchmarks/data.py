@@ -14,9 +14,10 @@ import torch
 from commfor_fast.demo import synth
 
 SIZE = 1024
+TINY_SIZE, TINY_IMAGES = 480, 16  # `tiny`: the smallest set every benchmark still runs on (384 crops)
 
 
-def write_sources(root: Path, n_images: int, seed: int = 0) -> dict[str, Path]:
+def write_sources(root: Path, n_images: int, seed: int = 0, size: int = SIZE) -> dict[str, Path]:
     """n_images per format (half real, half fake) under root/{png,jpeg}/<source>/<label>/."""
     roots = {"PNG": root / "png", "JPEG": root / "jpeg"}
     if all((r / "done").exists() for r in roots.values()):
@@ -25,7 +26,7 @@ def write_sources(root: Path, n_images: int, seed: int = 0) -> dict[str, Path]:
     for i in range(n_images):
         src = sources[i % 2]
         rng = synth.np.random.default_rng([seed, i])
-        image = synth.render_image(src, rng, (SIZE, SIZE))
+        image = synth.render_image(src, rng, (size, size))
         for fmt, folder in roots.items():
             path = folder / src.name.replace("/", "-") / ("fake" if src.label else "real") / f"{i:05d}.{fmt.lower()}"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,18 +36,21 @@ def write_sources(root: Path, n_images: int, seed: int = 0) -> dict[str, Path]:
     return {k.lower(): v for k, v in roots.items()}
 
 
-def bench_shards(work: Path, quick: bool) -> dict[str, Path]:
-    """{label: convert output} for the pipeline and training benchmarks."""
+def bench_shards(work: Path, quick: bool, tiny: bool = False) -> dict[str, Path]:
+    """{label: convert output} for the pipeline and training benchmarks; `tiny` makes
+    16 images of 480 px (a dry run of the scripts, not a measurement)."""
     from commfor_fast.convert.run import convert
     from commfor_fast.convert.settings import ConvertSettings
 
-    n_images = 48 if quick else 160
+    n_images, size = (48 if quick else 160), SIZE
     if torch.cuda.is_available():  # GPU runs train at batch 128: give them a few batches per epoch
         n_images = 256 if quick else 1024
-    sources = write_sources(work / f"sources-{n_images}", n_images)
+    if tiny:
+        n_images, size = TINY_IMAGES, TINY_SIZE
+    sources = write_sources(work / f"sources-{n_images}-{size}", n_images, size=size)
     outputs = {}
-    for label, folder, preresize in (("png-1024", sources["png"], None), ("jpeg-1024", sources["jpeg"], None),
-                                     ("png-1024 preresized", sources["png"], 440)):
+    for label, folder, preresize in ((f"png-{size}", sources["png"], None), (f"jpeg-{size}", sources["jpeg"], None),
+                                     (f"png-{size} preresized", sources["png"], 440)):
         out = work / f"shards-{n_images}-{label.replace(' ', '-')}"
         if not (out / "manifest.json").exists():
             convert(ConvertSettings(folders=[folder], out=out, val_frac=0.0, preresize=preresize, quiet=True,

@@ -11,25 +11,22 @@ the reference executor reading the same source verbatim (the original pipeline).
 
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Timing, bench_main, measure  # noqa: E402
 
-from commfor_fast.pipelines.dali import PlanCompiler  # noqa: E402
 from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream  # noqa: E402
-from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan  # noqa: E402
+from commfor_fast.pipelines.plan import RSAConfig  # noqa: E402
+from commfor_fast.settings import TrainSettings  # noqa: E402
 from commfor_fast.shards import Manifest  # noqa: E402
 
 COLUMNS = ["shards", "mode", "engine", "threads", "img/s", "img/s per core", "x reference per core",
            "host CPU ms/img"]
-PLAN_COLUMNS = ["mode", "stored image", "host CPU ms/img"]
 
 
 def _engines() -> list[tuple[str, str]]:
@@ -44,7 +41,8 @@ def _time_train(root: Path, manifest: Manifest, engine: str, device: str, thread
                 batches: int, repeats: int, crop: int) -> Timing:
     set_name = manifest.training_sets()[0]
     stream = create_train_stream(engine, root, manifest, set_name, device=torch.device(device), batch_size=batch,
-                                 crop=crop, rsa=RSAConfig(), seed=0, rank=0, world_size=1, num_threads=threads)
+                                 crop=crop, rsa=RSAConfig(), seed=0, rank=0, world_size=1, num_threads=threads,
+                                 batches_per_run=TrainSettings.batches_per_run)
 
     def run() -> int:
         for _ in range(batches):
@@ -80,14 +78,14 @@ def _time_eval(root: Path, manifest: Manifest, engine: str, device: str, threads
 def run(shards: dict[str, Path], quick: bool, threads: int = 2, crop: int = 384) -> list[dict[str, Any]]:
     """Benchmark every engine on every shard folder; `shards` maps a label (e.g.
     "png-1024", "png-1024 preresized") to a `convert` output folder."""
-    batch = 8 if quick else 16
-    batches = 4 if quick else 12
     repeats = 2 if quick else 3
     rows: list[dict[str, Any]] = []
     for label, root in shards.items():
         manifest = Manifest.load(root)
         for mode in ("train", "eval"):
             for engine, device in _engines():
+                # a GPU pipeline at the paper's batch; CPU engines at batches that fit two cores
+                batch, batches = (128, 16 if quick else 48) if device == "cuda" else (8 if quick else 16, 4 if quick else 12)
                 if mode == "train":
                     t = _time_train(root, manifest, engine, device, threads, batch, batches, repeats, crop)
                 else:
@@ -101,35 +99,6 @@ def run(shards: dict[str, Path], quick: bool, threads: int = 2, crop: int = 384)
                      and r["engine"] == "reference-cpu"), None)
         if base:
             row["x reference per core"] = row["img/s per core"] / base["img/s per core"]
-    return rows
-
-
-def plan_rows(quick: bool, crop: int = 384, batch: int = 128) -> list[dict[str, Any]]:
-    """Host CPU per image of the pipelines' Python step (drawing and lowering every
-    sample's plan, `PlanCompiler`), alone: on a GPU it is our own code's per-image
-    host work besides reading; DALI's scheduling of the graph comes on top."""
-    rsa = RSAConfig()
-    rows = []
-    for mode, preresized, (h, w) in (("train", True, (440, 586)), ("train", False, (1024, 1024)),
-                                     ("eval", True, (440, 586)), ("eval", False, (1024, 1024))):
-        def draw(ids, height, width, rng, mode=mode, preresized=preresized):
-            if mode == "train":
-                return train_plan(rng, rsa, height, width, crop, preresized)
-            return eval_plan(height, width, crop, preresized)
-
-        compiler = PlanCompiler(draw, rsa.max_steps if mode == "train" else 0)
-        ids = [np.array([i % 2, 0, i, h, w], np.int32) for i in range(batch)]
-        encoded = [np.zeros(1, np.uint8)] * batch
-        calls = itertools.count()
-
-        def run() -> int:
-            seeds = [np.array([next(calls), 0], np.int64) for _ in range(batch)]
-            compiler(ids, seeds, encoded)
-            return batch
-
-        t = measure(run, 3 if quick else 10)
-        rows.append({"mode": mode, "stored image": f"{h}x{w}{' pre-resized' if preresized else ''}",
-                     "host CPU ms/img": t.cpu_ms_per_image})
     return rows
 
 

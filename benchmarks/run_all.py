@@ -1,19 +1,22 @@
 """`commfor-fast bench`: the converter, pipeline and training benchmarks in one run.
 
-Writes `BENCH.md` (the machine, the date and one table per benchmark) and
-`bench.png` (pipeline images/s per engine) into the output folder, and prints the
-Markdown. `--quick` runs a reduced set (a few minutes on 2 CPU cores).
+Writes `BENCH.md` (the machine, the date and one table per benchmark),
+`results.json` (every figure, machine-readable; among them the host-cost keys of
+`host_bench.py`) and `bench.png` (pipeline images/s per engine) into the output
+folder, and prints the Markdown. `--quick` runs a reduced set (a few minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convert_bench  # noqa: E402
+import host_bench  # noqa: E402
 import pipeline_bench  # noqa: E402
 import train_bench  # noqa: E402
 from common import machine, markdown_table  # noqa: E402
@@ -61,15 +64,19 @@ def run_all(out: Path, quick: bool, shards: list[Path] | None = None, threads: i
     sections.append("## Pipelines (batches from the torch-facing loaders)\n\n" +
                     markdown_table(rows, pipeline_bench.COLUMNS))
     chart = _chart(rows, out / "bench.png")
-    sections.append("Host work per image in the pipelines' Python step (drawing and lowering each sample's "
-                    "plan, batch 128), the same on every engine:\n\n" +
-                    markdown_table(pipeline_bench.plan_rows(quick), pipeline_bench.PLAN_COLUMNS))
+    results: dict[str, Any] = {"date": datetime.date.today().isoformat(), "machine": machine(), "quick": quick,
+                               "pipelines": rows}
+    host = host_bench.run(found, quick)
+    results.update(host)
+    sections.append("## Host cost of the GPU configuration (measured on this CPU)\n\n" +
+                    markdown_table(host_bench.rows(host), host_bench.COLUMNS))
     if any("preresized" in name for name in found):
-        rows = train_bench.run(found, quick, threads)
+        results["training"] = rows = train_bench.run(found, quick, threads)
         sections.append("## Training loop: real pipeline vs synthetic batches\n\n" +
                         markdown_table(rows, train_bench.COLUMNS))
     text = "\n\n".join(sections) + f"\n\n![pipeline throughput]({chart.name})\n"
     path = out / "BENCH.md"
     path.write_text(text)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(text)
     return path

@@ -58,8 +58,9 @@ def _train_once(data: Path, flags: list[str], itrs: int, window: int, device: st
     }
 
 
-def run(shards: dict[str, Path], quick: bool, threads: int = 2) -> list[dict[str, Any]]:
-    """Synthetic bound, then the DALI and reference loaders on the given shard folders."""
+def run(shards: dict[str, Path], quick: bool, threads: int = 2, reference: bool = True) -> list[dict[str, Any]]:
+    """Synthetic bound, then the DALI (and, with `reference`, the reference) loaders on
+    the given shard folders."""
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     label, flags, itrs, window = _model_args(gpu, quick)
@@ -68,8 +69,9 @@ def run(shards: dict[str, Path], quick: bool, threads: int = 2) -> list[dict[str
     for name, folder in shards.items():
         if "preresized" in name or "jpeg" in name:
             configs.append((name, folder, ["--loader", "dali"]))
-    configs.append((next(n for n in shards if "preresized" in n), shards[next(n for n in shards if "preresized" in n)],
-                    ["--loader", "reference"]))
+    if reference:
+        preresized = next(n for n in shards if "preresized" in n)
+        configs.append((preresized, shards[preresized], ["--loader", "reference"]))
     compile_options = [False, True] if gpu else [False]
     rows = []
     for use_compile in compile_options:

@@ -63,7 +63,9 @@ def model_card(*, model_args: dict[str, Any], timm_name: str, settings: TrainSet
         "iterations": f"{schedule['total_itrs']} ({schedule['warmup']} warmup), "
                       f"{schedule['world_size']} process(es) x batch {settings.batch_size}",
         "optimiser": f"AdamW, lr {settings.lr}, weight decay {settings.weight_decay}, gradient clipping "
-                     f"{settings.grad_clip}, {'constant lr' if settings.no_lr_schedule else 'cosine to lr x 1e-3'}",
+                     f"{settings.grad_clip}, "
+                     + ("constant lr" if settings.no_lr_schedule else
+                        f"cosine towards lr x 1e-3 (`--lr-schedule {settings.lr_schedule}`)"),
         "precision": settings.amp_dtype if settings.use_amp else "fp32",
         "augmentation": f"RandomStateAugmentation: {settings.rsa_ops.replace(',', ', ')} "
                         f"(each {settings.rsa_min_num_ops} to {settings.rsa_max_num_ops} times)",

@@ -26,6 +26,7 @@ class TrainSettings:
     out: Path  # run folder: checkpoints, final model, metrics.jsonl
     loader: str = "dali"  # "dali" or "reference" (the PIL executor, for comparison)
     num_threads: int = 4  # CPU threads per process for the loader (the original's --cpus-per-gpu)
+    batches_per_run: int = 4  # DALI: training batches per pipeline run, sharing DALI's fixed cost per run
     device: str = "auto"  # "cuda", "cpu", or "auto": cuda when a GPU is visible
     # model
     model_size: str = "small"
@@ -46,6 +47,7 @@ class TrainSettings:
     warmup_epochs: float = 3.0  # linear warmup, in epochs (fractions allowed)
     warmup_frac: float = -1.0  # warmup as a fraction of all iterations; overrides warmup_epochs when > 0
     no_lr_schedule: bool = False  # constant lr (after warmup)
+    lr_schedule: str = "original"  # "original" (its cosine stepping) or "per-iteration" (ends exactly at the floor)
     grad_clip: float = 1.0
     use_amp: bool = False
     amp_dtype: str = "fp16"  # "fp16" (with a grad scaler) or "bf16"
@@ -56,7 +58,6 @@ class TrainSettings:
     rsa_min_num_ops: str = "0"
     rsa_max_num_ops: str = "2"
     fix_padding_quirk: bool = False
-    shuffle_buffer: int = 4096  # DALI reader shuffle buffer (samples)
     # checkpoints and logging
     ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)
     ckpt_keep_count: int = 5  # newest checkpoints kept (-1: all, 0: write none)

@@ -6,9 +6,10 @@ torchrun:         torchrun --nproc_per_node=8 -m commfor_fast train --data SHARD
 The file reads top to bottom: settings, distributed set-up, data, model, optimizer
 and schedule, resume, the loop, teardown. The defaults are the reference recipe
 (SPEC section 5): AdamW (lr 2e-5, weight decay 1e-2), BCE-with-logits, gradient
-clipping at 1.0, linear warmup then cosine annealing to lr * 1e-3 (stepped exactly
-once per iteration; the original steps twice), mixed precision with a grad scaler
-for fp16, per-rank batch size, a checkpoint every epoch keeping the newest N.
+clipping at 1.0, linear warmup then cosine annealing towards lr * 1e-3 stepped as the
+original steps it (`LRSchedule`; `--lr-schedule per-iteration` ends exactly at the
+floor instead), mixed precision with a grad scaler for fp16, per-rank batch size, a
+checkpoint every epoch keeping the newest N.
 
 Resume is exact: a checkpoint holds the model, optimizer, grad scaler, iteration (the
 schedule is a function of it), the schedule's shape and every rank's data-stream
@@ -52,11 +53,12 @@ CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 # Settings that shape the data stream: a checkpoint's stream position only replays
 # the same batches when these (and the process count) are unchanged.
-STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "shuffle_buffer", "rsa_ops", "rsa_min_num_ops",
+STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "batches_per_run", "rsa_ops", "rsa_min_num_ops",
                    "rsa_max_num_ops", "fix_padding_quirk", "num_threads")
 # Settings that shape the optimisation schedule. Neither kind may change on resume
 # without --allow-changed-settings.
-SCHEDULE_SETTINGS = ("epochs", "train_itrs", "lr", "weight_decay", "warmup_epochs", "warmup_frac", "no_lr_schedule")
+SCHEDULE_SETTINGS = ("epochs", "train_itrs", "lr", "weight_decay", "warmup_epochs", "warmup_frac", "no_lr_schedule",
+                     "lr_schedule")
 
 
 def check_settings(s: TrainSettings) -> None:
@@ -64,7 +66,7 @@ def check_settings(s: TrainSettings) -> None:
     from commfor_fast.pipelines.loader import ENGINES
 
     positive = {"--batch-size": s.batch_size, "--epochs": s.epochs, "--log-every": s.log_every,
-                "--num-threads": s.num_threads, "--shuffle-buffer": s.shuffle_buffer}
+                "--num-threads": s.num_threads, "--batches-per-run": s.batches_per_run}
     for flag, value in positive.items():
         if value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
@@ -78,6 +80,8 @@ def check_settings(s: TrainSettings) -> None:
     if s.warmup_frac >= 1 or s.warmup_epochs < 0:
         raise UserError(f"--warmup-frac {s.warmup_frac} / --warmup-epochs {s.warmup_epochs}: the fraction must "
                         "be below 1 (-1 disables it), the epochs >= 0")
+    if s.lr_schedule not in LR_SCHEDULES:
+        raise UserError(f"--lr-schedule {s.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     if s.loader not in ENGINES:
         raise UserError(f"--loader {s.loader!r}: choose one of {', '.join(ENGINES)}")
     if s.hf_model is not None and (s.ckpt is not None or s.pretrained_path is not None):
@@ -86,19 +90,86 @@ def check_settings(s: TrainSettings) -> None:
     amp_dtype(s.amp_dtype)
 
 
-def lr_factor(itr: int, total: int, warmup: int, constant: bool, final_ratio: float = 1e-3) -> float:
-    """Multiplier of the base lr at iteration `itr` (0-based).
+LR_SCHEDULES = ("original", "per-iteration")
 
-    Linear warmup `(itr + 1) / warmup` for `warmup` iterations, then cosine annealing
-    from 1 to `final_ratio` over the remaining iterations (or constant 1).
+
+@dataclasses.dataclass(frozen=True)
+class LRSchedule:
+    """The lr multiplier of every iteration, a pure function of the (0-based) iteration.
+
+    Being a pure function makes resume exact: the lr after a resume is the
+    uninterrupted run's. `warmup` is `round(warmup_frac * total)` or
+    `round(warmup_epochs * per_epoch)`, as the original rounds it.
+
+    "original" (the default) gives the lr the original's loop gives (SPEC section 5):
+    it counts iterations from k = 1, sets `lr * (k + 1) / warmup` before iteration k
+    while `k < warmup`, and runs torch's `CosineAnnealingLR(T_max = epochs * per_epoch
+    - warmup, eta_min = lr * final_ratio)`, stepped after every iteration with
+    `k > warmup` and once more at every epoch end (with `--train-itrs`, epochs =
+    ceil(total / per_epoch)). Before iteration k the scheduler has thus stepped
+    `t = max(k - 1 - warmup, 0) + (k - 1) // per_epoch` times. torch's step is
+    recursive (it rescales the distance of the current lr from eta_min), so the
+    epoch-end steps taken during the warmup leave a scale `c(t_peak)` behind, where
+    `t_peak` is the step count when the lr was last set to the peak and
+    `c(u) = 1 + cos(pi u / T_max)`: the lr is `eta_min + (lr - eta_min) c(t) / c(t_peak)`
+    until torch's first additive step (the step to `T_max + 1 (mod 2 T_max)`, past
+    the floor), after which it is the plain `eta_min + (lr - eta_min) c(t) / 2`. So
+    the original need not end at the floor: its scheduler takes T_max + epochs steps,
+    so without `--train-itrs` the last iteration runs `epochs - 2` steps past the floor
+    (the cosine rises again; negligible with thousands of iterations per epoch), and
+    with a `--train-itrs` that is not a multiple of the epoch it stops short of it.
+    T_max below 1 (a warmup as long as the run, where the original divides by zero)
+    counts as 1.
+
+    "per-iteration": warmup `(itr + 1) / warmup` for `itr < warmup`, then one cosine
+    step per iteration from 1 down to `final_ratio`, which it reaches at the end of
+    the run. `constant` (`--no-lr-schedule`) keeps 1 after the warmup in both.
     """
-    if itr < warmup:
-        return (itr + 1) / warmup
-    if constant:
-        return 1.0
-    span = max(total - warmup, 1)
-    progress = min((itr - warmup) / span, 1.0)
-    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    kind: str  # one of LR_SCHEDULES
+    total: int  # iterations the run trains
+    per_epoch: int  # iterations per epoch
+    warmup: int  # warmup iterations
+    constant: bool
+    final_ratio: float = 1e-3
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings, per_epoch: int) -> LRSchedule:
+        use_itrs = settings.train_itrs is not None and settings.train_itrs > 0
+        total = settings.train_itrs if use_itrs else settings.epochs * per_epoch
+        warmup = round(settings.warmup_frac * total if settings.warmup_frac > 0 else settings.warmup_epochs * per_epoch)
+        return cls(settings.lr_schedule, total, per_epoch, warmup, settings.no_lr_schedule)
+
+    def factor(self, itr: int) -> float:
+        """Multiplier of the base lr at iteration `itr` (0-based)."""
+        if self.kind == "original":
+            if itr + 1 < self.warmup:
+                return (itr + 2) / self.warmup
+            return 1.0 if self.constant else self._original_cosine(itr + 1)
+        if itr < self.warmup:
+            return (itr + 1) / self.warmup
+        if self.constant:
+            return 1.0
+        progress = min((itr - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _original_cosine(self, k: int) -> float:
+        """The original's lr factor at its iteration k >= warmup (1-based)."""
+        t_max = max(math.ceil(self.total / self.per_epoch) * self.per_epoch - self.warmup, 1)
+
+        def c(u: int) -> float:
+            return 1 + math.cos(math.pi * u / t_max)
+
+        t = max(k - 1 - self.warmup, 0) + (k - 1) // self.per_epoch
+        # the step count when the lr was last the peak: set at k = warmup - 1, or at construction
+        peak, scale = max(self.warmup - 2, 0) // self.per_epoch, 1.0
+        if t == peak:
+            return 1.0
+        if (peak - t_max) % (2 * t_max) == 0:  # c(peak) = 0: torch's next step adds instead of rescaling
+            peak, scale = peak + 1, 1 + (1 - math.cos(math.pi / t_max)) / 2
+        first_add = peak + 1 + (t_max - peak) % (2 * t_max)
+        d = c(t) / 2 if t >= first_add else scale * c(t) / c(peak)
+        return self.final_ratio + (1 - self.final_ratio) * d
 
 
 def checkpoints_in(folder: Path) -> list[Path]:
@@ -118,9 +189,9 @@ def settings_dict(settings: TrainSettings) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
 
 
-def resume_changes(ckpt: dict[str, Any], settings: TrainSettings, schedule: dict[str, int]) -> tuple[list[str], bool]:
+def resume_changes(ckpt: dict[str, Any], settings: TrainSettings, shape: dict[str, int]) -> tuple[list[str], bool]:
     """What changed since our checkpoint `ckpt` among the settings that shape the schedule
-    or the data stream, and the schedule they give (`schedule`: process count, iterations
+    or the data stream, and the schedule they give (`shape`: process count, iterations
     in all, warmup iterations), one `what: old -> new` line each; and whether the
     checkpoint's data-stream positions still apply."""
     before, now = ckpt.get("settings", {}), settings_dict(settings)
@@ -128,9 +199,9 @@ def resume_changes(ckpt: dict[str, Any], settings: TrainSettings, schedule: dict
     changes = [f"--{k.replace('_', '-')}: {before.get(k)} -> {now[k]}"
                for k in (*SCHEDULE_SETTINGS, *STREAM_SETTINGS) if str(before.get(k)) != str(now[k])]
     names = {"world_size": "processes", "total_itrs": "iterations in all", "warmup": "warmup iterations"}
-    changes += [f"{name}: {was[k]} -> {schedule[k]}" for k, name in names.items()
-                if k in was and was[k] != schedule[k]]
-    same_stream = was["world_size"] == schedule["world_size"] and all(
+    changes += [f"{name}: {was[k]} -> {shape[k]}" for k, name in names.items()
+                if k in was and was[k] != shape[k]]
+    same_stream = was["world_size"] == shape["world_size"] and all(
         str(before.get(k)) == str(now[k]) for k in STREAM_SETTINGS)
     return changes, same_stream
 
@@ -259,17 +330,14 @@ def train(settings: TrainSettings) -> Path:
         log.print(f"note: {settings.data} has no validation images (convert with --val-frac > 0); "
                   "no validation will run")
     itrs_per_epoch = iters_per_epoch(manifest.sets[train_set].num_samples, settings.batch_size, env.world_size)
-    use_itrs = settings.train_itrs is not None and settings.train_itrs > 0
-    total_itrs = settings.train_itrs if use_itrs else settings.epochs * itrs_per_epoch
-    if settings.warmup_frac > 0:
-        warmup = int(settings.warmup_frac * total_itrs)
-    else:
-        warmup = int(settings.warmup_epochs * itrs_per_epoch)
-    if warmup > total_itrs:
-        log.print(f"warning: the warmup ({warmup} iterations, --warmup-epochs {settings.warmup_epochs}) is longer "
-                  f"than the whole run ({total_itrs}): the lr never reaches --lr {settings.lr}; shorten "
+    schedule = LRSchedule.from_settings(settings, itrs_per_epoch)
+    total_itrs = schedule.total
+    if schedule.warmup > total_itrs:
+        log.print(f"warning: the warmup ({schedule.warmup} iterations, --warmup-epochs {settings.warmup_epochs}) is "
+                  f"longer than the whole run ({total_itrs}): the lr never reaches --lr {settings.lr}; shorten "
                   "--warmup-epochs or give --warmup-frac")
-    schedule = {"world_size": env.world_size, "total_itrs": total_itrs, "warmup": warmup}
+    # what a resume compares besides the settings: the process count and the schedule they give
+    shape = {"world_size": env.world_size, "total_itrs": total_itrs, "warmup": schedule.warmup}
 
     # -- model: from rank 0's choice of checkpoint (never needs the ImageNet download)
     from commfor_fast.model import clean_state_dict, create_detector, detector_from_checkpoint, load_detector, \
@@ -312,7 +380,7 @@ def train(settings: TrainSettings) -> Path:
     full_resume = ckpt is not None and ckpt_format == "commfor-fast" and (
         resuming or not settings.only_load_model_weights)
     if full_resume:
-        changes, same_stream = resume_changes(ckpt, settings, schedule)
+        changes, same_stream = resume_changes(ckpt, settings, shape)
         if changes and not settings.allow_changed_settings:
             raise UserError(
                 f"{start} was written with other settings ({'; '.join(changes)}); rerun with the same ones, "
@@ -336,8 +404,7 @@ def train(settings: TrainSettings) -> Path:
     # the lr and weight decay of these settings.
     for group in optimizer.param_groups:
         group["initial_lr"], group["weight_decay"] = settings.lr, settings.weight_decay
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: lr_factor(i, total_itrs, warmup, settings.no_lr_schedule), last_epoch=itr - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor, last_epoch=itr - 1)
 
     if settings.synthetic_data:
         stream = SyntheticStream(settings.batch_size, crop, device)
@@ -345,7 +412,7 @@ def train(settings: TrainSettings) -> Path:
         stream = create_train_stream(
             settings.loader, settings.data, manifest, train_set, device=device, batch_size=settings.batch_size,
             crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank, world_size=env.world_size,
-            num_threads=settings.num_threads, initial_fill=settings.shuffle_buffer, state=data_state,
+            num_threads=settings.num_threads, batches_per_run=settings.batches_per_run, state=data_state,
         )
 
     # -- compile and DDP
@@ -367,7 +434,7 @@ def train(settings: TrainSettings) -> Path:
         save_atomic({
             "model": clean_state_dict(model), "model_args": model.model_args,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": itr // itrs_per_epoch, "itr": itr, "schedule": schedule,
+            "epoch": itr // itrs_per_epoch, "itr": itr, "schedule": shape,
             "data": states, "settings": settings_dict(settings), "version": __version__,
         }, path)
         kept = checkpoints_in(out)
@@ -407,7 +474,8 @@ def train(settings: TrainSettings) -> Path:
     # -- the loop
     log.print(f"training {model.model_args} on {manifest.sets[train_set].num_samples} images ({train_set}), "
               f"{env.world_size} process(es) x batch {settings.batch_size}, {itrs_per_epoch} iterations per epoch, "
-              f"{total_itrs} in all (warmup {warmup}), loader {settings.loader}, device {device}")
+              f"{total_itrs} in all (warmup {schedule.warmup}, {schedule.kind} lr schedule), "
+              f"loader {settings.loader}, device {device}")
     window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
     while itr < total_itrs:
         t0 = time.perf_counter()
@@ -460,7 +528,7 @@ def train(settings: TrainSettings) -> Path:
         model.save_pretrained(out / "final")
         validations = [r for r in log.records() if "val_loss" in r]  # this run's, across resumes
         write_model_card(out / "final", model_args=model.model_args, timm_name=model.timm_name, settings=settings,
-                         manifest=manifest, train_set=train_set, schedule=schedule,
+                         manifest=manifest, train_set=train_set, schedule=shape,
                          validation=validations[-1] if validations else None)
         log.print(f"final model: {final} (and {out / 'final'} for from_pretrained)")
     stream.close()

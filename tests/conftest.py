@@ -26,6 +26,18 @@ from commfor_fast.demo.hf_replica import write_hf_replica
 from commfor_fast.shards import Manifest, ShardReader
 
 HF_SPLITS = ("Systematic", "Manual", "PublicEval")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` need a CUDA device: skipped (and said so) without one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 LABEL_DIRS = {0: "real", 1: "fake"}
 
 

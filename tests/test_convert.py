@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import image_bytes, picture, read_all_samples, write_folder_tree
+from conftest import hf_rows, image_bytes, picture, read_all_samples, write_folder_tree
 from PIL import Image
 
 from commfor_fast.convert import settings as convert_settings
 from commfor_fast.convert.balance import water_fill
 from commfor_fast.convert.check import check_data, check_structure, jpeg_is_complete
 from commfor_fast.convert.settings import default_workers
+from commfor_fast.demo.hf_replica import write_hf_replica
 from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb, encode_raw, resize_shorter
 from commfor_fast.shards import Manifest, unpack_ids
 
@@ -407,6 +408,29 @@ def test_balancing_is_reported(tmp_path, hf_replica, extra_real, convert_into, c
     convert_into(tmp_path / "kept", hf_repo=str(hf_replica), hf_split="Manual", folders=[extra_real], val_frac=0,
                  balance=False, quiet=False)
     assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith(("balance", "note"))]
+
+
+@pytest.mark.parametrize(("hf_fakes", "kept"), [(2, 8), (4, 0)])
+def test_balancing_is_skipped_only_when_hf_reals_outnumber_all_fakes(tmp_path, extra_real, convert_into, capsys,
+                                                                     hf_fakes, kept):
+    # 4 HF reals against 2 fakes: limit 2 - 4 < 0, the original keeps all 8 local reals and we warn;
+    # against 4 fakes the limit is exactly 0 and, as in the original, every local real is dropped
+    layout = {"Systematic": [("gen/a", 1, "GAN", ("png",) * hf_fakes), ("real-x", 0, "real", ("jpeg",) * 4)]}
+    replica = write_hf_replica(tmp_path / f"hf{hf_fakes}", hf_rows(layout), rows_per_file=3, row_group_size=2)
+    manifest = convert_into(tmp_path / "out", hf_repo=str(replica), hf_split="Systematic", folders=[extra_real],
+                            val_frac=0, quiet=False)
+    stored = [json.loads(m["json"]) for _, m in read_all_samples(tmp_path / "out")["all"]]
+    assert sum(meta["source"] == "folder" for meta in stored) == manifest.balance["local_reals_kept"] == kept
+    assert manifest.balance["limit"] == hf_fakes - 4
+    warned = [w for w in manifest.warnings if w.startswith("reals already outnumber fakes")]
+    printed = [line for line in capsys.readouterr().err.splitlines() if "reals already outnumber fakes" in line]
+    if kept:
+        assert manifest.balance["applied"] is False
+        assert warned == ["reals already outnumber fakes (12 to 2): the HF reals alone (4) exceed all fakes, so "
+                          "balancing is skipped and all 8 local real image(s) are kept, as the original does"]
+        assert printed == [f"warning: {warned[0]}"]  # once, before converting
+    else:
+        assert manifest.balance["applied"] is True and not warned and not printed
 
 
 def test_default_workers_respect_the_cgroup_memory_limit(monkeypatch, tmp_path):

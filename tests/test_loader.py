@@ -88,6 +88,44 @@ def test_train_stream_reproducible_sharded_and_resumable(data: Path, engine: str
         assert torch.equal(got.images, want.images) and torch.equal(got.sample_numbers, want.sample_numbers)
 
 
+def test_both_engines_read_one_order_and_runs_cut_into_batches(data: Path) -> None:
+    """The DALI stream reads the reference stream's order, whatever its batches per run,
+    and resumes exactly in the middle of a run."""
+    manifest = Manifest.load(data)
+
+    def numbers(engine: str, per_run: int = 1, state: dict | None = None, n: int = 5):
+        stream = create_train_stream(engine, data, manifest, "all", rsa=RSAConfig(), seed=3, state=state,
+                                     **_kwargs(rank=1, world_size=2), **({"batches_per_run": per_run}
+                                                                         if engine == "dali" else {}))
+        batches = [next(stream) for _ in range(n)]
+        return stream, batches
+
+    _, reference = numbers("reference")
+    _, single = numbers("dali")
+    stream, triple = numbers("dali", per_run=3, n=4)
+    order = [b.sample_numbers.tolist() for b in reference]
+    assert [b.sample_numbers.tolist() for b in single] == order
+    assert [b.sample_numbers.tolist() for b in triple] == order[:4]
+    assert all(b.images.shape == (4, 3, CROP, CROP) for b in triple)
+    want = [next(stream) for _ in range(3)]  # batches 5-7: the rest of run 2, then run 3
+    _, resumed = numbers("dali", per_run=3, state={"engine": "dali", "batches": 4}, n=3)
+    for a, b in zip(resumed, want):
+        assert torch.equal(a.images, b.images) and torch.equal(a.sample_numbers, b.sample_numbers)
+
+
+@pytest.mark.gpu
+def test_gpu_eval_counts_every_sample_once_across_ranks(data: Path) -> None:
+    manifest = Manifest.load(data)
+    seen = []
+    for rank in range(3):
+        loader = create_eval_loader("dali", data, manifest, "all", **{**_kwargs(rank=rank, world_size=3),
+                                                                        "device": torch.device("cuda")})
+        for batch in loader:
+            assert batch.images.is_cuda and batch.images.shape[1:] == (3, CROP, CROP)
+            seen += [int(n) for n in batch.sample_numbers]
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == N_IMAGES
+
+
 def test_reference_epochs_cover_the_set_with_equal_batches_per_rank() -> None:
     from commfor_fast.pipelines.loader import _StreamSampler
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from commfor_fast.evaluate import evaluate_shards
 from commfor_fast.errors import UserError
 from commfor_fast.settings import EvalSettings, TrainSettings
 from commfor_fast.shards import Manifest
-from commfor_fast.train import checkpoints_in, lr_factor, resume_changes, settings_dict, train
+from commfor_fast.train import LRSchedule, checkpoints_in, resume_changes, settings_dict, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ def easy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _settings(data: Path, out: Path, **overrides: object) -> TrainSettings:
     base = dict(data=data, out=out, device="cpu", model_size="tiny", input_size=224, patch_size=16,
                 pretrained=False, batch_size=4, lr=1e-3, warmup_frac=0.1, num_threads=1, log_every=1,
-                ckpt_keep_count=-1, shuffle_buffer=16, rsa_max_num_ops="1", seed=0)
+                ckpt_keep_count=-1, rsa_max_num_ops="1", seed=0)
     base.update(overrides)
     return TrainSettings(**base)  # type: ignore[arg-type]
 
@@ -61,15 +62,70 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_lr_schedule_follows_the_formula() -> None:
-    total, warmup = 100, 10
-    assert lr_factor(0, total, warmup, False) == pytest.approx(0.1)  # (itr + 1) / warmup
-    assert lr_factor(9, total, warmup, False) == pytest.approx(1.0)
-    assert lr_factor(10, total, warmup, False) == pytest.approx(1.0)  # cosine starts at the peak
+def test_per_iteration_lr_schedule_follows_the_formula() -> None:
+    schedule = LRSchedule("per-iteration", total=100, per_epoch=10, warmup=10, constant=False)
+    assert schedule.factor(0) == pytest.approx(0.1)  # (itr + 1) / warmup
+    assert schedule.factor(9) == pytest.approx(1.0)
+    assert schedule.factor(10) == pytest.approx(1.0)  # cosine starts at the peak
     mid = 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * 45 / 90))
-    assert lr_factor(55, total, warmup, False) == pytest.approx(mid)
-    assert lr_factor(100, total, warmup, False) == pytest.approx(1e-3)  # ends at lr * 1e-3
-    assert lr_factor(50, total, warmup, True) == 1.0  # --no-lr-schedule
+    assert schedule.factor(55) == pytest.approx(mid)
+    assert schedule.factor(100) == pytest.approx(1e-3)  # ends at lr * 1e-3
+    constant = LRSchedule("per-iteration", total=100, per_epoch=10, warmup=10, constant=True)
+    assert constant.factor(50) == 1.0  # --no-lr-schedule
+
+
+def original_lrs(lr: float, per_epoch: int, epochs: int, train_itrs: int, warmup: int, constant: bool) -> list[float]:
+    """The lr of every iteration as the original's loop sets it, with torch's real CosineAnnealingLR.
+
+    The original's train.py / utils.train_one_epoch, with the model left out: `itr` counts
+    from 1; `lr * (itr + 1) / warmup` is set while `itr < warmup`; the scheduler steps
+    after every iteration with `itr > warmup` and after every epoch.
+    """
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=epochs * per_epoch - warmup, eta_min=lr if constant else lr * 1e-3)
+    used, itr = [], 0
+    for _ in range(epochs):
+        for _ in range(per_epoch):
+            itr += 1
+            if itr < warmup:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * (itr + 1) / warmup
+            if train_itrs > 0 and itr > train_itrs:
+                break
+            used.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            if itr > warmup:
+                scheduler.step()
+        scheduler.step()
+    return used
+
+
+@pytest.mark.parametrize("per_epoch, overrides", [
+    (10, {}),  # the defaults: 20 epochs, 3 warmup epochs (the cosine passes its floor at the end)
+    (7, {"epochs": 5, "warmup_frac": 0.25}),  # warmup round(8.75) = 9
+    (9, {"train_itrs": 40, "warmup_frac": 0.1}),  # 5 epochs, stops short of the floor
+    (8, {"train_itrs": 30, "warmup_epochs": 1.0}),
+    (5, {"train_itrs": 20, "warmup_epochs": 1.0}),  # a whole number of epochs
+    (3, {"epochs": 6, "warmup_epochs": 2.5}),  # round(7.5) = 8, where int() would give 7
+    (5, {"epochs": 4, "warmup_epochs": 2.2}),  # warmup 11: an epoch ends right after its last set lr
+    (6, {"epochs": 4, "warmup_epochs": 0.5}),
+    (4, {"epochs": 6, "warmup_epochs": 0.25}),  # warmup 1: no warmup lr is ever set
+    (5, {"epochs": 3, "warmup_epochs": 0.0}),
+    (1, {"epochs": 10, "warmup_epochs": 6.0}),  # the peak is set where the cosine sits at its floor
+    (8, {"epochs": 3, "warmup_epochs": 1.0, "no_lr_schedule": True}),  # constant lr
+])
+def test_original_lr_schedule_matches_the_originals_stepping(per_epoch: int, overrides: dict) -> None:
+    settings = TrainSettings(data=Path("d"), out=Path("o"), lr=2e-5, **overrides)
+    schedule = LRSchedule.from_settings(settings, per_epoch)
+    itrs = settings.train_itrs or 0
+    epochs = math.ceil(itrs / per_epoch) if itrs > 0 else settings.epochs
+    total = itrs if itrs > 0 else epochs * per_epoch
+    warmup = round(settings.warmup_frac * total if settings.warmup_frac > 0 else settings.warmup_epochs * per_epoch)
+    expected = original_lrs(settings.lr, per_epoch, epochs, itrs, warmup, settings.no_lr_schedule)
+    ours = [settings.lr * schedule.factor(i) for i in range(schedule.total)]
+    assert schedule.kind == "original" and schedule.warmup == warmup and len(ours) == len(expected) == total
+    np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=0)
 
 
 def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> None:
@@ -78,9 +134,10 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     final = train(settings)
     records = [r for r in _records(run) if "loss" in r]
     assert [r["itr"] for r in records] == list(range(1, 25))
-    # one scheduler step per iteration: iteration k (1-based) used lr * factor(k - 1)
+    # iteration k (1-based) used lr * factor(k - 1) of the original's schedule (9 iterations per epoch)
+    schedule = LRSchedule.from_settings(settings, 9)
     for r in records:
-        assert r["lr"] == pytest.approx(1e-3 * lr_factor(r["itr"] - 1, 24, 2, False))
+        assert r["lr"] == pytest.approx(1e-3 * schedule.factor(r["itr"] - 1), rel=1e-12)
         assert r["images_per_s"] > 0 and 0 <= r["data_wait"] <= 1
         assert 100 < r["host_peak_mb"] < 20_000  # torch alone needs more than 100 MiB
     first, last = np.mean([r["loss"] for r in records[:6]]), np.mean([r["loss"] for r in records[-6:]])
@@ -136,6 +193,23 @@ def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
                                                                                 ("val", "0000000000")}
 
 
+@pytest.mark.gpu
+def test_gpu_train_resume_eval_round_trip(easy: Path, tmp_path: Path) -> None:
+    """On CUDA: a run resumed from its checkpoint at iteration 2 ends where the
+    uninterrupted run ends; evaluation on the GPU scores every image once."""
+    settings = dict(device="cuda", train_itrs=4, ckpt_every=2, validate=False, use_amp=True, amp_dtype="bf16")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(_settings(easy, whole, **settings))
+    resumed.mkdir()
+    shutil.copy(checkpoints_in(whole)[0], resumed)  # the run as it was after 2 iterations
+    train(_settings(easy, resumed, **settings))
+    a, b = (torch.load(run / "model.pt") for run in (whole, resumed))
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+    report = evaluate_shards(EvalSettings(data=easy, out=tmp_path / "report", ckpt=tmp_path / "whole" / "model.pt",
+                                          device="cuda", batch_size=5, num_threads=1))
+    assert report.n == 48
+
+
 def _cli(*args: str, env: dict | None = None) -> list[str]:
     return [sys.executable, "-m", "commfor_fast", *args]
 
@@ -143,7 +217,7 @@ def _cli(*args: str, env: dict | None = None) -> list[str]:
 def _train_args(data: Path, out: Path, itrs: int, ckpt_every: int) -> list[str]:
     return ["train", "--data", str(data), "--out", str(out), "--device", "cpu", "--model-size", "tiny",
             "--input-size", "224", "--no-pretrained", "--batch-size", "4", "--lr", "1e-3", "--num-threads", "1",
-            "--train-itrs", str(itrs), "--ckpt-every", str(ckpt_every), "--shuffle-buffer", "16",
+            "--train-itrs", str(itrs), "--ckpt-every", str(ckpt_every),
             "--rsa-max-num-ops", "1", "--no-validate", "--log-every", "1"]
 
 
@@ -203,6 +277,7 @@ def test_resume_flag_needs_a_checkpoint(easy: Path, tmp_path: Path) -> None:
     ({"batch_size": 0}, "--batch-size"), ({"log_every": 0}, "--log-every"), ({"amp_dtype": "fp32"}, "--amp-dtype"),
     ({"loader": "pil"}, "--loader"), ({"ckpt_keep_count": -2}, "--ckpt-keep-count"),
     ({"warmup_frac": 1.5}, "--warmup-frac"), ({"rsa_ops": "Blur"}, "--rsa-ops"), ({"device": "tpu"}, "--device"),
+    ({"lr_schedule": "step"}, "--lr-schedule"),
 ])
 def test_bad_settings_are_refused_before_work(easy: Path, tmp_path: Path, overrides: dict, flag: str) -> None:
     with pytest.raises(UserError, match=flag):
@@ -243,14 +318,16 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(easy: Path, tmp_
         assert change in message
     assert len(checkpoints_in(run)) == 1  # nothing ran
     capsys.readouterr()
-    train(_settings(easy, run, train_itrs=4, warmup_frac=0.5, validate=False, lr=2e-3, allow_changed_settings=True))
+    resumed = _settings(easy, run, train_itrs=4, warmup_frac=0.5, validate=False, lr=2e-3, allow_changed_settings=True)
+    train(resumed)
     printed = capsys.readouterr().out
     assert "note: changed since" in printed and "--train-itrs: 2 -> 4" in printed
     assert "the data streams restart" not in printed  # neither the stream nor the process count changed
     records = [r for r in _records(run) if "loss" in r]
     assert [r["itr"] for r in records] == [1, 2, 3, 4]
+    schedule = LRSchedule.from_settings(resumed, 9)
     for r in records[2:]:  # the resumed iterations follow the new schedule and lr
-        assert r["lr"] == pytest.approx(2e-3 * lr_factor(r["itr"] - 1, 4, 2, False))
+        assert r["lr"] == pytest.approx(2e-3 * schedule.factor(r["itr"] - 1), rel=1e-12)
 
 
 def test_resume_changes_count_processes_and_stream_settings(easy: Path, tmp_path: Path) -> None:

@@ -1,7 +1,11 @@
 """Balancing real data (SPEC section 1): local reals may not outnumber the fakes.
 
 When Hugging Face data and local folders are combined, local real images are limited
-to `limit = (all fakes) - (HF reals)`, floored at 0. The limit is spread
+to `limit = (all fakes) - (HF reals)`. As in the original, only a negative limit (HF
+reals already outnumber every fake) skips the limiting step: the original sets such a
+limit to 0 but then keeps every local real, and so does this module (with a warning).
+A limit of exactly 0 is applied like any other, so it drops every local real (the
+original passes 0 on to its limiting step, which samples nothing). The limit is spread
 "water-filling" style over the local real datasets (by dataset name), as the original
 does: datasets are taken from the smallest while keeping them whole and giving every
 remaining dataset as many images still stays under the limit; at the first dataset
@@ -22,6 +26,7 @@ from commfor_fast.convert.units import FOLDER, HF, Source, Unit
 
 REAL = 0
 SEED_STREAM = 1  # keeps balancing's random numbers apart from the other planning draws
+REALS_OUTNUMBER_FAKES = "HF reals outnumber all fakes"
 
 
 def water_fill(sizes: dict[str, int], limit: int) -> dict[str, int]:
@@ -44,7 +49,9 @@ def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,
     """The units that stay after balancing, and the report for the manifest.
 
     The report is None when the sources are not a mix of HF data and local folders
-    (then there is nothing to balance).
+    (then there is nothing to balance). When HF reals already outnumber all fakes
+    (negative limit) every local real is kept and the report says why
+    (`balance_warnings` turns that into the converter's warning).
 
     Only local folders hold balanced units, and a folder unit is one image, so
     dropping an image drops its unit.
@@ -56,11 +63,15 @@ def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,
     is_hf = [s.kind == HF for s in sources]
     fakes = sum(sum(u.labels) for u in units)
     hf_reals = sum(u.num_rows - sum(u.labels) for u in units if is_hf[u.source])
-    limit = max(0, fakes - hf_reals)
+    limit = fakes - hf_reals
     by_dataset: dict[str, list[int]] = {}
     for i, u in enumerate(units):
         if not is_hf[u.source] and u.labels[0] == REAL:
             by_dataset.setdefault(u.generators[0], []).append(i)
+    local_reals = sum(len(v) for v in by_dataset.values())
+    if limit < 0:
+        return units, {"applied": False, "reason": REALS_OUTNUMBER_FAKES, "fakes": fakes, "hf_reals": hf_reals,
+                       "limit": limit, "local_reals_available": local_reals, "local_reals_kept": local_reals}
     quotas = water_fill({name: len(idx) for name, idx in by_dataset.items()}, limit)
     dropped: set[int] = set()
     report = {}
@@ -73,5 +84,15 @@ def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,
         report[name] = {"available": len(idx), "kept": quotas[name], "dropped": len(idx) - quotas[name]}
     return ([u for i, u in enumerate(units) if i not in dropped],
             {"applied": True, "fakes": fakes, "hf_reals": hf_reals, "limit": limit,
-             "local_reals_available": sum(len(v) for v in by_dataset.values()),
+             "local_reals_available": local_reals,
              "local_reals_kept": sum(quotas.values()), "datasets": report})
+
+
+def balance_warnings(report: dict[str, Any] | None) -> list[str]:
+    """The warning for the manifest and the console when HF reals already outnumber all fakes."""
+    if not report or report.get("reason") != REALS_OUTNUMBER_FAKES:
+        return []
+    reals = report["hf_reals"] + report["local_reals_available"]
+    return [f"reals already outnumber fakes ({reals} to {report['fakes']}): the HF reals alone "
+            f"({report['hf_reals']}) exceed all fakes, so balancing is skipped and all "
+            f"{report['local_reals_available']} local real image(s) are kept, as the original does"]

@@ -72,7 +72,7 @@ def merge(plan: Plan, markers: list[dict[str, Any]], settings: ConvertSettings, 
     for marker in markers:
         for reason, n in marker["normalised"].items():
             normalised[reason] = normalised.get(reason, 0) + n
-    warnings = [w for source in plan.sources for w in source.warnings] + format_bias_warnings(sets)
+    warnings = plan.warnings() + format_bias_warnings(sets)
     if not any(info.num_samples for info in sets.values()):
         warnings.append("no image passed the checks: every set is empty (see manifest.json rejects)")
     return Manifest(

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from commfor_fast import __version__
-from commfor_fast.convert.balance import balance_reals
+from commfor_fast.convert.balance import balance_reals, balance_warnings
 from commfor_fast.convert.folders import scan_folder
 from commfor_fast.convert.hf import scan_hf
 from commfor_fast.convert.settings import OUTPUT_SETTINGS, ConvertSettings, Limits
@@ -82,6 +82,10 @@ class Plan:
     balance: dict[str, Any] | None
     scanned_samples: int  # before balancing
     fingerprint: str
+
+    def warnings(self) -> list[str]:
+        """The warnings known before converting: the sources' and balancing's."""
+        return [w for source in self.sources for w in source.warnings] + balance_warnings(self.balance)
 
     def generator_ids(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.generators)}

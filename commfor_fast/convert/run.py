@@ -92,7 +92,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
 
     sources, units = scan_sources(settings, limits)
     plan = make_plan(settings, limits, sources, units)
-    printed = [w for source in plan.sources for w in source.warnings]
+    printed = plan.warnings()
     for warning in printed:
         log(f"warning: {warning}")
     sizes = ", ".join(f"{name} {n}" for name, n in plan.set_sizes.items())

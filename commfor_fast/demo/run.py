@@ -93,7 +93,7 @@ def run_demo(settings: DemoSettings) -> EvalReport:
         num_threads=settings.num_threads, model_size=settings.model_size, input_size=settings.input_size,
         patch_size=settings.patch_size, pretrained=False, batch_size=settings.batch_size,
         train_itrs=settings.train_itrs, lr=settings.lr, warmup_frac=0.05, seed=settings.seed,
-        log_every=25, shuffle_buffer=512, ckpt_keep_count=1,
+        log_every=25, ckpt_keep_count=1,
     ))
 
     print("[4/4] evaluating on the held-out PublicEval shards", flush=True)

@@ -1,14 +1,14 @@
 """PyTorch-facing loaders over the DALI pipelines or the PIL reference executor.
 
-Training reads an endless shuffled stream; the loop cuts it into epochs of
-`iters_per_epoch(...)` batches, the same number on every rank, so DDP never waits at
-an epoch end for a rank that ran out. `state_dict()` captures the exact stream
-position (a DALI pipeline checkpoint, or the reference sampler's counter), so a
-resumed run sees the same batches as one that was never stopped.
+Training reads an endless shuffled stream, the same order for both engines
+(`source.train_batch_indices`): epochs of `iters_per_epoch(...)` batches, the same
+number on every rank, so DDP never waits at an epoch end for a rank that ran out.
+`state_dict()` is the number of batches served; batch k is a pure function of the
+seed, the rank and k, so a resumed run sees the same batches as one that was never
+stopped.
 
-Evaluation reads each rank's contiguous part of the set once; padding repeats that
-DALI adds to the last batch are dropped, so every sample is scored exactly once
-across ranks.
+Evaluation reads each rank's contiguous part of the set once (the last batch
+short), so every sample is scored exactly once across ranks.
 
 Choice for unreadable samples at training time (the converter checks every image,
 but shards can be damaged later): stop with a clear error naming the sample key and
@@ -33,6 +33,7 @@ from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb
 from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan
 from commfor_fast.pipelines.preprocess import check_preresize, normalise
 from commfor_fast.pipelines.reference import run_plan
+from commfor_fast.pipelines.source import iters_per_epoch, train_batch_indices
 from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, sample_key, shard_range, unpack_ids
 
 ENGINES = ("dali", "reference")
@@ -51,17 +52,6 @@ class Batch:
 def _batch(images: torch.Tensor, ids: torch.Tensor) -> Batch:
     ids = ids.to("cpu", torch.int64)
     return Batch(images, ids[:, 0].float(), ids[:, 1], ids[:, 2])
-
-
-def iters_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
-    """Batches per rank per epoch: floor(N / (world * B)), identical on every rank."""
-    n = num_samples // (batch_size * world_size)
-    if n < 1:
-        raise UserError(
-            f"--batch-size {batch_size} x {world_size} processes = {batch_size * world_size} images per step, "
-            f"but the training set has only {num_samples}; use a smaller --batch-size"
-        )
-    return n
 
 
 class DataError(UserError):
@@ -99,12 +89,12 @@ def _find_damaged(reader: ShardReader, numbers: set[int]) -> DataError | None:
 
 
 def _decode_failure(exc: RuntimeError, root: Path, manifest: Manifest, set_name: str, pipe: Any) -> Exception:
-    """Name the damaged sample behind a DALI failure in decoding or planning; other
-    failures (out of memory, ...) pass through unchanged."""
+    """Name the damaged sample behind a DALI failure in decoding; other failures (out
+    of memory, ...) pass through unchanged."""
     text = str(exc)
-    if not any(op in text for op in ("decoders", "python_function", "reshape")):
+    if not any(op in text for op in ("decoders", "external_source", "reshape")):
         return exc
-    recent = {n for batch in pipe.plan_compiler.recent for n in batch}
+    recent = {n for batch in pipe.source.recent for n in batch}
     reader = ShardReader(root, manifest.sets[set_name])
     try:
         return _find_damaged(reader, recent) or exc
@@ -129,24 +119,33 @@ def _dali_device(device: torch.device) -> tuple[str, int | None]:
 
 
 class DaliTrainStream:
-    """Endless stream of augmented training batches from the DALI pipeline."""
+    """Endless stream of augmented training batches from the DALI pipeline.
+
+    Each pipeline run yields `batches_per_run` training batches (DALI's fixed cost per
+    run is shared by them). Run r is fixed by (seed, rank, r) (`source.py`), so the
+    state is the number of batches served: a resumed stream restarts the pipeline at
+    the run holding the next batch and skips the batches of that run already served.
+    """
 
     def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
                  crop: int, rsa: RSAConfig, seed: int, rank: int, world_size: int, num_threads: int,
-                 initial_fill: int = 4096, state: dict[str, Any] | None = None) -> None:
+                 batches_per_run: int = 1, state: dict[str, Any] | None = None) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        from commfor_fast.pipelines.dali import ShardSource, create_train_pipeline
+        from commfor_fast.pipelines.dali import create_train_pipeline
+        from commfor_fast.pipelines.source import ShardSource
 
         self.root, self.manifest, self.set_name = Path(root), manifest, set_name
+        self.batch_size, self.per_run = batch_size, batches_per_run
+        self.served = int((state or {}).get("batches", 0))
+        run, self._next = divmod(self.served, batches_per_run)
         dali_device, device_id = _dali_device(device)
-        source = ShardSource.from_manifest(root, manifest, set_name)
         self.pipe = create_train_pipeline(
-            source, device=dali_device, batch_size=batch_size, crop=crop, rsa=rsa, seed=seed, shard_id=rank,
-            num_shards=world_size, num_threads=num_threads, device_id=device_id,
-            initial_fill=min(initial_fill, max(source.num_samples // world_size, 1)),
-            checkpoint=(state or {}).get("checkpoint"),
+            ShardSource.from_manifest(root, manifest, set_name), device=dali_device, batch_size=batch_size, crop=crop,
+            rsa=rsa, seed=seed, shard_id=rank, num_shards=world_size, num_threads=num_threads, device_id=device_id,
+            batches_per_run=batches_per_run, start_run=run,
         )
+        self._run: dict[str, torch.Tensor] | None = None
         try:
             self._iter = DALIGenericIterator([self.pipe], ["images", "ids"], size=-1)  # runs the first batches
         except RuntimeError as exc:
@@ -156,37 +155,41 @@ class DaliTrainStream:
         return self
 
     def __next__(self) -> Batch:
-        try:
-            out = next(self._iter)[0]
-        except RuntimeError as exc:
-            raise _decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
-        return _batch(out["images"], out["ids"])
+        if self._run is None or self._next == self.per_run:
+            try:
+                self._run = next(self._iter)[0]
+            except RuntimeError as exc:
+                raise _decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
+            self._next = self._next % self.per_run
+        part = slice(self._next * self.batch_size, (self._next + 1) * self.batch_size)
+        self._next += 1
+        self.served += 1
+        return _batch(self._run["images"][part], self._run["ids"][part])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"engine": "dali", "checkpoint": self._iter.checkpoints()[0]}
+        return {"engine": "dali", "batches": self.served}
 
     def close(self) -> None:
         """Stop the pipeline now (from this thread), not whenever garbage collection runs."""
-        self._iter = self.pipe = None
+        if self.pipe is not None:
+            self.pipe.source.close()
+        self._iter = self.pipe = self._run = None
         gc.collect()
 
 
 class DaliEvalLoader:
-    """This rank's part of a set, once, in stored order, without padding repeats."""
+    """This rank's part of a set, once, in stored order."""
 
     def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
                  crop: int, rank: int, world_size: int, num_threads: int) -> None:
-        from commfor_fast.pipelines.dali import ShardSource, create_eval_pipeline
+        from commfor_fast.pipelines.source import ShardSource
 
         self.root, self.manifest, self.set_name = Path(root), manifest, set_name
-        dali_device, device_id = _dali_device(device)
-        source = ShardSource.from_manifest(root, manifest, set_name)
-        start, end = shard_range(source.num_samples, rank, world_size)
+        self.device, self.batch_size, self.crop = device, batch_size, crop
+        self.rank, self.world_size, self.num_threads = rank, world_size, num_threads
+        start, end = shard_range(manifest.sets[set_name].num_samples, rank, world_size)
         self.num_samples = end - start
-        self.pipe = create_eval_pipeline(
-            source, device=dali_device, batch_size=batch_size, crop=crop, shard_id=rank, num_shards=world_size,
-            num_threads=num_threads, device_id=device_id,
-        )
+        self.source = ShardSource.from_manifest(root, manifest, set_name)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -197,18 +200,25 @@ class DaliEvalLoader:
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        from commfor_fast.pipelines.dali import READER_NAME
+        from commfor_fast.pipelines.dali import create_eval_pipeline
 
+        dali_device, device_id = _dali_device(self.device)
+        pipe = create_eval_pipeline(self.source, device=dali_device, batch_size=self.batch_size, crop=self.crop,
+                                    shard_id=self.rank, num_shards=self.world_size, num_threads=self.num_threads,
+                                    device_id=device_id)
         try:  # the iterator runs the first batches already
-            iterator = DALIGenericIterator([self.pipe], ["images", "ids"], reader_name=READER_NAME,
+            iterator = DALIGenericIterator([pipe], ["images", "ids"], size=-1,
                                            last_batch_policy=LastBatchPolicy.PARTIAL)
             for out in iterator:
                 yield _batch(out[0]["images"], out[0]["ids"])
         except RuntimeError as exc:
-            raise _decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
+            raise _decode_failure(exc, self.root, self.manifest, self.set_name, pipe) from None
+        finally:
+            pipe.source.close()
+            del pipe
+            gc.collect()
 
     def close(self) -> None:
-        self.pipe = None
         gc.collect()
 
 
@@ -256,14 +266,10 @@ class _StreamSampler(torch.utils.data.Sampler):
         self.iters = iters_per_epoch(num_samples, batch_size, world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, first = divmod(self.start, self.iters)
-        while True:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            mine = perm[: self.iters * self.world * self.b].reshape(self.iters, self.world, self.b)[:, self.rank]
-            for batch in mine[first:]:
-                for index in batch:
-                    yield epoch, int(index)
-            epoch, first = epoch + 1, 0
+        batches = train_batch_indices(self.n, self.b, self.rank, self.world, self.seed, self.start)
+        for k, batch in enumerate(batches, self.start):
+            for index in batch:
+                yield k // self.iters, int(index)
 
 
 class ReferenceTrainStream:
@@ -341,7 +347,7 @@ EvalLoader = DaliEvalLoader | ReferenceEvalLoader
 
 def create_train_stream(engine: str, root: Path, manifest: Manifest, set_name: str, *, device: torch.device,
                         batch_size: int, crop: int, rsa: RSAConfig, seed: int, rank: int, world_size: int,
-                        num_threads: int, initial_fill: int = 4096,
+                        num_threads: int, batches_per_run: int = 1,
                         state: dict[str, Any] | None = None) -> TrainStream:
     """An endless training stream of `engine` ("dali" or "reference").
 
@@ -349,13 +355,14 @@ def create_train_stream(engine: str, root: Path, manifest: Manifest, set_name: s
         device: where the images go (and, for DALI, which device runs the pipeline).
         rank, world_size: this process's shard of the set.
         num_threads: DALI CPU threads, or reference DataLoader workers.
-        initial_fill: DALI's shuffle buffer (samples); the reference permutes every epoch.
+        batches_per_run: DALI: training batches per pipeline run (shares DALI's fixed
+            cost per run; part of the stream, like the seed).
         state: a `state_dict()` of an earlier stream with the same settings, to resume.
     """
     if engine == "dali":
         return DaliTrainStream(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop, rsa=rsa,
                                seed=seed, rank=rank, world_size=world_size, num_threads=num_threads,
-                               initial_fill=initial_fill, state=state)
+                               batches_per_run=batches_per_run, state=state)
     if engine == "reference":
         return ReferenceTrainStream(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop,
                                     rsa=rsa, seed=seed, rank=rank, world_size=world_size, num_threads=num_threads,

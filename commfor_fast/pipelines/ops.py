@@ -65,17 +65,19 @@ class Crop:
 
 @dataclass(frozen=True)
 class ResizedCrop:
-    """Crop a box, then resize it to (size, size) with `interp` (RandomResizedCrop)."""
+    """Crop the box (top, left, height, width), then resize it to (out_height,
+    out_width) with `interp` (torchvision's `resized_crop`)."""
 
     top: int
     left: int
     height: int
     width: int
-    size: int
+    out_height: int
+    out_width: int
     interp: Interp
 
     def out_size(self, h: int, w: int) -> tuple[int, int]:
-        return self.size, self.size
+        return self.out_height, self.out_width
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,13 @@ class Affine:
 
 @dataclass(frozen=True)
 class Pad:
-    """Pad `pad_x` columns left and right, `pad_y` rows top and bottom with grey `fill`,
-    then resize bilinearly to (height, width)."""
+    """Pad each side by its own amount with grey `fill`, then resize bilinearly to
+    (height, width)."""
 
-    pad_x: int
-    pad_y: int
+    left: int
+    top: int
+    right: int
+    bottom: int
     fill: int
     height: int
     width: int
@@ -250,9 +254,11 @@ def random_vflip(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_qui
 
 
 def random_resized_crop(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_quirks: bool) -> list[Step]:
+    """torchvision's box, then the box's shorter side to C keeping its aspect ratio: the
+    original passes the int C as `resized_crop`'s size (a 4:3 box becomes 384 x 512)."""
     top, left, ch, cw = _random_resized_box(rng, h, w, RRC_SCALE, RRC_RATIO)
     interp = RRC_INTERPS[_randint(rng, 0, len(RRC_INTERPS))]
-    return [ResizedCrop(top, left, ch, cw, crop, interp)]
+    return [ResizedCrop(top, left, ch, cw, *resized_shape(ch, cw, crop), interp)]
 
 
 def random_rotation(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_quirks: bool) -> list[Step]:
@@ -273,12 +279,13 @@ def random_shear(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_qui
 
 
 def random_padding(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_quirks: bool) -> list[Step]:
-    pad_x = int(rng.uniform(0, PAD_FRACTION) * w)
-    pad_y = int(rng.uniform(0, PAD_FRACTION) * h)
+    """Four independent amounts (left, right of the width; top, bottom of the height)."""
+    left, right = (int(rng.uniform(0, PAD_FRACTION) * w) for _ in range(2))
+    top, bottom = (int(rng.uniform(0, PAD_FRACTION) * h) for _ in range(2))
     fill = _randint(rng, 0, 256)
     # Quirk of the original: it resizes back to (height = old width, width = old height).
     out_h, out_w = (h, w) if fix_quirks else (w, h)
-    return [Pad(pad_x, pad_y, fill, out_h, out_w)]
+    return [Pad(left, top, right, bottom, fill, out_h, out_w)]
 
 
 def random_cutout(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_quirks: bool) -> list[Step]:
@@ -305,14 +312,14 @@ def single_jpeg(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_quir
 
 def stochastic_jpeg(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_quirks: bool) -> list[Step]:
     """The intended StochasticJPEG (the original crashes): 1 to 5 rounds of a random
-    resized crop to C (scale 0.75-1, bilinear) + JPEG at quality 75-100, every round
-    after the first with p = 0.5."""
+    resized crop to C x C (torchvision's `RandomResizedCrop(C)`, scale 0.75-1, bilinear)
+    + JPEG at quality 75-100, every round after the first with p = 0.5."""
     steps: list[Step] = []
     for round_no in range(STOCHASTIC_JPEG_ROUNDS):
         if round_no and not rng.random() < 0.5:
             continue
         top, left, ch, cw = _random_resized_box(rng, h, w, STOCHASTIC_JPEG_SCALE, RRC_RATIO)
-        steps.append(ResizedCrop(top, left, ch, cw, crop, Interp.BILINEAR))
+        steps.append(ResizedCrop(top, left, ch, cw, crop, crop, Interp.BILINEAR))
         h = w = crop
         steps.append(Jpeg(_randint(rng, JPEG_QUALITY[0], JPEG_QUALITY[1] + 1), "pil"))
     return steps

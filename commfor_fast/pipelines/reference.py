@@ -48,7 +48,7 @@ def _(step: Crop, img: Image.Image) -> Image.Image:
 @apply_step.register
 def _(step: ResizedCrop, img: Image.Image) -> Image.Image:
     box = img.crop((step.left, step.top, step.left + step.width, step.top + step.height))
-    return box.resize((step.size, step.size), PIL_FILTERS[step.interp])
+    return box.resize((step.out_width, step.out_height), PIL_FILTERS[step.interp])
 
 
 @apply_step.register
@@ -76,7 +76,7 @@ def _(step: Affine, img: Image.Image) -> Image.Image:
 
 @apply_step.register
 def _(step: Pad, img: Image.Image) -> Image.Image:
-    padded = TF.pad(img, [step.pad_x, step.pad_y], fill=step.fill)
+    padded = TF.pad(img, [step.left, step.top, step.right, step.bottom], fill=step.fill)
     return padded.resize((step.width, step.height), Image.BILINEAR)
 
 

@@ -1,0 +1,136 @@
+"""Host cost of the GPU configuration, measured on the CPU: what a GPU run pays per image
+outside the GPU's own work.
+
+- `plan_us_per_image`: the plan step of a training run (drawing every sample's RSA and
+  filling the graph's typed arguments) at the default pipeline batch, CPU time.
+- `source_us_per_image`: the whole host side of one pipeline run (reading the
+  samples, the plan step and the argument arrays DALI receives).
+- `graph_ops_per_iteration`: operator instances in the traced GPU training graph,
+  default RSA, verbatim shards (tracing needs no GPU).
+- `graph_fixed_ms_per_image`: DALI's fixed cost of the RSA positions: CPU time per
+  run of the graph with all-no-op plans minus the graph with RSA off, per image, on
+  the CPU backend (serial, so CPU time is the scheduler's work).
+
+    python benchmarks/host_bench.py [--quick] [--shards DIR ...]
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_main, measure  # noqa: E402
+
+from commfor_fast.pipelines.dali import create_pipeline, create_train_pipeline, operator_census  # noqa: E402
+from commfor_fast.pipelines.ops import Crop  # noqa: E402
+from commfor_fast.pipelines.plan import Plan, RSAConfig  # noqa: E402
+from commfor_fast.pipelines.source import BatchSource, ShardSource, train_planner  # noqa: E402
+from commfor_fast.settings import TrainSettings  # noqa: E402
+from commfor_fast.shards import Manifest  # noqa: E402
+
+COLUMNS = ["figure", "value", "unit", "what"]
+CROP = 384
+# The GPU configuration: the paper's batch of 128 per GPU, TrainSettings' runs per pipeline batch.
+GPU_BATCH = 128
+PIPELINE_BATCH = GPU_BATCH * TrainSettings.batches_per_run
+
+
+def _source(shards: dict[str, Path], preresized: bool) -> ShardSource:
+    label = next(k for k in shards if ("preresized" in k) == preresized)
+    manifest = Manifest.load(shards[label])
+    return ShardSource.from_manifest(shards[label], manifest, manifest.training_sets()[0])
+
+
+def plan_us_per_image(batch: int, repeats: int, preresized: bool = True) -> float:
+    """CPU time of the vectorised training plan step per image, for 440 x 586 inputs."""
+    rsa = RSAConfig()
+    plan = train_planner(rsa, CROP, preresized, seed=0, rank=0, positions=rsa.max_steps)
+    ids = np.array([[i % 2, 0, i, 440, 586] for i in range(batch)], np.int32)
+    calls = iter(range(10**9))
+
+    def run() -> int:
+        plan(ids, next(calls))
+        return batch
+
+    return 1e6 * measure(run, repeats).cpu_s / batch
+
+
+def _host(source: ShardSource, batch: int, rsa: RSAConfig, plans: Any = None) -> BatchSource:
+    """A training run's host side over `batch` samples drawn with replacement, so a
+    small benchmark set still makes pipeline batches of the GPU configuration."""
+    rng = np.random.default_rng(0)
+    batches = (rng.integers(0, source.num_samples, batch) for _ in itertools.count())
+    plan = train_planner(rsa, CROP, source.preresize is not None, seed=0, rank=0, positions=rsa.max_steps,
+                         plans=plans)
+    return BatchSource(source, batches, plan, rsa.max_steps)
+
+
+def source_us_per_image(source: ShardSource, batch: int, repeats: int) -> float:
+    """CPU time of one pipeline run's host side (read, plan, argument arrays) per image."""
+    host = _host(source, batch, RSAConfig())
+    try:
+        return 1e6 * measure(lambda: len(host()[1]), repeats).cpu_s / batch
+    finally:
+        host.close()
+
+
+def graph_ops(source: ShardSource) -> int:
+    pipe = create_train_pipeline(source, device="gpu", device_id=0, batch_size=1, crop=CROP, rsa=RSAConfig(), seed=0)
+    try:
+        return sum(operator_census(pipe).values())
+    finally:
+        pipe.source.close()
+
+
+def graph_fixed_ms_per_image(source: ShardSource, batch: int, repeats: int) -> float:
+    """(CPU per run, every position present but no-op) - (CPU per run, RSA off), per image."""
+
+    def no_op(ids: Any, h: int, w: int) -> Plan:
+        return Plan(h, w, None, (), Crop(0, 0, CROP, CROP))
+
+    def cpu_per_run(rsa: RSAConfig) -> float:
+        host = _host(source, batch, rsa, plans=no_op)
+        pipe = create_pipeline(host, positions=rsa.max_steps, device="cpu", batch_size=batch, num_threads=1,
+                               normalise=False)
+        pipe.build()
+        try:
+            return measure(lambda: len(pipe.run()[1]), repeats).cpu_s
+        finally:
+            host.close()
+
+    return 1e3 * (cpu_per_run(RSAConfig()) - cpu_per_run(RSAConfig.from_flags(""))) / batch
+
+
+def run(shards: dict[str, Path], quick: bool, threads: int = 1) -> dict[str, Any]:
+    """Every figure of the module docstring, at the GPU configuration's pipeline batch."""
+    repeats = 5 if quick else 15
+    preresized = _source(shards, preresized=True)
+    return {
+        "plan_us_per_image": plan_us_per_image(PIPELINE_BATCH, repeats),
+        "plan_us_per_image_batch_128": plan_us_per_image(GPU_BATCH, repeats),
+        "source_us_per_image": source_us_per_image(preresized, PIPELINE_BATCH, max(repeats // 3, 3)),
+        "graph_ops_per_iteration": graph_ops(_source(shards, preresized=False)),
+        "graph_fixed_ms_per_image": graph_fixed_ms_per_image(preresized, PIPELINE_BATCH, max(repeats // 3, 3)),
+        "pipeline_batch": PIPELINE_BATCH,
+    }
+
+
+def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures as table rows."""
+    what = {
+        "plan_us_per_image": (f"us", f"plan step per image, pipeline batch {figures['pipeline_batch']}"),
+        "plan_us_per_image_batch_128": ("us", "plan step per image, pipeline batch 128"),
+        "source_us_per_image": ("us", "host side of a pipeline run per image (read, plan, arguments)"),
+        "graph_ops_per_iteration": ("", "operator instances, traced GPU training graph, default RSA"),
+        "graph_fixed_ms_per_image": ("ms", "DALI's fixed cost of the RSA positions per image (CPU backend)"),
+    }
+    return [{"figure": k, "value": figures[k], "unit": u, "what": w} for k, (u, w) in what.items()]
+
+
+if __name__ == "__main__":
+    bench_main(__doc__, "Host cost of the GPU configuration", lambda s, q, t: rows(run(s, q, t)), COLUMNS)
