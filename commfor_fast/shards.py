@@ -30,6 +30,7 @@ import dataclasses
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -249,6 +250,7 @@ class ShardReader:
             for members in read_index(self.root / shard.index):
                 self._where.append((shard_no, members))
         self._files: dict[int, Any] = {}
+        self._opening = threading.Lock()
         self._positions: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -270,11 +272,15 @@ class ShardReader:
         return self._positions.get(key)
 
     def read(self, i: int, exts: tuple[str, ...] | None = None) -> dict[str, bytes]:
-        """The members of sample `i` (all, or only `exts`), by extension."""
+        """The members of sample `i` (all, or only `exts`), by extension. Threads may
+        read at once: reads are `pread`s, and a shard is opened once, under a lock."""
         shard_no, members = self._where[i]
         f = self._files.get(shard_no)
         if f is None:
-            f = self._files[shard_no] = open(self.root / self.info.shards[shard_no].tar, "rb")
+            with self._opening:
+                f = self._files.get(shard_no)
+                if f is None:
+                    f = self._files[shard_no] = open(self.root / self.info.shards[shard_no].tar, "rb")
         out = {}
         for ext, m in members.items():
             if exts is None or ext in exts:
@@ -287,5 +293,8 @@ class ShardReader:
         self._files.clear()
 
     def __getstate__(self) -> dict[str, Any]:
-        # Open files do not cross process boundaries (DataLoader workers reopen them).
-        return {**self.__dict__, "_files": {}}
+        # Open files and locks do not cross process boundaries (DataLoader workers reopen them).
+        return {key: value for key, value in self.__dict__.items() if key not in ("_files", "_opening")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _files={}, _opening=threading.Lock())

@@ -29,7 +29,7 @@ CONFIGS = {
 # Operator instances per iteration of the default training graph on verbatim shards
 # (22 positions), measured when the graph was reshaped: a guard against regressions.
 # Pre-resized shards skip the decoder and the first resize but reshape the pixels.
-DEFAULT_TRAIN_OPS = 714
+DEFAULT_TRAIN_OPS = 648
 
 
 @pytest.fixture(scope="module")

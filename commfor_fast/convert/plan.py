@@ -20,7 +20,8 @@ every rerun computes the same one without talking to the others:
 
 Folder data (one image per unit) thus gets a true global shuffle; parquet data a
 shuffle of row groups across the whole set plus a full shuffle within each partition.
-Shards must be mixed already, because DALI's reader only shuffles within a buffer.
+Training permutes the samples globally every epoch anyway; the mixed stored order
+serves readers that stream shards in order (webdataset, HF datasets).
 
 Generator ids are positions in the sorted list of generator names in the plan.
 """

@@ -29,46 +29,45 @@ from nvidia.dali.pipeline import Pipeline
 from commfor_fast.errors import UserError
 from commfor_fast.pipelines.plan import Plan, RSAConfig
 from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_preresize
-from commfor_fast.pipelines.slots import SLOT_FIELDS
 from commfor_fast.pipelines.source import BatchSource, ShardSource, eval_batch_indices, eval_planner, \
     runs_of, train_batch_indices, train_planner
 from commfor_fast.shards import SampleIds
 
-# dtypes of the external source's outputs: the head, then every slot field per position.
+# dtypes of the external source's outputs: the head, then (used, args) per position.
 HEAD_DTYPES = {"images": types.UINT8, "ids": types.INT32, "first_size": types.FLOAT, "crop_start": types.INT32,
                "crop_shape": types.INT32}
-SLOT_DTYPES = {
-    "geom": types.BOOL, "matrix": types.FLOAT, "mask": types.FLOAT, "warp_size": types.FLOAT,
-    "anchors": types.FLOAT, "shapes": types.FLOAT, "fill": types.FLOAT, "size": types.FLOAT,
-    "interp": types.INT32, "jpeg": types.BOOL, "quality": types.INT32,
-}
+SLOT_DTYPES = (types.BOOL, types.FLOAT)
 
 
-def _slot(img, one, geom, matrix, mask, warp_size, anchors, shapes, fill, size, interp, jpeg, quality):
-    """One RSA position: the geometric sub-step, then the JPEG sub-step, each where used.
+def _slot(img, one, used, args):
+    """One RSA position, for the samples that use it: warp -> erase -> resize, then JPEG
+    where drawn. Everything a sample needs is sliced from its `args`
+    (`slots.ARGS_LAYOUT`) inside the branch, so a position costs the whole batch only
+    the split of `img` and `args` and the merge.
 
     PIL fills only where the sample point itself falls outside the image and clamps
     the bilinear neighbours at the border; DALI's fill mode also blends the fill into
-    the border band. So: warp with clamping, times the inside mask, which is a
-    nearest-neighbour warp of a 1 x 1 image of ones with the map scaled to it.
+    the border band. So: warp with clamping, times the inside mask, a nearest-neighbour
+    warp of a 1 x 1 image of ones (`one`) with the map scaled to it.
     """
-    if geom:
+    if used:
+        matrix, mask, warp_size = args[:, 0:3], args[:, 3:6], args[0, 6:8]
         inside = fn.warp_affine(one, matrix=mask, size=warp_size, fill_value=0, interp_type=types.INTERP_NN)
         img = fn.warp_affine(img, matrix=matrix, size=warp_size, interp_type=types.INTERP_LINEAR) * inside
-        img = fn.erase(img, anchor=anchors, shape=shapes, axis_names="HW", fill_value=fill)
-        img = fn.resize(img, size=size, interp_type=fn.cast(interp, dtype=types.INTERP_TYPE), antialias=True)
-    if jpeg:
-        img = fn.jpeg_compression_distortion(img, quality=quality)
+        img = fn.erase(img, anchor=args[0, 9:17], shape=args[1, 9:17], axis_names="HW", fill_value=args[0, 8])
+        interp = fn.cast(fn.cast(args[1, 8], dtype=types.INT32), dtype=types.INTERP_TYPE)  # no float -> enum cast
+        img = fn.resize(img, size=args[1, 6:8], interp_type=interp, antialias=True)
+        if args[1, 17] > 0:
+            img = fn.jpeg_compression_distortion(img, quality=fn.cast(args[0, 17], dtype=types.INT32))
     return img
 
 
 def _inputs(source: BatchSource, positions: int):
-    """The external source's outputs: the head fields by name, and the slots' arguments."""
-    dtypes = [HEAD_DTYPES[name] for name in source.head] + [SLOT_DTYPES[name] for _ in range(positions)
-                                                             for name in SLOT_FIELDS]
+    """The external source's outputs: the head fields by name, and each position's two."""
+    dtypes = [HEAD_DTYPES[name] for name in source.head] + list(SLOT_DTYPES) * positions
     outs = fn.external_source(source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes)
     head, rest = dict(zip(source.head, outs)), outs[len(source.head):]
-    return head, [rest[p * len(SLOT_FIELDS): (p + 1) * len(SLOT_FIELDS)] for p in range(positions)]
+    return head, [rest[2 * p: 2 * p + 2] for p in range(positions)]
 
 
 def _decode(images, raw: bool, device: str):
@@ -91,10 +90,10 @@ def _graph(source: BatchSource, positions: int, raw: bool, device: str, normalis
     img = _decode(head["images"], raw, device)
     if not raw:
         img = fn.resize(img, size=head["first_size"], interp_type=types.INTERP_LINEAR, antialias=True)
-    if positions:
+    if slots:
         one = types.Constant(np.ones((1, 1, 1), np.uint8), device=device, layout="HWC")
-        for args in slots:
-            img = _slot(img, one, *args)
+        for used, args in slots:
+            img = _slot(img, one, used, args)
     img = fn.slice(img, start=head["crop_start"], shape=head["crop_shape"], axes=[0, 1])
     return (_normalise(img) if normalise else img), head["ids"]
 
@@ -148,7 +147,7 @@ def create_train_pipeline(
                                   start_run * batches_per_run)
     runs = runs_of(batches, batches_per_run)
     plan = train_planner(rsa, crop, source.preresize is not None, seed, shard_id, positions, plans, vectorised)
-    host = BatchSource(source, runs, plan, positions)
+    host = BatchSource(source, runs, plan, positions, read_threads=num_threads)
     host.calls = start_run
     return create_pipeline(host, positions=positions, device=device, batch_size=batch_size * batches_per_run,
                            num_threads=num_threads, device_id=device_id, normalise=normalise,
@@ -176,7 +175,8 @@ def create_eval_pipeline(
     """
     check_preresize(source.preresize, crop)
     batches = eval_batch_indices(source.num_samples, batch_size, shard_id, num_shards)
-    host = BatchSource(source, batches, eval_planner(crop, source.preresize is not None), 0)
+    host = BatchSource(source, batches, eval_planner(crop, source.preresize is not None), 0,
+                       read_threads=num_threads)
     return create_pipeline(host, positions=0, device=device, batch_size=batch_size, num_threads=num_threads,
                            device_id=device_id, normalise=normalise, prefetch_queue_depth=prefetch_queue_depth)
 

@@ -1,7 +1,8 @@
 """The DALI graph's per-position arguments, and how each plan step kind fills them.
 
-The DALI graph applies RSA as `positions` identical slots. A slot is two conditional
-sub-steps, each with typed per-sample arguments that the host emits as dense arrays:
+The DALI graph applies RSA as `positions` identical slots. A slot runs, for the
+samples that use it, a geometric sub-step and then, where drawn, a JPEG sub-step,
+with per-sample arguments that the host emits as dense arrays:
 
     geom:  warp (affine, bilinear, PIL's fill rule) -> erase up to 4 boxes -> resize
     jpeg:  JPEG compression at `quality`
@@ -11,8 +12,9 @@ shear or a padding canvas (integer shifts and mirror images sample pixel centres
 they copy exactly); erase paints padding borders and cutout boxes; resize is a
 RandomResize, a RandomResizedCrop's resize or padding's resize back. The unused parts
 of a geometric slot are identities (identity matrix, empty boxes, a nearest-neighbour
-resize to the same size), which copy exactly. A JPEG step shares the slot of the
-geometric step just before it when that slot has none (singleJPEG, StochasticJPEG).
+resize to the same size), which copy exactly; a JPEG step alone has identity geometry.
+A JPEG step shares the slot of the geometric step just before it when that slot has
+none (singleJPEG, StochasticJPEG).
 
 Each plan step kind declares its slot once, in `fill_slot` (its PIL twin is
 `reference.apply_step`): adding a step kind touches one function per executor.
@@ -23,7 +25,7 @@ draws for training).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import singledispatch
 
 import numpy as np
@@ -92,12 +94,30 @@ class Slots:
             interp=np.zeros((p, b), np.int32), jpeg=np.zeros((p, b), bool), quality=np.full((p, b), 100, np.int32),
         )
 
-    def position(self, p: int) -> tuple[np.ndarray, ...]:
-        """The arrays of position `p`, in field order (the graph's input order)."""
-        return tuple(np.ascontiguousarray(getattr(self, f.name)[p]) for f in fields(self))
+    def position(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """What the graph receives for position `p`: (used, args), the arguments packed
+        as float32 (batch, 2, 18) in `ARGS_LAYOUT`. A used slot always has geometry
+        (the identity for a JPEG step alone), so `used` is `geom`."""
+        args = np.empty((self.geom.shape[1], 2, ARGS_WIDTH), np.float32)
+        for row, fields_ in enumerate(ARGS_LAYOUT):
+            for name, cols in fields_.items():
+                value = getattr(self, name)[p]
+                args[:, row, cols] = value[:, row] if name in ("matrix", "mask") else value.reshape(len(value), -1)
+        return self.geom[p].copy(), args
 
 
-SLOT_FIELDS = tuple(f.name for f in fields(Slots))
+# The packed arguments of one sample at one position: two rows of 18 floats, so each
+# operator argument is one slice (a 2 x 3 matrix is the first three columns of both
+# rows). The graph slices them inside the slot's branch, where only the samples that
+# use the slot pay; a typed input per field would need a conditional split each, paid
+# by the whole batch at every position (measured: most of the positions' fixed cost).
+ARGS_WIDTH = 18
+ARGS_LAYOUT = (
+    {"matrix": slice(0, 3), "mask": slice(3, 6), "warp_size": slice(6, 8), "fill": slice(8, 9),
+     "anchors": slice(9, 17), "quality": slice(17, 18)},
+    {"matrix": slice(0, 3), "mask": slice(3, 6), "size": slice(6, 8), "interp": slice(8, 9),
+     "shapes": slice(9, 17), "jpeg": slice(17, 18)},
+)
 
 
 def set_geometry(slots: Slots, p: int, i: int, in_h: int, in_w: int, matrix: np.ndarray | None = None,
@@ -191,6 +211,8 @@ def _(step: Erase, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
 
 @fill_slot.register
 def _(step: Jpeg, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
+    if not slots.geom[p, i]:  # a JPEG alone: the slot's geometry is the identity
+        set_geometry(slots, p, i, h, w)
     slots.jpeg[p, i] = True
     slots.quality[p, i] = step.quality
     return True

@@ -17,7 +17,9 @@ Evaluation reads this rank's contiguous part once, the last batch short.
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -91,8 +93,11 @@ class BatchSource:
     """
 
     def __init__(self, source: ShardSource, batches: Iterator[np.ndarray],
-                 plan: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, Slots]], positions: int) -> None:
+                 plan: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, Slots]], positions: int,
+                 read_threads: int = 1) -> None:
         self.reader = ShardReader(source.root, source.info)
+        # pread releases the GIL: several threads read a batch's samples at once.
+        self._pool = ThreadPoolExecutor(read_threads) if read_threads > 1 else None
         self.raw = source.preresize is not None
         # What each batch starts with; pre-resized pixels need no first resize.
         self.head = ("images", "ids", "crop_start", "crop_shape") + (() if self.raw else ("first_size",))
@@ -103,7 +108,8 @@ class BatchSource:
     def __call__(self) -> tuple[list[np.ndarray] | np.ndarray, ...]:
         indices = next(self.batches)  # StopIteration ends an evaluation pass
         wanted = (IDS_EXT, RAW_EXT) if self.raw else (IDS_EXT, *IMAGE_EXTS)
-        samples = [self.reader.read(int(i), wanted) for i in indices]
+        read = partial(self._read, wanted=wanted)
+        samples = list(self._pool.map(read, indices) if self._pool else map(read, indices))
         ids = np.array([unpack_ids(s[IDS_EXT]) for s in samples], np.int32).reshape(len(samples), 5)
         self.recent.append(tuple(int(n) for n in ids[:, 2]))
         images = [self._image(s, row) for s, row in zip(samples, ids)]
@@ -113,6 +119,9 @@ class BatchSource:
                 "first_size": first_size.astype(np.float32)}
         return tuple(head[name] for name in self.head) + tuple(a for p in range(self.positions) for a in slots.position(p))
 
+    def _read(self, index: np.integer, wanted: tuple[str, ...]) -> dict[str, bytes]:
+        return self.reader.read(int(index), wanted)
+
     def _image(self, sample: dict[str, bytes], ids: np.ndarray) -> np.ndarray:
         if self.raw:
             return decode_raw(sample.get(RAW_EXT, b""), int(ids[3]), int(ids[4]))
@@ -120,6 +129,8 @@ class BatchSource:
         return np.frombuffer(data, np.uint8)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
         self.reader.close()
 
 
