@@ -20,6 +20,7 @@ import typer
 from commfor_fast import __version__
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import OUTPUT_ERRNOS, output_error
 from commfor_fast.settings import BenchSettings, DemoSettings, EvalSettings, PredictSettings, TrainSettings
 
 app = typer.Typer(
@@ -40,6 +41,8 @@ def _fill(cls: type[S], values: dict[str, Any]) -> S:
     """An instance of the settings dataclass `cls` from a command's parameters (by field name)."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in values.items() if k in names})
+TRUST_HELP = ("Allow full unpickling of --ckpt when it holds more than tensors. DANGEROUS: unpickling runs any "
+              "code stored in the file, so use it only for checkpoints from a source you trust.")
 
 
 def _version(value: bool) -> None:
@@ -60,9 +63,10 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: from training, the original's, or a plain state dict.")] = PredictSettings.ckpt,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id or a save_pretrained folder, e.g. OwensLab/commfor-model-384.")] = PredictSettings.hf_model,
+    trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = PredictSettings.trust_checkpoint,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = PredictSettings.device,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = PredictSettings.batch_size,
-    out: Annotated[Optional[Path], typer.Option(help="Write the results to this .csv or .json file, row by row as they come, instead of printing a table.")] = PredictSettings.out,
+    out: Annotated[Optional[Path], typer.Option(help="Write the results to this .csv or .jsonl file (row by row, as they come) or .json file (at the end) instead of printing a table.")] = PredictSettings.out,
     workers: Annotated[int, typer.Option("--num-threads", "--workers", help="Threads decoding images.")] = PredictSettings.workers,
     threshold: Annotated[float, typer.Option(help="Verdict 'fake' when P(fake) is above this.")] = PredictSettings.threshold,
 ) -> None:
@@ -105,6 +109,7 @@ def train(
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Fine-tune a released detector: a Hugging Face model id (e.g. OwensLab/commfor-model-384) or a save_pretrained folder.")] = TrainSettings.hf_model,
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Start from this checkpoint: a full resume for ours, the weights of the original's or of a plain state dict.")] = TrainSettings.ckpt,
     only_load_model_weights: Annotated[bool, typer.Option(help="With --ckpt: take only the weights, with a new optimizer and schedule.")] = TrainSettings.only_load_model_weights,
+    trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = TrainSettings.trust_checkpoint,
     batch_size: Annotated[int, typer.Option(help="Images per process per step.")] = TrainSettings.batch_size,
     epochs: Annotated[int, typer.Option(help="Epochs (one epoch: every training image about once).")] = TrainSettings.epochs,
     train_itrs: Annotated[Optional[int], typer.Option(help="Iterations; overrides --epochs when > 0.")] = TrainSettings.train_itrs,
@@ -123,6 +128,7 @@ def train(
     rsa_min_num_ops: Annotated[str, typer.Option(help="Minimum count per op: one number or a comma list.")] = TrainSettings.rsa_min_num_ops,
     rsa_max_num_ops: Annotated[str, typer.Option(help="Maximum count per op: one number or a comma list.")] = TrainSettings.rsa_max_num_ops,
     fix_padding_quirk: Annotated[bool, typer.Option(help="RandomPadding keeps the image's shape (the original transposes non-square images).")] = TrainSettings.fix_padding_quirk,
+    verify_hashes: Annotated[bool, typer.Option(help="Check every shard's sha256 against the manifest before training (sizes and indexes are always checked).")] = TrainSettings.verify_hashes,
     ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every N iterations (0: at epoch ends only).")] = TrainSettings.ckpt_every,
     ckpt_keep_count: Annotated[int, typer.Option(help="Newest checkpoints to keep (-1: all, 0: write none).")] = TrainSettings.ckpt_keep_count,
     resume: Annotated[bool, typer.Option(help="Fail unless --out holds a checkpoint to resume from (resuming itself is automatic).")] = TrainSettings.resume,
@@ -152,6 +158,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Report folder: report.json, per_generator.csv, per_generator.png and .pdf.", show_default=False)],
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint (ours or the original's).")] = EvalSettings.ckpt,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id or a save_pretrained folder, e.g. OwensLab/commfor-model-384.")] = EvalSettings.hf_model,
+    trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = EvalSettings.trust_checkpoint,
     sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = EvalSettings.sets,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = EvalSettings.device,
     batch_size: Annotated[int, typer.Option(help="Images per process per batch.")] = EvalSettings.batch_size,
@@ -196,7 +203,7 @@ def convert(
     workers: Annotated[int, typer.Option(help="Conversion processes (0: one per CPU core, as many as memory allows); each holds about 3 x --partition-size in memory.")] = ConvertSettings.workers,
     num_nodes: Annotated[int, typer.Option(help="Machines converting into the same --out (shared storage).")] = ConvertSettings.num_nodes,
     node_rank: Annotated[int, typer.Option(help="This machine's rank: it converts partitions p with p % num_nodes == node_rank.")] = ConvertSettings.node_rank,
-    verify_hashes: Annotated[bool, typer.Option(help="On resume, re-hash finished shards (sha256) instead of checking sizes and indexes only.")] = ConvertSettings.verify_hashes,
+    verify_hashes: Annotated[bool, typer.Option(help="On resume, re-hash finished shards and their source files (sha256) instead of checking names, sizes and indexes only: damaged shards and sources edited in place are converted again (partitions first converted without this flag are redone once).")] = ConvertSettings.verify_hashes,
     quiet: Annotated[bool, typer.Option(help="No progress or summary lines.")] = ConvertSettings.quiet,
 ) -> None:
     """Convert HF parquet and/or image folders into WebDataset shards.
@@ -210,6 +217,32 @@ def convert(
     from commfor_fast.convert.run import convert as run_convert
 
     call(run_convert, settings)
+
+
+@app.command()
+def verify(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="A `commfor-fast convert` output folder.", show_default=False)],
+    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
+) -> None:
+    """Check every shard against manifest.json; exit 1 if any is damaged.
+
+    Each shard's sha256 and index, and each sample's label and ids.
+
+    Example:
+
+    \b
+        commfor-fast verify /data/commfor-train
+    """
+    from commfor_fast.verify import verify_shards
+
+    checked, damaged = call(verify_shards, data, not quiet)
+    for damage in damaged:
+        typer.echo(f"damaged: {data / damage.shard}: {damage.problem}")
+    if damaged:
+        typer.echo(f"{len(damaged)} of {checked} shards are damaged; re-run the convert command recorded in "
+                   f"{data / 'manifest.json'} to redo them", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{checked} shards intact", err=True)
 
 
 @app.command()
@@ -272,12 +305,23 @@ def bench(
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run one library call; a `UserError` becomes `error: ...` on stderr and exit code 2."""
+    """Run one library call; a `UserError` (or a write that failed for lack of space or
+    permission) becomes `error: ...` on stderr and exit code 2, Ctrl-C one line and exit
+    code 130 (the shell's code for SIGINT)."""
     try:
         return fn(*args, **kwargs)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        typer.echo(f"error: {output_error(exc.filename, exc)}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to go on (convert and train resume where they "
+                   "stopped)", err=True)
+        raise typer.Exit(130) from None
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import atomic_write, check_writable
 from commfor_fast.metrics import EvalReport
 from commfor_fast.progress import Progress
 from commfor_fast.convert.units import HF
@@ -108,14 +109,15 @@ def write_scores(scores: Scores, manifest: Manifest, data: Path, path: Path) -> 
         "logit": scores.logits.astype(np.float32),
         "score": scores.probabilities.astype(np.float32),
     })
-    if path.suffix == ".csv":
-        import pyarrow.csv as pacsv
+    with atomic_write(path) as f:
+        if path.suffix == ".csv":
+            import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, path)
-    else:
-        import pyarrow.parquet as pq
+            pacsv.write_csv(table, f)
+        else:
+            import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
+            pq.write_table(table, f)
     return path
 
 
@@ -136,7 +138,10 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
     env = setup_distributed(device)
     manifest = Manifest.load(settings.data)
     set_names = _set_names(manifest, settings.sets, settings.data)
-    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device)
+    if env.is_main:  # before scoring anything: a report that cannot be written is known now
+        check_writable(Path(settings.out), "--out")
+    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device,
+                                trust_checkpoint=settings.trust_checkpoint)
     if env.is_main:
         print(f"scoring the sets {', '.join(set_names)} of {settings.data} with {model.timm_name}", flush=True)
         if "train" in set_names and settings.sets is None:

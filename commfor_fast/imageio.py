@@ -182,6 +182,13 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return size, int(size * width / height)
 
 
+def resized_shapes(heights: np.ndarray, widths: np.ndarray, size: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """`resized_shape` over arrays of sizes (int64 results)."""
+    tall = widths <= heights
+    long = (size * np.where(tall, heights, widths) / np.where(tall, widths, heights)).astype(np.int64)
+    return np.where(tall, long, size), np.where(tall, size, long)
+
+
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     """Resize so the shorter side is `size`: PIL bilinear (antialiased when shrinking)."""
     height, width = resized_shape(img.height, img.width, size)

@@ -239,6 +239,7 @@ def load_detector(
     ckpt: Path | None = None,
     hf_model: str | None = None,
     map_location: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
 ) -> tuple[CommForDetector, dict[str, Any]]:
     """Load a trained detector (in eval mode) from a local checkpoint or the Hub.
 
@@ -247,7 +248,8 @@ def load_detector(
     or a plain state dict; keys may carry `_orig_mod.` / `module.` prefixes. Without
     stored arguments the shape options are read off the weights. `hf_model` is a Hub
     id (or a folder written by `save_pretrained`) whose `config.json` holds them.
-    Never downloads ImageNet weights.
+    Never downloads ImageNet weights. A local file is loaded tensors-only unless
+    `trust_checkpoint` allows full unpickling (`read_checkpoint`).
 
     Returns the model on `map_location` and an info dict: `source` ("checkpoint" or
     "hf"), `path` / `hf_model`, `format` and `model_args`.
@@ -261,7 +263,7 @@ def load_detector(
         model = _load_from_hub(hf_model)
         info: dict[str, Any] = {"source": "hf", "hf_model": hf_model, "format": "hf"}
     else:
-        model, fmt = _load_checkpoint(Path(ckpt))
+        model, fmt = _load_checkpoint(Path(ckpt), trust_checkpoint)
         info = {"source": "checkpoint", "path": str(ckpt), "format": fmt}
     info["model_args"] = model.model_args
     return model.to(map_location).eval(), info
@@ -293,32 +295,56 @@ def _unreadable(path: Path, exc: Exception) -> UserError:
     )
 
 
-def read_checkpoint(path: Path) -> Any:
-    """`torch.load` the file, tensors only first; UserError if it is not a torch file."""
+# What `torch.save` files start with: a zip archive (the default since PyTorch 1.6), or
+# the legacy format's pickled magic number.
+_TORCH_HEADERS = (b"PK\x03\x04", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19")
+# How torch's tensors-only unpickler names the object it refused.
+_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
+def _is_torch_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(max(len(h) for h in _TORCH_HEADERS))
+    return any(head.startswith(h) for h in _TORCH_HEADERS)
+
+
+def read_checkpoint(path: Path, trust: bool = False) -> Any:
+    """`torch.load` the file with tensors and plain containers only.
+
+    Full unpickling runs whatever code the file names, so it happens only with `trust`
+    (`--trust-checkpoint`); without it a file holding other Python objects is a
+    `UserError` that says so. A file that is no `torch.save` output at all (random
+    bytes, a truncated archive) is a `UserError` too.
+    """
     if path.is_dir():
         raise UserError(f"--ckpt {path}: is a folder; for a folder written by save_pretrained "
                         f"use --hf-model {path}, else give the checkpoint file (.pt)")
     if not path.is_file():
         raise UserError(f"--ckpt {path}: no such file; give a checkpoint written by training (.pt)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if not _is_torch_file(path):
+            raise UserError(f"--ckpt {path}: not a torch checkpoint (it does not start like a file written by "
+                            f"torch.save; truncated, or another kind of file); give a .pt file written by "
+                            f"training or the original's checkpoint")
+        return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if not str(exc).startswith("Weights only load failed"):
+        if trust or not str(exc).startswith("Weights only load failed"):
             raise _unreadable(path, exc) from None
-        # The file holds Python objects beyond tensors and plain containers (e.g. a
-        # config with paths); load it fully, which runs pickled code: trusted files only.
-        print(f"warning: {path} holds Python objects besides tensors; loading it with full "
-              f"unpickling (only load checkpoints you trust)", file=sys.stderr)
-    except Exception as exc:  # truncated, not a zip/pickle, ...: the file is the problem
-        raise _unreadable(path, exc) from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
+        found = _UNSUPPORTED_GLOBAL.search(str(exc))
+        raise UserError(
+            f"--ckpt {path}: holds Python objects besides tensors"
+            + (f" ({found.group(1)})" if found else "")
+            + "; loading them would run code stored in the file. Pass --trust-checkpoint only if you "
+              "trust where the file comes from, or save its state dict alone with torch.save"
+        ) from None
+    except UserError:
+        raise
+    except Exception as exc:  # truncated, damaged archive, ...: the file is the problem
         raise _unreadable(path, exc) from None
 
 
-def _load_checkpoint(path: Path) -> tuple[CommForDetector, str]:
-    return detector_from_checkpoint(read_checkpoint(path), path)
+def _load_checkpoint(path: Path, trust: bool) -> tuple[CommForDetector, str]:
+    return detector_from_checkpoint(read_checkpoint(path, trust), path)
 
 
 def detector_from_checkpoint(obj: Any, path: Path) -> tuple[CommForDetector, str]:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +27,9 @@ import torch
 
 from commfor_fast.distributed import resolve_device
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import OUTPUT_ERRNOS, check_writable, output_error
 from commfor_fast.imageio import SOURCE_EXTENSIONS, BadImage, decode_rgb
+from commfor_fast.metrics import THRESHOLD
 from commfor_fast.model import load_detector
 from commfor_fast.pipelines.preprocess import normalise
 from commfor_fast.pipelines.reference import eval_image
@@ -50,30 +54,40 @@ class Prediction:
 
 @dataclass
 class ImageFiles:
-    """What `collect_images` found: the files to score, and the non-image files it skipped."""
+    """What `collect_images` found: the files to score, the non-image files it skipped,
+    and the folders it could not read (with the reason)."""
 
     images: list[Path]
     skipped: list[Path]
+    unreadable: dict[Path, str]
 
 
 def collect_images(paths: list[Path]) -> ImageFiles:
     """The files to score: named files as given, folders searched recursively.
 
-    Folders contribute files whose extension (any case) is in `SOURCE_EXTENSIONS`,
-    sorted; their other files are listed as skipped. A named file is used whatever its
-    extension. Duplicates are dropped.
+    Folders (not followed through symlinked folders) contribute files whose extension
+    (any case) is in `SOURCE_EXTENSIONS`, sorted; their other files are listed as
+    skipped. A named file is used whatever its extension. Duplicates are dropped. A
+    sub-folder that cannot be listed is returned with the error, so its images are
+    reported as missing rather than silently left out.
     """
     if not paths:
         raise UserError("PATH: no image or folder given; name at least one")
     found: dict[Path, None] = {}
     skipped: list[Path] = []
+    unreadable: dict[Path, str] = {}
+
+    def note(exc: OSError) -> None:
+        unreadable[Path(exc.filename)] = f"cannot read the folder: {exc.strerror or exc}"
+
     for path in paths:
         if path.is_file():
             found[path] = None
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
+            files = sorted(Path(top, name) for top, _, names in os.walk(path, onerror=note) for name in names
+                           if Path(top, name).is_file())
             images = [p for p in files if p.suffix.lower() in SOURCE_EXTENSIONS]
-            if not images:
+            if not images and not unreadable:
                 raise UserError(
                     f"PATH {path}: the folder holds no images (searched recursively for "
                     f"{', '.join(SOURCE_EXTENSIONS)}); point to a folder with images"
@@ -82,7 +96,7 @@ def collect_images(paths: list[Path]) -> ImageFiles:
             skipped += [p for p in files if p.suffix.lower() not in SOURCE_EXTENSIONS]
         else:
             raise UserError(f"PATH {path}: no such file or folder; give an existing image or folder")
-    return ImageFiles(list(found), skipped)
+    return ImageFiles(list(found), skipped, unreadable)
 
 
 def _check_settings(settings: PredictSettings) -> None:
@@ -97,6 +111,10 @@ def _check_settings(settings: PredictSettings) -> None:
             f"--out {settings.out}: the suffix {settings.out.suffix or '(none)'!r} is not a known "
             f"format; end the file name with .csv, .jsonl or .json"
         )
+    if settings.out is not None:
+        if settings.out.is_dir():
+            raise UserError(f"--out {settings.out}: is a folder; give a file name ending in .csv, .jsonl or .json")
+        check_writable(settings.out.parent, f"--out {settings.out}: its folder")
 
 
 def _load_input(path: Path, input_size: int) -> torch.Tensor | str:
@@ -112,6 +130,8 @@ def _decoded_batches(files: list[Path], input_size: int, batch_size: int,
                      workers: int) -> Iterator[tuple[list[Path], list[torch.Tensor | str]]]:
     """Batches of (files, tensors or error messages); the next batch decodes meanwhile."""
     batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    if not batches:
+        return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = [pool.submit(_load_input, p, input_size) for p in batches[0]]
         for k, batch in enumerate(batches):
@@ -124,7 +144,8 @@ def _decoded_batches(files: list[Path], input_size: int, batch_size: int,
 def predict(settings: PredictSettings) -> list[Prediction]:
     """Score every image of `settings.paths`; write `settings.out` (as results come) if set.
 
-    Returns one `Prediction` per file, in the order of `collect_images`.
+    Returns one `Prediction` per file, in the order of `collect_images`, then an
+    error row per folder that could not be read.
     """
     _check_settings(settings)
     found = collect_images(settings.paths)
@@ -134,7 +155,8 @@ def predict(settings: PredictSettings) -> list[Prediction]:
               f"{', ...' if len(found.skipped) > 3 else ''}); images are {', '.join(SOURCE_EXTENSIONS)}",
               file=sys.stderr)
     device = resolve_device(settings.device)
-    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device)
+    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device,
+                                trust_checkpoint=settings.trust_checkpoint)
 
     results: list[Prediction] = []
     writer = PredictionWriter(settings.out, info, settings.threshold) if settings.out is not None else None
@@ -152,6 +174,10 @@ def predict(settings: PredictSettings) -> list[Prediction]:
                     writer.write(rows)
                 results += rows
                 progress.update(len(rows))
+        folders = [Prediction(str(folder), None, None, None, reason) for folder, reason in found.unreadable.items()]
+        if writer is not None:
+            writer.write(folders)
+        results += folders
     finally:
         if writer is not None:
             writer.close()
@@ -174,35 +200,66 @@ def _rows(batch: list[Path], inputs: list[torch.Tensor | str], scored: Iterator[
 class PredictionWriter:
     """Rows to a .csv or .jsonl file as they come, flushed after every batch (a killed
     run keeps what was scored); a .json file is one document (model, threshold, rows)
-    written when the run ends."""
+    written atomically when the run ends. A write that fails for lack of space or
+    permission is a `UserError` naming the file, and leaves no file without rows."""
 
     def __init__(self, out: Path, model_info: dict[str, Any], threshold: float) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         self.out, self.suffix = out, out.suffix.lower()
         self.doc: dict[str, Any] = {"model": model_info, "threshold": threshold, "predictions": []}
-        self.file: IO[str] | None = out.open("w", newline="") if self.suffix in STREAMED_SUFFIXES else None
+        self.file: IO[str] | None = None
         self.csv: csv.DictWriter | None = None
-        if self.suffix == ".csv":
-            self.csv = csv.DictWriter(self.file, fieldnames=[f.name for f in fields(Prediction)])
-            self.csv.writeheader()
-            self.file.flush()
+        self.rows_written = 0
+        if self.suffix in STREAMED_SUFFIXES:
+            with self._failures():
+                self.file = open(out, "w", newline="")
+                if self.suffix == ".csv":
+                    self.csv = csv.DictWriter(self.file, fieldnames=[f.name for f in fields(Prediction)])
+                    self.csv.writeheader()
+                    self.file.flush()
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if self.file is not None:
+                with suppress(OSError):
+                    self.file.close()
+                self.file = None
+            if not self.rows_written:
+                self.out.unlink(missing_ok=True)
+            if exc.errno in OUTPUT_ERRNOS:
+                raise output_error(self.out, exc) from None
+            raise
 
     def write(self, rows: list[Prediction]) -> None:
-        for row in map(asdict, rows):
-            if self.csv is not None:
-                self.csv.writerow({k: "" if v is None else v for k, v in row.items()})
-            elif self.file is not None:
-                self.file.write(json.dumps(row) + "\n")
-            else:
-                self.doc["predictions"].append(row)
-        if self.file is not None:
+        if self.file is None:
+            self.doc["predictions"] += map(asdict, rows)
+            return
+        with self._failures():
+            for row in map(asdict, rows):
+                if self.csv is not None:
+                    self.csv.writerow({k: "" if v is None else v for k, v in row.items()})
+                else:
+                    self.file.write(json.dumps(row) + "\n")
             self.file.flush()
+        self.rows_written += len(rows)
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
-        else:
+            with self._failures():
+                self.file.close()
+        elif self.suffix == ".json":
             write_json_atomic(self.out, self.doc)
+
+
+def write_predictions(predictions: list[Prediction], out: Path, model_info: dict[str, Any],
+                      threshold: float = THRESHOLD) -> None:
+    """Write finished predictions to `out` (.csv, .jsonl or .json) in one go."""
+    writer = PredictionWriter(out, model_info, threshold)
+    writer.write(predictions)
+    writer.close()
 
 
 def format_predictions(predictions: list[Prediction]) -> str:

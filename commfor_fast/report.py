@@ -5,7 +5,8 @@ has one row per generator for spreadsheets (an undefined value is an empty cell)
 chart (PNG at 200 dpi and PDF, for papers) shows per-generator AP and accuracy, sorted,
 on an axis scaled to the data with the values on the bars, readable for five
 generators or for hundreds; `format_table` is what the console shows. Undefined
-values print as "n/a".
+values print as "n/a". Generator names in the CSV are escaped against spreadsheet
+formula injection.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from commfor_fast.fileio import atomic_write
 from commfor_fast.metrics import EvalReport, GeneratorMetrics
 
 REPORT_JSON = "report.json"
@@ -33,6 +35,7 @@ BAR_CHART_MAX = 300
 ROW_INCHES = 0.3
 WORST_LABELLED = 10
 NAME_WIDTH = 44
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula
 
 
 def _num(value: float | None) -> str:
@@ -47,6 +50,12 @@ def _short(name: str, width: int = NAME_WIDTH) -> str:
     return name[:head] + "..." + name[len(name) - (width - 3 - head):]
 
 
+def spreadsheet_safe(text: str) -> str:
+    """`text` for a CSV cell: a leading `'` where a spreadsheet would read a formula
+    (=, +, -, @, tab, carriage return), so a hostile generator name cannot run one."""
+    return "'" + text if text[:1] in FORMULA_STARTS else text
+
+
 def _by_ap(generators: list[GeneratorMetrics]) -> list[GeneratorMetrics]:
     """Worst AP first; generators without AP last, by fake accuracy."""
     return sorted(generators, key=lambda g: (g.ap is None, g.ap or 0.0, g.fake_accuracy or 0.0))
@@ -54,7 +63,8 @@ def _by_ap(generators: list[GeneratorMetrics]) -> list[GeneratorMetrics]:
 
 def write_report(report: EvalReport, out_dir: Path,
                  meta: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Write report.json (with `meta`, e.g. the run's settings), per_generator.csv and the chart.
+    """Write report.json (with `meta`, e.g. the run's settings), per_generator.csv and the chart,
+    each atomically (`fileio.atomic_write`): a failed write leaves no empty or partial file.
 
     Returns the paths by kind: "json", "csv", "chart" (the PNG) and "chart_pdf".
     """
@@ -63,12 +73,13 @@ def write_report(report: EvalReport, out_dir: Path,
     data = report.to_dict()
     if meta is not None:
         data["meta"] = dict(meta)
-    paths["json"].write_text(json.dumps(data, indent=2, default=str) + "\n")
-    with paths["csv"].open("w", newline="") as f:
+    with atomic_write(paths["json"], "w") as f:
+        f.write(json.dumps(data, indent=2, default=str) + "\n")
+    with atomic_write(paths["csv"], "w") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for g in report.generators:
-            row = (g.name, g.n_real, g.n_fake, g.accuracy, g.real_accuracy, g.fake_accuracy,
+            row = (spreadsheet_safe(g.name), g.n_real, g.n_fake, g.accuracy, g.real_accuracy, g.fake_accuracy,
                    g.ap, g.auc, g.ap_within)
             writer.writerow("" if v is None else v for v in row)
     paths["chart"], paths["chart_pdf"] = plot_report(report, out_dir / CHART_NAME)
@@ -89,10 +100,10 @@ def format_table(report: EvalReport) -> str:
     ]
     fakes = _by_ap([g for g in r.generators if g.n_fake])
     if fakes:
-        width = min(max(len(g.name) for g in fakes), NAME_WIDTH)
         header = ("generator (worst AP first)", "n_real", "n_fake", "acc", "real_acc", "fake_acc",
                   "AP", "AUC", "AP_within")
-        lines += ["", f"{_short(header[0], width):<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:])]
+        width = max(min(max(len(g.name) for g in fakes), NAME_WIDTH), len(header[0]))  # the header whole
+        lines += ["", f"{header[0]:<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:])]
         for g in fakes:
             cells = (g.n_real, g.n_fake, _num(g.accuracy), _num(g.real_accuracy),
                      _num(g.fake_accuracy), _num(g.ap), _num(g.auc), _num(g.ap_within))
@@ -122,8 +133,10 @@ def plot_report(report: EvalReport, path: Path) -> tuple[Path, Path]:
     else:
         fig = _dot_chart(report, generators)
     png, pdf = path.with_suffix(".png"), path.with_suffix(".pdf")
-    fig.savefig(png, dpi=CHART_DPI)
-    fig.savefig(pdf)
+    with atomic_write(png) as f:
+        fig.savefig(f, format="png", dpi=CHART_DPI)
+    with atomic_write(pdf) as f:
+        fig.savefig(f, format="pdf")
     return png, pdf
 
 

@@ -38,6 +38,7 @@ class TrainSettings:
     ckpt: Path | None = None  # start from this checkpoint: a full resume for ours, weights only for others
     only_load_model_weights: bool = False  # with --ckpt: take only the weights of our checkpoint too
     hf_model: str | None = None  # fine-tune a released detector: a hub id or a save_pretrained folder
+    trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
     # schedule (the defaults are the original's)
     batch_size: int = 32  # per process (the paper's runs use 128)
     epochs: int = 20
@@ -58,6 +59,7 @@ class TrainSettings:
     rsa_min_num_ops: str = "0"
     rsa_max_num_ops: str = "2"
     fix_padding_quirk: bool = False
+    verify_hashes: bool = False  # sha256 of every shard against the manifest before training (sizes are always checked)
     # checkpoints and logging
     ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)
     ckpt_keep_count: int = 5  # newest checkpoints kept (-1: all, 0: write none)
@@ -79,6 +81,7 @@ class EvalSettings:
     out: Path  # report folder: report.json, per_generator.csv, per_generator.png and .pdf
     ckpt: Path | None = None  # a local checkpoint (ours or the original's)
     hf_model: str | None = None  # or a Hugging Face model id, e.g. OwensLab/commfor-model-384
+    trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
     sets: str | None = None  # comma list of sets to score; default: every set in the folder
     device: str = "auto"  # "cuda", "cpu", or "auto": cuda when a GPU is visible
     batch_size: int = 128  # per process
@@ -98,9 +101,10 @@ class PredictSettings:
     paths: list[Path]  # image files and/or folders (searched recursively)
     ckpt: Path | None = None  # local checkpoint (ours, the original's, or a state dict) ...
     hf_model: str | None = None  # ... or a Hugging Face model id, e.g. OwensLab/commfor-model-384
+    trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
     batch_size: int = 32
-    out: Path | None = None  # .csv or .json file, written as results come; None: nothing written
+    out: Path | None = None  # .csv, .jsonl or .json file (the first two written as results come); None: nothing written
     workers: int = 4  # decoding threads
     threshold: float = THRESHOLD  # verdict "fake" when P(fake) > threshold
 

@@ -41,7 +41,7 @@ from commfor_fast import __version__
 from commfor_fast.distributed import (Dist, all_gather, amp_dtype, broadcast, resolve_device, setup_distributed,
                                       teardown_distributed)
 from commfor_fast.errors import UserError
-from commfor_fast.fileio import atomic_write
+from commfor_fast.fileio import atomic_write, check_writable
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.settings import TrainSettings
 from commfor_fast.shards import Manifest
@@ -88,6 +88,17 @@ def check_settings(s: TrainSettings) -> None:
         raise UserError(f"--hf-model {s.hf_model}: give it alone, without --ckpt or --pretrained-path "
                         "(each names the weights to start from)")
     amp_dtype(s.amp_dtype)
+
+
+def _verify_hashes(data: Path) -> None:
+    """`--verify-hashes`: every shard against the manifest (sha256 and more, see `verify`), before training."""
+    from commfor_fast.verify import verify_shards
+
+    checked, damaged = verify_shards(data)
+    if damaged:
+        raise UserError(f"--verify-hashes: {len(damaged)} of {checked} shards in {data} are damaged, e.g. "
+                        f"{damaged[0].shard}: {damaged[0].problem}; `commfor-fast verify {data}` lists them all. "
+                        "Re-run the convert command recorded in its manifest.json to redo them")
 
 
 LR_SCHEDULES = ("original", "per-iteration")
@@ -229,6 +240,20 @@ class MetricsLog:
             self.wandb = wandb.init(project=settings.wandb_project, name=settings.wandb_run_name, id=run_id,
                                     resume="allow", config=settings_dict(settings), dir=str(settings.out))
 
+    def drop_after(self, itr: int) -> None:
+        """Resuming at `itr`: drop the records of later iterations, which the run now repeats,
+        so metrics.jsonl holds each iteration once."""
+        if not self.enabled:
+            return
+        self.file.close()
+        path = Path(self.file.name)
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _record_itr(line) <= itr]
+        if len(kept) != len(lines):
+            with atomic_write(path, "w") as f:
+                f.writelines(kept)
+        self.file = open(path, "a")
+
     def print(self, line: str) -> None:
         if self.enabled:
             print(line, flush=True)
@@ -257,6 +282,21 @@ class MetricsLog:
             self.file.close()
             if self.wandb is not None:
                 self.wandb.finish()
+
+
+def _record_itr(line: str) -> int:
+    """The iteration of one metrics.jsonl line; a line cut short by a kill counts as the last."""
+    try:
+        return int(json.loads(line)["itr"])
+    except (ValueError, KeyError, TypeError):
+        return 2**62
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files that checkpoint writes killed midway left in `out`
+    (`fileio.atomic_write` names them `.ckpt-*.tmp`, `.model.pt.*.tmp`)."""
+    for path in [*out.glob(".ckpt-*.tmp"), *out.glob(".model.pt.*.tmp")]:
+        path.unlink(missing_ok=True)
 
 
 def host_peak_mb() -> float:
@@ -315,7 +355,10 @@ def train(settings: TrainSettings) -> Path:
     manifest = Manifest.load(settings.data)
     out = Path(settings.out)
     if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out, "--out")  # before any work: checkpoints and the model must be writable
+        if settings.verify_hashes:
+            _verify_hashes(settings.data)
+        remove_stale_temporaries(out)
     torch.manual_seed(settings.seed + env.rank)
     np.random.seed(settings.seed + env.rank)
     log = MetricsLog(settings, env)
@@ -349,7 +392,7 @@ def train(settings: TrainSettings) -> Path:
         raise UserError(f"--resume: no checkpoint (ckpt-*.pt) in {out} to resume from")
     ckpt: Any = None
     if start is not None:
-        ckpt = read_checkpoint(Path(start))
+        ckpt = read_checkpoint(Path(start), trust=settings.trust_checkpoint)
         model, ckpt_format = detector_from_checkpoint(ckpt, Path(start))
         if settings.freeze_backbone and not resuming:
             model.set_freeze_backbone(True)
@@ -396,6 +439,8 @@ def train(settings: TrainSettings) -> Path:
             data_state = states[env.rank]
         else:
             log.print(f"note: the data streams restart from their seeds (the stream settings changed since {start})")
+        if resuming:
+            log.drop_after(itr)
         log.print(f"resumed from {start} at iteration {itr}")
     elif ckpt is not None:
         log.print(f"starting from the weights of {start} ({ckpt_format} format): new optimizer and schedule")

@@ -43,7 +43,7 @@ def test_every_default_comes_from_the_settings(name: str) -> None:
     assert checked >= 3
 
 
-@pytest.mark.parametrize("name", sorted(SETTINGS))
+@pytest.mark.parametrize("name", sorted(_commands()))
 def test_help_has_switches_full_defaults_and_an_example(name: str) -> None:
     result = runner.invoke(app, [name, "--help"])
     assert result.exit_code == 0, result.output

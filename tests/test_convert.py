@@ -20,6 +20,7 @@ from commfor_fast.convert import settings as convert_settings
 from commfor_fast.convert.balance import water_fill
 from commfor_fast.convert.check import check_data, check_structure, jpeg_is_complete
 from commfor_fast.convert.settings import default_workers
+from commfor_fast.errors import UserError
 from commfor_fast.demo.hf_replica import write_hf_replica
 from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb, encode_raw, resize_shorter
 from commfor_fast.shards import Manifest, unpack_ids
@@ -385,17 +386,82 @@ def test_folder_walk_skips_hidden_folders_and_symlink_cycles(tmp_path, convert_i
     (fake / "sub").mkdir()
     (fake / "sub" / "a.png").write_bytes(image_bytes("png", 5))
     (fake / "sub" / "loop").symlink_to(fake, target_is_directory=True)  # a cycle
+    (fake / "sub2").symlink_to(fake / "sub", target_is_directory=True)  # the same folder again
     (fake / ".thumbnails").mkdir()  # hidden, like the hidden files beside it
     (fake / ".thumbnails" / "t.png").write_bytes(image_bytes("png", 6))
     (fake / ".t.png").write_bytes(image_bytes("png", 7))
     elsewhere = write_folder_tree(tmp_path / "elsewhere", {"more": {"fake": ("png",)}}) / "more" / "fake"
-    (fake / "linked").symlink_to(elsewhere, target_is_directory=True)  # no cycle: followed
+    (fake / "linked").symlink_to(elsewhere, target_is_directory=True)  # leaves the root
+    (root / "gen2").symlink_to(elsewhere.parent, target_is_directory=True)  # a dataset linked into the root
     manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0)
     paths = sorted(json.loads(m["json"])["path"] for _, m in read_all_samples(tmp_path / "out")["all"])
-    assert paths == ["gen/fake/img000.png", "gen/fake/img001.png", "gen/fake/linked/img000.png",
-                     "gen/fake/sub/a.png", "gen/real/img000.JPG"]
-    assert manifest.sources[0]["ignored_examples"] == ["gen/fake/.t.png", "gen/fake/.thumbnails/",
-                                                       "gen/fake/sub/loop/"]
+    assert paths == ["gen/fake/img000.png", "gen/fake/img001.png", "gen/fake/sub/a.png", "gen/real/img000.JPG",
+                     "gen2/fake/img000.png"]
+    source = manifest.sources[0]
+    assert source["ignored_examples"] == ["gen/fake/.t.png", "gen/fake/.thumbnails/", "gen/fake/sub2/"]
+    assert source["skipped_links"] == ["gen/fake/linked (leads out of gen/fake)", "gen/fake/sub/loop (loops)"]
+    assert any("gen/fake/sub/loop (loops)" in w for w in manifest.warnings)
+
+
+def test_a_link_never_gives_an_image_a_second_or_wrong_label(tmp_path, convert_into):
+    """`gen/real/loop -> ..` once stored every fake again as real/loop/fake/... with label 0."""
+    root = write_folder_tree(tmp_path / "root", {"gen": {"fake": ("png", "png", "garbage"), "real": ("jpeg",)},
+                                                 "other": {"fake": ("png",)}})
+    (root / "gen" / "real" / "loop").symlink_to("..", target_is_directory=True)
+    (root / "gen" / "real" / "fakes").symlink_to("../fake", target_is_directory=True)
+    (root / "gen" / "real" / "one.png").symlink_to("../fake/img000.png")
+    (root / "gen" / "real" / "same.JPG").symlink_to("img000.JPG")  # inside its label folder: the same file
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "other").symlink_to(root / "other", target_is_directory=True)  # already in root
+    (tmp_path / "again" / "new").mkdir()
+    (tmp_path / "again" / "new" / "fake").mkdir()
+    (tmp_path / "again" / "new" / "fake" / "n.png").write_bytes(image_bytes("png", 8))
+    manifest = convert_into(tmp_path / "out", folders=[root, tmp_path / "again"], val_frac=0)
+    samples = [json.loads(m["json"]) for _, m in read_all_samples(tmp_path / "out")["all"]]
+    by_path = {s["path"]: s["label"] for s in samples}
+    assert by_path == {"gen/fake/img000.png": 1, "gen/fake/img001.png": 1, "gen/real/img000.JPG": 0,
+                       "other/fake/img000.png": 1, "new/fake/n.png": 1}  # each real file once, across roots
+    assert len(samples) == 5 and len(manifest.rejects) == 1  # the bad file is rejected once
+    with pytest.raises(UserError, match="reached already through another --folder"):
+        convert_into(tmp_path / "out2", folders=[root, root / ".." / "root"], val_frac=0)
+    assert manifest.sources[0]["skipped_links"] == [
+        "gen/real/fakes (leads out of gen/real)", "gen/real/loop (loops)", "gen/real/one.png (leads out of gen/real)"]
+
+
+def test_non_utf8_file_names_are_converted_with_an_escaped_name(tmp_path, convert_into):
+    root = write_folder_tree(tmp_path / "root", {"gen": {"fake": ("png",), "real": ("jpeg",)}})
+    fake = os.fsencode(root / "gen" / "fake")
+    with open(os.path.join(fake, b"caf\xe9 \\ \xff.png"), "wb") as f:  # Latin-1 bytes: not UTF-8
+        f.write(image_bytes("png", 11))
+    os.mkdir(os.path.join(os.fsencode(root), b"gen\xff"))
+    os.mkdir(os.path.join(os.fsencode(root), b"gen\xff", b"fake"))
+    with open(os.path.join(os.fsencode(root), b"gen\xff", b"fake", b"x.png"), "wb") as f:
+        f.write(image_bytes("png", 12))
+    manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0)
+    metas = {m["path"]: m for m in (json.loads(s["json"]) for _, s in read_all_samples(tmp_path / "out")["all"])}
+    escaped = "gen/fake/caf\\xe9 \\\\ \\xff.png"
+    assert set(metas) == {"gen/fake/img000.png", "gen/real/img000.JPG", escaped, "gen\\xff/fake/x.png"}
+    assert metas[escaped]["path_escaped"] and "path_escaped" not in metas["gen/fake/img000.png"]
+    assert manifest.generators == ["gen", "gen\\xff"]
+
+
+def test_an_unreadable_folder_is_named_not_silently_lost(tmp_path, convert_into, monkeypatch):
+    root = write_folder_tree(tmp_path / "root", {"gen": {"fake": ("png", "png"), "real": ("jpeg",)}})
+    locked = root / "gen" / "fake" / "locked"
+    locked.mkdir()
+    (locked / "a.png").write_bytes(image_bytes("png", 3))
+    scandir = os.scandir
+
+    def refuse(path):  # root ignores permissions, so refuse the way a chmod 000 folder would
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0)
+    assert manifest.sets["all"].num_samples == 3
+    assert manifest.sources[0]["unreadable_folders"] == ["gen/fake/locked/ (Permission denied)"]
+    assert any("cannot be read: gen/fake/locked/ (Permission denied)" in w for w in manifest.warnings)
 
 
 def test_balancing_is_reported(tmp_path, hf_replica, extra_real, convert_into, capsys):

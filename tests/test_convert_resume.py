@@ -5,21 +5,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from conftest import image_bytes, read_all_samples
 
 from commfor_fast.convert.parts import PLAN_NAME, marker_path
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import is_temporary
 from commfor_fast.shards import MANIFEST_NAME, Manifest
 
 SETTINGS = {"val_frac": 0.2, "seed": 5}
 
 
 def snapshot(out: Path) -> dict[str, str]:
-    """sha256 of every file in a conversion folder; the manifest without command and settings."""
+    """sha256 of every file in a conversion folder; the manifest without command and settings, the
+    markers without the source hash that only `--verify-hashes` records."""
     files = {}
     for path in sorted(out.rglob("*")):
         if path.is_file():
@@ -29,6 +35,10 @@ def snapshot(out: Path) -> dict[str, str]:
                 manifest.pop("command")
                 manifest.pop("settings")
                 data = json.dumps(manifest, sort_keys=True).encode()
+            elif path.parent.name == "parts":
+                marker = json.loads(data)
+                marker.pop("inputs_sha256")
+                data = json.dumps(marker, sort_keys=True).encode()
             files[path.relative_to(out).as_posix()] = hashlib.sha256(data).hexdigest()
     return files
 
@@ -226,3 +236,74 @@ def test_a_folder_of_other_files_is_refused(tmp_path, folder_tree, convert_into)
         convert_into(out, folders=[folder_tree])
     assert (out / "precious.txt").read_text() == "keep me"
     assert os.listdir(out) == ["precious.txt"]
+
+
+SLOW_CLI = """
+import sys, time
+from commfor_fast.convert import worker
+
+checked = worker.store_image
+def slow_store_image(data, config):  # slow enough that Ctrl-C lands in the middle of the run
+    time.sleep(0.1)
+    return checked(data, config)
+worker.store_image = slow_store_image  # at the top: the spawned workers import this file too
+
+if __name__ == "__main__":
+    from commfor_fast.cli import main
+    sys.argv[0] = "commfor-fast"
+    main()
+"""
+
+
+def test_ctrl_c_with_workers_stops_at_once_and_resumes(tmp_path, reference, hf_replica, folder_tree, convert_into):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (it once hung in 3 of 6 trials)."""
+    out = tmp_path / "out"
+    script = tmp_path / "slow_cli.py"
+    script.write_text(SLOW_CLI)
+    args = ["convert", "--quiet", "--workers", "2", "--hf-repo", str(hf_replica), "--hf-split", "Systematic+Manual",
+            "--folder", str(folder_tree), "--val-frac", str(SETTINGS["val_frac"]), "--seed", str(SETTINGS["seed"]),
+            "--shard-size", "40KB", "--partition-size", "60KB", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, str(script), *args], stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "parts").glob("part-*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # interrupt once a partition is done and others are under way
+        assert proc.poll() is None, "the conversion ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=30)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr.decode()
+    assert stopped_after < 5
+    assert stderr.decode().strip().splitlines()[-1].startswith("interrupted: rerun the same command")
+    assert not (out / MANIFEST_NAME).exists()
+    assert not [p for p in out.rglob("*") if is_temporary(p.name)]
+    finished = {p.name for p in (out / "parts").iterdir()}
+    assert finished and len(finished) < sum(n.startswith("parts/") for n in reference[1])
+    run_same(out, hf_replica, folder_tree, convert_into, workers=2)
+    assert snapshot(out) == reference[1]
+
+
+def test_verify_hashes_finds_a_source_edited_in_place(tmp_path, folder_tree, convert_into, capsys):
+    """Same name, same size, other bytes: only a hash of the sources can tell."""
+    src = Path(shutil.copytree(folder_tree, tmp_path / "src"))
+    out = tmp_path / "out"
+    convert_into(out, folders=[src], val_frac=0)
+    convert_into(out, folders=[src], val_frac=0, verify_hashes=True, quiet=False)  # records the source hashes
+    assert "were converted without --verify-hashes" in capsys.readouterr().err
+    edited = src / "coco-extra" / "real" / "img000.JPG"
+    before = {key: members["jpg"] for key, members in read_all_samples(out)["all"] if "jpg" in members}
+    assert edited.read_bytes() in before.values()
+    size = edited.stat().st_size
+    smaller = next(b for b in (image_bytes("jpeg", seed) for seed in range(900, 1000)) if len(b) < size)
+    data = smaller.ljust(size, b"\0")  # another valid JPEG (zeros after its end), the same size
+    edited.write_bytes(data)
+    convert_into(out, folders=[src], val_frac=0)  # names and sizes match: considered complete
+    assert data not in [m.get("jpg") for _, m in read_all_samples(out)["all"]]
+    convert_into(out, folders=[src], val_frac=0, verify_hashes=True)
+    stored = [m.get("jpg") for _, m in read_all_samples(out)["all"]]
+    assert data in stored

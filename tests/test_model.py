@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +19,7 @@ from commfor_fast.model import (
     get_timm_name,
     infer_model_args,
     load_detector,
+    read_checkpoint,
 )
 
 TINY = {"model_size": "tiny", "input_size": 224, "patch_size": 16}
@@ -159,8 +163,16 @@ def test_bad_checkpoints_name_the_file(tiny: CommForDetector, tmp_path: Path) ->
     with pytest.raises(UserError, match="missing.pt: no such file"):
         load_detector(ckpt=tmp_path / "missing.pt")
     (tmp_path / "garbage.pt").write_bytes(b"this is not a checkpoint")
-    with pytest.raises(UserError, match="garbage.pt: not a readable torch checkpoint"):
+    with pytest.raises(UserError, match="garbage.pt: not a torch checkpoint"):
         load_detector(ckpt=tmp_path / "garbage.pt")
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(UserError, match="random.pt: not a torch checkpoint"):
+        load_detector(ckpt=tmp_path / "random.pt")
+    buf = io.BytesIO()
+    torch.save(tiny.state_dict(), buf)
+    (tmp_path / "truncated.pt").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(UserError, match="truncated.pt: not a readable torch checkpoint"):
+        load_detector(ckpt=tmp_path / "truncated.pt")
     torch.save({"epoch": 3}, tmp_path / "nomodel.pt")
     with pytest.raises(UserError, match="nomodel.pt: not a detector checkpoint"):
         load_detector(ckpt=tmp_path / "nomodel.pt")
@@ -171,6 +183,29 @@ def test_bad_checkpoints_name_the_file(tiny: CommForDetector, tmp_path: Path) ->
         load_detector(ckpt=tmp_path / "broken.pt")
     with pytest.raises(UserError, match="give exactly one"):
         load_detector()
+
+
+class _RunsCode:
+    """Unpickling this calls `os.makedirs(marker)`: a stand-in for a hostile payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.makedirs, (str(self.marker),)
+
+
+def test_a_checkpoint_never_runs_code_unless_trusted(tiny: CommForDetector, tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    torch.save({"model": tiny.state_dict(), "model_args": TINY, "extra": _RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match=r"evil.pt: holds Python objects besides tensors \(os.makedirs\).*"
+                                        r"--trust-checkpoint"):
+        load_detector(ckpt=tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="--trust-checkpoint"):
+        read_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    model, info = load_detector(ckpt=tmp_path / "evil.pt", trust_checkpoint=True)  # the user's explicit choice
+    assert marker.is_dir() and info["format"] == "commfor-fast"
 
 
 def test_pretrained_offline_explains_how_to_run_offline(offline: None) -> None:

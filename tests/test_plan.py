@@ -137,6 +137,16 @@ def test_rotation_translation_shear_ranges() -> None:
         assert -15 <= min(values) < -14.5 and 14.5 < max(values) <= 15
 
 
+@pytest.mark.parametrize("step", [Affine(rotation=12.5), Affine(translate_x=7, translate_y=-3),
+                                  Affine(shear_x=10.0, shear_y=-7.0), Affine(rotation=-5.0, shear_x=3.0)])
+def test_affine_matrix_is_the_one_torchvision_gives_pil(step: Affine) -> None:
+    from torchvision.transforms.functional import _get_inverse_affine_matrix
+
+    expected = _get_inverse_affine_matrix([W * 0.5, H * 0.5], -step.rotation, [step.translate_x, step.translate_y],
+                                          1.0, [step.shear_x, step.shear_y])
+    assert np.allclose(step.inverse_matrix(H, W), expected, atol=1e-4)
+
+
 def test_affine_matrix_is_torchvisions() -> None:
     """Rotation about the centre: the centre maps to itself, corners rotate."""
     m = Affine(rotation=90.0).inverse_matrix(100, 200)

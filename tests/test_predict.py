@@ -67,7 +67,7 @@ def test_collect_images_recurses_and_ignores_case(images: Path) -> None:
     found = collect_images([images])
     assert [p.relative_to(images).as_posix() for p in found.images] == [
         "a.png", "b.jpg", "broken.jpg", "nested/C.PNG", "nested/deeper/d_rgba.png", "nested/small.JPEG"]
-    assert found.skipped == [images / "notes.txt"]
+    assert found.skipped == [images / "notes.txt"] and found.unreadable == {}
     # A named file is used as given, and duplicates are dropped.
     assert collect_images([images / "a.png", images / "a.png"]).images == [images / "a.png"]
 

@@ -15,14 +15,13 @@ datasets, so it is refused unless `--overwrite` is given.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from commfor_fast.errors import UserError
-from commfor_fast.fileio import is_temporary
+from commfor_fast.fileio import is_temporary, sha256_file
 from commfor_fast.shards import MANIFEST_NAME, read_index, write_json_atomic
 
 PLAN_NAME = "plan.json"
@@ -111,14 +110,6 @@ def clear_partition(out: Path, partition: int, set_names: tuple[str, ...]) -> No
                 path.unlink()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_marker(out: Path, partition: int, fingerprint: str, *, check_index: bool,
                 check_hash: bool) -> dict[str, Any] | None:
     """The partition's marker if it and its shards check out, else None.
@@ -143,7 +134,7 @@ def read_marker(out: Path, partition: int, fingerprint: str, *, check_index: boo
                     return None
             except UserError:
                 return None
-        if check_hash and _sha256(tar) != info["sha256"]:
+        if check_hash and sha256_file(tar) != info["sha256"]:
             return None
     return marker
 

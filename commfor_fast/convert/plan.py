@@ -105,8 +105,9 @@ def scan_sources(settings: ConvertSettings, limits: Limits) -> tuple[list[Source
         source, found = scan_hf(settings.hf_repo, settings.hf_split, settings.cache_dir, len(sources))
         sources.append(source)
         units.extend(found)
+    seen: set[str] = set()  # real paths of the files taken: each is stored once, whichever root reaches it
     for folder in settings.folders:
-        source, found = scan_folder(folder, limits.labels, len(sources))
+        source, found = scan_folder(folder, limits.labels, len(sources), seen)
         sources.append(source)
         units.extend(found)
     return sources, units

@@ -10,7 +10,9 @@ Every run, first or resumed, on any node, does the same steps:
 So resuming after a kill, or finishing on another machine, is running the same
 command again. That includes a worker process killed on its own (the kernel's OOM
 killer): the run stops with an error saying so instead of waiting for the lost
-partition forever, and the rerun redoes only the unfinished partitions.
+partition forever, and the rerun redoes only the unfinished partitions. Ctrl-C stops
+the workers at once and deletes what the unfinished partitions left (temporary files
+included), so the rerun finds only finished partitions.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import shlex
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from commfor_fast.convert.merge import merge, summary_lines
-from commfor_fast.convert.parts import prepare_out, read_marker
+from commfor_fast.convert.parts import clear_partition, prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
-from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, run_in_pool
+from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, inputs_sha256, run_in_pool
 from commfor_fast.errors import UserError
+from commfor_fast.fileio import check_writable
 from commfor_fast.progress import Progress
 from commfor_fast.shards import MANIFEST_NAME, Manifest
 
@@ -59,6 +63,7 @@ def _run_partitions(tasks: list[PartitionTask], config: WorkerConfig, workers: i
             except queue.Empty:
                 return
 
+    others = set(mp.active_children())
     with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=init_pool_worker,
                              initargs=(config, reports, os.getpid())) as pool:
         pending = {pool.submit(run_in_pool, task) for task in tasks}
@@ -70,10 +75,29 @@ def _run_partitions(tasks: list[PartitionTask], config: WorkerConfig, workers: i
                     future.result()  # re-raises a worker's exception here
         except BrokenProcessPool:
             raise UserError(WORKER_DIED) from None
+        except KeyboardInterrupt:
+            # Workers ignore SIGINT (`init_pool_worker`): stop them here, at once. Letting
+            # them unwind could block one on the progress queue's lock while this process
+            # waits for it; the caller deletes what their partitions left.
+            for process in set(mp.active_children()) - others:
+                process.kill()
+                process.join()
+            raise
         finally:
             # On an error, start no further partition; those running finish (and count on resume).
             pool.shutdown(wait=False, cancel_futures=True)
     drain()
+
+
+def _finished(out: Path, task: PartitionTask, fingerprint: str, sources: tuple[tuple[str, str, str], ...],
+              verify_hashes: bool) -> bool:
+    """Whether a partition is done and intact: its marker and shards check out and, with
+    `--verify-hashes`, the shards' and the sources' sha256 match what the marker recorded
+    (a marker written without the flag recorded no source hash, so its partition is redone)."""
+    marker = read_marker(out, task.index, fingerprint, check_index=True, check_hash=verify_hashes)
+    if marker is None:
+        return False
+    return not verify_hashes or marker.get("inputs_sha256") == inputs_sha256(task, sources)
 
 
 def convert(settings: ConvertSettings, command: str | None = None) -> Manifest | None:
@@ -85,6 +109,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     """
     limits = check_settings(settings)
     settings = resolve_sources(settings)  # the same data gives the same plan, however its paths are typed
+    check_writable(settings.out, "--out")  # before scanning: a folder that cannot be written is known now
 
     def log(line: str) -> None:
         if not settings.quiet:
@@ -102,11 +127,22 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     out = settings.out
     prepare_out(out, plan.record(), plan.set_names, settings.overwrite)
     mine = [t for t in plan.partitions if t.index % settings.num_nodes == settings.node_rank]
-    pending = [t for t in mine if read_marker(out, t.index, plan.fingerprint, check_index=True,
-                                              check_hash=settings.verify_hashes) is None]
+    sources = tuple((s.kind, s.given, s.root) for s in plan.sources)
+    if settings.verify_hashes:
+        unhashed = sum(1 for t in mine if (m := read_marker(out, t.index, plan.fingerprint, check_index=False,
+                                                             check_hash=False)) and m.get("inputs_sha256") is None)
+        if unhashed:
+            log(f"note: {unhashed} partition(s) were converted without --verify-hashes, so no hash of their "
+                "sources was recorded: converting them again")
+    pending = [t for t in mine if not _finished(out, t, plan.fingerprint, sources, settings.verify_hashes)]
     if not pending and (out / MANIFEST_NAME).is_file():
-        log(f"{out} is complete already")
-        return Manifest.load(out)
+        try:
+            manifest = Manifest.load(out)
+        except UserError:  # damaged after the fact: the partitions checked out, so it is rebuilt from them
+            log(f"{out / MANIFEST_NAME} is unreadable: rebuilding it from the partitions, which check out")
+        else:
+            log(f"{out} is complete already")
+            return manifest
     if pending:
         (out / MANIFEST_NAME).unlink(missing_ok=True)  # no longer complete
         node = f"node {settings.node_rank}/{settings.num_nodes}: " if settings.num_nodes > 1 else ""
@@ -115,10 +151,16 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
             out=out, fingerprint=plan.fingerprint, set_names=plan.set_names, shard_bytes=limits.shard_bytes,
             preresize=settings.preresize, max_pixels=settings.max_pixels, check=settings.check,
             dali_check=settings.dali_check, generator_ids=plan.generator_ids(),
-            sources=tuple((s.kind, s.given, s.root) for s in plan.sources),
+            sources=sources, hash_inputs=settings.verify_hashes,
         )
         with Progress(sum(t.num_samples for t in pending), "convert", enabled=not settings.quiet) as progress:
-            _run_partitions(pending, config, limits.workers, progress)
+            try:
+                _run_partitions(pending, config, limits.workers, progress)
+            except KeyboardInterrupt:  # Ctrl-C: leave only finished partitions, for the rerun to keep
+                for task in pending:
+                    if read_marker(out, task.index, plan.fingerprint, check_index=False, check_hash=False) is None:
+                        clear_partition(out, task.index, plan.set_names)
+                raise
         log(progress.line())
 
     markers = [read_marker(out, t.index, plan.fingerprint, check_index=False, check_hash=False)

@@ -50,7 +50,7 @@ class ConvertSettings:
     workers: int = 0  # conversion processes; 0 = one per CPU core, as many as memory allows
     num_nodes: int = 1  # machines sharing the work; each converts partitions p with p % num_nodes == node_rank
     node_rank: int = 0
-    verify_hashes: bool = False  # on resume, re-hash finished shards (sha256) instead of checking sizes only
+    verify_hashes: bool = False  # on resume, re-hash finished shards and their sources (sha256), not only sizes
     quiet: bool = False  # no progress or summary lines
 
     def record(self) -> dict[str, Any]:

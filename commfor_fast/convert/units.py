@@ -34,7 +34,23 @@ class Unit:
 
     def item(self, row: int) -> str:
         """How a sample is named in rejects: the file, or `file.parquet#row N`."""
-        return self.path if self.row_group < 0 else f"{self.path}#row {self.first_row + row}"
+        path = escape_name(self.path)
+        return path if self.row_group < 0 else f"{path}#row {self.first_row + row}"
+
+
+def escape_name(name: str) -> str:
+    """A file-system name as valid UTF-8 text, losslessly.
+
+    Names are bytes on Linux; Python holds bytes that are not UTF-8 as lone
+    surrogates, which cannot be encoded (written to JSON or a shard). Such a name is
+    returned with its backslashes doubled and every such byte as `\\xNN`, so the
+    original bytes can be recovered; a valid name is returned unchanged.
+    """
+    try:
+        name.encode()
+        return name
+    except UnicodeEncodeError:
+        return name.replace("\\", "\\\\").encode(errors="surrogateescape").decode(errors="backslashreplace")
 
 
 @dataclass

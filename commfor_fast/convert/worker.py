@@ -7,7 +7,9 @@ empty or truncated images and decompression bombs become rejects with a reason a
 never reach a shard or stop the run. Images PIL reads differently from DALI (GIF,
 16-bit, CMYK, multi-frame...) are stored as a lossless PNG of the RGB image and their
 metadata says so; all others are stored byte for byte. With `--preresize` the stored
-image is raw RGB pixels resized to the given shorter side.
+image is raw RGB pixels resized to the given shorter side. With `--verify-hashes` the
+marker also records the sha256 of the partition's source bytes, so a rerun with the
+flag notices a source edited in place (same name and size).
 
 Every sample is written as four members in this order: image, `cls`, `ids`, `json`
 (see `commfor_fast.shards`). The done-marker is written after all shards.
@@ -15,8 +17,10 @@ Every sample is written as four members in this order: image, `cls`, `ids`, `jso
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ from commfor_fast.convert.hf import IMAGE_COLUMN, META_COLUMNS
 from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
 from commfor_fast.convert.tarshard import ShardWriter, member_bytes
-from commfor_fast.convert.units import HF, Unit
+from commfor_fast.convert.units import HF, Unit, escape_name
 from commfor_fast.imageio import BadImage, ImageInfo, check_image, encode_png, encode_raw, resize_shorter
 from commfor_fast.shards import IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, SampleIds, ShardInfo, pack_ids, sample_key
 
@@ -52,6 +56,7 @@ class WorkerConfig:
     dali_check: bool
     generator_ids: dict[str, int]
     sources: tuple[tuple[str, str, str], ...]  # (kind, as given, root) per source index
+    hash_inputs: bool = False  # record the sha256 of the partition's source bytes (--verify-hashes)
 
 
 class Stored(NamedTuple):
@@ -92,15 +97,18 @@ def store_image(data: bytes, config: WorkerConfig) -> Stored:
     return Stored(info, info.shard_ext, data, info.height, info.width)
 
 
-def read_unit(unit: Unit, config: WorkerConfig) -> Iterator[tuple[bytes | str, dict[str, Any]]]:
+def read_unit(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> Iterator[tuple[bytes | str, dict[str, Any]]]:
     """(image bytes, or the reason they cannot be read; source metadata) per row of `unit`."""
-    kind, given, root = config.sources[unit.source]
+    kind, given, root = sources[unit.source]
     if kind != HF:
         try:
             data: bytes | str = Path(unit.path).read_bytes()
         except OSError as exc:
             data = f"cannot read: {exc.strerror or exc}"
-        yield data, {"source": kind, "root": root, "path": unit.name}
+        meta = {"source": kind, "root": root, "path": unit.name}
+        if escape_name(unit.path) != unit.path:
+            meta["path_escaped"] = True  # not UTF-8: "path" has the bytes as \xNN (`units.escape_name`)
+        yield data, meta
         return
     try:
         pf = pq.ParquetFile(unit.path)
@@ -154,14 +162,20 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
     sets = {name: _empty_set() for name in config.set_names}
     rejects: list[dict[str, str]] = []
     normalised: dict[str, int] = {}
+    inputs = hashlib.sha256() if config.hash_inputs else None
     for unit, refs in zip(task.units, task.samples):
-        for row, (data, source_meta) in enumerate(read_unit(unit, config)):
+        for row, (data, source_meta) in enumerate(read_unit(unit, config.sources)):
+            if inputs is not None:
+                _digest(inputs, data)
             try:
                 if isinstance(data, str):
                     raise BadImage(data)
                 stored = store_image(data, config)
             except BadImage as exc:
-                rejects.append({"item": unit.item(row), "reason": str(exc)})
+                reject = {"item": unit.item(row), "reason": str(exc)}
+                if source_meta.get("image_name"):  # HF rows: the dataset's own name for the image too
+                    reject["image_name"] = str(source_meta["image_name"])
+                rejects.append(reject)
                 continue
             ref, label, info = refs[row], unit.labels[row], stored.info
             samples[ref.set_name].append(_sample(unit, row, ref, stored, source_meta, config))
@@ -177,9 +191,26 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
         items.sort()  # planned order: sample numbers were assigned in the permuted order
         sets[set_name]["shards"] = [asdict(info) for info in _write_shards(items, set_name, task.index, config)]
     marker = {"partition": task.index, "fingerprint": config.fingerprint, "sets": sets, "rejects": rejects,
-              "normalised": normalised}
+              "normalised": normalised, "inputs_sha256": inputs.hexdigest() if inputs is not None else None}
     write_marker(config.out, marker)
     return marker
+
+
+def _digest(h: Any, data: bytes | str) -> None:
+    """Add one row's bytes (or the reason it could not be read) to a partition's input hash."""
+    raw = data if isinstance(data, bytes) else data.encode(errors="surrogateescape")
+    h.update(len(raw).to_bytes(8, "little"))
+    h.update(raw)
+
+
+def inputs_sha256(task: PartitionTask, sources: tuple[tuple[str, str, str], ...]) -> str:
+    """The sha256 of a partition's source bytes, as `convert_partition` records it with
+    `hash_inputs`: reads every source byte again, to find sources edited in place."""
+    h = hashlib.sha256()
+    for unit in task.units:
+        for data, _ in read_unit(unit, sources):
+            _digest(h, data)
+    return h.hexdigest()
 
 
 def _write_shards(items: list[_Sample], set_name: str, partition: int, config: WorkerConfig) -> list[ShardInfo]:
@@ -207,7 +238,12 @@ _POOL_STATE: dict[str, Any] = {}
 
 
 def init_pool_worker(config: WorkerConfig, progress: Queue, parent: int) -> None:
-    """Pool initializer: keep the shared config, the progress queue and the parent's pid."""
+    """Pool initializer: keep the shared config, the progress queue and the parent's pid.
+
+    Ctrl-C reaches the whole process group; workers ignore it and the parent stops
+    them (`run._run_partitions`), so none is interrupted inside a queue operation.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _POOL_STATE.update(config=config, progress=progress, parent=parent)
 
 

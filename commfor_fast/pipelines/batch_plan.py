@@ -21,17 +21,15 @@ from typing import Callable
 
 import numpy as np
 
+from commfor_fast.imageio import resized_shapes
 from commfor_fast.pipelines import ops
 from commfor_fast.pipelines.ops import Interp
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.preprocess import resize_size
-from commfor_fast.pipelines.slots import DALI_FILTERS, DALI_NN, IDENTITY, Slots, pad_borders
+from commfor_fast.pipelines.slots import IDENTITY, INTERPS, Slots, dali_filters, pad_borders
 
-_INTERPS = tuple(Interp)  # interpolations are carried as indices into this tuple
-_SHRINK = np.array([DALI_FILTERS[i][0] for i in _INTERPS], np.int32)
-_ENLARGE = np.array([DALI_FILTERS[i][1] for i in _INTERPS], np.int32)
-_RRC_INTERPS = np.array([_INTERPS.index(i) for i in ops.RRC_INTERPS])
-_BILINEAR, _BICUBIC = _INTERPS.index(Interp.BILINEAR), _INTERPS.index(Interp.BICUBIC)
+_RRC_INTERPS = np.array([INTERPS.index(i) for i in ops.RRC_INTERPS])
+_BILINEAR, _BICUBIC = INTERPS.index(Interp.BILINEAR), INTERPS.index(Interp.BICUBIC)
 _ATTEMPTS = 10  # torchvision's RandomResizedCrop and RandomErasing
 
 
@@ -47,20 +45,6 @@ class TrainDraw:
 # ----------------------------------------------------------------- array helpers
 
 
-def _resized_shape(h: np.ndarray, w: np.ndarray, size: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
-    """`imageio.resized_shape` for arrays: shorter side to `size`, long side truncated."""
-    tall = w <= h
-    long = (size * np.where(tall, h, w) / np.where(tall, w, h)).astype(np.int64)
-    return np.where(tall, long, size), np.where(tall, size, long)
-
-
-def _filters(interp: np.ndarray | int, in_h: np.ndarray, in_w: np.ndarray, out_h: np.ndarray,
-             out_w: np.ndarray) -> np.ndarray:
-    """`slots.dali_filter` for arrays, with `set_geometry`'s rule: nearest for a same-size resize."""
-    chosen = np.where(out_h * out_w < in_h * in_w, _SHRINK[interp], _ENLARGE[interp])
-    return np.where((out_h == in_h) & (out_w == in_w), DALI_NN, chosen)
-
-
 def _shifts(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """`slots.shift` for arrays: (n, 2, 3) matrices reading the input at (y + dy, x + dx)."""
     m = np.zeros((len(dy), 2, 3), np.float32)
@@ -69,29 +53,13 @@ def _shifts(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     return m
 
 
-def _affine_matrices(h: np.ndarray, w: np.ndarray, rotation: np.ndarray | float = 0.0,
-                     translate_x: np.ndarray | int = 0, translate_y: np.ndarray | int = 0,
-                     shear_x: np.ndarray | float = 0.0, shear_y: np.ndarray | float = 0.0) -> np.ndarray:
-    """`ops.Affine.inverse_matrix` for arrays: (n, 2, 3) float32 output->input matrices."""
-    rot, sx, sy = np.radians(-np.asarray(rotation)), np.radians(shear_x), np.radians(shear_y)
-    cx, cy = w * 0.5, h * 0.5
-    a = np.cos(rot - sy) / np.cos(sy)
-    b = -np.cos(rot - sy) * np.tan(sx) / np.cos(sy) - np.sin(rot)
-    c = np.sin(rot - sy) / np.cos(sy)
-    d = -np.sin(rot - sy) * np.tan(sx) / np.cos(sy) + np.cos(rot)
-    m0, m1, m3, m4 = np.broadcast_arrays(d, -b, -c, a, cx)[:4]
-    m2 = m0 * (-cx - translate_x) + m1 * (-cy - translate_y) + cx
-    m5 = m3 * (-cx - translate_x) + m4 * (-cy - translate_y) + cy
-    return np.stack([np.stack([m0, m1, m2], -1), np.stack([m3, m4, m5], -1)], -2).astype(np.float32)
-
-
 def _set_geometry(slots: Slots, p: np.ndarray, b: np.ndarray, h: np.ndarray, w: np.ndarray,
                   matrix: np.ndarray | None = None, warp: tuple[np.ndarray, np.ndarray] | None = None,
                   boxes: np.ndarray | None = None, fill: np.ndarray | int = 0,
                   size: tuple[np.ndarray, np.ndarray] | None = None, interp: np.ndarray | int = 0) -> None:
     """`slots.set_geometry` for the samples `b` at positions `p` (all (n,) arrays).
 
-    `boxes` is (n, k, 4) of (top, left, height, width); `interp` indexes `_INTERPS`.
+    `boxes` is (n, k, 4) of (top, left, height, width); `interp` indexes `INTERPS`.
     """
     n = len(p)
     matrix = np.broadcast_to(IDENTITY, (n, 2, 3)) if matrix is None else matrix
@@ -107,7 +75,7 @@ def _set_geometry(slots: Slots, p: np.ndarray, b: np.ndarray, h: np.ndarray, w: 
         slots.shapes[p, b, : 2 * k] = boxes[:, :, 2:].reshape(n, 2 * k)
     slots.fill[p, b] = fill
     slots.size[p, b] = np.stack([rh, rw], 1)
-    slots.interp[p, b] = _filters(interp, wh, ww, rh, rw)
+    slots.interp[p, b] = dali_filters(interp, wh, ww, rh, rw)
 
 
 def _first_valid(ok: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -193,7 +161,7 @@ SizeRule = Callable[[np.random.Generator, int, int, bool], Callable[..., tuple[n
 
 def _resize_size_rule(rng: np.random.Generator, n: int, crop: int, fix: bool) -> Callable[..., tuple]:
     side = rng.integers(crop + 1, round(ops.RESIZE_SCALE * crop) + 1, n)
-    return lambda h, w, sel: _resized_shape(h, w, side[sel])
+    return lambda h, w, sel: resized_shapes(h, w, side[sel])
 
 
 def _square_size_rule(rng: np.random.Generator, n: int, crop: int, fix: bool) -> Callable[..., tuple]:
@@ -201,7 +169,7 @@ def _square_size_rule(rng: np.random.Generator, n: int, crop: int, fix: bool) ->
 
 
 def _shorter_to_crop_rule(rng: np.random.Generator, n: int, crop: int, fix: bool) -> Callable[..., tuple]:
-    return lambda h, w, sel: _resized_shape(h, w, crop)
+    return lambda h, w, sel: resized_shapes(h, w, crop)
 
 
 def _padding_size_rule(rng: np.random.Generator, n: int, crop: int, fix: bool) -> Callable[..., tuple]:
@@ -219,7 +187,7 @@ class _RRCSizeRule:
 
     def __call__(self, h: np.ndarray, w: np.ndarray, sel: slice) -> tuple[np.ndarray, np.ndarray]:
         self.box_h[sel], self.box_w[sel], self.found[sel] = self.shapes(h, w, sel)
-        return _resized_shape(self.box_h[sel], self.box_w[sel], self.crop)
+        return resized_shapes(self.box_h[sel], self.box_w[sel], self.crop)
 
 
 SIZE_RULES: dict[str, SizeRule] = {
@@ -236,6 +204,8 @@ def _jpeg_in_memory(rng: np.random.Generator, a: _Apps, crop: int, rule: object)
     quality = _jpeg_quality(rng, len(a))
 
     def write(slots: Slots, p: np.ndarray) -> None:
+        alone = ~slots.geom[p, a.b]  # a JPEG alone: the slot's geometry is the identity
+        _set_geometry(slots, p[alone], a.b[alone], a.h[alone], a.w[alone])
         slots.jpeg[p, a.b] = True
         slots.quality[p, a.b] = quality
 
@@ -281,18 +251,18 @@ def _affine(a: _Apps, matrix: np.ndarray) -> _Draw:
 
 def _random_rotation(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
     angle = rng.uniform(-ops.ROTATION_DEGREES, ops.ROTATION_DEGREES, len(a))
-    return _affine(a, _affine_matrices(a.h, a.w, rotation=angle))
+    return _affine(a, ops.affine_matrices(a.h, a.w, rotation=angle))
 
 
 def _random_translate(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
     max_dx, max_dy = ops.TRANSLATE_FRACTION * a.w, ops.TRANSLATE_FRACTION * a.h
     tx, ty = np.rint(rng.uniform(-max_dx, max_dx)), np.rint(rng.uniform(-max_dy, max_dy))
-    return _affine(a, _affine_matrices(a.h, a.w, translate_x=tx, translate_y=ty))
+    return _affine(a, ops.affine_matrices(a.h, a.w, translate_x=tx, translate_y=ty))
 
 
 def _random_shear(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
     sx, sy = (rng.uniform(-ops.SHEAR_DEGREES, ops.SHEAR_DEGREES, len(a)) for _ in range(2))
-    return _affine(a, _affine_matrices(a.h, a.w, shear_x=sx, shear_y=sy))
+    return _affine(a, ops.affine_matrices(a.h, a.w, shear_x=sx, shear_y=sy))
 
 
 def _random_padding(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
@@ -432,7 +402,7 @@ def draw_train_slots(rng: np.random.Generator, config: RSAConfig, heights: np.nd
     """
     heights, widths = np.asarray(heights, np.int64), np.asarray(widths, np.int64)
     batch = len(heights)
-    first = (heights, widths) if preresized else _resized_shape(heights, widths, resize_size(crop))
+    first = (heights, widths) if preresized else resized_shapes(heights, widths, resize_size(crop))
     seq = _draw_sequence(rng, config, batch)
     steps = seq.shape[1]
     sizes_h, sizes_w = np.empty((steps + 1, batch), np.int64), np.empty((steps + 1, batch), np.int64)

@@ -34,7 +34,8 @@ from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan
 from commfor_fast.pipelines.preprocess import check_preresize, normalise
 from commfor_fast.pipelines.reference import run_plan
 from commfor_fast.pipelines.source import iters_per_epoch, train_batch_indices
-from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, sample_key, shard_range, unpack_ids
+from commfor_fast.shards import (IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, check_shard_files, sample_key,
+                                 shard_range, unpack_ids)
 
 ENGINES = ("dali", "reference")
 
@@ -359,6 +360,7 @@ def create_train_stream(engine: str, root: Path, manifest: Manifest, set_name: s
             cost per run; part of the stream, like the seed).
         state: a `state_dict()` of an earlier stream with the same settings, to resume.
     """
+    check_shard_files(root, manifest.sets[set_name])
     if engine == "dali":
         return DaliTrainStream(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop, rsa=rsa,
                                seed=seed, rank=rank, world_size=world_size, num_threads=num_threads,
@@ -373,6 +375,7 @@ def create_train_stream(engine: str, root: Path, manifest: Manifest, set_name: s
 def create_eval_loader(engine: str, root: Path, manifest: Manifest, set_name: str, *, device: torch.device,
                        batch_size: int, crop: int, rank: int, world_size: int, num_threads: int) -> EvalLoader:
     """One pass over this rank's contiguous part of a set, with `engine` ("dali" or "reference")."""
+    check_shard_files(root, manifest.sets[set_name])
     if engine == "dali":
         return DaliEvalLoader(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop, rank=rank,
                               world_size=world_size, num_threads=num_threads)

@@ -109,23 +109,30 @@ class Affine:
         return h, w
 
     def inverse_matrix(self, h: int, w: int) -> list[float]:
-        """Output->input 2x3 matrix (row-major), as torchvision computes it for PIL.
+        """Output->input 2x3 matrix (row-major), as torchvision computes it for PIL."""
+        matrices = affine_matrices(np.array([h]), np.array([w]), self.rotation, self.translate_x, self.translate_y,
+                                   self.shear_x, self.shear_y)
+        return [float(v) for v in matrices[0].ravel()]
 
-        torchvision's `rotate(angle)` uses the affine matrix of `-angle`; the centre is
-        (w/2, h/2) in a coordinate frame where pixel centres are at half-integers.
-        """
-        rot = math.radians(-self.rotation)
-        sx, sy = math.radians(self.shear_x), math.radians(self.shear_y)
-        cx, cy = w * 0.5, h * 0.5
-        tx, ty = self.translate_x, self.translate_y
-        a = math.cos(rot - sy) / math.cos(sy)
-        b = -math.cos(rot - sy) * math.tan(sx) / math.cos(sy) - math.sin(rot)
-        c = math.sin(rot - sy) / math.cos(sy)
-        d = -math.sin(rot - sy) * math.tan(sx) / math.cos(sy) + math.cos(rot)
-        m = [d, -b, 0.0, -c, a, 0.0]
-        m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty) + cx
-        m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty) + cy
-        return m
+
+def affine_matrices(h: np.ndarray, w: np.ndarray, rotation: np.ndarray | float = 0.0,
+                    translate_x: np.ndarray | int = 0, translate_y: np.ndarray | int = 0,
+                    shear_x: np.ndarray | float = 0.0, shear_y: np.ndarray | float = 0.0) -> np.ndarray:
+    """`Affine`'s output->input matrices for arrays of images: (n, 2, 3) float32.
+
+    torchvision's `rotate(angle)` uses the affine matrix of `-angle`; the centre is
+    (w/2, h/2) in a coordinate frame where pixel centres are at half-integers.
+    """
+    rot, sx, sy = np.radians(-np.asarray(rotation, np.float64)), np.radians(shear_x), np.radians(shear_y)
+    cx, cy = w * 0.5, h * 0.5
+    a = np.cos(rot - sy) / np.cos(sy)
+    b = -np.cos(rot - sy) * np.tan(sx) / np.cos(sy) - np.sin(rot)
+    c = np.sin(rot - sy) / np.cos(sy)
+    d = -np.sin(rot - sy) * np.tan(sx) / np.cos(sy) + np.cos(rot)
+    m0, m1, m3, m4 = np.broadcast_arrays(d, -b, -c, a, cx)[:4]
+    m2 = m0 * (-cx - translate_x) + m1 * (-cy - translate_y) + cx
+    m5 = m3 * (-cx - translate_x) + m4 * (-cy - translate_y) + cy
+    return np.stack([np.stack([m0, m1, m2], -1), np.stack([m3, m4, m5], -1)], -2).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,18 @@ def resize_size(crop: int) -> int:
 
 
 def check_preresize(preresize: int | None, crop: int) -> None:
-    """Pre-resized shards only fit the input size they were made for."""
+    """Pre-resized shards only fit the input size they were made for.
+
+    `crop` is the model's input size: train's --input-size, or for eval the size
+    stored in the checkpoint or the Hub model's config (eval has no such flag).
+    """
     if preresize is not None and preresize != resize_size(crop):
+        fits = [size for size, short in RESIZE_FOR_CROP.items() if short == preresize]
         raise UserError(
-            f"these shards were pre-resized to a shorter side of {preresize}, but --input-size {crop} needs "
-            f"{resize_size(crop)}; convert again with --preresize {resize_size(crop)} (or without --preresize)"
+            f"these shards were pre-resized to a shorter side of {preresize}, but the model's input size {crop} "
+            f"(train: --input-size; eval: the size of the --ckpt / --hf-model) needs {resize_size(crop)}; "
+            f"convert again with --preresize {resize_size(crop)} (or without --preresize)"
+            + (f", or use a model of input size {fits[0]}" if fits else "")
         )
 
 

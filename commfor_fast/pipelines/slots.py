@@ -54,10 +54,17 @@ MAX_BOXES = 4  # padding paints four borders
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
 
 
-def dali_filter(interp: Interp, in_h: int, in_w: int, out_h: int, out_w: int) -> int:
-    """The DALI filter standing in for PIL's `interp` on this resize (by area change)."""
-    shrink, enlarge = DALI_FILTERS[interp]
-    return shrink if out_h * out_w < in_h * in_w else enlarge
+INTERPS = tuple(Interp)  # array code carries interpolations as indices into this tuple
+_SHRINK = np.array([DALI_FILTERS[i][0] for i in INTERPS], np.int32)
+_ENLARGE = np.array([DALI_FILTERS[i][1] for i in INTERPS], np.int32)
+
+
+def dali_filters(interp: np.ndarray | int, in_h: np.ndarray | int, in_w: np.ndarray | int, out_h: np.ndarray | int,
+                 out_w: np.ndarray | int) -> np.ndarray:
+    """The DALI filter standing in for PIL's `INTERPS[interp]` on each resize (by area
+    change); nearest neighbour, an exact copy, where the size does not change."""
+    chosen = np.where(np.multiply(out_h, out_w) < np.multiply(in_h, in_w), _SHRINK[interp], _ENLARGE[interp])
+    return np.where((np.equal(out_h, in_h)) & np.equal(out_w, in_w), DALI_NN, chosen)
 
 
 @dataclass
@@ -87,8 +94,8 @@ class Slots:
         """All slots unused: no sub-step runs."""
         p, b = positions, batch
         return cls(
-            geom=np.zeros((p, b), bool), matrix=np.broadcast_to(IDENTITY, (p, b, 2, 3)).copy(),
-            mask=np.broadcast_to(IDENTITY, (p, b, 2, 3)).copy(), warp_size=np.ones((p, b, 2), np.float32),
+            geom=np.zeros((p, b), bool), matrix=np.tile(IDENTITY, (p, b, 1, 1)),
+            mask=np.tile(IDENTITY, (p, b, 1, 1)), warp_size=np.ones((p, b, 2), np.float32),
             anchors=np.zeros((p, b, 2 * MAX_BOXES), np.float32), shapes=np.zeros((p, b, 2 * MAX_BOXES), np.float32),
             fill=np.zeros((p, b), np.float32), size=np.ones((p, b, 2), np.float32),
             interp=np.zeros((p, b), np.int32), jpeg=np.zeros((p, b), bool), quality=np.full((p, b), 100, np.int32),
@@ -136,7 +143,7 @@ def set_geometry(slots: Slots, p: int, i: int, in_h: int, in_w: int, matrix: np.
         slots.shapes[p, i, 2 * k: 2 * k + 2] = (h, w)
     slots.fill[p, i] = fill
     slots.size[p, i] = (rh, rw)
-    slots.interp[p, i] = DALI_NN if (rh, rw) == (wh, ww) else dali_filter(interp, wh, ww, rh, rw)
+    slots.interp[p, i] = dali_filters(INTERPS.index(interp), wh, ww, rh, rw)
 
 
 def pad_borders(top: int, left: int, bottom: int, right: int, h: int, w: int) -> list[tuple[int, int, int, int]]:

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from commfor_fast.errors import UserError
-from commfor_fast.imageio import decode_raw
+from commfor_fast.imageio import decode_raw, resized_shapes
 from commfor_fast.pipelines.plan import Plan, RSAConfig, train_plan
 from commfor_fast.pipelines.preprocess import resize_size
 from commfor_fast.pipelines.slots import Slots, lower_plans
@@ -159,15 +159,6 @@ def train_planner(rsa: RSAConfig, crop: int, preresized: bool, seed: int, rank: 
         return draw.first_size, draw.crop, draw.slots
 
     return plan
-
-
-def resized_shapes(heights: np.ndarray, widths: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`imageio.resized_shape` over arrays: shorter side to `size`, long side truncated."""
-    h, w = heights.astype(np.int64), widths.astype(np.int64)
-    portrait = w <= h
-    long_h = (size * h / w).astype(np.int64)
-    long_w = (size * w / h).astype(np.int64)
-    return np.where(portrait, long_h, size), np.where(portrait, size, long_w)
 
 
 def eval_planner(crop: int, preresized: bool):
