@@ -1,13 +1,16 @@
 """The `commfor-fast` command line: a thin typer layer over the library.
 
 Each command fills one settings dataclass and makes one library call; the library
-never imports typer. `UserError` becomes one `error: ...` line and exit code 2.
-Heavy modules (torch, DALI, datasets) are imported inside the commands so that
-`--help` is instant.
+never imports typer. Every default comes from the settings dataclasses (`_fill`
+builds the settings from the command's parameters), never typed twice. Booleans are
+`--flag/--no-flag` switches. `UserError` becomes one `error: ...` line and exit
+code 2. Heavy modules (torch, DALI, datasets) are imported inside the commands so
+that `--help` is instant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
@@ -18,16 +21,26 @@ from commfor_fast import __version__
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import OUTPUT_ERRNOS, output_error
-from commfor_fast.settings import DemoSettings, EvalSettings, TrainSettings
+from commfor_fast.settings import BenchSettings, DemoSettings, EvalSettings, PredictSettings, TrainSettings
 
 app = typer.Typer(
     name="commfor-fast",
     help="Community Forensics fake-image detectors: convert data to shards, train, evaluate, predict, benchmark.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    # Plain click help: no `<bool>` placeholders, no names or defaults cut with "...".
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 T = TypeVar("T")
+S = TypeVar("S")
+
+
+def _fill(cls: type[S], values: dict[str, Any]) -> S:
+    """An instance of the settings dataclass `cls` from a command's parameters (by field name)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in values.items() if k in names})
 TRUST_HELP = ("Allow full unpickling of --ckpt when it holds more than tensors. DANGEROUS: unpickling runs any "
               "code stored in the file, so use it only for checkpoints from a source you trust.")
 
@@ -48,20 +61,28 @@ def root(
 @app.command()
 def predict(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: from training, the original's, or a plain state dict.")] = None,
-    hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    out: Annotated[Optional[Path], typer.Option(help="Write the results to this .csv or .json file instead of printing a table.")] = None,
-    workers: Annotated[int, typer.Option("--num-threads", "--workers", help="Threads decoding images.")] = 4,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: from training, the original's, or a plain state dict.")] = PredictSettings.ckpt,
+    hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id or a save_pretrained folder, e.g. OwensLab/commfor-model-384.")] = PredictSettings.hf_model,
+    trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = PredictSettings.trust_checkpoint,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = PredictSettings.device,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = PredictSettings.batch_size,
+    out: Annotated[Optional[Path], typer.Option(help="Write the results to this .csv or .jsonl file (row by row, as they come) or .json file (at the end) instead of printing a table.")] = PredictSettings.out,
+    workers: Annotated[int, typer.Option("--num-threads", "--workers", help="Threads decoding images.")] = PredictSettings.workers,
+    threshold: Annotated[float, typer.Option(help="Verdict 'fake' when P(fake) is above this.")] = PredictSettings.threshold,
 ) -> None:
-    """Score images: P(fake) per image from a trained detector (--ckpt or --hf-model)."""
-    from commfor_fast.predict import PredictSettings, format_predictions
+    """Score images with a trained detector: logit, P(fake), verdict.
+
+    The detector comes from --ckpt or --hf-model; every file gets a row, unreadable ones an error.
+
+    Example:
+
+    \b
+        commfor-fast predict photo.jpg ./images --hf-model OwensLab/commfor-model-384 --out scores.csv
+    """
+    settings = _fill(PredictSettings, locals())
+    from commfor_fast.predict import format_predictions
     from commfor_fast.predict import predict as run_predict
 
-    settings = PredictSettings(paths=paths, ckpt=ckpt, hf_model=hf_model, trust_checkpoint=trust_checkpoint,
-                               device=device, batch_size=batch_size, out=out, workers=workers)
     predictions = call(run_predict, settings)
     if out is None:
         typer.echo(format_predictions(predictions))
@@ -82,122 +103,120 @@ def train(
     model_size: Annotated[str, typer.Option(help="small or tiny.")] = TrainSettings.model_size,
     input_size: Annotated[int, typer.Option(help="384 or 224.")] = TrainSettings.input_size,
     patch_size: Annotated[int, typer.Option(help="16 or 32.")] = TrainSettings.patch_size,
-    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the head.")] = False,
-    pretrained: Annotated[bool, typer.Option(help="Start from timm's ImageNet weights (needs the Hub or a cache).")] = True,
-    pretrained_path: Annotated[Optional[Path], typer.Option(help="Local timm weights file instead of the download.")] = None,
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Start from this checkpoint: a full resume for ours, the weights of the original's or of a plain state dict.")] = None,
-    only_load_model_weights: Annotated[bool, typer.Option("--only-load-model-weights", help="With --ckpt: take only the weights, with a new optimizer and schedule.")] = False,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
+    freeze_backbone: Annotated[bool, typer.Option(help="Train only the head.")] = TrainSettings.freeze_backbone,
+    pretrained: Annotated[bool, typer.Option(help="Start from timm's ImageNet weights (needs the Hub or a cache).")] = TrainSettings.pretrained,
+    pretrained_path: Annotated[Optional[Path], typer.Option(help="Local timm ImageNet weights file instead of the download; every backbone tensor must fit.")] = TrainSettings.pretrained_path,
+    hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Fine-tune a released detector: a Hugging Face model id (e.g. OwensLab/commfor-model-384) or a save_pretrained folder.")] = TrainSettings.hf_model,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Start from this checkpoint: a full resume for ours, the weights of the original's or of a plain state dict.")] = TrainSettings.ckpt,
+    only_load_model_weights: Annotated[bool, typer.Option(help="With --ckpt: take only the weights, with a new optimizer and schedule.")] = TrainSettings.only_load_model_weights,
+    trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = TrainSettings.trust_checkpoint,
     batch_size: Annotated[int, typer.Option(help="Images per process per step.")] = TrainSettings.batch_size,
     epochs: Annotated[int, typer.Option(help="Epochs (one epoch: every training image about once).")] = TrainSettings.epochs,
-    train_itrs: Annotated[Optional[int], typer.Option(help="Iterations; overrides --epochs when > 0.")] = None,
+    train_itrs: Annotated[Optional[int], typer.Option(help="Iterations; overrides --epochs when > 0.")] = TrainSettings.train_itrs,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = TrainSettings.lr,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TrainSettings.weight_decay,
     warmup_epochs: Annotated[float, typer.Option(help="Linear warmup length in epochs (fractions allowed).")] = TrainSettings.warmup_epochs,
     warmup_frac: Annotated[float, typer.Option(help="Warmup as a fraction of all iterations; overrides --warmup-epochs when > 0.")] = TrainSettings.warmup_frac,
-    no_lr_schedule: Annotated[bool, typer.Option("--no-lr-schedule", help="Constant lr after warmup (no cosine decay).")] = False,
+    no_lr_schedule: Annotated[bool, typer.Option("--no-lr-schedule/--lr-decay", help="Constant lr after warmup (no cosine decay).")] = TrainSettings.no_lr_schedule,
     lr_schedule: Annotated[str, typer.Option(help="original: the cosine stepped as the original steps it (each iteration after warmup and again at each epoch end; it need not end at lr x 1e-3); per-iteration: one step per iteration, ending exactly at lr x 1e-3.")] = TrainSettings.lr_schedule,
     grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = TrainSettings.grad_clip,
-    use_amp: Annotated[bool, typer.Option("--use-amp", help="Mixed precision.")] = False,
+    use_amp: Annotated[bool, typer.Option(help="Mixed precision.")] = TrainSettings.use_amp,
     amp_dtype: Annotated[str, typer.Option(help="fp16 (with a grad scaler) or bf16.")] = TrainSettings.amp_dtype,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TrainSettings.compile,
     seed: Annotated[int, typer.Option(help="Seed of the data order, augmentation and initialisation.")] = TrainSettings.seed,
-    rsa_ops: Annotated[str, typer.Option(help="Comma list of RandomStateAugmentation ops.")] = TrainSettings.rsa_ops,
+    rsa_ops: Annotated[str, typer.Option(help="Comma list of RandomStateAugmentation ops.", show_default=TrainSettings.rsa_ops.replace(",", ", "))] = TrainSettings.rsa_ops,
     rsa_min_num_ops: Annotated[str, typer.Option(help="Minimum count per op: one number or a comma list.")] = TrainSettings.rsa_min_num_ops,
     rsa_max_num_ops: Annotated[str, typer.Option(help="Maximum count per op: one number or a comma list.")] = TrainSettings.rsa_max_num_ops,
-    fix_padding_quirk: Annotated[bool, typer.Option("--fix-padding-quirk", help="RandomPadding keeps the image's shape (the original transposes non-square images).")] = False,
-    verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="Check every shard's sha256 against the manifest before training (sizes and indexes are always checked).")] = False,
+    fix_padding_quirk: Annotated[bool, typer.Option(help="RandomPadding keeps the image's shape (the original transposes non-square images).")] = TrainSettings.fix_padding_quirk,
+    verify_hashes: Annotated[bool, typer.Option(help="Check every shard's sha256 against the manifest before training (sizes and indexes are always checked).")] = TrainSettings.verify_hashes,
     ckpt_every: Annotated[int, typer.Option(help="Also checkpoint every N iterations (0: at epoch ends only).")] = TrainSettings.ckpt_every,
     ckpt_keep_count: Annotated[int, typer.Option(help="Newest checkpoints to keep (-1: all, 0: write none).")] = TrainSettings.ckpt_keep_count,
-    resume: Annotated[bool, typer.Option("--resume", help="Fail unless --out holds a checkpoint to resume from (resuming itself is automatic).")] = False,
+    resume: Annotated[bool, typer.Option(help="Fail unless --out holds a checkpoint to resume from (resuming itself is automatic).")] = TrainSettings.resume,
+    allow_changed_settings: Annotated[bool, typer.Option(help="Resume although settings that shape the schedule or the data stream changed (each change is printed).")] = TrainSettings.allow_changed_settings,
     log_every: Annotated[int, typer.Option(help="Console/log line every N iterations.")] = TrainSettings.log_every,
-    validate: Annotated[bool, typer.Option(help="Validate on val/ after every epoch.")] = True,
-    synthetic_data: Annotated[bool, typer.Option("--synthetic-data", help="Benchmark the bound: a fixed batch on the device replaces the data pipeline.")] = False,
-    wandb_project: Annotated[Optional[str], typer.Option(help="Log to this Weights & Biases project (API key from WANDB_API_KEY, never a flag).")] = None,
-    wandb_run_name: Annotated[Optional[str], typer.Option(help="Weights & Biases run name.")] = None,
+    validate: Annotated[bool, typer.Option(help="Validate on val/ after every epoch.")] = TrainSettings.validate,
+    synthetic_data: Annotated[bool, typer.Option(help="Benchmark the bound: a fixed batch on the device replaces the data pipeline.")] = TrainSettings.synthetic_data,
+    wandb_project: Annotated[Optional[str], typer.Option(help="Log to this Weights & Biases project (API key from WANDB_API_KEY, never a flag).")] = TrainSettings.wandb_project,
+    wandb_run_name: Annotated[Optional[str], typer.Option(help="Weights & Biases run name.")] = TrainSettings.wandb_run_name,
 ) -> None:
-    """Train a detector on converted shards (single process, or under torchrun)."""
+    """Train a detector on converted shards (one process, or torchrun).
+
+    Example:
+
+    \b
+        commfor-fast train --data /data/commfor-train --out runs/vit-s16 --batch-size 128 --use-amp --amp-dtype bf16
+    """
+    settings = _fill(TrainSettings, locals())
     from commfor_fast.train import train as run_train
 
-    settings = TrainSettings(
-        data=data, out=out, device=device, loader=loader, num_threads=num_threads, batches_per_run=batches_per_run,
-        model_size=model_size,
-        input_size=input_size, patch_size=patch_size, freeze_backbone=freeze_backbone, pretrained=pretrained,
-        pretrained_path=pretrained_path, ckpt=ckpt, only_load_model_weights=only_load_model_weights,
-        trust_checkpoint=trust_checkpoint,
-        batch_size=batch_size, epochs=epochs, train_itrs=train_itrs, lr=lr, weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs, warmup_frac=warmup_frac, no_lr_schedule=no_lr_schedule, lr_schedule=lr_schedule,
-        grad_clip=grad_clip, use_amp=use_amp, amp_dtype=amp_dtype, compile=compile, seed=seed, rsa_ops=rsa_ops,
-        rsa_min_num_ops=rsa_min_num_ops, rsa_max_num_ops=rsa_max_num_ops, fix_padding_quirk=fix_padding_quirk,
-        verify_hashes=verify_hashes, ckpt_every=ckpt_every, ckpt_keep_count=ckpt_keep_count, resume=resume,
-        log_every=log_every, validate=validate, synthetic_data=synthetic_data, wandb_project=wandb_project,
-        wandb_run_name=wandb_run_name,
-    )
     call(run_train, settings)
 
 
 @app.command("eval")
 def evaluate(
     data: Annotated[Path, typer.Option(help="A `commfor-fast convert` output folder.", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Report folder: report.json, per_generator.csv, per_generator.png.", show_default=False)],
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint (ours or the original's).")] = None,
-    hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id, e.g. OwensLab/commfor-model-384.")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help=TRUST_HELP)] = False,
-    sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = None,
+    out: Annotated[Path, typer.Option(help="Report folder: report.json, per_generator.csv, per_generator.png and .pdf.", show_default=False)],
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint (ours or the original's).")] = EvalSettings.ckpt,
+    hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id or a save_pretrained folder, e.g. OwensLab/commfor-model-384.")] = EvalSettings.hf_model,
+    trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = EvalSettings.trust_checkpoint,
+    sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = EvalSettings.sets,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = EvalSettings.device,
     batch_size: Annotated[int, typer.Option(help="Images per process per batch.")] = EvalSettings.batch_size,
     loader: Annotated[str, typer.Option(help="dali or reference.")] = EvalSettings.loader,
     num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = EvalSettings.num_threads,
-    use_amp: Annotated[bool, typer.Option("--use-amp", help="Mixed precision.")] = False,
+    use_amp: Annotated[bool, typer.Option(help="Mixed precision.")] = EvalSettings.use_amp,
     amp_dtype: Annotated[str, typer.Option(help="fp16 or bf16.")] = EvalSettings.amp_dtype,
-    save_scores: Annotated[bool, typer.Option("--save-scores", help="Also write every image's key, generator, label and score.")] = False,
+    save_scores: Annotated[bool, typer.Option(help="Also write every image's set, key, original name, source, generator, label, logit and score.")] = EvalSettings.save_scores,
     scores_format: Annotated[str, typer.Option(help="parquet or csv.")] = EvalSettings.scores_format,
 ) -> None:
-    """Evaluate a detector on converted shards: overall and per-generator accuracy, AP, AUC."""
+    """Evaluate a detector: overall and per-generator accuracy, AP, AUC.
+
+    Example:
+
+    \b
+        commfor-fast eval --data /data/commfor-publiceval --hf-model OwensLab/commfor-model-384 --out reports/publiceval
+    """
+    settings = _fill(EvalSettings, locals())
     from commfor_fast.evaluate import evaluate_shards
 
-    settings = EvalSettings(data=data, out=out, ckpt=ckpt, hf_model=hf_model, trust_checkpoint=trust_checkpoint,
-                            sets=sets, device=device,
-                            batch_size=batch_size, loader=loader, num_threads=num_threads, use_amp=use_amp,
-                            amp_dtype=amp_dtype, save_scores=save_scores, scores_format=scores_format)
     call(evaluate_shards, settings)
 
 
 @app.command()
 def convert(
     out: Annotated[Path, typer.Option(help="Output folder: <set>/shard-*.tar (+ .idx), parts/, plan.json, manifest.json (written last). Rerun the same command to resume.", show_default=False)],
-    hf_repo: Annotated[Optional[str], typer.Option(help="Hub dataset id (e.g. OwensLab/CommunityForensics), a local folder laid out like the hub repo, or parquet file(s) (a path or a quoted glob).", show_default=False)] = None,
-    hf_split: Annotated[Optional[str], typer.Option(help="Split(s) joined with '+', e.g. Systematic+Manual (full set) or train (Small set); optional when the repo has one split.", show_default=False)] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Hugging Face cache for hub downloads (only README.md and the chosen splits' parquet files are fetched).", show_default=False)] = None,
+    hf_repo: Annotated[Optional[str], typer.Option(help="Hub dataset id (e.g. OwensLab/CommunityForensics), a local folder laid out like the hub repo, or parquet file(s) (a path or a quoted glob).", show_default=False)] = ConvertSettings.hf_repo,
+    hf_split: Annotated[Optional[str], typer.Option(help="Split(s) joined with '+', e.g. Systematic+Manual (full set) or train (Small set); optional when the repo has one split.", show_default=False)] = ConvertSettings.hf_split,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Hugging Face cache for hub downloads (only README.md and the chosen splits' parquet files are fetched).", show_default=False)] = ConvertSettings.cache_dir,
     folder: Annotated[Optional[list[Path]], typer.Option("--folder", help="Local data ROOT laid out as ROOT/<generator or dataset>/<label dir>/<image> (repeatable).", show_default=False)] = None,
     labels: Annotated[str, typer.Option(help="Label folder names and their labels: exactly two, 0 = real and 1 = fake.")] = ConvertSettings.labels,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete a conversion made with other settings in --out and start again.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete a conversion made with other settings in --out and start again.")] = ConvertSettings.overwrite,
     val_frac: Annotated[float, typer.Option(help="Share of samples in the val set (0: one set, `all`).")] = ConvertSettings.val_frac,
     seed: Annotated[int, typer.Option(help="Seed of balancing, the split and the shuffles.")] = ConvertSettings.seed,
     balance: Annotated[bool, typer.Option(help="When HF and local data are combined, limit local reals to (all fakes - HF reals), water-filling over datasets.")] = ConvertSettings.balance,
     shard_size: Annotated[str, typer.Option(help="Target size of a tar: 512MB, 1GB, 2GiB or bytes.")] = ConvertSettings.shard_size,
     partition_size: Annotated[str, typer.Option(help="Input bytes per unit of work and of resume; each worker holds about 3 x this in memory (lower it with --preresize of small JPEGs).")] = ConvertSettings.partition_size,
-    preresize: Annotated[Optional[int], typer.Option(help="Store raw RGB pixels resized to this shorter side (440 for crop 384, 256 for crop 224) instead of the encoded image.", show_default=False)] = None,
+    preresize: Annotated[Optional[int], typer.Option(help="Store raw RGB pixels resized to this shorter side (440 for crop 384, 256 for crop 224) instead of the encoded image.", show_default=False)] = ConvertSettings.preresize,
     max_pixels: Annotated[int, typer.Option(help="Reject larger images as decompression bombs.")] = ConvertSettings.max_pixels,
     check: Annotated[str, typer.Option(help="full: decode all compressed data of every image (PNG inflated, JPEG entropy-decoded; PIL decodes the rest); fast: check only the file structure of verbatim PNG/JPEG (faster, misses damage inside compressed data).")] = ConvertSettings.check,
-    dali_check: Annotated[bool, typer.Option("--dali-check", help="Also decode every verbatim image with DALI's CPU decoder and reject what it refuses (about one more full decode).")] = False,
+    dali_check: Annotated[bool, typer.Option(help="Also decode every verbatim image with DALI's CPU decoder and reject what it refuses (about one more full decode).")] = ConvertSettings.dali_check,
     workers: Annotated[int, typer.Option(help="Conversion processes (0: one per CPU core, as many as memory allows); each holds about 3 x --partition-size in memory.")] = ConvertSettings.workers,
     num_nodes: Annotated[int, typer.Option(help="Machines converting into the same --out (shared storage).")] = ConvertSettings.num_nodes,
     node_rank: Annotated[int, typer.Option(help="This machine's rank: it converts partitions p with p % num_nodes == node_rank.")] = ConvertSettings.node_rank,
-    verify_hashes: Annotated[bool, typer.Option("--verify-hashes", help="On resume, re-hash finished shards and their source files (sha256) instead of checking names, sizes and indexes only: damaged shards and sources edited in place are converted again (partitions first converted without this flag are redone once).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress or summary lines.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Scan and plan only: print the sources found, balancing, the split, the partitions and the expected output size; write nothing.")] = ConvertSettings.dry_run,
+    verify_hashes: Annotated[bool, typer.Option(help="On resume, re-hash finished shards and their source files (sha256) instead of checking names, sizes and indexes only: damaged shards and sources edited in place are converted again (partitions first converted without this flag are redone once).")] = ConvertSettings.verify_hashes,
+    quiet: Annotated[bool, typer.Option(help="No progress or summary lines.")] = ConvertSettings.quiet,
+    dry_run: Annotated[bool, typer.Option(help="Scan and plan only: print the sources found, balancing, the split, the partitions and the expected output size; write nothing.")] = ConvertSettings.dry_run,
 ) -> None:
-    """Convert Hugging Face parquet files and/or local image folders into WebDataset shards."""
+    """Convert HF parquet and/or image folders into WebDataset shards.
+
+    Example:
+
+    \b
+        commfor-fast convert --hf-repo OwensLab/CommunityForensics-Small --folder /data/extra_real --out /data/commfor-small
+    """
+    settings = _fill(ConvertSettings, {**locals(), "folders": list(folder or [])})
     from commfor_fast.convert.run import convert as run_convert
 
-    settings = ConvertSettings(
-        hf_repo=hf_repo, hf_split=hf_split, cache_dir=cache_dir, folders=list(folder or []), labels=labels,
-        out=out, overwrite=overwrite, val_frac=val_frac, seed=seed, balance=balance, shard_size=shard_size,
-        partition_size=partition_size, preresize=preresize, max_pixels=max_pixels, check=check,
-        dali_check=dali_check, workers=workers, num_nodes=num_nodes, node_rank=node_rank,
-        verify_hashes=verify_hashes, quiet=quiet, dry_run=dry_run,
-    )
     call(run_convert, settings)
 
 
@@ -205,7 +224,13 @@ def convert(
 def inspect_data(
     data: Annotated[Path, typer.Argument(help="A convert output folder.", show_default=False)],
 ) -> None:
-    """Show what converted shards hold: sets, counts per generator, label and format, format-bias warnings, sizes."""
+    """Show what converted shards hold: sets, counts per generator, label and format, format-bias warnings, sizes.
+
+    Example:
+
+    \b
+        commfor-fast inspect /data/commfor-train
+    """
     from commfor_fast.inspection import describe
 
     typer.echo("\n".join(call(describe, data)))
@@ -214,9 +239,17 @@ def inspect_data(
 @app.command()
 def verify(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="A `commfor-fast convert` output folder.", show_default=False)],
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
 ) -> None:
-    """Check every shard against manifest.json: sha256, index, and each sample's label and ids. Exit 1 if any is damaged."""
+    """Check every shard against manifest.json; exit 1 if any is damaged.
+
+    Each shard's sha256 and index, and each sample's label and ids.
+
+    Example:
+
+    \b
+        commfor-fast verify /data/commfor-train
+    """
     from commfor_fast.verify import verify_shards
 
     checked, damaged = call(verify_shards, data, not quiet)
@@ -245,23 +278,38 @@ def demo(
     loader: Annotated[str, typer.Option(help="dali or reference.")] = DemoSettings.loader,
     seed: Annotated[int, typer.Option(help="Seed of the data, the split and training.")] = DemoSettings.seed,
 ) -> None:
-    """Run the whole chain on built-in synthetic data: generate, convert, train, evaluate."""
+    """Run the whole chain on built-in synthetic data.
+
+    Generate, convert, train, evaluate and report, offline.
+
+    Example:
+
+    \b
+        commfor-fast demo --out demo-output --device cpu
+    """
+    settings = _fill(DemoSettings, locals())
     from commfor_fast.demo.run import run_demo
 
-    call(run_demo, DemoSettings(out=out, device=device, fakes_per_generator=fakes_per_generator,
-                                test_per_source=test_per_source, model_size=model_size, input_size=input_size,
-                                patch_size=patch_size, batch_size=batch_size, train_itrs=train_itrs, lr=lr,
-                                num_threads=num_threads, loader=loader, seed=seed))
+    call(run_demo, settings)
 
 
 @app.command()
 def bench(
-    out: Annotated[Path, typer.Option(help="Folder for the benchmark data, BENCH.md and bench.png.")] = Path("bench-output"),
-    quick: Annotated[bool, typer.Option("--quick", help="A reduced set: a few minutes on 2 CPU cores.")] = False,
-    shards: Annotated[Optional[list[Path]], typer.Option(help="Benchmark these convert outputs instead of generated data (repeatable).")] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads per engine.")] = 2,
+    out: Annotated[Path, typer.Option(help="Folder for the benchmark data, BENCH.md and bench.png.")] = BenchSettings.out,
+    quick: Annotated[bool, typer.Option(help="A reduced set: a few minutes on 2 CPU cores.")] = BenchSettings.quick,
+    shards: Annotated[Optional[list[Path]], typer.Option(help="Benchmark these convert outputs instead of generated data (repeatable).")] = BenchSettings.shards,
+    threads: Annotated[int, typer.Option(help="CPU threads per engine.")] = BenchSettings.threads,
 ) -> None:
-    """Benchmark the converter, the pipelines (reference, DALI CPU, DALI GPU) and training."""
+    """Benchmark the converter, the pipelines and training.
+
+    Pipelines: the PIL reference, DALI on the CPU and, on a CUDA machine, DALI on the GPU.
+
+    Example:
+
+    \b
+        commfor-fast bench --quick --out bench-output
+    """
+    settings = _fill(BenchSettings, locals())
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     if not (benchmarks / "run_all.py").is_file():
         typer.echo(f"error: the benchmarks live in the source checkout ({benchmarks} is missing); "
@@ -270,7 +318,7 @@ def bench(
     sys.path.insert(0, str(benchmarks))
     from run_all import run_all
 
-    call(run_all, out, quick, shards or None, threads)
+    call(run_all, settings.out, settings.quick, settings.shards or None, settings.threads)
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

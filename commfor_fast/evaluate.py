@@ -12,6 +12,7 @@ ROC-AUC; per generator its fakes against all reals; the original's within-group 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write, check_writable
 from commfor_fast.metrics import EvalReport
 from commfor_fast.progress import Progress
-from commfor_fast.shards import Manifest, sample_key
+from commfor_fast.convert.units import HF
+from commfor_fast.shards import META_EXT, Manifest, ShardReader, sample_key
 from commfor_fast.settings import EvalSettings
 from commfor_fast.distributed import Dist, all_gather, amp_dtype, resolve_device, setup_distributed, teardown_distributed
 
@@ -69,13 +71,39 @@ def _check_exactly_once(scores: Scores, manifest: Manifest, set_names: list[str]
             )
 
 
-def write_scores(scores: Scores, manifest: Manifest, path: Path) -> Path:
-    """One row per image: set, key, generator, label, logit, P(fake)."""
+def sample_origins(data: Path, manifest: Manifest, sets: list[str], numbers: np.ndarray) -> tuple[list[str], list[str]]:
+    """The original image name and source of each (set, sample number), from the samples'
+    `KEY.json` metadata: a local file's path under its root and that root, or an HF row's
+    `image_name` (its parquet file and row when there is none) and the repo."""
+    readers: dict[str, ShardReader] = {}
+    names, sources = [], []
+    try:
+        for set_name, number in zip(sets, numbers):
+            reader = readers.get(set_name) or readers.setdefault(set_name, ShardReader(data, manifest.sets[set_name]))
+            position = reader.position(sample_key(int(number)))
+            meta = json.loads(reader.read(position, (META_EXT,))[META_EXT]) if position is not None else {}
+            if meta.get("source") == HF:
+                names.append(meta.get("image_name") or f"{meta.get('file')}#row {meta.get('row')}")
+                sources.append(str(meta.get("repo")))
+            else:
+                names.append(str(meta.get("path")))
+                sources.append(str(meta.get("root")))
+    finally:
+        for reader in readers.values():
+            reader.close()
+    return names, sources
+
+
+def write_scores(scores: Scores, manifest: Manifest, data: Path, path: Path) -> Path:
+    """One row per image: set, key, original name, source, generator, label, logit, P(fake)."""
     import pyarrow as pa
 
+    names, sources = sample_origins(data, manifest, scores.sets, scores.numbers)
     table = pa.table({
         "set": scores.sets,
         "key": [sample_key(int(n)) for n in scores.numbers],
+        "name": names,
+        "source": sources,
         "generator": [manifest.generators[int(g)] for g in scores.generator_ids],
         "label": scores.labels.astype(np.int8),
         "logit": scores.logits.astype(np.float32),
@@ -159,6 +187,6 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
     paths = write_report(report, out, meta)
     print(format_table(report))
     if settings.save_scores:
-        paths["scores"] = write_scores(scores, manifest, out / f"scores.{settings.scores_format}")
+        paths["scores"] = write_scores(scores, manifest, settings.data, out / f"scores.{settings.scores_format}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return report

@@ -148,23 +148,44 @@ def create_detector(
     )
     if not pretrained:
         return detector
-    backbone = _imagenet_backbone(detector.timm_name, pretrained_path)
-    missing, unexpected = detector.vit.load_state_dict(backbone.state_dict(), strict=False)
-    if sorted(missing) != ["head.bias", "head.weight"] or unexpected:
-        source = f"--pretrained-path {pretrained_path}" if pretrained_path else "the downloaded file"
-        raise UserError(
-            f"{source}: the weights do not fit {detector.timm_name} "
-            f"(missing {sorted(missing)}, unexpected {sorted(unexpected)}); give the weights "
-            f"of that timm model"
-        )
+    source = f"--pretrained-path {pretrained_path}" if pretrained_path else "the downloaded file"
+    _load_backbone(detector, _imagenet_weights(detector, pretrained_path), source)
     return detector
 
 
-def _imagenet_backbone(timm_name: str, pretrained_path: Path | None) -> nn.Module:
-    """timm's ImageNet model without its classifier (`num_classes=0`), from file or Hub."""
+def _load_backbone(detector: CommForDetector, weights: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load every backbone tensor of `detector` from `weights` (the head stays new), or
+    raise a `UserError` naming what did not match: never a silent random init."""
+    expected = {k: v.shape for k, v in detector.vit.state_dict().items() if not k.startswith("head.")}
+    given = {k: v for k, v in weights.items() if not k.startswith("head.")}
+    missing = [k for k in expected if k not in given]
+    wrong = [f"{k} {tuple(given[k].shape)} (needs {tuple(shape)})" for k, shape in expected.items()
+             if k in given and given[k].shape != shape]
+    unexpected = [k for k in given if k not in expected]
+    if missing or wrong or unexpected:
+        def first(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+        parts = [f"missing {first(missing)}" if missing else "", f"wrong shape {first(wrong)}" if wrong else "",
+                 f"unexpected {first(unexpected)}" if unexpected else ""]
+        fits = len(expected) - len(missing) - len(wrong)
+        hint = ("; it looks like a trained detector (keys 'vit.*'): fine-tune from it with --hf-model FOLDER "
+                "(a save_pretrained folder) or --ckpt FILE" if any(k.startswith("vit.") for k in unexpected)
+                else f"; give the ImageNet weights of {detector.timm_name}")
+        raise UserError(
+            f"{source}: only {fits} of the {len(expected)} backbone tensors of {detector.timm_name} fit "
+            f"({'; '.join(p for p in parts if p)}){hint}"
+        )
+    detector.vit.load_state_dict(given, strict=False)
+
+
+def _imagenet_weights(detector: CommForDetector, pretrained_path: Path | None) -> dict[str, torch.Tensor]:
+    """timm's ImageNet weights of the detector's backbone: from the Hub (timm's own
+    download), or read from a local file through timm's loader and its ViT key filter."""
+    timm_name = detector.timm_name
     if pretrained_path is None:
         try:
-            return timm.create_model(timm_name, pretrained=True, num_classes=0)
+            return timm.create_model(timm_name, pretrained=True, num_classes=0).state_dict()
         except OSError as exc:  # hub errors, offline mode and connection errors are OSErrors
             raise UserError(
                 f"cannot fetch the ImageNet weights of {timm_name} from the Hugging Face Hub "
@@ -175,15 +196,15 @@ def _imagenet_backbone(timm_name: str, pretrained_path: Path | None) -> nn.Modul
             f"--pretrained-path {pretrained_path}: no such file; give a timm weights file "
             f"(.safetensors, .pth or .bin) of {timm_name}"
         )
+    from timm.models import load_state_dict
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
     try:
-        return timm.create_model(
-            timm_name, pretrained=True, num_classes=0,
-            pretrained_cfg_overlay={"file": str(pretrained_path)},
-        )
-    except Exception as exc:  # any failure to read or fit the file is the file's fault
+        return checkpoint_filter_fn(load_state_dict(str(pretrained_path)), detector.vit)
+    except Exception as exc:  # any failure to read or convert the file is the file's fault
         raise UserError(
-            f"--pretrained-path {pretrained_path}: cannot load it as weights of {timm_name} "
-            f"({type(exc).__name__}: {exc}); give a timm weights file of that model"
+            f"--pretrained-path {pretrained_path}: cannot read it as timm weights "
+            f"({type(exc).__name__}: {exc}); give a timm weights file of {timm_name}"
         ) from None
 
 

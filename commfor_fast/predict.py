@@ -4,8 +4,10 @@ Each image goes through exactly the evaluation preprocessing of the reference
 executor (`imageio.decode_rgb` -> `pipelines.reference.eval_image` at the model's
 input size -> `normalise`): the score equals `eval --loader reference`; the DALI
 loader's resampling differs by a fraction of a grey level (see README, Fidelity). Images are decoded on a few
-threads (PIL releases the GIL) and scored in batches. A file that cannot be read or
-decoded gets an error row instead of stopping the run.
+threads (PIL releases the GIL) and scored in batches, with a progress bar on stderr.
+A file that cannot be read or decoded gets an error row instead of stopping the run.
+Rows go to a .csv or .jsonl file as they come (flushed after every batch, so a killed
+run keeps what it scored); a .json file is one document written at the end.
 """
 
 from __future__ import annotations
@@ -13,62 +15,66 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from commfor_fast.distributed import resolve_device
 from commfor_fast.errors import UserError
-from commfor_fast.fileio import atomic_write, check_writable
+from commfor_fast.fileio import OUTPUT_ERRNOS, check_writable, output_error
 from commfor_fast.imageio import SOURCE_EXTENSIONS, BadImage, decode_rgb
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.model import load_detector
 from commfor_fast.pipelines.preprocess import normalise
 from commfor_fast.pipelines.reference import eval_image
+from commfor_fast.progress import Progress
+from commfor_fast.settings import PredictSettings
+from commfor_fast.shards import write_json_atomic
 
-OUT_SUFFIXES = (".csv", ".json")
-
-
-@dataclass
-class PredictSettings:
-    """Everything `predict` needs; the CLI fills it from its flags."""
-
-    paths: list[Path]  # image files and/or folders (searched recursively)
-    ckpt: Path | None = None  # local checkpoint (ours, the original's, or a state dict) ...
-    hf_model: str | None = None  # ... or a Hugging Face model id, e.g. OwensLab/commfor-model-384
-    trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
-    batch_size: int = 32
-    out: Path | None = None  # .csv or .json file to write; None: nothing written
-    workers: int = 4  # decoding threads
+STREAMED_SUFFIXES = (".csv", ".jsonl")  # written row by row
+OUT_SUFFIXES = (*STREAMED_SUFFIXES, ".json")
 
 
 @dataclass
 class Prediction:
-    """One file's result: a probability and verdict, or the reason it could not be scored."""
+    """One file's result: logit, probability and verdict, or the reason it could not be scored."""
 
     path: str
-    prob_fake: float | None
-    verdict: str | None  # "fake" when prob_fake > 0.5, else "real"
+    logit: float | None
+    prob_fake: float | None  # sigmoid(logit)
+    verdict: str | None  # "fake" when prob_fake > the threshold, else "real"
     error: str | None
 
 
-def collect_images(paths: list[Path]) -> tuple[list[Path], dict[Path, str]]:
-    """The files to score, and the folders that could not be read with the reason.
+@dataclass
+class ImageFiles:
+    """What `collect_images` found: the files to score, the non-image files it skipped,
+    and the folders it could not read (with the reason)."""
 
-    Named files are taken as given, folders searched recursively (not through
-    symlinked folders): they contribute files whose extension (any case) is in
-    `SOURCE_EXTENSIONS`, sorted; a named file is used whatever its extension.
-    Duplicates are dropped. A sub-folder that cannot be listed is returned with the
-    error, so its images are reported as missing rather than silently left out.
+    images: list[Path]
+    skipped: list[Path]
+    unreadable: dict[Path, str]
+
+
+def collect_images(paths: list[Path]) -> ImageFiles:
+    """The files to score: named files as given, folders searched recursively.
+
+    Folders (not followed through symlinked folders) contribute files whose extension
+    (any case) is in `SOURCE_EXTENSIONS`, sorted; their other files are listed as
+    skipped. A named file is used whatever its extension. Duplicates are dropped. A
+    sub-folder that cannot be listed is returned with the error, so its images are
+    reported as missing rather than silently left out.
     """
     if not paths:
         raise UserError("PATH: no image or folder given; name at least one")
     found: dict[Path, None] = {}
+    skipped: list[Path] = []
     unreadable: dict[Path, str] = {}
 
     def note(exc: OSError) -> None:
@@ -78,17 +84,19 @@ def collect_images(paths: list[Path]) -> tuple[list[Path], dict[Path, str]]:
         if path.is_file():
             found[path] = None
         elif path.is_dir():
-            images = sorted(Path(top, name) for top, _, names in os.walk(path, onerror=note) for name in names
-                            if Path(name).suffix.lower() in SOURCE_EXTENSIONS and Path(top, name).is_file())
+            files = sorted(Path(top, name) for top, _, names in os.walk(path, onerror=note) for name in names
+                           if Path(top, name).is_file())
+            images = [p for p in files if p.suffix.lower() in SOURCE_EXTENSIONS]
             if not images and not unreadable:
                 raise UserError(
                     f"PATH {path}: the folder holds no images (searched recursively for "
                     f"{', '.join(SOURCE_EXTENSIONS)}); point to a folder with images"
                 )
             found.update(dict.fromkeys(images))
+            skipped += [p for p in files if p.suffix.lower() not in SOURCE_EXTENSIONS]
         else:
             raise UserError(f"PATH {path}: no such file or folder; give an existing image or folder")
-    return list(found), unreadable
+    return ImageFiles(list(found), skipped, unreadable)
 
 
 def _check_settings(settings: PredictSettings) -> None:
@@ -96,14 +104,16 @@ def _check_settings(settings: PredictSettings) -> None:
         raise UserError(f"--batch-size {settings.batch_size}: must be at least 1")
     if settings.workers < 1:
         raise UserError(f"--num-threads {settings.workers}: must be at least 1")
+    if not 0 <= settings.threshold <= 1:
+        raise UserError(f"--threshold {settings.threshold}: a probability, between 0 and 1")
     if settings.out is not None and settings.out.suffix.lower() not in OUT_SUFFIXES:
         raise UserError(
             f"--out {settings.out}: the suffix {settings.out.suffix or '(none)'!r} is not a known "
-            f"format; end the file name with .csv or .json"
+            f"format; end the file name with .csv, .jsonl or .json"
         )
     if settings.out is not None:
         if settings.out.is_dir():
-            raise UserError(f"--out {settings.out}: is a folder; give a file name ending in .csv or .json")
+            raise UserError(f"--out {settings.out}: is a folder; give a file name ending in .csv, .jsonl or .json")
         check_writable(settings.out.parent, f"--out {settings.out}: its folder")
 
 
@@ -132,64 +142,135 @@ def _decoded_batches(files: list[Path], input_size: int, batch_size: int,
 
 
 def predict(settings: PredictSettings) -> list[Prediction]:
-    """Score every image of `settings.paths`; write `settings.out` if set.
+    """Score every image of `settings.paths`; write `settings.out` (as results come) if set.
 
     Returns one `Prediction` per file, in the order of `collect_images`, then an
     error row per folder that could not be read.
     """
     _check_settings(settings)
-    files, unreadable = collect_images(settings.paths)
+    found = collect_images(settings.paths)
+    if found.skipped:
+        examples = ", ".join(p.name for p in found.skipped[:3])
+        print(f"note: skipped {len(found.skipped)} non-image file(s) ({examples}"
+              f"{', ...' if len(found.skipped) > 3 else ''}); images are {', '.join(SOURCE_EXTENSIONS)}",
+              file=sys.stderr)
     device = resolve_device(settings.device)
     model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device,
                                 trust_checkpoint=settings.trust_checkpoint)
-    input_size = model.input_size
 
     results: list[Prediction] = []
-    batches = _decoded_batches(files, input_size, settings.batch_size, settings.workers)
-    with torch.inference_mode():
-        for batch, inputs in batches:
-            good = [x for x in inputs if isinstance(x, torch.Tensor)]
-            probs: list[float] = []
-            if good:
-                logits = model(torch.stack(good).to(device, non_blocking=True))
-                probs = torch.sigmoid(logits.float()).squeeze(1).cpu().tolist()
-            prob_iter = iter(probs)
-            for path, x in zip(batch, inputs):
-                if isinstance(x, torch.Tensor):
-                    p = next(prob_iter)
-                    results.append(Prediction(str(path), p, "fake" if p > THRESHOLD else "real", None))
-                else:
-                    results.append(Prediction(str(path), None, None, x))
-    results += [Prediction(str(folder), None, None, reason) for folder, reason in unreadable.items()]
-    if settings.out is not None:
-        write_predictions(results, settings.out, info)
+    writer = PredictionWriter(settings.out, info, settings.threshold) if settings.out is not None else None
+    batches = _decoded_batches(found.images, model.input_size, settings.batch_size, settings.workers)
+    try:
+        with torch.inference_mode(), Progress(len(found.images), "predict") as progress:
+            for batch, inputs in batches:
+                good = [x for x in inputs if isinstance(x, torch.Tensor)]
+                logits = torch.zeros(0)
+                if good:
+                    logits = model(torch.stack(good).to(device, non_blocking=True)).float().squeeze(1).cpu()
+                scored = zip(logits.tolist(), torch.sigmoid(logits).tolist())
+                rows = _rows(batch, inputs, scored, settings.threshold)
+                if writer is not None:
+                    writer.write(rows)
+                results += rows
+                progress.update(len(rows))
+        folders = [Prediction(str(folder), None, None, None, reason) for folder, reason in found.unreadable.items()]
+        if writer is not None:
+            writer.write(folders)
+        results += folders
+    finally:
+        if writer is not None:
+            writer.close()
     return results
 
 
-def write_predictions(predictions: list[Prediction], out: Path, model_info: dict[str, Any]) -> None:
-    """Write a .csv (one row per file) or a .json (model info, threshold and the rows), atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rows = [asdict(p) for p in predictions]
-    if out.suffix.lower() == ".json":
-        doc = {"model": model_info, "threshold": THRESHOLD, "predictions": rows}
-        with atomic_write(out, "w") as f:
-            f.write(json.dumps(doc, indent=2) + "\n")
-        return
-    with atomic_write(out, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=[*Prediction.__dataclass_fields__])
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+def _rows(batch: list[Path], inputs: list[torch.Tensor | str], scored: Iterator[tuple[float, float]],
+          threshold: float) -> list[Prediction]:
+    """One `Prediction` per file of a batch; `scored` holds (logit, P(fake)) per decoded input."""
+    rows = []
+    for path, x in zip(batch, inputs):
+        if isinstance(x, torch.Tensor):
+            z, p = next(scored)
+            rows.append(Prediction(str(path), z, p, "fake" if p > threshold else "real", None))
+        else:
+            rows.append(Prediction(str(path), None, None, None, x))
+    return rows
+
+
+class PredictionWriter:
+    """Rows to a .csv or .jsonl file as they come, flushed after every batch (a killed
+    run keeps what was scored); a .json file is one document (model, threshold, rows)
+    written atomically when the run ends. A write that fails for lack of space or
+    permission is a `UserError` naming the file, and leaves no file without rows."""
+
+    def __init__(self, out: Path, model_info: dict[str, Any], threshold: float) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.out, self.suffix = out, out.suffix.lower()
+        self.doc: dict[str, Any] = {"model": model_info, "threshold": threshold, "predictions": []}
+        self.file: IO[str] | None = None
+        self.csv: csv.DictWriter | None = None
+        self.rows_written = 0
+        if self.suffix in STREAMED_SUFFIXES:
+            with self._failures():
+                self.file = open(out, "w", newline="")
+                if self.suffix == ".csv":
+                    self.csv = csv.DictWriter(self.file, fieldnames=[f.name for f in fields(Prediction)])
+                    self.csv.writeheader()
+                    self.file.flush()
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if self.file is not None:
+                with suppress(OSError):
+                    self.file.close()
+                self.file = None
+            if not self.rows_written:
+                self.out.unlink(missing_ok=True)
+            if exc.errno in OUTPUT_ERRNOS:
+                raise output_error(self.out, exc) from None
+            raise
+
+    def write(self, rows: list[Prediction]) -> None:
+        if self.file is None:
+            self.doc["predictions"] += map(asdict, rows)
+            return
+        with self._failures():
+            for row in map(asdict, rows):
+                if self.csv is not None:
+                    self.csv.writerow({k: "" if v is None else v for k, v in row.items()})
+                else:
+                    self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        self.rows_written += len(rows)
+
+    def close(self) -> None:
+        if self.file is not None:
+            with self._failures():
+                self.file.close()
+        elif self.suffix == ".json":
+            write_json_atomic(self.out, self.doc)
+
+
+def write_predictions(predictions: list[Prediction], out: Path, model_info: dict[str, Any],
+                      threshold: float = THRESHOLD) -> None:
+    """Write finished predictions to `out` (.csv, .jsonl or .json) in one go."""
+    writer = PredictionWriter(out, model_info, threshold)
+    writer.write(predictions)
+    writer.close()
 
 
 def format_predictions(predictions: list[Prediction]) -> str:
-    """A console table: path, P(fake), verdict (or the error), and a count line."""
+    """A console table: path, logit, P(fake), verdict (or the error), and a count line."""
     width = max([len("path"), *(len(p.path) for p in predictions)])
-    lines = [f"{'path':<{width}}  {'P(fake)':>8}  verdict"]
+    lines = [f"{'path':<{width}}  {'logit':>8}  {'P(fake)':>8}  verdict"]
     for p in predictions:
         if p.error is None:
-            lines.append(f"{p.path:<{width}}  {p.prob_fake:>8.4f}  {p.verdict}")
+            lines.append(f"{p.path:<{width}}  {p.logit:>8.4f}  {p.prob_fake:>8.4f}  {p.verdict}")
         else:
-            lines.append(f"{p.path:<{width}}  {'n/a':>8}  error: {p.error}")
+            lines.append(f"{p.path:<{width}}  {'n/a':>8}  {'n/a':>8}  error: {p.error}")
     n_fake = sum(p.verdict == "fake" for p in predictions)
     n_err = sum(p.error is not None for p in predictions)
     lines.append(f"{len(predictions)} files: {n_fake} fake, {len(predictions) - n_fake - n_err} real, "

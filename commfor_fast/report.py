@@ -2,15 +2,18 @@
 
 The JSON holds everything (`EvalReport.to_dict`, plus optional run metadata); the CSV
 has one row per generator for spreadsheets (an undefined value is an empty cell); the
-PNG shows per-generator AP and accuracy, sorted, readable for five generators or for
-thousands; `format_table` is what the console shows. Undefined values print as "n/a".
-Generator names in the CSV are escaped against spreadsheet formula injection.
+chart (PNG at 200 dpi and PDF, for papers) shows per-generator AP and accuracy, sorted,
+on an axis scaled to the data with the values on the bars, readable for five
+generators or for hundreds; `format_table` is what the console shows. Undefined
+values print as "n/a". Generator names in the CSV are escaped against spreadsheet
+formula injection.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,11 +25,14 @@ from commfor_fast.metrics import EvalReport, GeneratorMetrics
 
 REPORT_JSON = "report.json"
 GENERATOR_CSV = "per_generator.csv"
-CHART_PNG = "per_generator.png"
+CHART_NAME = "per_generator"  # .png and .pdf
+CHART_DPI = 200
 CSV_COLUMNS = ("generator", "n_real", "n_fake", "accuracy", "real_accuracy", "fake_accuracy",
                "ap", "auc", "ap_within")
-# Up to this many generators the chart is a labelled bar chart; beyond, a sorted dot plot.
-BAR_CHART_MAX = 40
+# Up to this many generators the chart is a labelled bar chart, one row each (300 rows
+# are about 18,000 px tall at 200 dpi); beyond, a sorted dot plot.
+BAR_CHART_MAX = 300
+ROW_INCHES = 0.3
 WORST_LABELLED = 10
 NAME_WIDTH = 44
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula
@@ -60,10 +66,10 @@ def write_report(report: EvalReport, out_dir: Path,
     """Write report.json (with `meta`, e.g. the run's settings), per_generator.csv and the chart,
     each atomically (`fileio.atomic_write`): a failed write leaves no empty or partial file.
 
-    Returns the paths by kind: "json", "csv", "chart".
+    Returns the paths by kind: "json", "csv", "chart" (the PNG) and "chart_pdf".
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / REPORT_JSON, "csv": out_dir / GENERATOR_CSV, "chart": out_dir / CHART_PNG}
+    paths = {"json": out_dir / REPORT_JSON, "csv": out_dir / GENERATOR_CSV}
     data = report.to_dict()
     if meta is not None:
         data["meta"] = dict(meta)
@@ -76,7 +82,7 @@ def write_report(report: EvalReport, out_dir: Path,
             row = (spreadsheet_safe(g.name), g.n_real, g.n_fake, g.accuracy, g.real_accuracy, g.fake_accuracy,
                    g.ap, g.auc, g.ap_within)
             writer.writerow("" if v is None else v for v in row)
-    plot_report(report, paths["chart"])
+    paths["chart"], paths["chart_pdf"] = plot_report(report, out_dir / CHART_NAME)
     return paths
 
 
@@ -110,12 +116,13 @@ def format_table(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: EvalReport, path: Path) -> Path:
-    """Per-generator AP and accuracy of the fake generators, sorted by AP, as a PNG.
+def plot_report(report: EvalReport, path: Path) -> tuple[Path, Path]:
+    """Per-generator AP and accuracy of the fake generators, sorted by AP, as PNG (200 dpi) and PDF.
 
-    Up to `BAR_CHART_MAX` generators: one labelled pair of bars each. Beyond that names
-    cannot be read, so the chart becomes a sorted dot plot with the worst few numbered
-    and listed by name.
+    `path` names the files (its suffix is replaced). Up to `BAR_CHART_MAX` generators:
+    one labelled pair of bars each, with their values, on an axis scaled to the data.
+    Beyond that, a sorted dot plot with the worst few numbered and listed by name.
+    Returns (png, pdf).
     """
     generators = _by_ap([g for g in report.generators if g.n_fake])
     if not generators:
@@ -125,9 +132,12 @@ def plot_report(report: EvalReport, path: Path) -> Path:
         fig = _bar_chart(report, generators)
     else:
         fig = _dot_chart(report, generators)
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    return path
+    png, pdf = path.with_suffix(".png"), path.with_suffix(".pdf")
+    with atomic_write(png) as f:
+        fig.savefig(f, format="png", dpi=CHART_DPI)
+    with atomic_write(pdf) as f:
+        fig.savefig(f, format="pdf")
+    return png, pdf
 
 
 def _title(report: EvalReport) -> str:
@@ -135,27 +145,41 @@ def _title(report: EvalReport) -> str:
             f"mean acc {_num(report.mean_accuracy)} (AP: fakes vs all reals)")
 
 
+def axis_start(values: list[float]) -> float:
+    """Left end of the score axis: the lowest value rounded down to a tenth, with room
+    below it (0 when a value is near 0), so that differences near 1 stay visible."""
+    return max(0.0, math.floor((min(values) - 0.02) * 10) / 10)
+
+
 def _bar_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure:
     n = len(generators)
-    fig = Figure(figsize=(10, 1.5 + 0.35 * n), layout="constrained")
+    fig = Figure(figsize=(10, 1.6 + ROW_INCHES * n), layout="constrained")
     ax = fig.add_subplot()
     rows = list(range(n))
+    aps = [g.ap for g in generators]
+    accs = [g.accuracy for g in generators]
+    start = axis_start([v for v in aps + accs if v is not None])
+    end = 1 + 0.09 * (1 - start)  # room for the value labels right of the bars
     # The y axis is inverted below (worst at the top), so y - 0.2 is the upper bar.
-    ax.barh([y - 0.2 for y in rows], [g.ap or 0.0 for g in generators], height=0.4, label="AP")
-    ax.barh([y + 0.2 for y in rows], [g.accuracy for g in generators], height=0.4, label="accuracy")
-    for y, g in zip(rows, generators):
-        if g.ap is None:
-            ax.text(0.01, y - 0.2, "AP n/a", va="center", fontsize=8)
+    for offset, values, label in ((-0.2, aps, "AP"), (0.2, accs, "accuracy")):
+        ys = [y + offset for y in rows]
+        ax.barh(ys, [start if v is None else v for v in values], height=0.4, label=label)
+        for y, v in zip(ys, values):
+            text = "n/a" if v is None else f"{v:.3f}"
+            ax.text(start if v is None else v, y, f" {text}", va="center", fontsize=6.5)
     ax.set_yticks(rows, [_short(g.name) for g in generators], fontsize=8)
-    ax.invert_yaxis()  # worst at the top, read first
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("score")
+    ax.set_ylim(n - 0.4, -0.6)  # worst at the top, read first; no empty band
+    ax.set_xlim(start, end)
+    ax.set_xticks([t / 20 for t in range(math.ceil(start * 20), 21)] if 1 - start <= 0.5 else
+                  [t / 10 for t in range(math.ceil(start * 10), 11)])
+    ax.set_xlabel("score" + (f" (axis from {start:.1f})" if start > 0 else ""))
+    ax.tick_params(axis="x", top=n > 30, labeltop=n > 30)  # a tall chart has its scale at both ends
     ax.grid(axis="x", alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
     fig.legend(loc="outside lower center", ncols=2, fontsize=8)
     ax.set_title(_title(report), fontsize=10)
     return fig
-
-
 def _dot_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure:
     fig = Figure(figsize=(12, 6), layout="constrained")
     ax = fig.add_subplot()

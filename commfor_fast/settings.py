@@ -1,8 +1,9 @@
-"""Settings of the `train`, `eval` and `demo` commands: one flat dataclass each.
+"""Settings of the `train`, `eval`, `predict`, `demo` and `bench` commands: one flat dataclass each.
 
 They live apart from the code that runs them so the CLI can read their defaults
-without importing torch or DALI (`--help` stays instant). Every run records its
-settings: checkpoints and metrics.jsonl for training, report.json for evaluation.
+without importing torch or DALI (`--help` stays instant); the CLI takes every default
+from here. Every run records its settings: checkpoints and metrics.jsonl for
+training, report.json for evaluation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from commfor_fast.metrics import THRESHOLD
 from commfor_fast.pipelines.ops import DEFAULT_OPS
 
 
@@ -35,6 +37,7 @@ class TrainSettings:
     pretrained_path: Path | None = None  # local timm weights instead of the download
     ckpt: Path | None = None  # start from this checkpoint: a full resume for ours, weights only for others
     only_load_model_weights: bool = False  # with --ckpt: take only the weights of our checkpoint too
+    hf_model: str | None = None  # fine-tune a released detector: a hub id or a save_pretrained folder
     trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
     # schedule (the defaults are the original's)
     batch_size: int = 32  # per process (the paper's runs use 128)
@@ -61,6 +64,7 @@ class TrainSettings:
     ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)
     ckpt_keep_count: int = 5  # newest checkpoints kept (-1: all, 0: write none)
     resume: bool = False  # require a checkpoint in --out to resume from (resuming is automatic anyway)
+    allow_changed_settings: bool = False  # resume although schedule or data-stream settings changed (each is printed)
     log_every: int = 50
     validate: bool = True  # loss, accuracy and AP on `val` after every epoch
     synthetic_data: bool = False  # benchmark bound: one fixed batch already on the device replaces the loader
@@ -74,7 +78,7 @@ class EvalSettings:
     """Everything an evaluation run depends on; recorded in report.json."""
 
     data: Path  # a `commfor-fast convert` output folder
-    out: Path  # report folder: report.json, per_generator.csv, per_generator.png
+    out: Path  # report folder: report.json, per_generator.csv, per_generator.png and .pdf
     ckpt: Path | None = None  # a local checkpoint (ours or the original's)
     hf_model: str | None = None  # or a Hugging Face model id, e.g. OwensLab/commfor-model-384
     trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
@@ -85,9 +89,24 @@ class EvalSettings:
     num_threads: int = 4
     use_amp: bool = False
     amp_dtype: str = "fp16"
-    save_scores: bool = False  # also write every image's score
+    save_scores: bool = False  # also write every image's set, key, original name, source, label, logit and score
     scores_format: str = "parquet"  # "parquet" or "csv"
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
+
+
+@dataclass
+class PredictSettings:
+    """Everything `predict` needs; the CLI fills it from its flags."""
+
+    paths: list[Path]  # image files and/or folders (searched recursively)
+    ckpt: Path | None = None  # local checkpoint (ours, the original's, or a state dict) ...
+    hf_model: str | None = None  # ... or a Hugging Face model id, e.g. OwensLab/commfor-model-384
+    trust_checkpoint: bool = False  # allow full unpickling of --ckpt (runs code stored in the file)
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
+    batch_size: int = 32
+    out: Path | None = None  # .csv, .jsonl or .json file (the first two written as results come); None: nothing written
+    workers: int = 4  # decoding threads
+    threshold: float = THRESHOLD  # verdict "fake" when P(fake) > threshold
 
 
 @dataclass
@@ -107,3 +126,13 @@ class DemoSettings:
     num_threads: int = 2
     loader: str = "dali"
     seed: int = 0
+
+
+@dataclass
+class BenchSettings:
+    """What `commfor-fast bench` measures, and where it writes."""
+
+    out: Path = Path("bench-output")  # benchmark data, BENCH.md and bench.png
+    quick: bool = False  # a reduced set: a few minutes on 2 CPU cores
+    shards: list[Path] | None = None  # benchmark these convert outputs instead of generated data
+    threads: int = 2  # CPU threads per engine

@@ -11,13 +11,15 @@ original steps it (`LRSchedule`; `--lr-schedule per-iteration` ends exactly at t
 floor instead), mixed precision with a grad scaler for fp16, per-rank batch size, a
 checkpoint every epoch keeping the newest N.
 
-Resume is exact: a checkpoint holds the model, optimizer, scheduler, grad scaler,
-epoch, iteration and every rank's data-stream position, so a run killed mid-epoch
-and resumed sees the same batches as one that never stopped (with the same number of
-processes and data settings; otherwise the streams restart from their seeds, which
-the log says). Rank 0 picks the checkpoint and tells the others, so every rank
-resumes from the same one. `--ckpt` with the original's checkpoints or a plain
-state dict starts from their weights with a new optimizer and schedule.
+Resume is exact: a checkpoint holds the model, optimizer, grad scaler, iteration (the
+schedule is a function of it), the schedule's shape and every rank's data-stream
+position, so a run killed mid-epoch and resumed sees the same batches as one that
+never stopped. Settings that shape the schedule or the stream (and the process count)
+may not change on resume without `--allow-changed-settings`, which prints each change
+(the streams then restart from their seeds when the stream changed). Rank 0 picks the
+checkpoint and tells the others, so every rank resumes from the same one. `--ckpt`
+with the original's checkpoints or a plain state dict, and `--hf-model` (a released
+detector), start from their weights with a new optimizer and schedule.
 """
 
 from __future__ import annotations
@@ -51,9 +53,13 @@ CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
 # ----------------------------------------------------------------- small helpers
 
 # Settings that shape the data stream: a checkpoint's stream position only replays
-# the same batches when these are unchanged.
+# the same batches when these (and the process count) are unchanged.
 STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "batches_per_run", "rsa_ops", "rsa_min_num_ops",
                    "rsa_max_num_ops", "fix_padding_quirk", "num_threads")
+# Settings that shape the optimisation schedule. Neither kind may change on resume
+# without --allow-changed-settings.
+SCHEDULE_SETTINGS = ("epochs", "train_itrs", "lr", "weight_decay", "warmup_epochs", "warmup_frac", "no_lr_schedule",
+                     "lr_schedule")
 
 
 def check_settings(s: TrainSettings) -> None:
@@ -79,6 +85,9 @@ def check_settings(s: TrainSettings) -> None:
         raise UserError(f"--lr-schedule {s.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     if s.loader not in ENGINES:
         raise UserError(f"--loader {s.loader!r}: choose one of {', '.join(ENGINES)}")
+    if s.hf_model is not None and (s.ckpt is not None or s.pretrained_path is not None):
+        raise UserError(f"--hf-model {s.hf_model}: give it alone, without --ckpt or --pretrained-path "
+                        "(each names the weights to start from)")
     amp_dtype(s.amp_dtype)
 
 
@@ -192,6 +201,23 @@ def settings_dict(settings: TrainSettings) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
 
 
+def resume_changes(ckpt: dict[str, Any], settings: TrainSettings, shape: dict[str, int]) -> tuple[list[str], bool]:
+    """What changed since our checkpoint `ckpt` among the settings that shape the schedule
+    or the data stream, and the schedule they give (`shape`: process count, iterations
+    in all, warmup iterations), one `what: old -> new` line each; and whether the
+    checkpoint's data-stream positions still apply."""
+    before, now = ckpt.get("settings", {}), settings_dict(settings)
+    was = {"world_size": len(ckpt.get("data") or []), **(ckpt.get("schedule") or {})}
+    changes = [f"--{k.replace('_', '-')}: {before.get(k)} -> {now[k]}"
+               for k in (*SCHEDULE_SETTINGS, *STREAM_SETTINGS) if str(before.get(k)) != str(now[k])]
+    names = {"world_size": "processes", "total_itrs": "iterations in all", "warmup": "warmup iterations"}
+    changes += [f"{name}: {was[k]} -> {shape[k]}" for k, name in names.items()
+                if k in was and was[k] != shape[k]]
+    same_stream = was["world_size"] == shape["world_size"] and all(
+        str(before.get(k)) == str(now[k]) for k in STREAM_SETTINGS)
+    return changes, same_stream
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -264,6 +290,17 @@ class MetricsLog:
         self.file.flush()
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "itr"}, step=record["itr"])
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record in `metrics.jsonl`, including those of the runs this one resumed
+        (a line cut short by a kill is skipped)."""
+        records = []
+        for line in Path(self.file.name).read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
 
     def close(self) -> None:
         if self.progress is not None:
@@ -366,9 +403,16 @@ def train(settings: TrainSettings) -> Path:
     itrs_per_epoch = iters_per_epoch(manifest.sets[train_set].num_samples, settings.batch_size, env.world_size)
     schedule = LRSchedule.from_settings(settings, itrs_per_epoch)
     total_itrs = schedule.total
+    if schedule.warmup > total_itrs:
+        log.print(f"warning: the warmup ({schedule.warmup} iterations, --warmup-epochs {settings.warmup_epochs}) is "
+                  f"longer than the whole run ({total_itrs}): the lr never reaches --lr {settings.lr}; shorten "
+                  "--warmup-epochs or give --warmup-frac")
+    # what a resume compares besides the settings: the process count and the schedule they give
+    shape = {"world_size": env.world_size, "total_itrs": total_itrs, "warmup": schedule.warmup}
 
     # -- model: from rank 0's choice of checkpoint (never needs the ImageNet download)
-    from commfor_fast.model import clean_state_dict, create_detector, detector_from_checkpoint, read_checkpoint
+    from commfor_fast.model import clean_state_dict, create_detector, detector_from_checkpoint, load_detector, \
+        read_checkpoint
 
     newest = checkpoints_in(out)[-1] if env.is_main and checkpoints_in(out) else None
     start, resuming = broadcast((newest or settings.ckpt, newest is not None), env)
@@ -380,45 +424,60 @@ def train(settings: TrainSettings) -> Path:
         model, ckpt_format = detector_from_checkpoint(ckpt, Path(start))
         if settings.freeze_backbone and not resuming:
             model.set_freeze_backbone(True)
-        if (model.model_size, model.input_size, model.patch_size) != \
-                (settings.model_size, settings.input_size, settings.patch_size):
-            log.print(f"note: model shape taken from {start}: {model.model_args}")
+    elif settings.hf_model is not None:  # fine-tuning a released detector
+        model, _ = load_detector(hf_model=settings.hf_model)
+        model.set_freeze_backbone(settings.freeze_backbone)
+        start = settings.hf_model
+        log.print(f"fine-tuning {settings.hf_model}: its weights, a new optimizer and schedule")
     else:
         model = create_detector(model_size=settings.model_size, input_size=settings.input_size,
                                 patch_size=settings.patch_size, freeze_backbone=settings.freeze_backbone,
                                 pretrained=settings.pretrained, pretrained_path=settings.pretrained_path)
+    if start is not None and (model.model_size, model.input_size, model.patch_size) != \
+            (settings.model_size, settings.input_size, settings.patch_size):
+        log.print(f"note: model shape taken from {start}: {model.model_args}")
     model.train().to(device)
     crop = model.input_size
 
-    # -- optimizer, schedule, mixed precision
+    # -- optimizer, mixed precision
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
     autocast_dtype = amp_dtype(settings.amp_dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=settings.use_amp and autocast_dtype == torch.float16)
 
-    # -- resume: everything from our own checkpoints; only weights otherwise
+    # -- resume: everything from our own checkpoints (unless settings that shape the
+    # schedule or the stream changed without --allow-changed-settings); only weights otherwise
     itr, data_state = 0, None
     full_resume = ckpt is not None and ckpt_format == "commfor-fast" and (
         resuming or not settings.only_load_model_weights)
     if full_resume:
+        changes, same_stream = resume_changes(ckpt, settings, shape)
+        if changes and not settings.allow_changed_settings:
+            raise UserError(
+                f"{start} was written with other settings ({'; '.join(changes)}); rerun with the same ones, "
+                "or add --allow-changed-settings to go on with these"
+                + ("" if resuming else ", or --only-load-model-weights to start a new schedule from its weights"))
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         itr = int(ckpt["itr"])
-        states, before = ckpt.get("data") or [], ckpt.get("settings", {})
-        changed = [k for k in STREAM_SETTINGS if str(before.get(k)) != str(settings_dict(settings)[k])]
-        if len(states) == env.world_size and not changed:
+        for change in changes:
+            log.print(f"note: changed since {start}: {change}")
+        states = ckpt.get("data") or []
+        if same_stream:
             data_state = states[env.rank]
         else:
-            why = f"{', '.join(changed)} changed" if changed else f"it was written by {len(states)} process(es)"
-            log.print(f"note: the data streams restart from their seeds ({why} since {start})")
+            log.print(f"note: the data streams restart from their seeds (the stream settings changed since {start})")
         if resuming:
             log.drop_after(itr)
         log.print(f"resumed from {start} at iteration {itr}")
     elif ckpt is not None:
         log.print(f"starting from the weights of {start} ({ckpt_format} format): new optimizer and schedule")
     del ckpt
+    # The schedule is a function of the iteration: on resume it continues at `itr`, with
+    # the lr and weight decay of these settings.
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["weight_decay"] = settings.lr, settings.weight_decay
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor, last_epoch=itr - 1)
 
     if settings.synthetic_data:
         stream = SyntheticStream(settings.batch_size, crop, device)
@@ -447,8 +506,8 @@ def train(settings: TrainSettings) -> Path:
         path = out / f"ckpt-{itr:09d}.pt"
         save_atomic({
             "model": clean_state_dict(model), "model_args": model.model_args,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": itr // itrs_per_epoch, "itr": itr,
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": itr // itrs_per_epoch, "itr": itr, "schedule": shape,
             "data": states, "settings": settings_dict(settings), "version": __version__,
         }, path)
         kept = checkpoints_in(out)
@@ -534,11 +593,18 @@ def train(settings: TrainSettings) -> Path:
             window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
 
     # -- teardown: the final model as a plain state dict (the original's format) and
-    # as a `save_pretrained` folder that `--hf-model` and `from_pretrained` accept
+    # as a `save_pretrained` folder with a model card, that `--hf-model` and
+    # `from_pretrained` accept
     final = out / "model.pt"
     if env.is_main:
+        from commfor_fast.modelcard import write_model_card
+
         save_atomic(clean_state_dict(model), final)
         model.save_pretrained(out / "final")
+        validations = [r for r in log.records() if "val_loss" in r]  # this run's, across resumes
+        write_model_card(out / "final", model_args=model.model_args, timm_name=model.timm_name, settings=settings,
+                         manifest=manifest, train_set=train_set, schedule=shape,
+                         validation=validations[-1] if validations else None)
         log.print(f"final model: {final} (and {out / 'final'} for from_pretrained)")
     stream.close()
     log.close()

@@ -235,3 +235,27 @@ def test_pretrained_path_loads_a_local_timm_file(tmp_path: Path) -> None:
 def test_missing_hub_model_offline_is_a_user_error(offline: None) -> None:
     with pytest.raises(UserError, match="--hf-model OwensLab/commfor-model-384: cannot load it"):
         load_detector(hf_model="OwensLab/commfor-model-384")
+
+
+def test_pretrained_path_that_does_not_fit_names_what_did_not_match(tiny: CommForDetector, tmp_path: Path) -> None:
+    """A released detector's model.safetensors is not a timm backbone file: an error, not a random init."""
+    import safetensors.torch
+    import timm
+
+    tiny.save_pretrained(tmp_path / "released")
+    with pytest.raises(UserError) as err:
+        create_detector(**TINY, pretrained=True, pretrained_path=tmp_path / "released" / "model.safetensors")
+    message = str(err.value)
+    assert message.startswith(f"--pretrained-path {tmp_path / 'released' / 'model.safetensors'}: only 0 of the")
+    assert "of the 150 backbone tensors" in message and "unexpected vit.blocks.0." in message and "--hf-model FOLDER" in message
+    # one tensor short, one of the wrong shape: both named
+    weights = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0).state_dict()
+    del weights["blocks.5.mlp.fc2.bias"]
+    weights["norm.weight"] = torch.ones(100)
+    safetensors.torch.save_file(weights, tmp_path / "partial.safetensors")
+    with pytest.raises(UserError, match=r"fit \(missing blocks\.5\.mlp\.fc2\.bias; wrong shape norm\.weight "
+                                        r"\(100,\) \(needs \(192,\)\)\); give the ImageNet weights"):
+        create_detector(**TINY, pretrained=True, pretrained_path=tmp_path / "partial.safetensors")
+    with pytest.raises(UserError, match="garbage.pth: cannot read it as timm weights"):
+        (tmp_path / "garbage.pth").write_bytes(b"not a torch file")
+        create_detector(**TINY, pretrained=True, pretrained_path=tmp_path / "garbage.pth")

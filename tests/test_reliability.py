@@ -32,6 +32,7 @@ from commfor_fast.model import CommForDetector
 from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.preprocess import check_preresize
+import commfor_fast.predict as predict_module
 from commfor_fast.predict import PredictSettings, predict, write_predictions
 from commfor_fast.report import format_table, write_report
 from commfor_fast.settings import TrainSettings
@@ -277,6 +278,7 @@ class _FullDisk:
 def test_a_full_disk_leaves_no_empty_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     report = evaluate(np.array([0, 1, 1]), np.array([0.2, 0.9, 0.4]), np.array([0, 1, 1]), ["real", "gen"])
     monkeypatch.setattr(fileio, "open", _FullDisk(open), raising=False)
+    monkeypatch.setattr(predict_module, "open", _FullDisk(open), raising=False)  # its rows stream to the file
     with pytest.raises(UserError, match=f"cannot write {tmp_path / 'r' / 'report.json'}: No space left on device; "
                                         "free some space"):
         write_report(report, tmp_path / "r")

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 
 from commfor_fast.metrics import EvalReport, evaluate
-from commfor_fast.report import CSV_COLUMNS, format_table, plot_report, write_report
+from commfor_fast.report import BAR_CHART_MAX, CSV_COLUMNS, _bar_chart, _by_ap, axis_start, format_table, plot_report, \
+    write_report
 
 
 def few_generators() -> EvalReport:
@@ -39,7 +40,8 @@ def many_generators(n_gen: int) -> EvalReport:
 def test_write_report_files(tmp_path: Path) -> None:
     report = few_generators()
     paths = write_report(report, tmp_path / "out", meta={"ckpt": "model.pt", "split": "PublicEval"})
-    assert set(paths) == {"json", "csv", "chart"} and all(p.is_file() for p in paths.values())
+    assert set(paths) == {"json", "csv", "chart", "chart_pdf"} and all(p.is_file() for p in paths.values())
+    assert paths["chart_pdf"].read_bytes().startswith(b"%PDF")
 
     data = json.loads(paths["json"].read_text())
     assert data["meta"] == {"ckpt": "model.pt", "split": "PublicEval"}
@@ -55,8 +57,9 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert float(gan["ap"]) == 0.5 and gan["real_accuracy"] == "" and gan["ap_within"] == ""
 
     with Image.open(paths["chart"]) as img:
+        assert [round(d) for d in img.info["dpi"]] == [200, 200]
         img.verify()
-        assert img.format == "PNG" and img.width > 300 and img.height > 100
+        assert img.format == "PNG" and img.width == 2000 and img.height > 300
 
 
 def test_table_shows_names_sorted_by_ap_and_na() -> None:
@@ -80,20 +83,42 @@ def test_no_reals_prints_na_everywhere(tmp_path: Path) -> None:
         img.verify()
 
 
-def test_many_generators_still_draw(tmp_path: Path) -> None:
-    report = many_generators(300)
-    assert report.n_fake_generators == 299
-    path = plot_report(report, tmp_path / "many.png")
-    with Image.open(path) as img:
+def test_axis_is_scaled_to_the_data() -> None:
+    assert axis_start([0.97, 1.0, 0.99]) == 0.9  # differences near 1 stay visible
+    assert axis_start([0.55, 0.9]) == 0.5
+    assert axis_start([0.01, 1.0]) == 0.0
+
+
+def test_hundred_and_more_generators_get_named_bars_with_values(tmp_path: Path) -> None:
+    report = many_generators(121)
+    generators = _by_ap([g for g in report.generators if g.n_fake])
+    assert len(generators) == 120
+    ax = _bar_chart(report, generators).axes[0]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(names) == 120 and names[0].startswith(generators[0].name[:20])  # worst first, every name
+    values = [t.get_text().strip() for t in ax.texts]
+    assert values == [f"{g.ap:.3f}" for g in generators] + [f"{g.accuracy:.3f}" for g in generators]
+    assert ax.get_xlim()[0] == axis_start([v for g in generators for v in (g.ap, g.accuracy)])
+    png, _ = plot_report(report, tmp_path / "many")
+    with Image.open(png) as img:  # one 0.3-inch row per generator at 200 dpi: names at about 22 px
+        assert img.height >= 120 * 0.3 * 200
+
+
+def test_thousands_of_generators_become_a_dot_plot(tmp_path: Path) -> None:
+    report = many_generators(BAR_CHART_MAX + 2)
+    assert report.n_fake_generators == BAR_CHART_MAX + 1
+    png, pdf = plot_report(report, tmp_path / "many.png")
+    assert png == tmp_path / "many.png" and pdf == tmp_path / "many.pdf"
+    with Image.open(png) as img:
         img.load()
-        assert img.size == (1200, 600)  # fixed size, not one row per generator
+        assert img.size == (2400, 1200)  # fixed size, not one row per generator
         assert np.asarray(img.convert("L")).std() > 10  # something was drawn
     table = format_table(report)
-    assert len(table.splitlines()) > 299
+    assert len(table.splitlines()) > BAR_CHART_MAX
     assert max(len(line) for line in table.splitlines()) < 160  # long names shortened
 
 
 def test_chart_of_a_report_without_fakes(tmp_path: Path) -> None:
     report = evaluate(np.array([0, 0]), np.array([0.1, 0.7]), np.array([0, 0]), ["real"])
-    with Image.open(plot_report(report, tmp_path / "none.png")) as img:
+    with Image.open(plot_report(report, tmp_path / "none.png")[0]) as img:
         img.verify()

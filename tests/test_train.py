@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import io
 import json
 import math
@@ -24,7 +26,8 @@ from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.evaluate import evaluate_shards
 from commfor_fast.errors import UserError
 from commfor_fast.settings import EvalSettings, TrainSettings
-from commfor_fast.train import LRSchedule, checkpoints_in, train
+from commfor_fast.shards import Manifest
+from commfor_fast.train import LRSchedule, checkpoints_in, resume_changes, settings_dict, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +150,8 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     names = [p.name for p in checkpoints_in(run)]
     assert names == ["ckpt-000000018.pt", "ckpt-000000024.pt"]  # epoch ends at 9, 18; every 8; keep 2
     ckpt = torch.load(run / names[-1], weights_only=False)
-    assert {"model", "model_args", "optimizer", "scheduler", "scaler", "epoch", "itr", "data", "settings"} <= set(ckpt)
+    assert {"model", "model_args", "optimizer", "scaler", "epoch", "itr", "schedule", "data", "settings"} <= set(ckpt)
+    assert ckpt["schedule"] == {"world_size": 1, "total_itrs": 24, "warmup": 2}
     assert ckpt["itr"] == 24 and len(ckpt["data"]) == 1
     from commfor_fast.model import load_detector
 
@@ -156,6 +160,17 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     again, _ = load_detector(hf_model=str(run / "final"))  # save_pretrained folder
     x = torch.randn(1, 3, 224, 224)
     assert torch.allclose(model(x), again(x))
+    # the folder's model card: metadata, task, input, data, settings, the last validation, how to load
+    card = (run / "final" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: commfor-fast\n") and "pipeline_tag: image-classification" in card
+    assert "ViT tiny/16 at 224 px" in card and "centre crop 224 x 224" in card and "resized to\n256" in card
+    counts = Manifest.load(easy).sets["train"].counts
+    n_real, n_fake = counts["cam-dark"]["0"], counts["gen-bright"]["1"]
+    assert f"{n_real + n_fake} images, {n_real} real and {n_fake} fake, from\n1 real source(s) and 1 generator(s)" in card
+    assert "| iterations | 24 (2 warmup), 1 process(es) x batch 4 |" in card and "| started from | random" in card
+    assert f"At iteration {val[-1]['itr']}, on 12 held-out images" in card
+    assert f"accuracy {val[-1]['val_acc']:.4f}" in card and f"average precision {val[-1]['val_ap']:.4f}" in card
+    assert 'CommForDetector.from_pretrained("PATH_OR_HUB_ID")' in card
 
 
 def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
@@ -167,8 +182,17 @@ def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
     assert {g.name for g in report.generators} == {"gen-bright", "cam-dark"}
     for name in ("report.json", "per_generator.csv", "per_generator.png", "scores.csv"):
         assert (tmp_path / "report" / name).is_file()
-    rows = (tmp_path / "report" / "scores.csv").read_text().splitlines()
-    assert len(rows) == 49 and rows[0].replace('"', "").startswith("set,key,generator,label,logit,score")
+    lines = (tmp_path / "report" / "scores.csv").read_text().splitlines()
+    assert len(lines) == 49 and lines[0].replace('"', "") == "set,key,name,source,generator,label,logit,score"
+    rows = list(csv.DictReader(lines))
+    # the original file of every image, and both sets' keys (each starts at 0) told apart by the set
+    originals = sorted(p.relative_to(easy.parent / "src").as_posix() for p in (easy.parent / "src").rglob("*.png"))
+    assert sorted(r["name"] for r in rows) == originals
+    assert {r["source"] for r in rows} == {str(easy.parent / "src")}
+    assert all(r["generator"] == r["name"].split("/")[0] and r["label"] == str(int("/fake/" in r["name"]))
+               for r in rows)
+    assert {(r["set"], r["key"]) for r in rows if r["key"] == "0000000000"} == {("train", "0000000000"),
+                                                                                ("val", "0000000000")}
 
 
 @pytest.mark.gpu
@@ -281,6 +305,67 @@ def test_original_checkpoint_gives_weights_and_freeze_applies(easy: Path, tmp_pa
     assert torch.equal(trained["vit.pos_embed"], before["vit.pos_embed"])  # frozen backbone
     assert not torch.equal(trained["vit.head.weight"], before["vit.head.weight"])  # the head trained
     assert [r["itr"] for r in _records(run) if "loss" in r] == [1, 2]  # a new schedule, not itr 1234
+
+
+def test_resume_with_changed_settings_is_refused_unless_allowed(easy: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    train(_settings(easy, run, train_itrs=2, warmup_frac=0.5, validate=False))
+    with pytest.raises(UserError) as err:
+        train(_settings(easy, run, train_itrs=4, warmup_frac=0.5, validate=False, lr=2e-3))
+    message = str(err.value)
+    assert message.startswith(f"{run / 'ckpt-000000002.pt'} was written with other settings (")
+    for change in ("--train-itrs: 2 -> 4", "--lr: 0.001 -> 0.002", "iterations in all: 2 -> 4",
+                   "warmup iterations: 1 -> 2", "--allow-changed-settings"):
+        assert change in message
+    assert len(checkpoints_in(run)) == 1  # nothing ran
+    capsys.readouterr()
+    resumed = _settings(easy, run, train_itrs=4, warmup_frac=0.5, validate=False, lr=2e-3, allow_changed_settings=True)
+    train(resumed)
+    printed = capsys.readouterr().out
+    assert "note: changed since" in printed and "--train-itrs: 2 -> 4" in printed
+    assert "the data streams restart" not in printed  # neither the stream nor the process count changed
+    records = [r for r in _records(run) if "loss" in r]
+    assert [r["itr"] for r in records] == [1, 2, 3, 4]
+    schedule = LRSchedule.from_settings(resumed, 9)
+    for r in records[2:]:  # the resumed iterations follow the new schedule and lr
+        assert r["lr"] == pytest.approx(2e-3 * schedule.factor(r["itr"] - 1), rel=1e-12)
+
+
+def test_resume_changes_count_processes_and_stream_settings(easy: Path, tmp_path: Path) -> None:
+    settings = _settings(easy, tmp_path, train_itrs=10)
+    ckpt = {"settings": settings_dict(settings), "data": [{}, {}],
+            "schedule": {"world_size": 2, "total_itrs": 10, "warmup": 1}}
+    assert resume_changes(ckpt, settings, {"world_size": 2, "total_itrs": 10, "warmup": 1}) == ([], True)
+    changes, same_stream = resume_changes(ckpt, settings, {"world_size": 1, "total_itrs": 10, "warmup": 1})
+    assert changes == ["processes: 2 -> 1"] and not same_stream
+    changes, same_stream = resume_changes(ckpt, dataclasses.replace(settings, seed=7),
+                                          {"world_size": 2, "total_itrs": 10, "warmup": 1})
+    assert changes == ["--seed: 0 -> 7"] and not same_stream
+
+
+def test_warmup_longer_than_the_run_is_warned(easy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train(_settings(easy, tmp_path / "run", train_itrs=2, warmup_frac=-1, warmup_epochs=1, validate=False))
+    assert "warning: the warmup (9 iterations, --warmup-epochs 1) is longer than the whole run (2)" in \
+        capsys.readouterr().out
+
+
+def test_fine_tuning_a_released_detector_folder(easy: Path, tmp_path: Path) -> None:
+    """`--hf-model FOLDER` (a save_pretrained folder, as the Hub's): its weights and shape, a new schedule."""
+    from commfor_fast.model import CommForDetector
+
+    torch.manual_seed(3)
+    released = CommForDetector(model_size="tiny", input_size=224, patch_size=16)
+    released.save_pretrained(tmp_path / "released")
+    run = tmp_path / "run"
+    final = train(_settings(easy, run, train_itrs=2, validate=False, hf_model=str(tmp_path / "released"),
+                            freeze_backbone=True, input_size=384))
+    trained = torch.load(final)
+    assert torch.equal(trained["vit.blocks.2.mlp.fc1.weight"], released.state_dict()["vit.blocks.2.mlp.fc1.weight"])
+    assert trained["vit.pos_embed"].shape[1] == 197  # the shape of the released model (224), not --input-size
+    assert [r["itr"] for r in _records(run) if "loss" in r] == [1, 2]
+    with pytest.raises(UserError, match="--hf-model .*: give it alone, without --ckpt or --pretrained-path"):
+        train(_settings(easy, tmp_path / "other", train_itrs=1, hf_model="x/y", ckpt=final))
 
 
 def test_train_itrs_below_one_means_epochs(easy: Path, tmp_path: Path) -> None:

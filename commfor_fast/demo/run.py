@@ -117,7 +117,7 @@ def run_demo(settings: DemoSettings) -> EvalReport:
     minutes = (time.perf_counter() - started) / 60
     print(f"\ndemo finished in {minutes:.1f} min: AP {report.ap:.3f} over {report.n} held-out images "
           f"(chance: {report.n_fake / report.n:.2f})")
-    print(f"  chart:      {out / 'report' / 'per_generator.png'}")
+    print(f"  chart:      {out / 'report' / 'per_generator.png'} (and .pdf)")
     print(f"  report:     {out / 'report' / 'report.json'}")
     print(f"  checkpoint: {model} (newest full checkpoint in {run})")
     return report

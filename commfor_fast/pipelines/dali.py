@@ -124,7 +124,6 @@ def create_train_pipeline(
     num_threads: int = 4,
     device_id: int | None = None,
     plans: Callable[[SampleIds, int, int], Plan] | None = None,
-    vectorised: bool = True,
     normalise: bool = True,
     prefetch_queue_depth: int = 2,
     batches_per_run: int = 1,
@@ -137,16 +136,15 @@ def create_train_pipeline(
     training batches of `batch_size` from this rank's seeded stream
     (`source.train_batch_indices`), planned together from (seed, rank, run number):
     DALI's fixed cost per run is shared by all of them, and `start_run` resumes
-    exactly. `plans(ids, h, w)` replaces the random plans (tests inject parameters);
-    `vectorised=False` draws with the per-sample reference sampler. The pipeline's
-    `source` remembers the last runs' sample numbers.
+    exactly. `plans(ids, h, w)` replaces the random plans (tests inject parameters).
+    The pipeline's `source` remembers the last runs' sample numbers.
     """
     check_preresize(source.preresize, crop)
     positions = rsa.max_steps
     batches = train_batch_indices(source.num_samples, batch_size, shard_id, num_shards, seed,
                                   start_run * batches_per_run)
     runs = runs_of(batches, batches_per_run)
-    plan = train_planner(rsa, crop, source.preresize is not None, seed, shard_id, positions, plans, vectorised)
+    plan = train_planner(rsa, crop, source.preresize is not None, seed, shard_id, positions, plans)
     host = BatchSource(source, runs, plan, positions, read_threads=num_threads)
     host.calls = start_run
     return create_pipeline(host, positions=positions, device=device, batch_size=batch_size * batches_per_run,

@@ -27,13 +27,16 @@ import numpy as np
 
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import decode_raw, resized_shapes
-from commfor_fast.pipelines.plan import Plan, RSAConfig, train_plan
+from commfor_fast.pipelines.batch_plan import draw_train_slots
+from commfor_fast.pipelines.plan import Plan, RSAConfig
 from commfor_fast.pipelines.preprocess import resize_size
 from commfor_fast.pipelines.slots import Slots, lower_plans
 from commfor_fast.shards import IDS_EXT, IMAGE_EXTS, RAW_EXT, Manifest, SampleIds, SetInfo, ShardReader, \
     shard_range, unpack_ids
 
 PlanFn = Callable[[SampleIds, int, int], Plan]
+# (ids of a batch, batch number) -> (first-resize sizes, final crops, RSA slots)
+Planner = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, Slots]]
 
 
 def iters_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
@@ -92,8 +95,7 @@ class BatchSource:
     the sample numbers of the last few batches, where to look when decoding fails.
     """
 
-    def __init__(self, source: ShardSource, batches: Iterator[np.ndarray],
-                 plan: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, Slots]], positions: int,
+    def __init__(self, source: ShardSource, batches: Iterator[np.ndarray], plan: Planner, positions: int,
                  read_threads: int = 1) -> None:
         self.reader = ShardReader(source.root, source.info)
         # pread releases the GIL: several threads read a batch's samples at once.
@@ -117,7 +119,8 @@ class BatchSource:
         self.calls += 1
         head = {"images": images, "ids": ids, "crop_start": crop[:, :2].copy(), "crop_shape": crop[:, 2:].copy(),
                 "first_size": first_size.astype(np.float32)}
-        return tuple(head[name] for name in self.head) + tuple(a for p in range(self.positions) for a in slots.position(p))
+        slot_arrays = tuple(a for p in range(self.positions) for a in slots.position(p))
+        return tuple(head[name] for name in self.head) + slot_arrays
 
     def _read(self, index: np.integer, wanted: tuple[str, ...]) -> dict[str, bytes]:
         return self.reader.read(int(index), wanted)
@@ -143,25 +146,21 @@ def _per_sample(ids: np.ndarray, plan_of: PlanFn, positions: int) -> tuple[np.nd
 
 
 def train_planner(rsa: RSAConfig, crop: int, preresized: bool, seed: int, rank: int, positions: int,
-                  plans: PlanFn | None = None, vectorised: bool = True):
-    """The plan step of a training batch: vectorised draws (`batch_plan`), the
-    per-sample reference sampler (`vectorised=False`), or injected `plans`."""
+                  plans: PlanFn | None = None) -> Planner:
+    """The plan step of a training batch: vectorised draws (`batch_plan`) seeded by
+    (seed, rank, batch number), or the injected per-sample `plans`."""
 
     def plan(ids: np.ndarray, batch_no: int) -> tuple[np.ndarray, np.ndarray, Slots]:
-        rng = np.random.default_rng([seed, rank, batch_no])
         if plans is not None:
             return _per_sample(ids, plans, positions)
-        if not vectorised:
-            return _per_sample(ids, lambda i, h, w: train_plan(rng, rsa, h, w, crop, preresized), positions)
-        from commfor_fast.pipelines.batch_plan import draw_train_slots
-
+        rng = np.random.default_rng([seed, rank, batch_no])
         draw = draw_train_slots(rng, rsa, ids[:, 3], ids[:, 4], crop, preresized, positions)
         return draw.first_size, draw.crop, draw.slots
 
     return plan
 
 
-def eval_planner(crop: int, preresized: bool):
+def eval_planner(crop: int, preresized: bool) -> Planner:
     """The plan step of an evaluation batch (SPEC section 2): first resize, centre crop
     at `round((H - C) / 2)` (half to even, as Python's round); no RSA."""
 

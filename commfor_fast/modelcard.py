@@ -1,0 +1,130 @@
+"""The model card of a trained detector: `README.md` in the run's `final/` folder.
+
+A Hugging Face model card (YAML metadata, then Markdown): what the model does, the
+input it expects, the data and settings it was trained with, its last validation
+metrics and how to load it. The folder can be pushed to the Hub as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCardData
+
+from commfor_fast import __version__
+from commfor_fast.imageio import RESIZE_FOR_CROP
+from commfor_fast.metrics import THRESHOLD
+from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from commfor_fast.settings import TrainSettings
+from commfor_fast.shards import Manifest
+
+CARD_NAME = "README.md"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def model_card(*, model_args: dict[str, Any], timm_name: str, settings: TrainSettings, manifest: Manifest,
+               train_set: str, schedule: dict[str, int], validation: dict[str, Any] | None) -> str:
+    """The card's text.
+
+    Args:
+        model_args: the detector's constructor arguments (`CommForDetector.model_args`).
+        timm_name: its timm backbone.
+        settings: the training run's settings.
+        manifest: the training data's manifest.
+        train_set: the set trained on ("train" or "all").
+        schedule: processes, iterations in all and warmup iterations of the run.
+        validation: the last validation record (itr, val_loss, val_acc, val_ap, val_n), or None.
+    """
+    size = model_args["input_size"]
+    counts = manifest.sets[train_set].counts
+    n_real = sum(c.get("0", 0) for c in counts.values())
+    n_fake = sum(c.get("1", 0) for c in counts.values())
+    n_generators = sum(1 for c in counts.values() if c.get("1", 0))
+    n_real_sources = sum(1 for c in counts.values() if c.get("0", 0))
+    start = (f"the detector {settings.hf_model}" if settings.hf_model else
+             f"the checkpoint {settings.ckpt}" if settings.ckpt else
+             f"the ImageNet weights of `{timm_name}`" if settings.pretrained else "random initialisation")
+    meta = ModelCardData(library_name="commfor-fast", pipeline_tag="image-classification",
+                         tags=["ai-generated-image-detection", "community-forensics", "vision-transformer", "timm"],
+                         metrics=["accuracy", "average_precision"])
+    if validation is None:
+        val_text = "No validation ran (the data has no `val` set, or `--no-validate`)."
+    else:
+        val_text = (f"At iteration {validation['itr']}, on {validation['val_n']} held-out images: loss "
+                    f"{_fmt(validation['val_loss'])}, accuracy {_fmt(validation['val_acc'])} (at P(fake) > "
+                    f"{THRESHOLD}), average precision {_fmt(validation['val_ap'])}.")
+    rows = {
+        "backbone": f"`{timm_name}` ({model_args['model_size']}, patch {model_args['patch_size']})",
+        "started from": start,
+        "iterations": f"{schedule['total_itrs']} ({schedule['warmup']} warmup), "
+                      f"{schedule['world_size']} process(es) x batch {settings.batch_size}",
+        "optimiser": f"AdamW, lr {settings.lr}, weight decay {settings.weight_decay}, gradient clipping "
+                     f"{settings.grad_clip}, "
+                     + ("constant lr" if settings.no_lr_schedule else
+                        f"cosine towards lr x 1e-3 (`--lr-schedule {settings.lr_schedule}`)"),
+        "precision": settings.amp_dtype if settings.use_amp else "fp32",
+        "augmentation": f"RandomStateAugmentation: {settings.rsa_ops.replace(',', ', ')} "
+                        f"(each {settings.rsa_min_num_ops} to {settings.rsa_max_num_ops} times)",
+        "frozen backbone": str(model_args["freeze_backbone"]).lower(),
+        "seed": str(settings.seed),
+        "command": f"`{settings.command}`",
+    }
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
+    return f"""---
+{meta.to_yaml()}
+---
+
+# Community Forensics detector: ViT {model_args['model_size']}/{model_args['patch_size']} at {size} px
+
+A binary detector of AI-generated images, trained with commfor-fast {__version__} as in
+[Community Forensics](https://arxiv.org/abs/2411.04125) (Park & Owens, CVPR 2025). It returns
+one logit per image; its sigmoid is P(fake), and the image counts as fake when P(fake) >
+{THRESHOLD}.
+
+## Input
+
+RGB images (decoded as PIL's `open().convert("RGB")`), shorter side resized to
+{RESIZE_FOR_CROP.get(size, size)} (bilinear, antialiased), centre crop {size} x {size}, scaled to [0, 1] and
+normalised with mean {IMAGENET_MEAN} and std {IMAGENET_STD}. `commfor-fast predict` and
+`commfor-fast eval` do exactly this.
+
+## Training data
+
+`{settings.data}` (set `{train_set}`): {n_real + n_fake} images, {n_real} real and {n_fake} fake, from
+{n_real_sources} real source(s) and {n_generators} generator(s); converted by `{manifest.command}`.
+
+## Training settings
+
+| setting | value |
+|---|---|
+{table}
+
+## Validation
+
+{val_text}
+
+## How to load
+
+```python
+from commfor_fast.model import CommForDetector
+
+model = CommForDetector.from_pretrained("PATH_OR_HUB_ID").eval()  # logits = model(images)
+```
+
+```bash
+commfor-fast predict IMAGES --hf-model PATH_OR_HUB_ID
+commfor-fast eval --data SHARDS --hf-model PATH_OR_HUB_ID --out REPORT
+commfor-fast train --data SHARDS --out RUN --hf-model PATH_OR_HUB_ID   # fine-tune it
+```
+"""
+
+
+def write_model_card(folder: Path, **card: Any) -> Path:
+    """Write `model_card(**card)` as `folder/README.md` (replacing the mixin's generic card)."""
+    path = Path(folder) / CARD_NAME
+    path.write_text(model_card(**card))
+    return path
