@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one entry point for a CUDA machine: the GPU tests, then every GPU benchmark into
-# one JSON file (benchmarks/gpu_check.py). Under 8 minutes on one H100/H200.
+# one JSON file (commfor_fast/bench/gpu_check.py). Under 8 minutes on one H100/H200.
 #
 #   bash benchmarks/gpu_check.sh [--dry-run] [--out DIR]
 #
@@ -37,5 +37,5 @@ status=${PIPESTATUS[0]}
 set -e
 if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then echo "GPU tests failed (exit $status)"; fi
 echo "== benchmarks"
-"$py" benchmarks/gpu_check.py --out "$out" $dry
+"$py" -m commfor_fast.bench.gpu_check --out "$out" $dry
 exit "$status"

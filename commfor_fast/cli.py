@@ -11,7 +11,6 @@ that `--help` is instant.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
@@ -310,13 +309,7 @@ def bench(
         commfor-fast bench --quick --out bench-output
     """
     settings = _fill(BenchSettings, locals())
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    if not (benchmarks / "run_all.py").is_file():
-        typer.echo(f"error: the benchmarks live in the source checkout ({benchmarks} is missing); "
-                   "run this command from a clone of the repository (pip install -e .)", err=True)
-        raise typer.Exit(2)
-    sys.path.insert(0, str(benchmarks))
-    from run_all import run_all
+    from commfor_fast.bench.run_all import run_all
 
     call(run_all, settings.out, settings.quick, settings.shards or None, settings.threads)
 

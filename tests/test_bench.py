@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import common  # noqa: E402
-import train_bench  # noqa: E402
+from commfor_fast.bench import common, train_bench
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ instance on the GPU without one would stop the first GPU run at `build()`.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -172,7 +172,7 @@ def test_eval_matches_reference(shards: dict[str, Path], kind: str) -> None:
 # on a handful of pixels exactly on the image border; PIL's Hamming and box filters
 # have no DALI twin (stand-ins in slots.DALI_FILTERS; box is close here because these
 # boxes are resized by factors near 1, at RSA's factors it is 16 at the 99.9th
-# percentile, see benchmarks/filters_bench.py). Measured here (mean, p99.9, >4):
+# percentile, see commfor_fast/bench/filters_bench.py). Measured here (mean, p99.9, >4):
 # resampling 0.16-0.19, 1, <= 0.0002; rrc-hamming 0.44, 11, 0.016; rrc-lanczos 0.20, 5, 0.001.
 EXACT = (0.0, 0, 0.0)
 RESAMPLE = (0.3, 2, 0.0005)

@@ -16,7 +16,7 @@ cannot fail (`check_data`):
   colour conversion are cut short.
 `tests/test_convert.py` checks on many damaged files that this rejects everything
 PIL's full decode rejects. It costs about a quarter of PIL's full decode for
-PNG and about 40 % of it for JPEG (steps table of `benchmarks/convert_bench.py`).
+PNG and about 40 % of it for JPEG (steps table of `commfor_fast/bench/convert_bench.py`).
 
 `--check fast` is for trusted sources: it parses the header (format, mode, size,
 frames, bit depth, decompression bombs) and checks the file's structure without

@@ -38,7 +38,7 @@ DALI_NN, DALI_LINEAR, DALI_CUBIC, DALI_LANCZOS3, DALI_TRIANGULAR, DALI_GAUSSIAN 
 
 # PIL filter -> DALI filter (when shrinking, when enlarging); antialias is always on.
 # Hamming and box have no DALI twin: the stand-ins are the closest measured at RSA's
-# scales (benchmarks/filters_bench.py: 99.9th percentile of the difference to PIL,
+# scales (commfor_fast/bench/filters_bench.py: 99.9th percentile of the difference to PIL,
 # shrinking / enlarging: Hamming 3 / 3 grey levels; box 16 / 0, nothing in DALI is
 # closer when shrinking; the others 0-1).
 DALI_FILTERS: dict[Interp, tuple[int, int]] = {

@@ -10,7 +10,7 @@ and torch versions, CPU threads). `benchmarks/gpu_check.sh` runs the GPU tests f
 `--dry-run` runs the same steps on the CPU with tiny sizes (CI runs it, so the script
 cannot rot before a GPU is available).
 
-    python benchmarks/gpu_check.py --out gpu-check [--dry-run]
+    python -m commfor_fast.bench.gpu_check --out gpu-check [--dry-run]
 """
 
 from __future__ import annotations
@@ -28,12 +28,9 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import host_bench  # noqa: E402
-import pipeline_bench  # noqa: E402
-import train_bench  # noqa: E402
-from common import machine  # noqa: E402
-from data import bench_shards  # noqa: E402
+from commfor_fast.bench import host_bench, pipeline_bench, train_bench
+from commfor_fast.bench.common import machine
+from commfor_fast.bench.data import bench_shards
 
 
 def describe() -> dict[str, Any]:

@@ -17,7 +17,7 @@ min_filter and the mag_filter with the lowest 99.9th percentile in their pools, 
 that pair once more as one resize to confirm it, marks the closer setting, and flags
 where it misses the goal (99.9th percentile <= 4 grey levels).
 
-    python benchmarks/filters_bench.py [--quick] [--out bench-output/filters.json]
+    python -m commfor_fast.bench.filters_bench [--quick] [--out bench-output/filters.json]
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,13 +34,11 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table  # noqa: E402
-
-from commfor_fast.demo import synth  # noqa: E402
-from commfor_fast.imageio import resized_shape  # noqa: E402
-from commfor_fast.pipelines.ops import Interp  # noqa: E402
-from commfor_fast.pipelines.reference import PIL_FILTERS  # noqa: E402
+from commfor_fast.bench.common import machine, markdown_table
+from commfor_fast.demo import synth
+from commfor_fast.imageio import resized_shape
+from commfor_fast.pipelines.ops import Interp
+from commfor_fast.pipelines.reference import PIL_FILTERS
 
 DALI_FILTERS = ("INTERP_NN", "INTERP_LINEAR", "INTERP_CUBIC", "INTERP_LANCZOS3", "INTERP_TRIANGULAR",
                 "INTERP_GAUSSIAN")

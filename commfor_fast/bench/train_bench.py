@@ -6,7 +6,7 @@ the DALI loader from pre-resized and from JPEG shards, the reference loader, and
 Images/s is the median over logging windows after the first (warm-up, compile);
 data wait is the share of step time spent waiting for the next batch.
 
-    python benchmarks/train_bench.py [--quick] [--shards DIR ...]
+    python -m commfor_fast.bench.train_bench [--quick] [--shards DIR ...]
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_main, check_spread, say, warn  # noqa: E402
+from commfor_fast.bench.common import bench_main, check_spread, say, warn
 
 COLUMNS = ["model", "data", "loader", "compile", "img/s", "% of bound", "data wait %", "peak RSS MB",
            "GPU peak MB"]

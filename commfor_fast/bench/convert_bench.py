@@ -12,7 +12,7 @@ counts source bytes; the sources sit in the page cache, and the shards are writt
 A second table times each step of converting one image in one process, so the
 conversion figures can be read against their parts.
 
-    python benchmarks/convert_bench.py [--quick] [--out DIR]
+    python -m commfor_fast.bench.convert_bench [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common import check_spread, machine, markdown_table, say
+from commfor_fast.bench.common import check_spread, machine, markdown_table, say
 from commfor_fast.convert.check import check_data, check_structure
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from common import say
+from commfor_fast.bench.common import say
 from commfor_fast.demo import synth
 from commfor_fast.progress import Progress
 

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import convert_bench  # noqa: E402
-import host_bench  # noqa: E402
-import pipeline_bench  # noqa: E402
-import train_bench  # noqa: E402
-from common import machine, markdown_table, warnings_markdown  # noqa: E402
-from data import bench_shards  # noqa: E402
+from commfor_fast.bench import convert_bench, host_bench, pipeline_bench, train_bench
+from commfor_fast.bench.common import machine, markdown_table, warnings_markdown
+from commfor_fast.bench.data import bench_shards
 
 
 def _chart(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -12,27 +12,24 @@ outside the GPU's own work.
   the CPU backend with one thread (tiny in-memory images, so a run is the scheduler's
   work, not reading or pixels).
 
-    python benchmarks/host_bench.py [--quick] [--shards DIR ...]
+    python -m commfor_fast.bench.host_bench [--quick] [--shards DIR ...]
 """
 
 from __future__ import annotations
 
 import itertools
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_main, measure  # noqa: E402
-
-from commfor_fast.pipelines.dali import create_pipeline, create_train_pipeline, operator_census  # noqa: E402
-from commfor_fast.pipelines.plan import RSAConfig  # noqa: E402
-from commfor_fast.pipelines.slots import Slots  # noqa: E402
-from commfor_fast.pipelines.source import BatchSource, ShardSource, train_planner  # noqa: E402
-from commfor_fast.settings import TrainSettings  # noqa: E402
-from commfor_fast.shards import Manifest  # noqa: E402
+from commfor_fast.bench.common import bench_main, measure
+from commfor_fast.pipelines.dali import create_pipeline, create_train_pipeline, operator_census
+from commfor_fast.pipelines.plan import RSAConfig
+from commfor_fast.pipelines.slots import Slots
+from commfor_fast.pipelines.source import BatchSource, ShardSource, train_planner
+from commfor_fast.settings import TrainSettings
+from commfor_fast.shards import Manifest
 
 COLUMNS = ["figure", "value", "unit", "what"]
 CROP = 384

@@ -6,24 +6,21 @@ converted from 1024-px PNG and JPEG sources, verbatim and pre-resized (`--preres
 this process and its loader workers), and host CPU ms per image; ratios are against
 the reference executor reading the same source verbatim (the original pipeline).
 
-    python benchmarks/pipeline_bench.py [--quick] [--shards DIR ...]
+    python -m commfor_fast.bench.pipeline_bench [--quick] [--shards DIR ...]
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timing, bench_main, measure  # noqa: E402
-
-from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream  # noqa: E402
-from commfor_fast.pipelines.plan import RSAConfig  # noqa: E402
-from commfor_fast.settings import TrainSettings  # noqa: E402
-from commfor_fast.shards import Manifest  # noqa: E402
+from commfor_fast.bench.common import Timing, bench_main, measure
+from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream
+from commfor_fast.pipelines.plan import RSAConfig
+from commfor_fast.settings import TrainSettings
+from commfor_fast.shards import Manifest
 
 COLUMNS = ["shards", "mode", "engine", "threads", "img/s", "img/s per core", "x reference per core",
            "host CPU ms/img"]
