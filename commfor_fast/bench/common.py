@@ -151,7 +151,7 @@ def bench_main(doc: str, title: str, run: Callable[[dict[str, Path], bool, int],
     parser.add_argument("--work", type=Path, default=Path("bench-output/data"), help="where generated data goes")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per engine")
     args = parser.parse_args()
-    from data import bench_shards
+    from commfor_fast.bench.data import bench_shards
 
     shards = {p.name: p for p in args.shards} if args.shards else bench_shards(args.work, quick=args.quick)
     rows = run(shards, args.quick, args.threads)

@@ -183,7 +183,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, list[dict[str, Any]]]:
     """
     # Imported here, not at the top: worker processes re-import this file when it is
     # run as a script, and `data` imports the demo renderer (OpenCV).
-    from data import SIZE, write_sources
+    from commfor_fast.bench.data import SIZE, write_sources
 
     say("converter benchmark")
 

@@ -43,7 +43,7 @@ def _slot(img, one, used, args):
     """One RSA position, for the samples that use it: warp -> erase -> resize, then JPEG
     where drawn. Everything a sample needs is sliced from its `args`
     (`slots.ARGS_LAYOUT`) inside the branch, so a position costs the whole batch only
-    the split of `img` and `args` and the merge.
+    the splits of `img`, `args` and `one` and the merge.
 
     PIL fills only where the sample point itself falls outside the image and clamps
     the bilinear neighbours at the border; DALI's fill mode also blends the fill into
