@@ -53,7 +53,6 @@ DALI_FILTERS: dict[Interp, tuple[int, int]] = {
 MAX_BOXES = 4  # padding paints four borders
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
 
-
 INTERPS = tuple(Interp)  # array code carries interpolations as indices into this tuple
 _SHRINK = np.array([DALI_FILTERS[i][0] for i in INTERPS], np.int32)
 _ENLARGE = np.array([DALI_FILTERS[i][1] for i in INTERPS], np.int32)
@@ -64,7 +63,7 @@ def dali_filters(interp: np.ndarray | int, in_h: np.ndarray | int, in_w: np.ndar
     """The DALI filter standing in for PIL's `INTERPS[interp]` on each resize (by area
     change); nearest neighbour, an exact copy, where the size does not change."""
     chosen = np.where(np.multiply(out_h, out_w) < np.multiply(in_h, in_w), _SHRINK[interp], _ENLARGE[interp])
-    return np.where((np.equal(out_h, in_h)) & np.equal(out_w, in_w), DALI_NN, chosen)
+    return np.where(np.equal(out_h, in_h) & np.equal(out_w, in_w), DALI_NN, chosen)
 
 
 @dataclass
