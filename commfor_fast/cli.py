@@ -28,7 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
-    # Plain click help: no `<bool>` placeholders, no names or defaults cut with "...".
+    # Plain click help: no `<bool>` markers after switches, no names or defaults cut with "...".
     rich_markup_mode=None,
     context_settings={"max_content_width": 120},
 )

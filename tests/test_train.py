@@ -170,7 +170,7 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     assert "| iterations | 24 (2 warmup), 1 process(es) x batch 4 |" in card and "| started from | random" in card
     assert f"At iteration {val[-1]['itr']}, on 12 held-out images" in card
     assert f"accuracy {val[-1]['val_acc']:.4f}" in card and f"average precision {val[-1]['val_ap']:.4f}" in card
-    assert 'CommForDetector.from_pretrained("PATH_OR_HUB_ID")' in card
+    assert "CommForDetector.from_pretrained(" + '"PATH_OR_HUB_ID")' in card  # how to load (local path or hub id)
 
 
 def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
