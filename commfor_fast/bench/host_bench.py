@@ -118,7 +118,7 @@ def graph_fixed_ms_per_image(batch: int, repeats: int) -> float:
 
 
 
-def run(shards: dict[str, Path], quick: bool, threads: int = 1) -> dict[str, Any]:
+def run(shards: dict[str, Path], quick: bool) -> dict[str, Any]:
     """Every figure of the module docstring, at the GPU configuration's pipeline batch."""
     repeats = 5 if quick else 15
     preresized = _source(shards, preresized=True)
@@ -148,4 +148,4 @@ def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    bench_main(__doc__, "Host cost of the GPU configuration", lambda s, q, t: rows(run(s, q, t)), COLUMNS)
+    bench_main(__doc__, "Host cost of the GPU configuration", lambda s, q, t: rows(run(s, q)), COLUMNS)

@@ -145,8 +145,7 @@ def create_train_pipeline(
                                   start_run * batches_per_run)
     runs = runs_of(batches, batches_per_run)
     plan = train_planner(rsa, crop, source.preresize is not None, seed, shard_id, positions, plans)
-    host = BatchSource(source, runs, plan, positions, read_threads=num_threads)
-    host.calls = start_run
+    host = BatchSource(source, runs, plan, positions, read_threads=num_threads, first_batch=start_run)
     return create_pipeline(host, positions=positions, device=device, batch_size=batch_size * batches_per_run,
                            num_threads=num_threads, device_id=device_id, normalise=normalise,
                            prefetch_queue_depth=prefetch_queue_depth)

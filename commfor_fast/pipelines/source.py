@@ -96,7 +96,7 @@ class BatchSource:
     """
 
     def __init__(self, source: ShardSource, batches: Iterator[np.ndarray], plan: Planner, positions: int,
-                 read_threads: int = 1) -> None:
+                 read_threads: int = 1, first_batch: int = 0) -> None:
         self.reader = ShardReader(source.root, source.info)
         # pread releases the GIL: several threads read a batch's samples at once.
         self._pool = ThreadPoolExecutor(read_threads) if read_threads > 1 else None
@@ -104,7 +104,7 @@ class BatchSource:
         # What each batch starts with; pre-resized pixels need no first resize.
         self.head = ("images", "ids", "crop_start", "crop_shape") + (() if self.raw else ("first_size",))
         self.batches, self.plan, self.positions = batches, plan, positions
-        self.calls = 0
+        self.batch_no = first_batch  # the number `plan` seeds the next batch with
         self.recent: deque[tuple[int, ...]] = deque(maxlen=8)
 
     def __call__(self) -> tuple[list[np.ndarray] | np.ndarray, ...]:
@@ -115,8 +115,8 @@ class BatchSource:
         ids = np.array([unpack_ids(s[IDS_EXT]) for s in samples], np.int32).reshape(len(samples), 5)
         self.recent.append(tuple(int(n) for n in ids[:, 2]))
         images = [self._image(s, row) for s, row in zip(samples, ids)]
-        first_size, crop, slots = self.plan(ids, self.calls)
-        self.calls += 1
+        first_size, crop, slots = self.plan(ids, self.batch_no)
+        self.batch_no += 1
         head = {"images": images, "ids": ids, "crop_start": crop[:, :2].copy(), "crop_shape": crop[:, 2:].copy(),
                 "first_size": first_size.astype(np.float32)}
         slot_arrays = tuple(a for p in range(self.positions) for a in slots.position(p))
