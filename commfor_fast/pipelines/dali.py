@@ -5,9 +5,10 @@ on `device="cpu"` (DALI's CPU backend, `device_id=None`), which is how the tests
 GPU-less machines run it.
 
 Everything random or size-dependent is decided on the host (`source.py`): one
-external source hands the graph each batch's images and the typed arguments of
-every operator, so the graph holds only the operators that touch pixels and the
-conditional splits around them. RSA is `positions` identical slots (`slots.py`):
+external source hands the graph each batch's images and the arguments of every
+operator (one packed tensor per RSA position, sliced in the graph), so the graph
+holds the operators that touch pixels, the slices and the conditional splits around
+them. RSA is `positions` identical slots (`slots.py`):
 a geometric sub-step (warp -> erase -> resize) and a JPEG sub-step, each run only
 for the samples whose plan uses it.
 

@@ -4,8 +4,8 @@ The DALI graph gets everything per batch from one external source, as dense arra
 the encoded images (or pre-resized pixels), the `.ids` records, the first resize's
 size, the final crop and the RSA slots (`slots.py`). Because the host picks the
 samples, it knows every image's size before the batch exists, plans the whole batch
-in a few numpy calls and passes typed arguments straight to the operators; there is
-no Python function inside the graph and nothing is parsed per sample on the device.
+in a few numpy calls and hands the operators their arguments, one packed tensor per
+RSA position; there is no Python function inside the graph.
 
 Order (the same as the reference loader's, so both engines see one stream):
 training is an endless series of epochs, each a seeded permutation of the set cut
