@@ -22,7 +22,7 @@ import pytest
 from commfor_fast.pipelines.batch_plan import BATCH_OPS, SIZE_RULES, draw_train_slots
 from commfor_fast.pipelines.ops import DEFAULT_OPS, OPS, trace_sizes
 from commfor_fast.pipelines.plan import RSAConfig, train_plan
-from commfor_fast.pipelines.slots import DALI_NN, Slots, lower_plans
+from commfor_fast.pipelines.slots import DALI_NN, SLOTS_PER_STAGE, Slots, graph_stages, lower_plans
 
 N = 4000
 # Critical values at alpha = 1e-6: each case makes a few hundred comparisons.
@@ -38,7 +38,7 @@ def _batch_draw(config: RSAConfig, sizes: list[tuple[int, int]], crop: int, prer
                 seed: int = 1) -> tuple[np.ndarray, Slots, np.ndarray]:
     rng = np.random.default_rng(seed)
     hw = np.array([sizes[i % len(sizes)] for i in range(n)])
-    draw = draw_train_slots(rng, config, hw[:, 0], hw[:, 1], crop, preresized, config.max_steps)
+    draw = draw_train_slots(rng, config, hw[:, 0], hw[:, 1], crop, preresized, graph_stages(config))
     return draw.first_size, draw.slots, draw.crop
 
 
@@ -48,7 +48,7 @@ def _sample_draw(config: RSAConfig, sizes: list[tuple[int, int]], crop: int, pre
     plans = [train_plan(rng, config, *sizes[i % len(sizes)], crop, preresized) for i in range(n)]
     first = np.array([p.resize.out_size(p.height, p.width) if p.resize else (p.height, p.width) for p in plans])
     boxes = np.array([(p.crop.top, p.crop.left, p.crop.height, p.crop.width) for p in plans])
-    return first, lower_plans(plans, config.max_steps), boxes
+    return first, lower_plans(plans, graph_stages(config)), boxes
 
 
 def _read(first: np.ndarray, slots: Slots) -> dict[str, np.ndarray]:
@@ -148,11 +148,16 @@ def _compare(mine: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
 
 
 def _check_invariants(first: np.ndarray, slots: Slots, crop_boxes: np.ndarray, crop: int, config: RSAConfig) -> None:
-    """Exact rules both sides obey: prefix use, mask and filter rules, free slots, sizes."""
+    """Exact rules both sides obey: used stages a prefix and whole, JPEGs at stage ends,
+    mask and filter rules, free slots, sizes."""
     used = slots.geom | slots.jpeg
     assert not (used[1:] & ~used[:-1]).any(), "used slots must be a prefix of the positions"
-    assert used.sum(0).max() <= config.max_steps
-    empty = Slots.empty(*used.shape)
+    assert not (slots.jpeg & ~slots.geom).any(), "a JPEG's slot has (identity) geometry"
+    by_stage = used.reshape(-1, SLOTS_PER_STAGE, used.shape[1])
+    assert (by_stage.all(1) == by_stage.any(1)).all(), "a used stage has every slot filled"
+    assert not slots.jpeg.reshape(by_stage.shape)[:, :-1].any(), "JPEGs sit at a stage's last slot"
+    assert used.shape[0] == SLOTS_PER_STAGE * graph_stages(config)
+    empty = Slots.empty(slots.stages, used.shape[1])
     for f in fields(Slots):
         free = ~slots.jpeg if f.name in ("jpeg", "quality") else ~slots.geom
         assert np.array_equal(getattr(slots, f.name)[free], getattr(empty, f.name)[free]), f.name
@@ -209,9 +214,9 @@ def test_every_op_has_a_batch_twin() -> None:
         assert changes == (name in SIZE_RULES), name
 
 
-def test_too_few_positions_is_an_error() -> None:
+def test_too_few_stages_is_an_error() -> None:
     config = RSAConfig(min_counts=(2,) * 11, max_counts=(2,) * 11)
-    with pytest.raises(ValueError, match="more than the graph's 3 positions"):
+    with pytest.raises(ValueError, match="more than the graph's 3 stages"):
         draw_train_slots(np.random.default_rng(0), config, np.full(8, 440), np.full(8, 586), 384, True, 3)
 
 
@@ -227,8 +232,8 @@ def test_no_ops_draws_only_the_crop() -> None:
 def test_empty_batch() -> None:
     config = RSAConfig()
     draw = draw_train_slots(np.random.default_rng(0), config, np.zeros(0, int), np.zeros(0, int), 384, False,
-                            config.max_steps)
-    assert draw.first_size.shape == (0, 2) and draw.crop.shape == (0, 4) and draw.slots.geom.shape == (22, 0)
+                            graph_stages(config))
+    assert draw.first_size.shape == (0, 2) and draw.crop.shape == (0, 4) and draw.slots.geom.shape == (27, 0)
 
 
 class ConstantRng:
@@ -278,9 +283,10 @@ def test_op_sequences_fill_the_same_slots_as_lower_plans(counts: int) -> None:
 def _assert_same_slots(config: RSAConfig, u: float) -> None:
     for preresized in (True, False):
         sizes = np.array(EXACT_SIZES)
-        draw = draw_train_slots(ConstantRng(u), config, sizes[:, 0], sizes[:, 1], 384, preresized, config.max_steps)
+        stages = graph_stages(config)
+        draw = draw_train_slots(ConstantRng(u), config, sizes[:, 0], sizes[:, 1], 384, preresized, stages)
         plans = [train_plan(ConstantRng(u), config, h, w, 384, preresized) for h, w in EXACT_SIZES]
-        ref = lower_plans(plans, config.max_steps)
+        ref = lower_plans(plans, stages)
         assert draw.crop.tolist() == [[p.crop.top, p.crop.left, p.crop.height, p.crop.width] for p in plans]
         for f in fields(Slots):
             got, want = getattr(draw.slots, f.name), getattr(ref, f.name)

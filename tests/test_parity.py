@@ -178,6 +178,7 @@ EXACT = (0.0, 0, 0.0)
 RESAMPLE = (0.3, 2, 0.0005)
 TOLERANCES = {
     "flip-h": EXACT, "flip-v": EXACT, "crop": EXACT, "erase": EXACT, "jpeg-pil": EXACT, "jpeg-cv2": EXACT,
+    "exact-chain": EXACT,
     "translate": EXACT, "resize-bilinear": RESAMPLE, "resize-bicubic": RESAMPLE, "pad": RESAMPLE,
     "pad-quirk": RESAMPLE, "rrc-nearest": (0.02, 0, 0.001), "rrc-bilinear": RESAMPLE, "rrc-bicubic": RESAMPLE,
     "rrc-lanczos": (0.3, 6, 0.002), "rrc-hamming": (0.6, 12, 0.02), "rrc-box": (0.02, 1, 0.001),
@@ -199,6 +200,12 @@ def _case(name: str, k: int, h: int, w: int):
         "erase": [Erase(10 + k, 20, 30, 40 + k, (37 * k) % 256, True)],
         "jpeg-pil": [Jpeg(75 + 2 * k, "pil")],
         "jpeg-cv2": [Jpeg(100 - 2 * k, "cv2")],
+        # Copies and JPEGs across stages: a JPEG mid-stage (idle slots before it), one
+        # joining a complete stage, one alone right after a JPEG stage, a last stage
+        # half used (slots.py's placement rules).
+        "exact-chain": [Flip(True, True), Jpeg(80 + k, "pil"), Crop(k, 2 * k, CROP, CROP), Flip(False, True),
+                        Erase(10 + k, 20, 30, 40, 99, True), Jpeg(90, "cv2"), Jpeg(85 - k, "pil"),
+                        Affine(translate_x=3 * k - 17, translate_y=11 - 2 * k), Flip(True, True)],
         "resize-bilinear": [Resize(240 + k, 300 - k, Interp.BILINEAR)],
         "resize-bicubic": [Resize(275, 260 + 3 * k, Interp.BICUBIC)],
         "pad": [Pad(k, 12 - k, 11 - k // 2, 2 * k, 20 * k, h, w)],

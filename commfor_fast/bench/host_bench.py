@@ -7,7 +7,7 @@ outside the GPU's own work.
   samples, the plan step and the argument arrays DALI receives).
 - `graph_ops_per_iteration`: operator instances in the traced GPU training graph,
   default RSA, verbatim shards (tracing needs no GPU).
-- `graph_fixed_ms_per_image`: DALI's fixed cost of the RSA positions: CPU time per
+- `graph_fixed_ms_per_image`: DALI's fixed cost of the RSA stages: CPU time per
   run of the graph with all-no-op plans minus the graph with RSA off, per image, on
   the CPU backend with one thread (tiny in-memory images, so a run is the scheduler's
   work, not reading or pixels).
@@ -26,7 +26,7 @@ import numpy as np
 from commfor_fast.bench.common import bench_main, measure
 from commfor_fast.pipelines.dali import create_pipeline, create_train_pipeline, operator_census
 from commfor_fast.pipelines.plan import RSAConfig
-from commfor_fast.pipelines.slots import Slots
+from commfor_fast.pipelines.slots import Slots, graph_stages
 from commfor_fast.pipelines.source import BatchSource, ShardSource, train_planner
 from commfor_fast.settings import TrainSettings
 from commfor_fast.shards import Manifest
@@ -47,7 +47,7 @@ def _source(shards: dict[str, Path], preresized: bool) -> ShardSource:
 def plan_us_per_image(batch: int, repeats: int, preresized: bool = True) -> float:
     """CPU time of the vectorised training plan step per image, for 440 x 586 inputs."""
     rsa = RSAConfig()
-    plan = train_planner(rsa, CROP, preresized, seed=0, rank=0, positions=rsa.max_steps)
+    plan = train_planner(rsa, CROP, preresized, seed=0, rank=0, stages=graph_stages(rsa))
     ids = np.array([[i % 2, 0, i, 440, 586] for i in range(batch)], np.int32)
     calls = iter(range(10**9))
 
@@ -65,8 +65,8 @@ def source_us_per_image(source: ShardSource, batch: int, repeats: int) -> float:
     rng = np.random.default_rng(0)
     batches = (rng.integers(0, source.num_samples, batch) for _ in itertools.count())
     rsa = RSAConfig()
-    plan = train_planner(rsa, CROP, source.preresize is not None, seed=0, rank=0, positions=rsa.max_steps)
-    host = BatchSource(source, batches, plan, rsa.max_steps)
+    plan = train_planner(rsa, CROP, source.preresize is not None, seed=0, rank=0, stages=graph_stages(rsa))
+    host = BatchSource(source, batches, plan, graph_stages(rsa))
     try:
         return 1e6 * measure(lambda: len(host()[1]), repeats).cpu_s / batch
     finally:
@@ -89,13 +89,13 @@ class _NoOpBatches:
     raw = True
     head = ("images", "ids", "crop_start", "crop_shape")
 
-    def __init__(self, batch: int, positions: int) -> None:
+    def __init__(self, batch: int, stages: int) -> None:
         side = 8
         ids = np.array([[i % 2, 0, i, side, side] for i in range(batch)], np.int32)
-        slots = Slots.empty(positions, batch)
+        slots = Slots.empty(stages, batch)
         self.outputs = ([np.zeros((side, side, 3), np.uint8)] * batch, ids, np.zeros((batch, 2), np.int32),
                         np.full((batch, 2), side, np.int32),
-                        *(a for p in range(positions) for a in slots.position(p)))
+                        *(a for k in range(stages) for a in slots.stage(k)))
 
     def __call__(self) -> tuple:
         return self.outputs
@@ -105,16 +105,16 @@ class _NoOpBatches:
 
 
 def graph_fixed_ms_per_image(batch: int, repeats: int) -> float:
-    """(CPU per run, every position present but no-op) - (CPU per run, RSA off), per
-    image: the fixed cost of the RSA positions, on the CPU backend, one thread."""
+    """(CPU per run, every stage present but no-op) - (CPU per run, RSA off), per
+    image: the fixed cost of the RSA stages, on the CPU backend, one thread."""
 
-    def cpu_per_run(positions: int) -> float:
-        pipe = create_pipeline(_NoOpBatches(batch, positions), positions=positions, device="cpu", batch_size=batch,
+    def cpu_per_run(stages: int) -> float:
+        pipe = create_pipeline(_NoOpBatches(batch, stages), stages=stages, device="cpu", batch_size=batch,
                                num_threads=1, normalise=False)
         pipe.build()
         return measure(lambda: len(pipe.run()[1]), repeats).cpu_s
 
-    return 1e3 * (cpu_per_run(RSAConfig().max_steps) - cpu_per_run(0)) / batch
+    return 1e3 * (cpu_per_run(graph_stages(RSAConfig())) - cpu_per_run(0)) / batch
 
 
 
@@ -140,7 +140,7 @@ def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
         "plan_us_per_image_batch_128": ("us", "plan step per image, pipeline batch 128"),
         "source_us_per_image": ("us", "host side of a pipeline run per image (read, plan, arguments)"),
         "graph_ops_per_iteration": ("", "operator instances, traced GPU training graph, default RSA"),
-        "graph_fixed_ms_per_image": ("ms", f"DALI's fixed cost of the RSA positions per image, pipeline batch "
+        "graph_fixed_ms_per_image": ("ms", f"DALI's fixed cost of the RSA stages per image, pipeline batch "
                                            f"{figures['pipeline_batch']} (CPU backend)"),
         "graph_fixed_ms_per_image_batch_128": ("ms", "the same, pipeline batch 128"),
     }

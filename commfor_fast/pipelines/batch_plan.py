@@ -8,9 +8,9 @@ the same random stream. It runs in three passes over the batch:
 2. sizes: a loop over application steps that traces every sample's (h, w) through
    the ops that change it (only the size-relevant draws happen here);
 3. per op kind, one draw of all its applications' parameters for the sizes they
-   see, then one scatter into the slots at positions from a prefix sum (no-op flips
-   and erases take no slot; a JPEG joins the geometric slot just before it when that
-   slot has none, as `lower_plans` does).
+   see, then one scatter into the slots at positions from one pass over the steps
+   (no-op flips and erases take no slot; JPEGs end or join stages, as `lower_plans`
+   places them), and identity geometry for the idle slots of used stages.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from commfor_fast.pipelines import ops
 from commfor_fast.pipelines.ops import Interp
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.preprocess import resize_size
-from commfor_fast.pipelines.slots import IDENTITY, INTERPS, Slots, dali_filters, pad_borders
+from commfor_fast.pipelines.slots import INTERPS, SLOTS_PER_STAGE, Slots, fill_idle_slots, pad_borders, \
+    place_jpeg, set_geometry, stage_end
 
 _RRC_INTERPS = np.array([INTERPS.index(i) for i in ops.RRC_INTERPS])
 _BILINEAR, _BICUBIC = INTERPS.index(Interp.BILINEAR), INTERPS.index(Interp.BICUBIC)
@@ -51,31 +52,6 @@ def _shifts(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     m[:, 0, 0] = m[:, 1, 1] = 1.0
     m[:, 0, 2], m[:, 1, 2] = dx, dy
     return m
-
-
-def _set_geometry(slots: Slots, p: np.ndarray, b: np.ndarray, h: np.ndarray, w: np.ndarray,
-                  matrix: np.ndarray | None = None, warp: tuple[np.ndarray, np.ndarray] | None = None,
-                  boxes: np.ndarray | None = None, fill: np.ndarray | int = 0,
-                  size: tuple[np.ndarray, np.ndarray] | None = None, interp: np.ndarray | int = 0) -> None:
-    """`slots.set_geometry` for the samples `b` at positions `p` (all (n,) arrays).
-
-    `boxes` is (n, k, 4) of (top, left, height, width); `interp` indexes `INTERPS`.
-    """
-    n = len(p)
-    matrix = np.broadcast_to(IDENTITY, (n, 2, 3)) if matrix is None else matrix
-    wh, ww = warp if warp is not None else (h, w)
-    rh, rw = size if size is not None else (wh, ww)
-    slots.geom[p, b] = True
-    slots.matrix[p, b] = matrix
-    slots.mask[p, b] = matrix / np.stack([w, h], 1).astype(np.float32)[:, :, None]
-    slots.warp_size[p, b] = np.stack([wh, ww], 1)
-    if boxes is not None:
-        k = boxes.shape[1]
-        slots.anchors[p, b, : 2 * k] = boxes[:, :, :2].reshape(n, 2 * k)
-        slots.shapes[p, b, : 2 * k] = boxes[:, :, 2:].reshape(n, 2 * k)
-    slots.fill[p, b] = fill
-    slots.size[p, b] = np.stack([rh, rw], 1)
-    slots.interp[p, b] = dali_filters(interp, wh, ww, rh, rw)
 
 
 def _first_valid(ok: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -142,14 +118,14 @@ class _Apps:
 class _Draw:
     """One op kind's drawn applications, ready to scatter once positions are known.
 
-    `used` is the slots each application fills (0 for a no-op, 1 for a JPEG even when it
-    joins); `leaves_open` says whether its last slot is geometric with no JPEG; `write`
-    fills the slots given each application's first target position.
+    Each application is `rounds` rounds (0 for a no-op), each a geometric slot when
+    `geom`, then a JPEG when `jpeg`; `write` fills the slots given each application's
+    first position (its geometric slot, or for a JPEG alone the JPEG's slot).
     """
 
-    used: np.ndarray | int
-    leaves_open: bool
+    rounds: np.ndarray | int
     write: Callable[[Slots, np.ndarray], None]
+    geom: bool = True
     jpeg: bool = False
 
 
@@ -204,22 +180,20 @@ def _jpeg_in_memory(rng: np.random.Generator, a: _Apps, crop: int, rule: object)
     quality = _jpeg_quality(rng, len(a))
 
     def write(slots: Slots, p: np.ndarray) -> None:
-        alone = ~slots.geom[p, a.b]  # a JPEG alone: the slot's geometry is the identity
-        _set_geometry(slots, p[alone], a.b[alone], a.h[alone], a.w[alone])
         slots.jpeg[p, a.b] = True
         slots.quality[p, a.b] = quality
 
-    return _Draw(1, False, write, jpeg=True)
+    return _Draw(1, write, geom=False, jpeg=True)
 
 
 def _random_resize(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
     interp = np.where(rng.random(len(a)) < 0.5, _BILINEAR, _BICUBIC)
-    return _Draw(1, True, lambda s, p: _set_geometry(s, p, a.b, a.h, a.w, size=(a.out_h, a.out_w), interp=interp))
+    return _Draw(1, lambda s, p: set_geometry(s, p, a.b, a.h, a.w, size=(a.out_h, a.out_w), interp=interp))
 
 
 def _random_crop(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
     top, left = rng.integers(0, a.h - crop + 1), rng.integers(0, a.w - crop + 1)
-    return _Draw(1, True, lambda s, p: _set_geometry(s, p, a.b, a.h, a.w, matrix=_shifts(top, left),
+    return _Draw(1, lambda s, p: set_geometry(s, p, a.b, a.h, a.w, matrix=_shifts(top, left),
                                                      warp=(a.out_h, a.out_w)))
 
 
@@ -232,7 +206,7 @@ def _flip(horizontal: bool) -> Callable[..., _Draw]:
             m[:, 0, 0], m[:, 0, 2], m[:, 1, 1] = -1.0, w, 1.0
         else:
             m[:, 0, 0], m[:, 1, 1], m[:, 1, 2] = 1.0, -1.0, h
-        return _Draw(applied.astype(np.int64), True, lambda s, p: _set_geometry(s, p[applied], b, h, w, matrix=m))
+        return _Draw(applied.astype(np.int64), lambda s, p: set_geometry(s, p[applied], b, h, w, matrix=m))
 
     return draw
 
@@ -240,13 +214,13 @@ def _flip(horizontal: bool) -> Callable[..., _Draw]:
 def _random_resized_crop(rng: np.random.Generator, a: _Apps, crop: int, rule: _RRCSizeRule) -> _Draw:
     top, left = _box_corners(rng, a.h, a.w, rule.box_h, rule.box_w, rule.found)
     interp = _RRC_INTERPS[rng.integers(0, len(_RRC_INTERPS), len(a))]
-    return _Draw(1, True, lambda s, p: _set_geometry(s, p, a.b, a.h, a.w, matrix=_shifts(top, left),
+    return _Draw(1, lambda s, p: set_geometry(s, p, a.b, a.h, a.w, matrix=_shifts(top, left),
                                                      warp=(rule.box_h, rule.box_w), size=(a.out_h, a.out_w),
                                                      interp=interp))
 
 
 def _affine(a: _Apps, matrix: np.ndarray) -> _Draw:
-    return _Draw(1, True, lambda s, p: _set_geometry(s, p, a.b, a.h, a.w, matrix=matrix))
+    return _Draw(1, lambda s, p: set_geometry(s, p, a.b, a.h, a.w, matrix=matrix))
 
 
 def _random_rotation(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
@@ -273,7 +247,7 @@ def _random_padding(rng: np.random.Generator, a: _Apps, crop: int, rule: object)
     ph, pw = a.h + top + bottom, a.w + left + right
     borders = pad_borders(top, left, bottom, right, ph, pw)
     boxes = np.stack([np.stack(np.broadcast_arrays(*box), 1) for box in borders], 1)
-    return _Draw(1, True, lambda s, p: _set_geometry(s, p, a.b, a.h, a.w, matrix=_shifts(-top, -left),
+    return _Draw(1, lambda s, p: set_geometry(s, p, a.b, a.h, a.w, matrix=_shifts(-top, -left),
                                                      warp=(ph, pw), boxes=boxes, fill=fill,
                                                      size=(a.out_h, a.out_w), interp=_BILINEAR))
 
@@ -292,25 +266,26 @@ def _random_cutout(rng: np.random.Generator, a: _Apps, crop: int, rule: object) 
     applied = coin & found & (eh * ew > 0)
     boxes = np.stack([top, left, eh, ew], 1)[applied, None]
     b, h, w = a.b[applied], a.h[applied], a.w[applied]
-    return _Draw(applied.astype(np.int64), True,
-                 lambda s, p: _set_geometry(s, p[applied], b, h, w, boxes=boxes, fill=fill[applied]))
+    return _Draw(applied.astype(np.int64),
+                 lambda s, p: set_geometry(s, p[applied], b, h, w, boxes=boxes, fill=fill[applied]))
 
 
 def _single_jpeg(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
     def write(slots: Slots, p: np.ndarray) -> None:
-        _set_geometry(slots, p, a.b, a.h, a.w, size=(a.out_h, a.out_w), interp=_BILINEAR)
-        slots.jpeg[p, a.b] = True
-        slots.quality[p, a.b] = ops.SINGLE_JPEG_QUALITY
+        set_geometry(slots, p, a.b, a.h, a.w, size=(a.out_h, a.out_w), interp=_BILINEAR)
+        slots.jpeg[stage_end(p), a.b] = True
+        slots.quality[stage_end(p), a.b] = ops.SINGLE_JPEG_QUALITY
 
-    return _Draw(1, False, write)
+    return _Draw(1, write, jpeg=True)
 
 
 def _stochastic_jpeg(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
-    """Round 1 crops the input; each later round (p = 0.5 each) crops the C x C result."""
+    """Round 1 crops the input; each later round (p = 0.5 each) crops the C x C result.
+    A round's JPEG ends its stage, so every later round starts a stage."""
     n = len(a)
     rounds = np.concatenate([np.ones((n, 1), bool), rng.random((n, ops.STOCHASTIC_JPEG_ROUNDS - 1)) < 0.5], 1)
     app, round_no = np.nonzero(rounds)
-    offset = np.cumsum(rounds, 1)[app, round_no] - 1  # slot after the application's first
+    offset = np.cumsum(rounds, 1)[app, round_no] - 1  # rounds before this one
     first = offset == 0
     h, w = np.where(first, a.h[app], crop), np.where(first, a.w[app], crop)
     ch, cw, found = _resized_box_shapes(rng, len(app), ops.STOCHASTIC_JPEG_SCALE, ops.RRC_RATIO)(h, w, slice(None))
@@ -319,13 +294,14 @@ def _stochastic_jpeg(rng: np.random.Generator, a: _Apps, crop: int, rule: object
     square = np.full_like(h, crop)
 
     def write(slots: Slots, p: np.ndarray) -> None:
-        pos, b = p[app] + offset, a.b[app]
-        _set_geometry(slots, pos, b, h, w, matrix=_shifts(top, left), warp=(ch, cw), size=(square, square),
-                      interp=_BILINEAR)
-        slots.jpeg[pos, b] = True
-        slots.quality[pos, b] = quality
+        start = p[app]
+        pos, b = np.where(first, start, stage_end(start) + 1 + SLOTS_PER_STAGE * (offset - 1)), a.b[app]
+        set_geometry(slots, pos, b, h, w, matrix=_shifts(top, left), warp=(ch, cw), size=(square, square),
+                     interp=_BILINEAR)
+        slots.jpeg[stage_end(pos), b] = True
+        slots.quality[stage_end(pos), b] = quality
 
-    return _Draw(rounds.sum(1), False, write)
+    return _Draw(rounds.sum(1), write, jpeg=True)
 
 
 # Every op of `ops.OPS`: (rng, applications, crop, its size rule or None) -> _Draw.
@@ -375,30 +351,58 @@ def _applications(seq: np.ndarray, n_ops: int) -> dict[int, tuple[np.ndarray, np
             for i, (lo, hi) in enumerate(zip(ends[:-1].tolist(), ends[1:].tolist())) if hi > lo}
 
 
-def _first_positions(used: np.ndarray, leaves_open: np.ndarray, jpeg: np.ndarray, positions: int) -> np.ndarray:
-    """Each application's first slot position, from (batch, steps) slot needs.
+def _placement_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`slots.lower_plans`' placement rules as tables over (kind, state), so one pass
+    over the steps places every sample with three lookups per step.
 
-    A JPEG joins the previous slot when the last application that took a slot left it
-    geometric without a JPEG. (Sample-major arrays: numpy scans the last axis fastest.)
+    Kinds: 0 no-op, 1 geometric, 2 JPEG alone, 3 a round of geometry + JPEG. States:
+    p % 3 for the next free slot p, or 3 at a stage start that a JPEG may join.
+    Returns (first - p, next p - p, next state), indexed by kind * 4 + state; the
+    rules come from `slots.place_jpeg` and `slots.stage_end`, run on one slot p per state.
     """
-    steps = np.arange(used.shape[1])
-    last = np.maximum.accumulate(np.where(used > 0, steps, -1), axis=1)
-    before = np.concatenate([np.full((len(used), 1), -1), last[:, :-1]], 1)
-    joins = jpeg & (before >= 0) & np.take_along_axis(leaves_open, np.maximum(before, 0), 1)
-    new = used - joins
-    ends = np.cumsum(new, 1)
-    need = int(ends[:, -1].max(initial=0))
-    if need > positions:
-        raise ValueError(f"a sample needs {need} slots, more than the graph's {positions} positions")
-    return ends - new - joins
+    k = SLOTS_PER_STAGE
+    first, step, state = (np.zeros(4 * (k + 1), np.int64) for _ in range(3))
+    for s in range(k + 1):
+        p, joinable = (k + s, False) if s < k else (k, True)
+        q, after = place_jpeg(p, joinable)
+        rows = {0: (p, p, joinable), 1: (p, p + 1, (p + 1) % k == 0), 2: (q, after, False),
+                3: (p, stage_end(p) + 1, False)}
+        for kind, (f, a, j) in rows.items():
+            c = kind * (k + 1) + s
+            first[c], step[c], state[c] = f - p, a - p, k if j else a % k
+    return first, step, state
+
+
+_FIRST, _STEP, _STATE = _placement_tables()
+
+
+def _first_positions(rounds: np.ndarray, geom: np.ndarray, jpeg: np.ndarray, positions: int) -> np.ndarray:
+    """Each application's first position, from (batch, steps) arrays of its rounds and
+    kind: its geometric slot, or for a JPEG alone the JPEG's slot (`_placement_tables`;
+    rounds after a geometry + JPEG application's first each take a whole stage)."""
+    batch, steps = rounds.shape
+    kind = np.where(rounds == 0, 0, np.where(~jpeg, 1, np.where(geom, 3, 2)))
+    code = kind * (SLOTS_PER_STAGE + 1)
+    extra = np.where(kind == 3, SLOTS_PER_STAGE * (rounds - 1), 0)
+    first = np.zeros((batch, steps), np.int64)
+    p, state = np.zeros(batch, np.int64), np.zeros(batch, np.int64)
+    for k in range(steps):
+        c = code[:, k] + state
+        first[:, k] = p + _FIRST[c]
+        p += _STEP[c] + extra[:, k]
+        state = _STATE[c]
+    if p.max(initial=0) > positions:
+        need = -(-int(p.max()) // SLOTS_PER_STAGE)
+        raise ValueError(f"a sample needs {need} stages, more than the graph's {positions // SLOTS_PER_STAGE} stages")
+    return first
 
 
 def draw_train_slots(rng: np.random.Generator, config: RSAConfig, heights: np.ndarray, widths: np.ndarray,
-                     crop: int, preresized: bool, positions: int) -> TrainDraw:
+                     crop: int, preresized: bool, stages: int) -> TrainDraw:
     """Draw a batch's training preprocessing (first resize, RSA slots, final crop).
 
     Same distributions as `plan.train_plan` per image lowered by `slots.lower_plans`.
-    Raises ValueError when a sample needs more than `positions` slots.
+    Raises ValueError when a sample needs more than `stages` stages.
     """
     heights, widths = np.asarray(heights, np.int64), np.asarray(widths, np.int64)
     batch = len(heights)
@@ -420,19 +424,20 @@ def draw_train_slots(rng: np.random.Generator, config: RSAConfig, heights: np.nd
                 b = applications[i][1][lo:hi]
                 sizes_h[k + 1, b], sizes_w[k + 1, b] = rule(sizes_h[k, b], sizes_w[k, b], slice(lo, hi))
 
-    used = np.zeros((batch, steps), np.int64)
-    leaves_open, jpeg = np.zeros((batch, steps), bool), np.zeros((batch, steps), bool)
+    rounds = np.zeros((batch, steps), np.int64)
+    geom, jpeg = np.zeros((batch, steps), bool), np.zeros((batch, steps), bool)
     draws = []
     for i, (k, b) in applications.items():
         a = _Apps(k, b, sizes_h[k, b], sizes_w[k, b], sizes_h[k + 1, b], sizes_w[k + 1, b])
         d = BATCH_OPS[config.ops[i]](rng, a, crop, rules.get(i))
-        used[b, k], leaves_open[b, k], jpeg[b, k] = d.used, d.leaves_open, d.jpeg
+        rounds[b, k], geom[b, k], jpeg[b, k] = d.rounds, d.geom, d.jpeg
         draws.append((a, d))
-    slots = Slots.empty(positions, batch)
+    slots = Slots.empty(stages, batch)
     if steps:
-        first_pos = _first_positions(used, leaves_open, jpeg, positions)
+        first_pos = _first_positions(rounds, geom, jpeg, len(slots.geom))
         for a, d in draws:
             d.write(slots, first_pos[a.b, a.k])
+        fill_idle_slots(slots, *first)
 
     final_h, final_w = sizes_h[-1], sizes_w[-1]
     top, left = rng.integers(0, final_h - crop + 1), rng.integers(0, final_w - crop + 1)

@@ -6,11 +6,10 @@ GPU-less machines run it.
 
 Everything random or size-dependent is decided on the host (`source.py`): one
 external source hands the graph each batch's images and the arguments of every
-operator (one packed tensor per RSA position, sliced in the graph), so the graph
-holds the operators that touch pixels, the slices and the conditional splits around
-them. RSA is `positions` identical slots (`slots.py`):
-a geometric sub-step (warp -> erase -> resize) and a JPEG sub-step, each run only
-for the samples whose plan uses it.
+operator (one packed tensor per RSA stage, sliced in the graph), so the graph holds
+the operators that touch pixels, the slices and the conditional splits around them.
+RSA is `stages` identical stages (`slots.py`), each run only for the samples whose
+plan uses it: three geometric slots (warp -> erase -> resize) and a JPEG where drawn.
 
 Measured differences to the PIL reference (tests/test_parity.py): PIL's Hamming and
 box filters have no DALI twin (stand-ins in `slots.DALI_FILTERS`), resampling rounds
@@ -29,46 +28,56 @@ from nvidia.dali.pipeline import Pipeline
 
 from commfor_fast.errors import UserError
 from commfor_fast.pipelines.plan import Plan, RSAConfig
+from commfor_fast.pipelines.slots import SLOTS_PER_STAGE, graph_stages
 from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_preresize
 from commfor_fast.pipelines.source import BatchSource, ShardSource, eval_batch_indices, eval_planner, \
     runs_of, train_batch_indices, train_planner
 from commfor_fast.shards import SampleIds
 
-# dtypes of the external source's outputs: the head, then (used, args) per position.
+# dtypes of the external source's outputs: the head, then (used, args) per stage.
 HEAD_DTYPES = {"images": types.UINT8, "ids": types.INT32, "first_size": types.FLOAT, "crop_start": types.INT32,
                "crop_shape": types.INT32}
-SLOT_DTYPES = (types.BOOL, types.FLOAT)
+STAGE_DTYPES = (types.BOOL, types.FLOAT)
 
 
-def _slot(img, one, used, args):
-    """One RSA position, for the samples that use it: warp -> erase -> resize, then JPEG
-    where drawn. Everything a sample needs is sliced from its `args`
-    (`slots.ARGS_LAYOUT`) inside the branch, so a position costs the whole batch only
-    the splits of `img`, `args` and `one` and the merge.
+def _slot(img, one, args, r: int, interp):
+    """One geometric slot from its rows `r`, `r + 1` of the stage's `args`: warp -> erase
+    -> resize.
 
     PIL fills only where the sample point itself falls outside the image and clamps
     the bilinear neighbours at the border; DALI's fill mode also blends the fill into
     the border band. So: warp with clamping, times the inside mask, a nearest-neighbour
     warp of a 1 x 1 image of ones (`one`) with the map scaled to it.
     """
+    matrix, mask, size = args[r:r + 2, 0:3], args[r:r + 2, 3:6], args[r, 6:8]
+    inside = fn.warp_affine(one, matrix=mask, size=size, fill_value=0, interp_type=types.INTERP_NN)
+    img = fn.warp_affine(img, matrix=matrix, size=size, interp_type=types.INTERP_LINEAR) * inside
+    img = fn.erase(img, anchor=args[r, 9:17], shape=args[r + 1, 9:17], axis_names="HW", fill_value=args[r, 8])
+    return fn.resize(img, size=args[r + 1, 6:8], interp_type=interp, antialias=True)
+
+
+def _stage(img, one, used, args):
+    """One RSA stage, for the samples that use it: its slots, then JPEG where the
+    quality (`slots.Slots.stage`'s last row) is not 0. Everything is sliced from
+    `args` inside the branch, so a stage costs the whole batch only the splits of
+    `img`, `args` and `one` and the merge."""
     if used:
-        matrix, mask, warp_size = args[:, 0:3], args[:, 3:6], args[0, 6:8]
-        inside = fn.warp_affine(one, matrix=mask, size=warp_size, fill_value=0, interp_type=types.INTERP_NN)
-        img = fn.warp_affine(img, matrix=matrix, size=warp_size, interp_type=types.INTERP_LINEAR) * inside
-        img = fn.erase(img, anchor=args[0, 9:17], shape=args[1, 9:17], axis_names="HW", fill_value=args[0, 8])
-        interp = fn.cast(fn.cast(args[1, 8], dtype=types.INT32), dtype=types.INTERP_TYPE)  # no float -> enum cast
-        img = fn.resize(img, size=args[1, 6:8], interp_type=interp, antialias=True)
-        if args[1, 17] > 0:
-            img = fn.jpeg_compression_distortion(img, quality=fn.cast(args[0, 17], dtype=types.INT32))
+        codes = fn.cast(args[-1, 0:SLOTS_PER_STAGE + 1], dtype=types.INT32)
+        interps = fn.cast(codes[0:SLOTS_PER_STAGE], dtype=types.INTERP_TYPE)  # no float -> enum cast
+        for s in range(SLOTS_PER_STAGE):
+            img = _slot(img, one, args, 2 * s, interps[s])
+        quality = codes[SLOTS_PER_STAGE]
+        if quality:
+            img = fn.jpeg_compression_distortion(img, quality=quality)
     return img
 
 
-def _inputs(source: BatchSource, positions: int):
-    """The external source's outputs: the head fields by name, and each position's two."""
-    dtypes = [HEAD_DTYPES[name] for name in source.head] + list(SLOT_DTYPES) * positions
+def _inputs(source: BatchSource, stages: int):
+    """The external source's outputs: the head fields by name, and each stage's two."""
+    dtypes = [HEAD_DTYPES[name] for name in source.head] + list(STAGE_DTYPES) * stages
     outs = fn.external_source(source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes)
     head, rest = dict(zip(source.head, outs)), outs[len(source.head):]
-    return head, [rest[2 * p: 2 * p + 2] for p in range(positions)]
+    return head, [rest[2 * k: 2 * k + 2] for k in range(stages)]
 
 
 def _decode(images, raw: bool, device: str):
@@ -86,26 +95,26 @@ def _normalise(img):
 
 
 @pipeline_def(enable_conditionals=True)
-def _graph(source: BatchSource, positions: int, raw: bool, device: str, normalise: bool):
-    head, slots = _inputs(source, positions)
+def _graph(source: BatchSource, stages: int, raw: bool, device: str, normalise: bool):
+    head, stage_inputs = _inputs(source, stages)
     img = _decode(head["images"], raw, device)
     if not raw:
         img = fn.resize(img, size=head["first_size"], interp_type=types.INTERP_LINEAR, antialias=True)
-    if slots:
+    if stage_inputs:
         one = types.Constant(np.ones((1, 1, 1), np.uint8), device=device, layout="HWC")
-        for used, args in slots:
-            img = _slot(img, one, used, args)
+        for used, args in stage_inputs:
+            img = _stage(img, one, used, args)
     img = fn.slice(img, start=head["crop_start"], shape=head["crop_shape"], axes=[0, 1])
     return (_normalise(img) if normalise else img), head["ids"]
 
 
-def create_pipeline(source: BatchSource, *, positions: int, device: str, batch_size: int, num_threads: int = 4,
+def create_pipeline(source: BatchSource, *, stages: int, device: str, batch_size: int, num_threads: int = 4,
                     device_id: int | None = None, normalise: bool = True, prefetch_queue_depth: int = 2) -> Pipeline:
     """The graph over any `BatchSource` (the training and evaluation factories below
     make theirs; benchmarks make one that draws samples with replacement)."""
     if device not in ("gpu", "cpu"):
         raise UserError(f"pipeline device {device!r}: use 'gpu' or 'cpu'")
-    pipe = _graph(source, positions, source.raw, device, normalise, batch_size=batch_size,
+    pipe = _graph(source, stages, source.raw, device, normalise, batch_size=batch_size,
                   num_threads=num_threads, device_id=None if device == "cpu" else (device_id or 0),
                   prefetch_queue_depth=prefetch_queue_depth, exec_dynamic=True)
     pipe.source = source
@@ -141,13 +150,13 @@ def create_train_pipeline(
     The pipeline's `source` remembers the last runs' sample numbers.
     """
     check_preresize(source.preresize, crop)
-    positions = rsa.max_steps
+    stages = graph_stages(rsa)
     batches = train_batch_indices(source.num_samples, batch_size, shard_id, num_shards, seed,
                                   start_run * batches_per_run)
     runs = runs_of(batches, batches_per_run)
-    plan = train_planner(rsa, crop, source.preresize is not None, seed, shard_id, positions, plans)
-    host = BatchSource(source, runs, plan, positions, read_threads=num_threads, first_batch=start_run)
-    return create_pipeline(host, positions=positions, device=device, batch_size=batch_size * batches_per_run,
+    plan = train_planner(rsa, crop, source.preresize is not None, seed, shard_id, stages, plans)
+    host = BatchSource(source, runs, plan, stages, read_threads=num_threads, first_batch=start_run)
+    return create_pipeline(host, stages=stages, device=device, batch_size=batch_size * batches_per_run,
                            num_threads=num_threads, device_id=device_id, normalise=normalise,
                            prefetch_queue_depth=prefetch_queue_depth)
 
@@ -175,7 +184,7 @@ def create_eval_pipeline(
     batches = eval_batch_indices(source.num_samples, batch_size, shard_id, num_shards)
     host = BatchSource(source, batches, eval_planner(crop, source.preresize is not None), 0,
                        read_threads=num_threads)
-    return create_pipeline(host, positions=0, device=device, batch_size=batch_size, num_threads=num_threads,
+    return create_pipeline(host, stages=0, device=device, batch_size=batch_size, num_threads=num_threads,
                            device_id=device_id, normalise=normalise, prefetch_queue_depth=prefetch_queue_depth)
 
 

@@ -337,15 +337,17 @@ OpFn = Callable[..., list[Step]]
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One RSA op: its sampler and the most steps one application can produce."""
+    """One RSA op: its sampler, the most steps one application can produce, and how
+    many of those can be JPEG steps (the DALI graph's length depends on both)."""
 
     sample: OpFn
     max_steps: int = 1
+    max_jpegs: int = 0
 
 
 # The table. Names are the original's `--rsa_ops` names.
 OPS: dict[str, OpSpec] = {
-    "JPEGinMemory": OpSpec(jpeg_in_memory),
+    "JPEGinMemory": OpSpec(jpeg_in_memory, max_jpegs=1),
     "RandomResizeWithRandomIntpl": OpSpec(random_resize),
     "RandomCrop": OpSpec(random_crop),
     "RandomHorizontalFlip": OpSpec(random_hflip),
@@ -356,8 +358,9 @@ OPS: dict[str, OpSpec] = {
     "RandomShear": OpSpec(random_shear),
     "RandomPadding": OpSpec(random_padding),
     "RandomCutout": OpSpec(random_cutout),
-    "singleJPEG": OpSpec(single_jpeg, max_steps=2),
-    "StochasticJPEG": OpSpec(stochastic_jpeg, max_steps=2 * STOCHASTIC_JPEG_ROUNDS),
+    "singleJPEG": OpSpec(single_jpeg, max_steps=2, max_jpegs=1),
+    "StochasticJPEG": OpSpec(stochastic_jpeg, max_steps=2 * STOCHASTIC_JPEG_ROUNDS,
+                             max_jpegs=STOCHASTIC_JPEG_ROUNDS),
 }
 
 DEFAULT_OPS = (

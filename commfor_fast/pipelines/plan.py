@@ -67,8 +67,13 @@ class RSAConfig:
 
     @property
     def max_steps(self) -> int:
-        """The most primitive steps RSA can produce for one image (DALI graph length)."""
+        """The most primitive steps RSA can produce for one image."""
         return sum(hi * OPS[op].max_steps for op, hi in zip(self.ops, self.max_counts))
+
+    @property
+    def max_jpegs(self) -> int:
+        """The most of those steps that can be JPEG steps."""
+        return sum(hi * OPS[op].max_jpegs for op, hi in zip(self.ops, self.max_counts))
 
 
 def _counts(flag: str, value: str | int, n: int) -> tuple[int, ...]:

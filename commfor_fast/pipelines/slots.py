@@ -1,26 +1,32 @@
-"""The DALI graph's per-position arguments, and how each plan step kind fills them.
+"""The DALI graph's per-stage arguments, and how each plan step kind fills them.
 
-The DALI graph applies RSA as `positions` identical slots. A slot runs, for the
-samples that use it, a geometric sub-step and then, where drawn, a JPEG sub-step,
-with per-sample arguments that the host emits as dense arrays:
+The DALI graph applies RSA as `stages` identical stages, each run only for the
+samples that use it. A stage holds `SLOTS_PER_STAGE` geometric slots and then, where
+drawn, a JPEG, with per-sample arguments that the host emits as dense arrays:
 
-    geom:  warp (affine, bilinear, PIL's fill rule) -> erase up to 4 boxes -> resize
-    jpeg:  JPEG compression at `quality`
+    slot:  warp (affine, bilinear, PIL's fill rule) -> erase up to 4 boxes -> resize
+    stage: slot, slot, slot -> JPEG compression at `quality`
 
 One slot does one RSA step: a warp is a crop, a flip, a rotation, a translation, a
 shear or a padding canvas (integer shifts and mirror images sample pixel centres, so
 they copy exactly); erase paints padding borders and cutout boxes; resize is a
 RandomResize, a RandomResizedCrop's resize or padding's resize back. The unused parts
-of a geometric slot are identities (identity matrix, empty boxes, a nearest-neighbour
-resize to the same size), which copy exactly; a JPEG step alone has identity geometry.
-A JPEG step shares the slot of the geometric step just before it when that slot has
-none (singleJPEG, StochasticJPEG).
+of a slot are identities (identity matrix, empty boxes, a nearest-neighbour resize to
+the same size), which copy exactly, and so is a whole unused slot of a used stage.
+
+Slots are numbered in application order (position p is slot p % 3 of stage p // 3).
+A JPEG step ends its stage: it sits at the stage's last slot, after the geometric
+steps before it in that stage (the slots between are identities); when the stage
+before is complete and has no JPEG yet, the JPEG joins it instead (`place_jpeg`).
+So a stage costs DALI its conditional bookkeeping once for three steps, and a plan
+with G geometric and J JPEG steps needs at most ceil(G / 3) + J stages
+(`graph_stages`).
 
 Each plan step kind declares its slot once, in `fill_slot` (its PIL twin is
 `reference.apply_step`): adding a step kind touches one function per executor.
 Filled slots come from two places: `lower_plans` (per-sample `Plan`s: the reference
 sampler and tests' injected plans) and `batch_plan.draw_train_slots` (vectorised
-draws for training).
+draws for training); both end with `fill_idle_slots`.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from functools import singledispatch
 import numpy as np
 
 from commfor_fast.pipelines.ops import Affine, Crop, Erase, Flip, Interp, Jpeg, Pad, Resize, ResizedCrop, Step
-from commfor_fast.pipelines.plan import Plan
+from commfor_fast.pipelines.plan import Plan, RSAConfig
 
 # DALI's DALIInterpType values (nvidia.dali.types), kept here so the host side needs no DALI import.
 DALI_NN, DALI_LINEAR, DALI_CUBIC, DALI_LANCZOS3, DALI_TRIANGULAR, DALI_GAUSSIAN = range(6)
@@ -52,10 +58,18 @@ DALI_FILTERS: dict[Interp, tuple[int, int]] = {
 
 MAX_BOXES = 4  # padding paints four borders
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+SLOTS_PER_STAGE = 3
 
 INTERPS = tuple(Interp)  # array code carries interpolations as indices into this tuple
 _SHRINK = np.array([DALI_FILTERS[i][0] for i in INTERPS], np.int32)
 _ENLARGE = np.array([DALI_FILTERS[i][1] for i in INTERPS], np.int32)
+
+
+def graph_stages(config: RSAConfig) -> int:
+    """Stages the training graph needs for `config`: ceil(G / 3) + J for at most G
+    geometric and J JPEG steps per image (each JPEG ends a stage, at worst early)."""
+    geometric = config.max_steps - config.max_jpegs
+    return -(-geometric // SLOTS_PER_STAGE) + config.max_jpegs
 
 
 def dali_filters(interp: np.ndarray | int, in_h: np.ndarray | int, in_w: np.ndarray | int, out_h: np.ndarray | int,
@@ -68,12 +82,14 @@ def dali_filters(interp: np.ndarray | int, in_h: np.ndarray | int, in_w: np.ndar
 
 @dataclass
 class Slots:
-    """Every sample's slot arguments, arrays of shape (positions, batch, ...).
+    """Every sample's slot arguments, arrays of shape (positions, batch, ...), where
+    positions = 3 x stages.
 
     The warp matrix maps output pixel centres to input coordinates (DALI's
     `warp_affine` convention); `mask` is the same map scaled so the input is 1 x 1,
     which makes a nearest-neighbour warp of a 1 x 1 image of ones PIL's inside test.
-    Boxes are (y, x) anchors and (h, w) shapes, four per sample.
+    Boxes are (y, x) anchors and (h, w) shapes, four per sample. `jpeg` and `quality`
+    are set only at a stage's last slot.
     """
 
     geom: np.ndarray  # bool
@@ -89,9 +105,9 @@ class Slots:
     quality: np.ndarray  # int32
 
     @classmethod
-    def empty(cls, positions: int, batch: int) -> Slots:
-        """All slots unused: no sub-step runs."""
-        p, b = positions, batch
+    def empty(cls, stages: int, batch: int) -> Slots:
+        """All slots unused: no stage runs."""
+        p, b = stages * SLOTS_PER_STAGE, batch
         return cls(
             geom=np.zeros((p, b), bool), matrix=np.tile(IDENTITY, (p, b, 1, 1)),
             mask=np.tile(IDENTITY, (p, b, 1, 1)), warp_size=np.ones((p, b, 2), np.float32),
@@ -100,49 +116,100 @@ class Slots:
             interp=np.zeros((p, b), np.int32), jpeg=np.zeros((p, b), bool), quality=np.full((p, b), 100, np.int32),
         )
 
-    def position(self, p: int) -> tuple[np.ndarray, np.ndarray]:
-        """What the graph receives for position `p`: (used, args), the arguments packed
-        as float32 (batch, 2, 18) in `ARGS_LAYOUT`. A used slot always has geometry
-        (the identity for a JPEG step alone), so `used` is `geom`."""
-        args = np.empty((self.geom.shape[1], 2, ARGS_WIDTH), np.float32)
-        for row, fields_ in enumerate(ARGS_LAYOUT):
-            for name, cols in fields_.items():
-                value = getattr(self, name)[p]
-                args[:, row, cols] = value[:, row] if name in ("matrix", "mask") else value.reshape(len(value), -1)
-        return self.geom[p].copy(), args
+    @property
+    def stages(self) -> int:
+        return len(self.geom) // SLOTS_PER_STAGE
+
+    def stage(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """What the graph receives for stage `k`: (used, args), the arguments packed as
+        float32 (batch, 7, 17) in `stage_args`' layout. After `fill_idle_slots` every
+        slot of a used stage has geometry, so `used` is its first slot's `geom`."""
+        lo = k * SLOTS_PER_STAGE
+        args = np.zeros((self.geom.shape[1], ARGS_ROWS, ARGS_WIDTH), np.float32)
+        for s in range(SLOTS_PER_STAGE):
+            p, rows = lo + s, args[:, 2 * s: 2 * s + 2]
+            rows[:, :, 0:3], rows[:, :, 3:6] = self.matrix[p], self.mask[p]
+            rows[:, 0, 6:8], rows[:, 0, 8], rows[:, 0, 9:17] = self.warp_size[p], self.fill[p], self.anchors[p]
+            rows[:, 1, 6:8], rows[:, 1, 9:17] = self.size[p], self.shapes[p]
+            args[:, -1, s] = self.interp[p]
+        last = lo + SLOTS_PER_STAGE - 1
+        args[:, -1, SLOTS_PER_STAGE] = np.where(self.jpeg[last], self.quality[last], 0)
+        return self.geom[lo].copy(), args
 
 
-# The packed arguments of one sample at one position: two rows of 18 floats, so each
-# operator argument is one slice (a 2 x 3 matrix is the first three columns of both
-# rows). The graph slices them inside the slot's branch, where only the samples that
-# use the slot pay; a typed input per field would need a conditional split each, paid
-# by the whole batch at every position (measured: most of the positions' fixed cost).
-ARGS_WIDTH = 18
-ARGS_LAYOUT = (
-    {"matrix": slice(0, 3), "mask": slice(3, 6), "warp_size": slice(6, 8), "fill": slice(8, 9),
-     "anchors": slice(9, 17), "quality": slice(17, 18)},
-    {"matrix": slice(0, 3), "mask": slice(3, 6), "size": slice(6, 8), "interp": slice(8, 9),
-     "shapes": slice(9, 17), "jpeg": slice(17, 18)},
-)
+# The packed arguments of one sample at one stage: two rows of 17 floats per slot, so
+# each operator argument is one slice (a 2 x 3 matrix is the first three columns of
+# both rows), and a last row of the slots' DALI filters and the JPEG quality (0: no
+# JPEG). Slot s, rows 2s and 2s + 1:
+#     row 2s:     matrix[0] 0:3, mask[0] 3:6, warp_size 6:8, fill 8, anchors 9:17
+#     row 2s + 1: matrix[1] 0:3, mask[1] 3:6, size 6:8, (unused) 8, shapes 9:17
+#     row 6:      interp of slots 0, 1, 2 at 0:3, quality at 3
+# The graph slices them inside the stage's branch, where only the samples that use the
+# stage pay; a typed input per field would need a conditional split each, paid by the
+# whole batch at every stage (measured: most of the stages' fixed cost).
+ARGS_WIDTH = 17
+ARGS_ROWS = 2 * SLOTS_PER_STAGE + 1
 
 
-def set_geometry(slots: Slots, p: int, i: int, in_h: int, in_w: int, matrix: np.ndarray | None = None,
-                 warp_size: tuple[int, int] | None = None, boxes: list[tuple[int, int, int, int]] = (),
-                 fill: int = 0, size: tuple[int, int] | None = None, interp: Interp = Interp.NEAREST) -> None:
-    """Fill sample i's geometric sub-step at position p: warp, boxes, resize."""
-    matrix = IDENTITY if matrix is None else np.asarray(matrix, np.float32)
-    wh, ww = warp_size or (in_h, in_w)
-    rh, rw = size or (wh, ww)
-    slots.geom[p, i] = True
-    slots.matrix[p, i] = matrix
-    slots.mask[p, i] = matrix / np.array([[in_w], [in_h]], np.float32)
-    slots.warp_size[p, i] = (wh, ww)
-    for k, (top, left, h, w) in enumerate(boxes):
-        slots.anchors[p, i, 2 * k: 2 * k + 2] = (top, left)
-        slots.shapes[p, i, 2 * k: 2 * k + 2] = (h, w)
-    slots.fill[p, i] = fill
-    slots.size[p, i] = (rh, rw)
-    slots.interp[p, i] = dali_filters(INTERPS.index(interp), wh, ww, rh, rw)
+def set_geometry(slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int, w: np.ndarray | int,
+                 matrix: np.ndarray | None = None, warp: tuple[np.ndarray, np.ndarray] | None = None,
+                 boxes: np.ndarray | None = None, fill: np.ndarray | int = 0,
+                 size: tuple[np.ndarray, np.ndarray] | None = None, interp: np.ndarray | int = 0) -> None:
+    """Fill the geometric slot at positions `p` of samples `b` with input sizes (h, w)
+    ((n,) arrays, or scalars for one sample): warp, boxes, resize.
+
+    `matrix` is (n, 2, 3) (identity if None), `boxes` (n, k, 4) of (top, left, height,
+    width), `interp` indexes `INTERPS`.
+    """
+    p, b, h, w = (np.atleast_1d(np.asarray(v, np.int64)) for v in (p, b, h, w))
+    n = len(p)
+    matrix = np.broadcast_to(IDENTITY if matrix is None else np.asarray(matrix, np.float32), (n, 2, 3))
+    wh, ww = (h, w) if warp is None else (np.broadcast_to(v, (n,)) for v in warp)
+    rh, rw = (wh, ww) if size is None else (np.broadcast_to(v, (n,)) for v in size)
+    slots.geom[p, b] = True
+    slots.matrix[p, b] = matrix
+    slots.mask[p, b] = matrix / np.stack([w, h], 1).astype(np.float32)[:, :, None]
+    slots.warp_size[p, b] = np.stack([wh, ww], 1)
+    if boxes is not None:
+        boxes = np.asarray(boxes)
+        k = boxes.shape[-2]
+        boxes = boxes.reshape(n, k, 4)
+        slots.anchors[p, b, : 2 * k] = boxes[:, :, :2].reshape(n, 2 * k)
+        slots.shapes[p, b, : 2 * k] = boxes[:, :, 2:].reshape(n, 2 * k)
+    slots.fill[p, b] = fill
+    slots.size[p, b] = np.stack([rh, rw], 1)
+    slots.interp[p, b] = dali_filters(interp, wh, ww, rh, rw)
+
+
+def stage_end(p: np.ndarray | int) -> np.ndarray | int:
+    """The last slot of the stage that holds position p."""
+    return p - p % SLOTS_PER_STAGE + SLOTS_PER_STAGE - 1
+
+
+def place_jpeg(p: np.ndarray | int, joinable: np.ndarray | bool) -> tuple[np.ndarray | int, np.ndarray | int]:
+    """Where a JPEG step goes when the next free slot is p: (its position, the next
+    free slot). Mid-stage it ends that stage; at a stage start it joins the stage
+    before when `joinable` (complete, no JPEG yet), else it ends a stage of its own."""
+    at_start = p % SLOTS_PER_STAGE == 0
+    join = at_start & joinable
+    q = np.where(join, p - 1, np.where(at_start, p + SLOTS_PER_STAGE - 1, stage_end(p)))
+    return q, np.where(join, p, q + 1)
+
+
+def fill_idle_slots(slots: Slots, heights: np.ndarray, widths: np.ndarray) -> None:
+    """Give every unused slot of a used stage identity geometry at the size it sees
+    (`heights`, `widths`: each sample's size before RSA), so the stage runs exactly."""
+    positions, batch = slots.geom.shape
+    by_stage = (slots.geom.reshape(slots.stages, SLOTS_PER_STAGE, batch).any(1)
+                | slots.jpeg.reshape(slots.stages, SLOTS_PER_STAGE, batch)[:, -1])
+    idle_p, idle_b = np.nonzero(np.repeat(by_stage, SLOTS_PER_STAGE, 0) & ~slots.geom)
+    # An idle slot sees the output of the last geometric slot before it (idle slots copy).
+    last = np.maximum.accumulate(np.where(slots.geom, np.arange(positions)[:, None], -1), 0)
+    before = np.concatenate([np.full((1, batch), -1), last[:-1]])[idle_p, idle_b]
+    seen = slots.size[np.maximum(before, 0), idle_b].astype(np.int64)
+    h = np.where(before >= 0, seen[:, 0], np.asarray(heights, np.int64)[idle_b])
+    w = np.where(before >= 0, seen[:, 1], np.asarray(widths, np.int64)[idle_b])
+    set_geometry(slots, idle_p, idle_b, h, w)
 
 
 def pad_borders(top: int, left: int, bottom: int, right: int, h: int, w: int) -> list[tuple[int, int, int, int]]:
@@ -166,20 +233,20 @@ def fill_slot(step: Step, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
 
 @fill_slot.register
 def _(step: Resize, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    set_geometry(slots, p, i, h, w, size=(step.height, step.width), interp=step.interp)
+    set_geometry(slots, p, i, h, w, size=(step.height, step.width), interp=INTERPS.index(step.interp))
     return True
 
 
 @fill_slot.register
 def _(step: Crop, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    set_geometry(slots, p, i, h, w, matrix=shift(step.top, step.left), warp_size=(step.height, step.width))
+    set_geometry(slots, p, i, h, w, matrix=shift(step.top, step.left), warp=(step.height, step.width))
     return True
 
 
 @fill_slot.register
 def _(step: ResizedCrop, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    set_geometry(slots, p, i, h, w, matrix=shift(step.top, step.left), warp_size=(step.height, step.width),
-                 size=(step.out_height, step.out_width), interp=step.interp)
+    set_geometry(slots, p, i, h, w, matrix=shift(step.top, step.left), warp=(step.height, step.width),
+                 size=(step.out_height, step.out_width), interp=INTERPS.index(step.interp))
     return True
 
 
@@ -201,9 +268,9 @@ def _(step: Affine, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
 @fill_slot.register
 def _(step: Pad, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
     ph, pw = h + step.top + step.bottom, w + step.left + step.right
-    set_geometry(slots, p, i, h, w, matrix=shift(-step.top, -step.left), warp_size=(ph, pw),
+    set_geometry(slots, p, i, h, w, matrix=shift(-step.top, -step.left), warp=(ph, pw),
                  boxes=pad_borders(step.top, step.left, step.bottom, step.right, ph, pw), fill=step.fill,
-                 size=(step.height, step.width), interp=Interp.BILINEAR)
+                 size=(step.height, step.width), interp=INTERPS.index(Interp.BILINEAR))
     return True
 
 
@@ -217,29 +284,27 @@ def _(step: Erase, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
 
 @fill_slot.register
 def _(step: Jpeg, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    if not slots.geom[p, i]:  # a JPEG alone: the slot's geometry is the identity
-        set_geometry(slots, p, i, h, w)
-    slots.jpeg[p, i] = True
+    slots.jpeg[p, i] = True  # at a stage's last slot (`place_jpeg`)
     slots.quality[p, i] = step.quality
     return True
 
 
-def lower_plans(plans: list[Plan], positions: int) -> Slots:
-    """Slots for per-sample plans (their RSA steps; first resize and crop are separate).
-
-    A JPEG step joins the previous slot when that slot is geometric and has no JPEG
-    yet (the slot runs geometry first), so a plan never needs more positions than steps.
-    """
-    slots = Slots.empty(positions, len(plans))
-    for i, plan in enumerate(plans):
-        h, w = plan.resize.out_size(plan.height, plan.width) if plan.resize else (plan.height, plan.width)
-        p = 0
+def lower_plans(plans: list[Plan], stages: int) -> Slots:
+    """Slots for per-sample plans (their RSA steps; first resize and crop are separate),
+    placed as the module docstring says. Raises ValueError when a plan needs more
+    than `stages` stages."""
+    slots = Slots.empty(stages, len(plans))
+    firsts = [plan.resize.out_size(plan.height, plan.width) if plan.resize else (plan.height, plan.width)
+              for plan in plans]
+    for i, (plan, (h, w)) in enumerate(zip(plans, firsts)):
+        p, joinable = 0, False
         for step in plan.rsa_steps():
-            joins = isinstance(step, Jpeg) and p > 0 and slots.geom[p - 1, i] and not slots.jpeg[p - 1, i]
-            target = p - 1 if joins else p
-            if target >= positions:
-                raise ValueError(f"plan needs more than the graph's {positions} positions")
-            if fill_slot(step, slots, target, i, h, w) and not joins:
-                p += 1
+            target, after = place_jpeg(p, joinable) if isinstance(step, Jpeg) else (p, p + 1)
+            if target >= len(slots.geom):
+                raise ValueError(f"plan needs more than the graph's {stages} stages")
+            if fill_slot(step, slots, int(target), i, h, w):
+                p, joinable = int(after), not isinstance(step, Jpeg) and after % SLOTS_PER_STAGE == 0
             h, w = step.out_size(h, w)
+    heights, widths = np.array(firsts, np.int64).reshape(-1, 2).T
+    fill_idle_slots(slots, heights, widths)
     return slots

@@ -5,7 +5,7 @@ the encoded images (or pre-resized pixels), the `.ids` records, the first resize
 size, the final crop and the RSA slots (`slots.py`). Because the host picks the
 samples, it knows every image's size before the batch exists, plans the whole batch
 in a few numpy calls and hands the operators their arguments, one packed tensor per
-RSA position; there is no Python function inside the graph.
+RSA stage; there is no Python function inside the graph.
 
 Order (the same as the reference loader's, so both engines see one stream):
 training is an endless series of epochs, each a seeded permutation of the set cut
@@ -95,7 +95,7 @@ class BatchSource:
     the sample numbers of the last few batches, where to look when decoding fails.
     """
 
-    def __init__(self, source: ShardSource, batches: Iterator[np.ndarray], plan: Planner, positions: int,
+    def __init__(self, source: ShardSource, batches: Iterator[np.ndarray], plan: Planner, stages: int,
                  read_threads: int = 1, first_batch: int = 0) -> None:
         self.reader = ShardReader(source.root, source.info)
         # pread releases the GIL: several threads read a batch's samples at once.
@@ -103,7 +103,7 @@ class BatchSource:
         self.raw = source.preresize is not None
         # What each batch starts with; pre-resized pixels need no first resize.
         self.head = ("images", "ids", "crop_start", "crop_shape") + (() if self.raw else ("first_size",))
-        self.batches, self.plan, self.positions = batches, plan, positions
+        self.batches, self.plan, self.stages = batches, plan, stages
         self.batch_no = first_batch  # the number `plan` seeds the next batch with
         self.recent: deque[tuple[int, ...]] = deque(maxlen=8)
 
@@ -119,8 +119,8 @@ class BatchSource:
         self.batch_no += 1
         head = {"images": images, "ids": ids, "crop_start": crop[:, :2].copy(), "crop_shape": crop[:, 2:].copy(),
                 "first_size": first_size.astype(np.float32)}
-        slot_arrays = tuple(a for p in range(self.positions) for a in slots.position(p))
-        return tuple(head[name] for name in self.head) + slot_arrays
+        stage_arrays = tuple(a for k in range(self.stages) for a in slots.stage(k))
+        return tuple(head[name] for name in self.head) + stage_arrays
 
     def _read(self, index: np.integer, wanted: tuple[str, ...]) -> dict[str, bytes]:
         return self.reader.read(int(index), wanted)
@@ -137,24 +137,24 @@ class BatchSource:
         self.reader.close()
 
 
-def _per_sample(ids: np.ndarray, plan_of: PlanFn, positions: int) -> tuple[np.ndarray, np.ndarray, Slots]:
+def _per_sample(ids: np.ndarray, plan_of: PlanFn, stages: int) -> tuple[np.ndarray, np.ndarray, Slots]:
     """First sizes, crops and slots from one `Plan` per sample."""
     plans = [plan_of(SampleIds(*(int(v) for v in row)), int(row[3]), int(row[4])) for row in ids]
     first = [p.resize.out_size(p.height, p.width) if p.resize else (p.height, p.width) for p in plans]
     crops = [(p.crop.top, p.crop.left, p.crop.height, p.crop.width) for p in plans]
-    return np.array(first, np.int32), np.array(crops, np.int32), lower_plans(plans, positions)
+    return np.array(first, np.int32), np.array(crops, np.int32), lower_plans(plans, stages)
 
 
-def train_planner(rsa: RSAConfig, crop: int, preresized: bool, seed: int, rank: int, positions: int,
+def train_planner(rsa: RSAConfig, crop: int, preresized: bool, seed: int, rank: int, stages: int,
                   plans: PlanFn | None = None) -> Planner:
     """The plan step of a training batch: vectorised draws (`batch_plan`) seeded by
     (seed, rank, batch number), or the injected per-sample `plans`."""
 
     def plan(ids: np.ndarray, batch_no: int) -> tuple[np.ndarray, np.ndarray, Slots]:
         if plans is not None:
-            return _per_sample(ids, plans, positions)
+            return _per_sample(ids, plans, stages)
         rng = np.random.default_rng([seed, rank, batch_no])
-        draw = draw_train_slots(rng, rsa, ids[:, 3], ids[:, 4], crop, preresized, positions)
+        draw = draw_train_slots(rng, rsa, ids[:, 3], ids[:, 4], crop, preresized, stages)
         return draw.first_size, draw.crop, draw.slots
 
     return plan
