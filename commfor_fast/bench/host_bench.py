@@ -2,7 +2,7 @@
 outside the GPU's own work.
 
 - `plan_us_per_image`: the plan step of a training run (drawing every sample's RSA and
-  filling the graph's typed arguments) at the default pipeline batch, CPU time.
+  filling the graph's packed arguments) at the default pipeline batch, CPU time.
 - `source_us_per_image`: the whole host side of one pipeline run (reading the
   samples, the plan step and the argument arrays DALI receives).
 - `graph_ops_per_iteration`: operator instances in the traced GPU training graph,

@@ -194,7 +194,7 @@ def _random_resize(rng: np.random.Generator, a: _Apps, crop: int, rule: object) 
 def _random_crop(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
     top, left = rng.integers(0, a.h - crop + 1), rng.integers(0, a.w - crop + 1)
     return _Draw(1, lambda s, p: set_geometry(s, p, a.b, a.h, a.w, matrix=_shifts(top, left),
-                                                     warp=(a.out_h, a.out_w)))
+                                              warp=(a.out_h, a.out_w)))
 
 
 def _flip(horizontal: bool) -> Callable[..., _Draw]:
@@ -215,8 +215,8 @@ def _random_resized_crop(rng: np.random.Generator, a: _Apps, crop: int, rule: _R
     top, left = _box_corners(rng, a.h, a.w, rule.box_h, rule.box_w, rule.found)
     interp = _RRC_INTERPS[rng.integers(0, len(_RRC_INTERPS), len(a))]
     return _Draw(1, lambda s, p: set_geometry(s, p, a.b, a.h, a.w, matrix=_shifts(top, left),
-                                                     warp=(rule.box_h, rule.box_w), size=(a.out_h, a.out_w),
-                                                     interp=interp))
+                                              warp=(rule.box_h, rule.box_w), size=(a.out_h, a.out_w),
+                                              interp=interp))
 
 
 def _affine(a: _Apps, matrix: np.ndarray) -> _Draw:
@@ -248,8 +248,8 @@ def _random_padding(rng: np.random.Generator, a: _Apps, crop: int, rule: object)
     borders = pad_borders(top, left, bottom, right, ph, pw)
     boxes = np.stack([np.stack(np.broadcast_arrays(*box), 1) for box in borders], 1)
     return _Draw(1, lambda s, p: set_geometry(s, p, a.b, a.h, a.w, matrix=_shifts(-top, -left),
-                                                     warp=(ph, pw), boxes=boxes, fill=fill,
-                                                     size=(a.out_h, a.out_w), interp=_BILINEAR))
+                                              warp=(ph, pw), boxes=boxes, fill=fill, size=(a.out_h, a.out_w),
+                                              interp=_BILINEAR))
 
 
 def _random_cutout(rng: np.random.Generator, a: _Apps, crop: int, rule: object) -> _Draw:
