@@ -122,8 +122,9 @@ class Slots:
 
     def stage(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """What the graph receives for stage `k`: (used, args), the arguments packed as
-        float32 (batch, 7, 17) in `stage_args`' layout. After `fill_idle_slots` every
-        slot of a used stage has geometry, so `used` is its first slot's `geom`."""
+        float32 (batch, ARGS_ROWS, ARGS_WIDTH), laid out as below. After
+        `fill_idle_slots` every slot of a used stage has geometry, so `used` is its
+        first slot's `geom`."""
         lo = k * SLOTS_PER_STAGE
         args = np.zeros((self.geom.shape[1], ARGS_ROWS, ARGS_WIDTH), np.float32)
         for s in range(SLOTS_PER_STAGE):
