@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from commfor_fast.pipelines.batch_plan import BATCH_OPS, SIZE_RULES, draw_train_slots
-from commfor_fast.pipelines.ops import DEFAULT_OPS, OPS, trace_sizes
-from commfor_fast.pipelines.plan import RSAConfig, train_plan
+from commfor_fast.pipelines.ops import DEFAULT_OPS, OPS, Crop, Flip, Jpeg, trace_sizes
+from commfor_fast.pipelines.plan import Plan, PlanEntry, RSAConfig, train_plan
 from commfor_fast.pipelines.slots import DALI_NN, SLOTS_PER_STAGE, Slots, graph_stages, lower_plans
 
 N = 4000
@@ -218,6 +218,26 @@ def test_too_few_stages_is_an_error() -> None:
     config = RSAConfig(min_counts=(2,) * 11, max_counts=(2,) * 11)
     with pytest.raises(ValueError, match="more than the graph's 3 stages"):
         draw_train_slots(np.random.default_rng(0), config, np.full(8, 440), np.full(8, 586), 384, True, 3)
+
+
+def test_graph_stages_hold_the_worst_case() -> None:
+    """Two JPEGs first (each ends a stage of its own), then 20 geometric steps: the
+    default RSA's worst case uses all of its ceil(20 / 3) + 2 = 9 stages."""
+    assert graph_stages(RSAConfig()) == 9
+    assert graph_stages(RSAConfig.from_flags("StochasticJPEG,singleJPEG", 0, "1,2")) == 3 + 7  # G = J = 7
+    flips = tuple(PlanEntry("RandomHorizontalFlip", (Flip(True, True),)) for _ in range(20))
+    jpegs = tuple(PlanEntry("JPEGinMemory", (Jpeg(90, "pil"),)) for _ in range(2))
+    worst = Plan(440, 586, None, jpegs + flips, Crop(0, 0, 384, 384))
+    slots = lower_plans([worst], 9)
+    assert slots.geom.all() and slots.jpeg[[2, 5], 0].all() and slots.jpeg.sum() == 2
+    longer = Plan(440, 586, None, jpegs + flips + flips[:2], Crop(0, 0, 384, 384))  # 22 geometric steps
+    with pytest.raises(ValueError, match="more than the graph's 9 stages"):
+        lower_plans([longer], 9)
+    # Every count at its maximum fits, in both lowerings.
+    full = RSAConfig(ALL_OPS.ops, ALL_OPS.max_counts, ALL_OPS.max_counts)
+    rng = np.random.default_rng(3)
+    draw_train_slots(rng, full, np.full(500, 440), np.full(500, 586), 384, True, graph_stages(full))
+    lower_plans([train_plan(rng, full, 440, 586, 384, True) for _ in range(200)], graph_stages(full))
 
 
 def test_no_ops_draws_only_the_crop() -> None:
