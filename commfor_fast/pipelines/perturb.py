@@ -141,12 +141,16 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 def _blur_reference(arr: np.ndarray, sigma: float, sample_number: int, seed: int) -> np.ndarray:
     kernel, r = gaussian_kernel(sigma), blur_radius(sigma)
     out = arr.astype(np.float64)
-    for axis in (0, 1):
+    for axis in (0, 1):  # separable: rows, then columns
         pad = [(0, 0)] * 3
         pad[axis] = (r, r)
         padded = np.pad(out, pad, mode="reflect")  # reflect-101: the edge pixel is not repeated
         n = out.shape[axis]
-        out = sum(k * np.take(padded, np.arange(i, i + n), axis=axis) for i, k in enumerate(kernel))
+        window = [slice(None)] * 3
+        out = np.zeros_like(out)
+        for i, k in enumerate(kernel):
+            window[axis] = slice(i, i + n)
+            out += k * padded[tuple(window)]
     return _round_clip(out)
 
 
