@@ -30,7 +30,8 @@ from commfor_fast.imageio import decode_raw, decode_rgb
 from commfor_fast.pipelines.dali import create_eval_pipeline, missing_gpu_ops, operator_census
 from commfor_fast.pipelines.perturb import CLEAN_LEVEL, GraphInputs, Level, apply_dali, apply_reference, \
     blur_radius, downscaled_size, gaussian_kernel, noise_key, parse_perturbations, standard_normal_field
-from commfor_fast.pipelines.reference import eval_image
+from commfor_fast.pipelines.ops import Jpeg
+from commfor_fast.pipelines.reference import apply_step, eval_image
 from commfor_fast.pipelines.source import ShardSource
 from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, unpack_ids
 
@@ -200,6 +201,8 @@ def test_jpeg_is_pil_at_4_2_0() -> None:
     Image.fromarray(img).save(buf, format="JPEG", quality=50, subsampling="4:2:0")
     expected = np.asarray(Image.open(buf).convert("RGB"))
     assert np.array_equal(apply_reference(Level("jpeg", 50), img, 0, 0), expected)
+    rsa_jpeg = np.asarray(apply_step(Jpeg(50, "pil"), Image.fromarray(img)))  # the RSA's JPEG op: the same
+    assert np.array_equal(rsa_jpeg, expected)
 
 
 def test_resize_loses_more_detail_at_a_smaller_factor(shards: dict[str, Path]) -> None:

@@ -29,13 +29,14 @@ mix(row(y) ^ col_i(x, c)) + 0.5) / 2^24 for i = 0, 1; z = sqrt(-2 ln u_0) cos(2 
 in float32 (Box-Muller). Hashing rows and columns first leaves one hash per uniform
 per pixel (DALI runs every arithmetic step as its own operator). Every noise level of
 a sample scales the same z (the levels differ only in sigma), so the DALI graph
-computes the field once for all of them. The integer part is
-exact in both executors; float32 log and cos may differ in the last bit, which can
-move a rounding by one grey level on a few pixels in a million.
+computes the field once for all of them. The integer part is exact in both
+executors; float32 log and cos may differ in the last bit, which can move a rounding
+by one grey level on a few pixels in a million.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -120,10 +121,10 @@ def _round_clip(values: np.ndarray) -> np.ndarray:
 
 
 def _jpeg_reference(arr: np.ndarray, quality: float, sample_number: int, seed: int) -> np.ndarray:
-    from commfor_fast.pipelines.ops import Jpeg
-    from commfor_fast.pipelines.reference import apply_step
-
-    return np.asarray(apply_step(Jpeg(int(quality), "pil"), Image.fromarray(arr)))
+    """PIL's encoder as the RSA's JPEG op calls it (its default subsampling is 4:2:0)."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
 def blur_radius(sigma: float) -> int:
