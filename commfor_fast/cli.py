@@ -167,13 +167,17 @@ def evaluate(
     amp_dtype: Annotated[str, typer.Option(help="fp16 or bf16.")] = EvalSettings.amp_dtype,
     save_scores: Annotated[bool, typer.Option(help="Also write every image's set, key, original name, source, generator, label, logit and score.")] = EvalSettings.save_scores,
     scores_format: Annotated[str, typer.Option(help="parquet or csv.")] = EvalSettings.scores_format,
+    perturb: Annotated[Optional[list[str]], typer.Option("--perturb", metavar="FAMILY=LEVELS", help="Robustness: also score every image perturbed; one flag per family, FAMILY=L1,L2 (any number of levels): jpeg=Q (quality 1-100), blur=SIGMA (px), resize=F (downscale factor in (0, 1]), noise=SIGMA (grey levels); clean is always scored. Adds robustness.csv and a chart per family.", show_default=False)] = EvalSettings.perturb,
+    perturb_seed: Annotated[int, typer.Option(help="Seed of the noise perturbation (per sample: the same on every rank and run).")] = EvalSettings.perturb_seed,
 ) -> None:
-    """Evaluate a detector: overall and per-generator accuracy, AP, AUC.
+    """Evaluate a detector: overall and per-generator accuracy, AP, AUC; optionally under perturbations.
 
     Example:
 
     \b
         commfor-fast eval --data /data/commfor-publiceval --hf-model OwensLab/commfor-model-384 --out reports/publiceval
+        commfor-fast eval --data /data/commfor-publiceval --hf-model OwensLab/commfor-model-384 --out reports/robust \\
+            --perturb jpeg=95,75,50,30 --perturb blur=1,2,4 --perturb resize=0.75,0.5 --perturb noise=5,10
     """
     settings = _fill(EvalSettings, locals())
     from commfor_fast.evaluate import evaluate_shards

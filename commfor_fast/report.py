@@ -61,10 +61,11 @@ def _by_ap(generators: list[GeneratorMetrics]) -> list[GeneratorMetrics]:
     return sorted(generators, key=lambda g: (g.ap is None, g.ap or 0.0, g.fake_accuracy or 0.0))
 
 
-def write_report(report: EvalReport, out_dir: Path,
-                 meta: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Write report.json (with `meta`, e.g. the run's settings), per_generator.csv and the chart,
-    each atomically (`fileio.atomic_write`): a failed write leaves no empty or partial file.
+def write_report(report: EvalReport, out_dir: Path, meta: Mapping[str, Any] | None = None,
+                 sections: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Write report.json (with `meta`, e.g. the run's settings, and any further `sections`,
+    e.g. "robustness"), per_generator.csv and the chart, each atomically
+    (`fileio.atomic_write`): a failed write leaves no empty or partial file.
 
     Returns the paths by kind: "json", "csv", "chart" (the PNG) and "chart_pdf".
     """
@@ -73,6 +74,7 @@ def write_report(report: EvalReport, out_dir: Path,
     data = report.to_dict()
     if meta is not None:
         data["meta"] = dict(meta)
+    data.update(sections or {})
     with atomic_write(paths["json"], "w") as f:
         f.write(json.dumps(data, indent=2, default=str) + "\n")
     with atomic_write(paths["csv"], "w") as f:

@@ -91,6 +91,9 @@ class EvalSettings:
     amp_dtype: str = "fp16"
     save_scores: bool = False  # also write every image's set, key, original name, source, label, logit and score
     scores_format: str = "parquet"  # "parquet" or "csv"
+    # robustness: "FAMILY=L1,L2,..." per family (jpeg, blur, resize, noise; pipelines/perturb.py); clean always runs
+    perturb: list[str] | None = None
+    perturb_seed: int = 0  # seed of the noise perturbation (with the sample number: the same on every rank and run)
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
 

@@ -4,6 +4,7 @@
 - `ops`: the RSA ops, their parameter ranges and per-sample sampling (the one table);
 - `plan`: draws a sample's augmentation plan (op counts, order, parameters);
 - `reference`: executes plans and evaluation preprocessing with PIL/torchvision (the oracle);
+- `perturb`: the robustness perturbations of `eval --perturb`, each with both implementations;
 - `dali`: the same graphs as NVIDIA DALI pipelines, for device="gpu" or "cpu";
 - `decode_check`: DALI's decoder on single images, to name the sample behind a failure;
 - `loader`: PyTorch-facing loaders over either executor, for single process or torchrun.

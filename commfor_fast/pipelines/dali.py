@@ -11,6 +11,10 @@ the operators that touch pixels, the slices and the conditional splits around th
 RSA is `stages` identical stages (`slots.py`), each run only for the samples whose
 plan uses it: three geometric slots (warp -> erase -> resize) and a JPEG where drawn.
 
+Robustness evaluation (`eval --perturb`) uses a second evaluation graph: one decode,
+then a branch per level (`pipelines/perturb.py`: the perturbation, then the usual first
+resize, centre crop and normalisation), one output per level.
+
 Measured differences to the PIL reference (tests/test_parity.py): PIL's Hamming and
 box filters have no DALI twin (stand-ins in `slots.DALI_FILTERS`), resampling rounds
 differently by about a grey level, and DALI's JPEG codec on the GPU (nvJPEG) is not
@@ -27,6 +31,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
 from commfor_fast.errors import UserError
+from commfor_fast.pipelines.perturb import GraphInputs, Level, apply_dali
 from commfor_fast.pipelines.plan import Plan, RSAConfig
 from commfor_fast.pipelines.slots import SLOTS_PER_STAGE, graph_stages
 from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_preresize
@@ -108,15 +113,40 @@ def _graph(source: BatchSource, stages: int, raw: bool, device: str, normalise: 
     return (_normalise(img) if normalise else img), head["ids"]
 
 
+@pipeline_def
+def _levels_graph(source: BatchSource, raw: bool, device: str, normalise: bool, levels: tuple[Level, ...],
+                  seed: int):
+    """The evaluation graph with perturbations (`perturb.py`): one decode, then per level
+    perturb -> first resize -> centre crop -> normalise; one output per level, then the ids."""
+    head, _ = _inputs(source, 0)
+    decoded = _decode(head["images"], raw, device)
+    inputs = GraphInputs(head["ids"], device, seed)  # one for all levels: they share what they can
+    outputs = []
+    for level in levels:
+        img = apply_dali(level, decoded, inputs)
+        if not raw:
+            img = fn.resize(img, size=head["first_size"], interp_type=types.INTERP_LINEAR, antialias=True)
+        img = fn.slice(img, start=head["crop_start"], shape=head["crop_shape"], axes=[0, 1])
+        outputs.append(_normalise(img) if normalise else img)
+    return (*outputs, head["ids"])
+
+
 def create_pipeline(source: BatchSource, *, stages: int, device: str, batch_size: int, num_threads: int = 4,
                     device_id: int | None = None, normalise: bool = True, prefetch_queue_depth: int = 2) -> Pipeline:
     """The graph over any `BatchSource` (the training and evaluation factories below
     make theirs; benchmarks make one that draws samples with replacement)."""
+    return _build(_graph, source, (stages, source.raw, device, normalise), device=device, batch_size=batch_size,
+                  num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
+
+
+def _build(graph: Callable[..., Pipeline], source: BatchSource, graph_args: tuple, *, device: str, batch_size: int,
+           num_threads: int, device_id: int | None, prefetch_queue_depth: int) -> Pipeline:
+    """A pipeline of `graph(source, *graph_args)` on `device`; it keeps its `source`."""
     if device not in ("gpu", "cpu"):
         raise UserError(f"pipeline device {device!r}: use 'gpu' or 'cpu'")
-    pipe = _graph(source, stages, source.raw, device, normalise, batch_size=batch_size,
-                  num_threads=num_threads, device_id=None if device == "cpu" else (device_id or 0),
-                  prefetch_queue_depth=prefetch_queue_depth, exec_dynamic=True)
+    pipe = graph(source, *graph_args, batch_size=batch_size, num_threads=num_threads,
+                 device_id=None if device == "cpu" else (device_id or 0), prefetch_queue_depth=prefetch_queue_depth,
+                 exec_dynamic=True)
     pipe.source = source
     return pipe
 
@@ -173,19 +203,29 @@ def create_eval_pipeline(
     device_id: int | None = None,
     normalise: bool = True,
     prefetch_queue_depth: int = 2,
+    levels: tuple[Level, ...] = (),
+    seed: int = 0,
 ) -> Pipeline:
     """The evaluation pipeline: decode, first resize, centre crop, normalise.
 
     Each shard_id reads its contiguous part of the set once, in stored order; the last
     batch is short, so every sample comes out exactly once. The pipeline stops with
     StopIteration at the end of the part.
+
+    Outputs: the images and the ids; with `levels` (robustness evaluation,
+    `perturb.parse_perturbations`), one image output per level, every level made from
+    the same decode (`seed` seeds the noise), then the ids.
     """
     check_preresize(source.preresize, crop)
     batches = eval_batch_indices(source.num_samples, batch_size, shard_id, num_shards)
     host = BatchSource(source, batches, eval_planner(crop, source.preresize is not None), 0,
                        read_threads=num_threads)
-    return create_pipeline(host, stages=0, device=device, batch_size=batch_size, num_threads=num_threads,
-                           device_id=device_id, normalise=normalise, prefetch_queue_depth=prefetch_queue_depth)
+    if not levels:
+        return create_pipeline(host, stages=0, device=device, batch_size=batch_size, num_threads=num_threads,
+                               device_id=device_id, normalise=normalise, prefetch_queue_depth=prefetch_queue_depth)
+    return _build(_levels_graph, host, (host.raw, device, normalise, tuple(levels), seed), device=device,
+                  batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  prefetch_queue_depth=prefetch_queue_depth)
 
 
 def operator_census(pipe: Pipeline) -> Counter[tuple[str, str]]:

@@ -30,6 +30,7 @@ from PIL import Image
 
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb
+from commfor_fast.pipelines.perturb import Level, apply_reference
 from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan
 from commfor_fast.pipelines.preprocess import check_preresize, normalise
 from commfor_fast.pipelines.reference import run_plan
@@ -48,11 +49,14 @@ class Batch:
     labels: torch.Tensor  # (B,) float32, 1 = fake
     generator_ids: torch.Tensor  # (B,) int64, index into Manifest.generators
     sample_numbers: torch.Tensor  # (B,) int64, the tar key of each sample
+    # Robustness evaluation: the images at every level, in the loader's level order
+    # (`images` is the first, clean); empty otherwise.
+    levels: tuple[torch.Tensor, ...] = ()
 
 
-def _batch(images: torch.Tensor, ids: torch.Tensor) -> Batch:
+def _batch(images: torch.Tensor, ids: torch.Tensor, levels: tuple[torch.Tensor, ...] = ()) -> Batch:
     ids = ids.to("cpu", torch.int64)
-    return Batch(images, ids[:, 0].float(), ids[:, 1], ids[:, 2])
+    return Batch(images, ids[:, 0].float(), ids[:, 1], ids[:, 2], levels)
 
 
 class DataError(UserError):
@@ -180,15 +184,18 @@ class DaliTrainStream:
 
 
 class DaliEvalLoader:
-    """This rank's part of a set, once, in stored order."""
+    """This rank's part of a set, once, in stored order; with `levels`, every batch holds
+    the images at each level, made from one decode."""
 
     def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
-                 crop: int, rank: int, world_size: int, num_threads: int) -> None:
+                 crop: int, rank: int, world_size: int, num_threads: int, levels: tuple[Level, ...] = (),
+                 seed: int = 0) -> None:
         from commfor_fast.pipelines.source import ShardSource
 
         self.root, self.manifest, self.set_name = Path(root), manifest, set_name
         self.device, self.batch_size, self.crop = device, batch_size, crop
         self.rank, self.world_size, self.num_threads = rank, world_size, num_threads
+        self.levels, self.seed = tuple(levels), seed
         start, end = shard_range(manifest.sets[set_name].num_samples, rank, world_size)
         self.num_samples = end - start
         self.source = ShardSource.from_manifest(root, manifest, set_name)
@@ -207,12 +214,14 @@ class DaliEvalLoader:
         dali_device, device_id = _dali_device(self.device)
         pipe = create_eval_pipeline(self.source, device=dali_device, batch_size=self.batch_size, crop=self.crop,
                                     shard_id=self.rank, num_shards=self.world_size, num_threads=self.num_threads,
-                                    device_id=device_id)
+                                    device_id=device_id, levels=self.levels, seed=self.seed)
+        names = [f"level{i}" for i in range(len(self.levels))] or ["images"]
         try:  # the iterator runs the first batches already
-            iterator = DALIGenericIterator([pipe], ["images", "ids"], size=-1,
+            iterator = DALIGenericIterator([pipe], [*names, "ids"], size=-1,
                                            last_batch_policy=LastBatchPolicy.PARTIAL)
             for out in iterator:
-                yield _batch(out[0]["images"], out[0]["ids"])
+                images = tuple(out[0][name] for name in names)
+                yield _batch(images[0], out[0]["ids"], images if self.levels else ())
         except RuntimeError as exc:
             raise _decode_failure(exc, self.root, self.manifest, self.set_name, pipe) from None
         finally:
@@ -228,10 +237,13 @@ class DaliEvalLoader:
 
 
 class _ReferenceItems(torch.utils.data.Dataset):
-    """Reads, decodes and preprocesses one sample with the PIL reference executor."""
+    """Reads, decodes and preprocesses one sample with the PIL reference executor; with
+    `levels` (evaluation only), the image at every level stacked (L, 3, C, C), from one decode."""
 
-    def __init__(self, reader: ShardReader, crop: int, preresized: bool, rsa: RSAConfig | None, seed: int) -> None:
+    def __init__(self, reader: ShardReader, crop: int, preresized: bool, rsa: RSAConfig | None, seed: int,
+                 levels: tuple[Level, ...] = ()) -> None:
         self.reader, self.crop, self.preresized, self.rsa, self.seed = reader, crop, preresized, rsa, seed
+        self.levels = levels
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -250,6 +262,13 @@ class _ReferenceItems(torch.utils.data.Dataset):
                 img = decode_rgb(data[ext])
         except BadImage as exc:
             raise _damaged(ids.sample_number, self.reader.shard_of(index), str(exc)) from None
+        if self.levels:
+            plan = eval_plan(img.height, img.width, self.crop, self.preresized)
+            decoded = np.asarray(img)
+            images = [normalise(run_plan(Image.fromarray(apply_reference(level, decoded, ids.sample_number,
+                                                                         self.seed)), plan))
+                      for level in self.levels]
+            return torch.stack(images), torch.tensor(ids, dtype=torch.int32)
         if self.rsa is None:
             plan = eval_plan(img.height, img.width, self.crop, self.preresized)
         else:
@@ -312,16 +331,19 @@ class ReferenceTrainStream:
 
 
 class ReferenceEvalLoader:
-    """This rank's contiguous part of a set, once, preprocessed by the reference executor."""
+    """This rank's contiguous part of a set, once, preprocessed by the reference executor;
+    with `levels`, every batch holds the images at each level, made from one decode."""
 
     def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
-                 crop: int, rank: int, world_size: int, num_threads: int) -> None:
+                 crop: int, rank: int, world_size: int, num_threads: int, levels: tuple[Level, ...] = (),
+                 seed: int = 0) -> None:
         check_preresize(manifest.preresize, crop)
         self.device = device
         self.reader = ShardReader(root, manifest.sets[set_name])
         start, end = shard_range(len(self.reader), rank, world_size)
         self.num_samples = end - start
-        items = _ReferenceItems(self.reader, crop, manifest.preresize is not None, None, 0)
+        self.levels = tuple(levels)
+        items = _ReferenceItems(self.reader, crop, manifest.preresize is not None, None, seed, self.levels)
         self._loader = torch.utils.data.DataLoader(
             items, batch_size=batch_size, sampler=[(0, i) for i in range(start, end)], num_workers=num_threads,
             pin_memory=device.type == "cuda",
@@ -333,7 +355,12 @@ class ReferenceEvalLoader:
     def __iter__(self) -> Iterator[Batch]:
         try:
             for images, ids in self._loader:
-                yield _batch(images.to(self.device, non_blocking=True), ids)
+                images = images.to(self.device, non_blocking=True)
+                if self.levels:
+                    levels = tuple(images[:, i] for i in range(len(self.levels)))
+                    yield _batch(levels[0], ids, levels)
+                else:
+                    yield _batch(images, ids)
         except DataError as exc:
             raise _unwrap_worker_error(exc) from None
 
@@ -374,13 +401,22 @@ def create_train_stream(engine: str, root: Path, manifest: Manifest, set_name: s
 
 
 def create_eval_loader(engine: str, root: Path, manifest: Manifest, set_name: str, *, device: torch.device,
-                       batch_size: int, crop: int, rank: int, world_size: int, num_threads: int) -> EvalLoader:
-    """One pass over this rank's contiguous part of a set, with `engine` ("dali" or "reference")."""
+                       batch_size: int, crop: int, rank: int, world_size: int, num_threads: int,
+                       levels: tuple[Level, ...] = (), seed: int = 0) -> EvalLoader:
+    """One pass over this rank's contiguous part of a set, with `engine` ("dali" or "reference").
+
+    Args:
+        levels: robustness evaluation: the conditions to produce (`perturb.parse_perturbations`,
+            clean first); every batch then holds the images at each level (`Batch.levels`),
+            all made from one read and one decode of each image.
+        seed: seeds the noise perturbation (per sample number, so the same on every rank).
+    """
     check_shard_files(root, manifest.sets[set_name])
     if engine == "dali":
         return DaliEvalLoader(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop, rank=rank,
-                              world_size=world_size, num_threads=num_threads)
+                              world_size=world_size, num_threads=num_threads, levels=levels, seed=seed)
     if engine == "reference":
         return ReferenceEvalLoader(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop,
-                                   rank=rank, world_size=world_size, num_threads=num_threads)
+                                   rank=rank, world_size=world_size, num_threads=num_threads, levels=levels,
+                                   seed=seed)
     raise UserError(f"--loader {engine!r}: choose one of {', '.join(ENGINES)}")
