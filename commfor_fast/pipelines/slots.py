@@ -210,7 +210,12 @@ def fill_idle_slots(slots: Slots, heights: np.ndarray, widths: np.ndarray) -> No
     seen = slots.size[np.maximum(before, 0), idle_b].astype(np.int64)
     h = np.where(before >= 0, seen[:, 0], np.asarray(heights, np.int64)[idle_b])
     w = np.where(before >= 0, seen[:, 1], np.asarray(widths, np.int64)[idle_b])
-    set_geometry(slots, idle_p, idle_b, h, w)
+    # `Slots.empty` left these slots identities of unknown size (identity matrix, no
+    # boxes, nearest-neighbour filter): what `set_geometry` would write, minus the size.
+    hw = np.stack([h, w], 1).astype(np.float32)
+    slots.geom[idle_p, idle_b] = True
+    slots.mask[idle_p, idle_b] = IDENTITY / hw[:, ::-1, None]
+    slots.warp_size[idle_p, idle_b] = slots.size[idle_p, idle_b] = hw
 
 
 def pad_borders(top: int, left: int, bottom: int, right: int, h: int, w: int) -> list[tuple[int, int, int, int]]:
