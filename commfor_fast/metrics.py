@@ -30,7 +30,8 @@ import numpy as np
 THRESHOLD = 0.5
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are defined (None: no images to measure), or None."""
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
 
@@ -210,10 +211,10 @@ def evaluate(
         auc=_auc_sorted(scores[is_fake], reals_sorted),
         real_accuracy=accuracy(labels[~is_fake], scores[~is_fake]),
         fake_accuracy=accuracy(labels[is_fake], scores[is_fake]),
-        mean_accuracy=_mean([g.accuracy for g in fake_generators]),
-        mean_ap=_mean([g.ap for g in fake_generators]),
-        mean_auc=_mean([g.auc for g in fake_generators]),
-        mean_ap_within=_mean([g.ap_within for g in generators]),
+        mean_accuracy=mean_defined([g.accuracy for g in fake_generators]),
+        mean_ap=mean_defined([g.ap for g in fake_generators]),
+        mean_auc=mean_defined([g.auc for g in fake_generators]),
+        mean_ap_within=mean_defined([g.ap_within for g in generators]),
         n_fake_generators=len(fake_generators),
         generators=generators,
         real_sources=real_sources,

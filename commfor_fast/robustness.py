@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from commfor_fast.fileio import atomic_write
-from commfor_fast.metrics import _mean, evaluate
+from commfor_fast.metrics import evaluate, mean_defined
 from commfor_fast.pipelines.perturb import CLEAN, FAMILIES, Level
 
 ECE_BINS = 15
@@ -169,8 +169,8 @@ def level_metrics(level: Level, labels: np.ndarray, scores: np.ndarray, generato
         threshold_fpr_1pct=thresholds[0], threshold_fpr_5pct=thresholds[1],
         ece=expected_calibration_error(labels, scores),
         mean_accuracy=base.mean_accuracy, mean_ap=base.mean_ap, mean_auc=base.mean_auc,
-        mean_tpr_at_fpr_1pct=_mean([g.tpr_at_fpr_1pct for g in with_fakes]),
-        mean_tpr_at_fpr_5pct=_mean([g.tpr_at_fpr_5pct for g in with_fakes]),
+        mean_tpr_at_fpr_1pct=mean_defined([g.tpr_at_fpr_1pct for g in with_fakes]),
+        mean_tpr_at_fpr_5pct=mean_defined([g.tpr_at_fpr_5pct for g in with_fakes]),
         n_fake_generators=len(with_fakes),
         worst_generator=worst.name if worst else None, worst_ap=worst.ap if worst else None,
         generators=generators,
