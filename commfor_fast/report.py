@@ -42,7 +42,7 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _short(name: str, width: int = NAME_WIDTH) -> str:
+def short_name(name: str, width: int = NAME_WIDTH) -> str:
     """Shorten in the middle: generator ids differ at both ends (org/..., ...-v2)."""
     if len(name) <= width:
         return name
@@ -109,12 +109,12 @@ def format_table(report: EvalReport) -> str:
         for g in fakes:
             cells = (g.n_real, g.n_fake, _num(g.accuracy), _num(g.real_accuracy),
                      _num(g.fake_accuracy), _num(g.ap), _num(g.auc), _num(g.ap_within))
-            lines.append(f"{_short(g.name, width):<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
+            lines.append(f"{short_name(g.name, width):<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
     if r.real_sources:
         width = min(max(len(s.name) for s in r.real_sources), NAME_WIDTH)
         lines += ["", f"{'real source':<{width}}  {'n':>9}  {'acc':>9}"]
         for s in sorted(r.real_sources, key=lambda s: s.accuracy):
-            lines.append(f"{_short(s.name, width):<{width}}  {s.n:>9}  {_num(s.accuracy):>9}")
+            lines.append(f"{short_name(s.name, width):<{width}}  {s.n:>9}  {_num(s.accuracy):>9}")
     return "\n".join(lines)
 
 
@@ -134,6 +134,11 @@ def plot_report(report: EvalReport, path: Path) -> tuple[Path, Path]:
         fig = _bar_chart(report, generators)
     else:
         fig = _dot_chart(report, generators)
+    return save_chart(fig, path)
+
+
+def save_chart(fig: Figure, path: Path) -> tuple[Path, Path]:
+    """`fig` as `path` with .png (CHART_DPI) and .pdf suffixes, each written atomically."""
     png, pdf = path.with_suffix(".png"), path.with_suffix(".pdf")
     with atomic_write(png) as f:
         fig.savefig(f, format="png", dpi=CHART_DPI)
@@ -169,7 +174,7 @@ def _bar_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure
         for y, v in zip(ys, values):
             text = "n/a" if v is None else f"{v:.3f}"
             ax.text(start if v is None else v, y, f" {text}", va="center", fontsize=6.5)
-    ax.set_yticks(rows, [_short(g.name) for g in generators], fontsize=8)
+    ax.set_yticks(rows, [short_name(g.name) for g in generators], fontsize=8)
     ax.set_ylim(n - 0.4, -0.6)  # worst at the top, read first; no empty band
     ax.set_xlim(start, end)
     ax.set_xticks([t / 20 for t in range(math.ceil(start * 20), 21)] if 1 - start <= 0.5 else
@@ -196,7 +201,7 @@ def _dot_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure
     worst = generators[:WORST_LABELLED]
     ax.plot(range(len(worst)), [g.ap if g.ap is not None else g.accuracy for g in worst], "o",
             markerfacecolor="none", markeredgecolor="red", markersize=7)
-    names = [f"{i:>2}. {_short(g.name, 40)}  AP {_num(g.ap)}" for i, g in enumerate(worst, start=1)]
+    names = [f"{i:>2}. {short_name(g.name, 40)}  AP {_num(g.ap)}" for i, g in enumerate(worst, start=1)]
     ax.text(0.99, 0.02, f"worst {len(worst)} by AP (circled, left to right):\n" + "\n".join(names),
             transform=ax.transAxes, ha="right", va="bottom", multialignment="left", fontsize=7,
             family="monospace", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "grey"})

@@ -219,7 +219,7 @@ def write_csv(levels: Sequence[LevelMetrics], path: Path) -> Path:
 def format_table(levels: Sequence[LevelMetrics]) -> str:
     """The console table: one row per family x level, overall figures, mean AP over the
     fake generators and the worst generator by AP."""
-    from commfor_fast.report import _short
+    from commfor_fast.report import short_name
 
     header = ("family", "level", "acc", "AP", "TPR@1%", "TPR@5%", "ECE", "mean AP")
     lines = ["robustness (AP: fakes vs all reals of that level; TPR at 1 %/5 % FPR, thresholds from that level's "
@@ -227,7 +227,7 @@ def format_table(levels: Sequence[LevelMetrics]) -> str:
              f"{header[0]:<7} {header[1]:>6}  " + "  ".join(f"{h:>7}" for h in header[2:]) + "  worst generator (AP)"]
     for m in levels:
         cells = (m.accuracy, m.ap, m.tpr_at_fpr_1pct, m.tpr_at_fpr_5pct, m.ece, m.mean_ap)
-        worst = f"{_short(m.worst_generator, 36)} ({_num(m.worst_ap)})" if m.worst_generator else "n/a"
+        worst = f"{short_name(m.worst_generator, 36)} ({_num(m.worst_ap)})" if m.worst_generator else "n/a"
         lines.append(f"{m.family:<7} {_level_text(m) or '-':>6}  "
                      + "  ".join(f"{'n/a' if v is None else f'{v:.4f}':>7}" for v in cells) + f"  {worst}")
     return "\n".join(lines)
@@ -239,7 +239,7 @@ def plot_family(levels: Sequence[LevelMetrics], family: str, path: Path) -> tupl
     the worst generators at the harshest level coloured and named. PNG (200 dpi) and PDF."""
     from matplotlib.figure import Figure
 
-    from commfor_fast.report import CHART_DPI, _short, axis_start
+    from commfor_fast.report import axis_start, save_chart, short_name
 
     steps = [m for m in levels if m.family == CLEAN] + [m for m in levels if m.family == family]
     xs = list(range(len(steps)))
@@ -267,7 +267,7 @@ def plot_family(levels: Sequence[LevelMetrics], family: str, path: Path) -> tupl
         for colour, name in zip(colours, worst):
             ys = curves[name]
             ax.plot(xs, [np.nan if y is None else y for y in ys], color=colour, linewidth=1.3, marker=".",
-                    label=f"{_short(name, 34)}: {ys[harshest]:.3f}")
+                    label=f"{short_name(name, 34)}: {ys[harshest]:.3f}")
         means = [m.mean_ap for m in steps]
         ax.plot(xs, [np.nan if v is None else v for v in means], color="black", linewidth=2.8, marker="o",
                 label=f"mean over {len(curves)} generators", zorder=5)
@@ -287,12 +287,7 @@ def plot_family(levels: Sequence[LevelMetrics], family: str, path: Path) -> tupl
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.set_title(f"{family}: AP per fake generator (thin), mean bold, worst {len(worst)} in colour", fontsize=10)
-    png, pdf = path.with_suffix(".png"), path.with_suffix(".pdf")
-    with atomic_write(png) as f:
-        fig.savefig(f, format="png", dpi=CHART_DPI)
-    with atomic_write(pdf) as f:
-        fig.savefig(f, format="pdf")
-    return png, pdf
+    return save_chart(fig, path)
 
 
 def write_outputs(levels: Sequence[LevelMetrics], out_dir: Path) -> dict[str, Path]:
