@@ -157,6 +157,14 @@ def _check_inputs(labels: np.ndarray, scores: np.ndarray, generator_ids: np.ndar
         )
 
 
+def generator_groups(generator_ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(generator id, indices of its images) for every id present, ids ascending: the
+    groups of `evaluate`'s per-generator rows, in their order."""
+    order = np.argsort(generator_ids, kind="stable")
+    ids, starts = np.unique(generator_ids[order], return_index=True)
+    return list(zip(ids.tolist(), np.split(order, starts[1:])))
+
+
 def evaluate(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -179,9 +187,7 @@ def evaluate(
     is_fake = labels == 1
     reals_sorted = np.sort(scores[~is_fake])
     generators, real_sources = [], []
-    order = np.argsort(generator_ids, kind="stable")
-    ids, starts = np.unique(generator_ids[order], return_index=True)
-    for gid, members in zip(ids, np.split(order, starts[1:])):
+    for gid, members in generator_groups(generator_ids):
         g_labels, g_scores = labels[members], scores[members]
         g_fake = g_labels == 1
         fakes, reals = g_scores[g_fake], g_scores[~g_fake]

@@ -38,7 +38,8 @@ NAME_WIDTH = 44
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula
 
 
-def _num(value: float | None) -> str:
+def format_metric(value: float | None) -> str:
+    """A metric for tables: four decimals, n/a when undefined."""
     return "n/a" if value is None else f"{value:.4f}"
 
 
@@ -92,11 +93,12 @@ def format_table(report: EvalReport) -> str:
     """The report as console text: overall lines, fake generators by AP, real sources."""
     r = report
     lines = [
-        f"overall: {r.n} images ({r.n_real} real, {r.n_fake} fake)  acc {_num(r.accuracy)}  "
-        f"AP {_num(r.ap)}  AUC {_num(r.auc)}  real acc {_num(r.real_accuracy)}  "
-        f"fake acc {_num(r.fake_accuracy)}",
-        f"mean over {r.n_fake_generators} fake generators: acc {_num(r.mean_accuracy)}  "
-        f"AP {_num(r.mean_ap)}  AUC {_num(r.mean_auc)}  (within-group AP {_num(r.mean_ap_within)})",
+        f"overall: {r.n} images ({r.n_real} real, {r.n_fake} fake)  acc {format_metric(r.accuracy)}  "
+        f"AP {format_metric(r.ap)}  AUC {format_metric(r.auc)}  real acc {format_metric(r.real_accuracy)}  "
+        f"fake acc {format_metric(r.fake_accuracy)}",
+        f"mean over {r.n_fake_generators} fake generators: acc {format_metric(r.mean_accuracy)}  "
+        f"AP {format_metric(r.mean_ap)}  AUC {format_metric(r.mean_auc)}  "
+        f"(within-group AP {format_metric(r.mean_ap_within)})",
         "AP/AUC per generator: its fakes vs all real images of the test set; "
         "AP_within: its own reals and fakes (the original's).",
     ]
@@ -107,14 +109,14 @@ def format_table(report: EvalReport) -> str:
         width = max(min(max(len(g.name) for g in fakes), NAME_WIDTH), len(header[0]))  # the header whole
         lines += ["", f"{header[0]:<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:])]
         for g in fakes:
-            cells = (g.n_real, g.n_fake, _num(g.accuracy), _num(g.real_accuracy),
-                     _num(g.fake_accuracy), _num(g.ap), _num(g.auc), _num(g.ap_within))
+            cells = (g.n_real, g.n_fake, *(format_metric(v) for v in (g.accuracy, g.real_accuracy, g.fake_accuracy,
+                                                                     g.ap, g.auc, g.ap_within)))
             lines.append(f"{short_name(g.name, width):<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
     if r.real_sources:
         width = min(max(len(s.name) for s in r.real_sources), NAME_WIDTH)
         lines += ["", f"{'real source':<{width}}  {'n':>9}  {'acc':>9}"]
         for s in sorted(r.real_sources, key=lambda s: s.accuracy):
-            lines.append(f"{short_name(s.name, width):<{width}}  {s.n:>9}  {_num(s.accuracy):>9}")
+            lines.append(f"{short_name(s.name, width):<{width}}  {s.n:>9}  {format_metric(s.accuracy):>9}")
     return "\n".join(lines)
 
 
@@ -148,8 +150,8 @@ def save_chart(fig: Figure, path: Path) -> tuple[Path, Path]:
 
 
 def _title(report: EvalReport) -> str:
-    return (f"{report.n_fake_generators} fake generators: mean AP {_num(report.mean_ap)}, "
-            f"mean acc {_num(report.mean_accuracy)} (AP: fakes vs all reals)")
+    return (f"{report.n_fake_generators} fake generators: mean AP {format_metric(report.mean_ap)}, "
+            f"mean acc {format_metric(report.mean_accuracy)} (AP: fakes vs all reals)")
 
 
 def axis_start(values: list[float]) -> float:
@@ -201,7 +203,7 @@ def _dot_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure
     worst = generators[:WORST_LABELLED]
     ax.plot(range(len(worst)), [g.ap if g.ap is not None else g.accuracy for g in worst], "o",
             markerfacecolor="none", markeredgecolor="red", markersize=7)
-    names = [f"{i:>2}. {short_name(g.name, 40)}  AP {_num(g.ap)}" for i, g in enumerate(worst, start=1)]
+    names = [f"{i:>2}. {short_name(g.name, 40)}  AP {format_metric(g.ap)}" for i, g in enumerate(worst, start=1)]
     ax.text(0.99, 0.02, f"worst {len(worst)} by AP (circled, left to right):\n" + "\n".join(names),
             transform=ax.transAxes, ha="right", va="bottom", multialignment="left", fontsize=7,
             family="monospace", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "grey"})

@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from commfor_fast.fileio import atomic_write
-from commfor_fast.metrics import evaluate, mean_defined
+from commfor_fast.metrics import evaluate, generator_groups, mean_defined
 from commfor_fast.pipelines.perturb import CLEAN, FAMILIES, Level
+from commfor_fast.report import axis_start, format_metric, save_chart, short_name, spreadsheet_safe
 
 ECE_BINS = 15
 FPRS = (0.01, 0.05)
@@ -152,9 +154,7 @@ def level_metrics(level: Level, labels: np.ndarray, scores: np.ndarray, generato
     base = evaluate(labels, scores, generator_ids, generator_names)
     thresholds = [threshold_at_fpr(scores[labels == 0], fpr) for fpr in FPRS]
     generators = []
-    order = np.argsort(generator_ids, kind="stable")  # the groups of `evaluate`, in its order
-    _, starts = np.unique(generator_ids[order], return_index=True)
-    for g, members in zip(base.generators, np.split(order, starts[1:])):
+    for g, (_, members) in zip(base.generators, generator_groups(generator_ids)):
         fakes = scores[members][labels[members] == 1]
         generators.append(LevelGenerator(g.name, g.n_real, g.n_fake, g.accuracy, g.real_accuracy, g.fake_accuracy,
                                          g.ap, g.auc, *(tpr_above(fakes, t) for t in thresholds)))
@@ -193,18 +193,12 @@ def report_section(levels: Sequence[LevelMetrics], applied_to: str, seed: int) -
 # ------------------------------------------------------------------- outputs
 
 
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def _level_text(m: LevelMetrics) -> str:
     return "" if m.level is None else f"{m.level:g}"
 
 
 def write_csv(levels: Sequence[LevelMetrics], path: Path) -> Path:
     """robustness.csv: one row per generator x family x level (`clean` as family clean, level empty)."""
-    from commfor_fast.report import spreadsheet_safe
-
     with atomic_write(path, "w") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
@@ -219,17 +213,15 @@ def write_csv(levels: Sequence[LevelMetrics], path: Path) -> Path:
 def format_table(levels: Sequence[LevelMetrics]) -> str:
     """The console table: one row per family x level, overall figures, mean AP over the
     fake generators and the worst generator by AP."""
-    from commfor_fast.report import short_name
-
     header = ("family", "level", "acc", "AP", "TPR@1%", "TPR@5%", "ECE", "mean AP")
     lines = ["robustness (AP: fakes vs all reals of that level; TPR at 1 %/5 % FPR, thresholds from that level's "
              f"reals; ECE over {ECE_BINS} bins):",
              f"{header[0]:<7} {header[1]:>6}  " + "  ".join(f"{h:>7}" for h in header[2:]) + "  worst generator (AP)"]
     for m in levels:
         cells = (m.accuracy, m.ap, m.tpr_at_fpr_1pct, m.tpr_at_fpr_5pct, m.ece, m.mean_ap)
-        worst = f"{short_name(m.worst_generator, 36)} ({_num(m.worst_ap)})" if m.worst_generator else "n/a"
+        worst = f"{short_name(m.worst_generator, 36)} ({format_metric(m.worst_ap)})" if m.worst_generator else "n/a"
         lines.append(f"{m.family:<7} {_level_text(m) or '-':>6}  "
-                     + "  ".join(f"{'n/a' if v is None else f'{v:.4f}':>7}" for v in cells) + f"  {worst}")
+                     + "  ".join(f"{format_metric(v):>7}" for v in cells) + f"  {worst}")
     return "\n".join(lines)
 
 
@@ -237,10 +229,6 @@ def plot_family(levels: Sequence[LevelMetrics], family: str, path: Path) -> tupl
     """AP per fake generator against the level (clean first, then mild to harsh) for one
     family: a thin line per generator, the mean over generators bold with its values,
     the worst generators at the harshest level coloured and named. PNG (200 dpi) and PDF."""
-    from matplotlib.figure import Figure
-
-    from commfor_fast.report import axis_start, save_chart, short_name
-
     steps = [m for m in levels if m.family == CLEAN] + [m for m in levels if m.family == family]
     xs = list(range(len(steps)))
     names = [g.name for g in steps[0].generators if g.n_fake]

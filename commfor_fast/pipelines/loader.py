@@ -262,18 +262,17 @@ class _ReferenceItems(torch.utils.data.Dataset):
                 img = decode_rgb(data[ext])
         except BadImage as exc:
             raise _damaged(ids.sample_number, self.reader.shard_of(index), str(exc)) from None
-        if self.levels:
-            plan = eval_plan(img.height, img.width, self.crop, self.preresized)
-            decoded = np.asarray(img)
-            images = [normalise(run_plan(Image.fromarray(apply_reference(level, decoded, ids.sample_number,
-                                                                         self.seed)), plan))
-                      for level in self.levels]
-            return torch.stack(images), torch.tensor(ids, dtype=torch.int32)
         if self.rsa is None:
             plan = eval_plan(img.height, img.width, self.crop, self.preresized)
         else:
             rng = np.random.default_rng([self.seed, epoch, ids.sample_number])
             plan = train_plan(rng, self.rsa, img.height, img.width, self.crop, self.preresized)
+        if self.levels:
+            decoded = np.asarray(img)
+            images = [normalise(run_plan(Image.fromarray(apply_reference(level, decoded, ids.sample_number,
+                                                                         self.seed)), plan))
+                      for level in self.levels]
+            return torch.stack(images), torch.tensor(ids, dtype=torch.int32)
         return normalise(run_plan(img, plan)), torch.tensor(ids, dtype=torch.int32)
 
 

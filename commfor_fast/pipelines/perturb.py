@@ -392,11 +392,6 @@ def parse_perturbations(specs: Sequence[str] | None) -> tuple[Level, ...]:
     return tuple(levels)
 
 
-def definitions(levels: Sequence[Level]) -> dict[str, str]:
-    """The exact definition of every family among `levels` (for report.json)."""
-    return {level.family: FAMILIES[level.family].definition for level in levels if level.family in FAMILIES}
-
-
 def apply_reference(level: Level, arr: np.ndarray, sample_number: int, seed: int) -> np.ndarray:
     """`level` on one decoded image (HWC uint8 RGB) with the reference implementation."""
     if level.family == CLEAN:
