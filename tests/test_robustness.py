@@ -24,12 +24,11 @@ from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.distributed import Dist
 from commfor_fast.evaluate import evaluate_shards
-from commfor_fast.metrics import average_precision, roc_auc
+from commfor_fast.metrics import average_precision, expected_calibration_error, roc_auc, threshold_at_fpr, tpr_at_fpr
 from commfor_fast.model import CommForDetector
 from commfor_fast.pipelines.loader import create_eval_loader
 from commfor_fast.pipelines.perturb import FAMILIES, Level, parse_perturbations
-from commfor_fast.robustness import CSV_COLUMNS, expected_calibration_error, format_table, level_metrics, \
-    threshold_at_fpr, tpr_at_fpr
+from commfor_fast.robustness import csv_columns, format_table, level_metrics
 from commfor_fast.settings import EvalSettings
 from commfor_fast.shards import Manifest
 
@@ -209,7 +208,7 @@ def test_outputs_hold_every_level(robust_run: tuple[Path, str], data: Path) -> N
 
     with (out / "robustness.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == CSV_COLUMNS
+    assert tuple(rows[0]) == csv_columns()
     assert len(rows) == 3 * len(LABELS)  # generators (2 fake, 1 real source) x levels
     assert {(r["family"], r["level"]) for r in rows} == {
         ("clean", ""), ("jpeg", "90"), ("jpeg", "40"), ("noise", "8"), ("blur", "1.5"), ("resize", "0.5")}
