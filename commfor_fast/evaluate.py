@@ -229,12 +229,10 @@ def score_batches(model: torch.nn.Module, loader: Iterable[Batch], set_name: str
             for part in logits]
 
 
-def gather_scores(mine: list[Scores], env: Dist) -> list[Scores] | None:
-    """Every rank's `Scores` (one per level) joined level by level in rank order, on rank 0;
-    None on the other ranks. Every rank must call it (a collective)."""
+def gather_scores(mine: list[Scores], env: Dist) -> list[Scores]:
+    """Every rank's `Scores` (one per level) joined level by level in rank order, on every
+    rank. Every rank must call it (a collective)."""
     gathered = all_gather(mine, env)
-    if not env.is_main:
-        return None
     return [Scores.merge([rank[i] for rank in gathered]) for i in range(len(mine))]
 
 
@@ -351,7 +349,7 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
     timing = PassTiming(max(len(inputs.levels), 1))
     per_level = gather_scores(_score(model, settings, inputs, env, timing), env)
     teardown_distributed(env)
-    if per_level is None:
+    if not env.is_main:
         return None  # type: ignore[return-value]
     for scores in per_level:  # every level: every image once (all levels come from the same batches)
         _check_exactly_once(scores, manifest=inputs.manifest, set_names=inputs.set_names)
