@@ -315,8 +315,9 @@ def _write(settings: EvalSettings, inputs: _Inputs, per_level: list[Scores], inf
             "settings": settings_record}
     robust = [robustness.level_metrics(level, s.labels, s.probabilities, s.generator_ids, manifest.generators)
               for level, s in zip(levels, per_level)]
-    sections = {"robustness": robustness.report_section(robust, _applied_to(manifest), settings.perturb_seed)
-                } if levels else {}
+    sections = {}
+    if levels:
+        sections["robustness"] = robustness.report_section(robust, _applied_to(manifest), settings.perturb_seed)
     paths = write_report(report, out, meta, sections)
     print(format_table(report))
     if levels:

@@ -2,11 +2,11 @@
 
 The JSON holds everything (`EvalReport.to_dict`, plus optional run metadata); the CSV
 has one row per generator for spreadsheets (an undefined value is an empty cell); its
-columns and the console's derive from `metrics.METRICS`; the chart (PNG at 200 dpi and PDF, for papers) shows per-generator AP and accuracy, sorted,
-on an axis scaled to the data with the values on the bars, readable for five
-generators or for hundreds; `format_table` is what the console shows. Undefined
-values print as "n/a". Generator names in the CSV are escaped against spreadsheet
-formula injection.
+columns and the console's derive from `metrics.METRICS`; the chart (PNG at 200 dpi and
+PDF, for papers) shows per-generator AP and accuracy, sorted, on an axis scaled to the
+data with the values on the bars, readable for five generators or for hundreds;
+`format_table` is what the console shows. Undefined values print as "n/a". Generator
+names in the CSV are escaped against spreadsheet formula injection.
 """
 
 from __future__ import annotations
