@@ -50,6 +50,11 @@ def spreadsheet_safe(text: str) -> str:
     return "'" + text if text[:1] in FORMULA_STARTS else text
 
 
+def _by_ap(generators: list[GeneratorMetrics]) -> list[GeneratorMetrics]:
+    """Worst AP first; generators without AP last, by fake accuracy."""
+    return sorted(generators, key=lambda g: (g.ap is None, g.ap or 0.0, g.fake_accuracy or 0.0))
+
+
 def csv_columns() -> tuple[str, ...]:
     """per_generator.csv's header: the generator, its counts, its metrics (`metrics.METRICS`)."""
     return ("generator", "n_real", "n_fake", *(m.name for m in metrics_of(EVAL, "per_generator")))
@@ -63,11 +68,6 @@ def write_rows(path: Path, header: Sequence[str], rows: Iterable[Iterable[object
         for row in rows:
             writer.writerow("" if v is None else v for v in row)
     return path
-
-
-def _by_ap(generators: list[GeneratorMetrics]) -> list[GeneratorMetrics]:
-    """Worst AP first; generators without AP last, by fake accuracy."""
-    return sorted(generators, key=lambda g: (g.ap is None, g.ap or 0.0, g.fake_accuracy or 0.0))
 
 
 def write_report(report: EvalReport, out_dir: Path, meta: Mapping[str, Any] | None = None,
