@@ -16,7 +16,8 @@ import pytest
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import resized_shape
 from commfor_fast.pipelines import ops
-from commfor_fast.pipelines.ops import OPS, Affine, Crop, Erase, Flip, Interp, Jpeg, Resize, ResizedCrop, trace_sizes
+from commfor_fast.pipelines.ops import OPS, Affine, Crop, Erase, Flip, Interp, Jpeg, Resize, ResizedCrop, affine_matrices, \
+    trace_sizes
 from commfor_fast.pipelines.plan import RSAConfig, draw_counts, draw_order, eval_plan, train_plan
 
 H, W, C = 440, 586, 384
@@ -137,6 +138,12 @@ def test_rotation_translation_shear_ranges() -> None:
         assert -15 <= min(values) < -14.5 and 14.5 < max(values) <= 15
 
 
+def _inverse_matrix(step: Affine, h: int, w: int) -> np.ndarray:
+    """One image's output->input matrix, row-major (6,)."""
+    return affine_matrices(np.array([h]), np.array([w]), step.rotation, step.translate_x, step.translate_y,
+                           step.shear_x, step.shear_y)[0].ravel()
+
+
 @pytest.mark.parametrize("step", [Affine(rotation=12.5), Affine(translate_x=7, translate_y=-3),
                                   Affine(shear_x=10.0, shear_y=-7.0), Affine(rotation=-5.0, shear_x=3.0)])
 def test_affine_matrix_is_the_one_torchvision_gives_pil(step: Affine) -> None:
@@ -144,15 +151,15 @@ def test_affine_matrix_is_the_one_torchvision_gives_pil(step: Affine) -> None:
 
     expected = _get_inverse_affine_matrix([W * 0.5, H * 0.5], -step.rotation, [step.translate_x, step.translate_y],
                                           1.0, [step.shear_x, step.shear_y])
-    assert np.allclose(step.inverse_matrix(H, W), expected, atol=1e-4)
+    assert np.allclose(_inverse_matrix(step, H, W), expected, atol=1e-4)
 
 
 def test_affine_matrix_is_torchvisions() -> None:
     """Rotation about the centre: the centre maps to itself, corners rotate."""
-    m = Affine(rotation=90.0).inverse_matrix(100, 200)
+    m = _inverse_matrix(Affine(rotation=90.0), 100, 200)
     centre = (m[0] * 100 + m[1] * 50 + m[2], m[3] * 100 + m[4] * 50 + m[5])
     assert np.allclose(centre, (100, 50))
-    m = Affine(translate_x=7, translate_y=-3).inverse_matrix(100, 200)
+    m = _inverse_matrix(Affine(translate_x=7, translate_y=-3), 100, 200)
     assert np.allclose(m, [1, 0, -7, 0, 1, 3])
 
 
