@@ -16,9 +16,11 @@ import pytest
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import resized_shape
 from commfor_fast.pipelines import ops
+from commfor_fast.pipelines.batch_plan import draw_train_slots
 from commfor_fast.pipelines.ops import OPS, Affine, Crop, Erase, Flip, Interp, Jpeg, Resize, ResizedCrop, affine_matrices, \
     trace_sizes
 from commfor_fast.pipelines.plan import RSAConfig, draw_counts, draw_order, eval_plan, train_plan
+from commfor_fast.pipelines.slots import graph_stages
 
 H, W, C = 440, 586, 384
 N = 4000
@@ -198,13 +200,42 @@ def test_single_and_stochastic_jpeg() -> None:
     for steps in _draws("singleJPEG", 20):
         resize, jpeg = steps
         assert resize == Resize(*resized_shape(H, W, C), Interp.BILINEAR) and jpeg.quality == 95
-    rounds = Counter(len(steps) // 2 for steps in _draws("StochasticJPEG"))
-    # 1 + Binomial(4, 0.5) rounds, each a random resized crop to C plus a JPEG.
-    for k in range(1, 6):
-        assert _close(rounds[k] / N, math.comb(4, k - 1) / 16), rounds
     for steps in _draws("StochasticJPEG", 50):
         assert all(isinstance(a, ResizedCrop) and isinstance(b, Jpeg) for a, b in zip(steps[::2], steps[1::2]))
         assert trace_sizes(steps, H, W)[-1] == (C, C)
+
+
+# StochasticJPEG's rounds as the original's loop draws them: one, then another while a
+# p = 0.5 coin says so, at most five: P(k) = 2^-k for k < 5, 2^-4 for k = 5.
+ROUNDS = np.arange(1, 6)
+ROUNDS_P = np.array([0.5, 0.25, 0.125, 0.0625, 0.0625])
+Z = 5.0  # standard errors allowed: about 6e-7 two-sided per comparison
+
+
+def _assert_rounds_follow_the_original(rounds: np.ndarray) -> None:
+    """The mean and each count's share within Z standard errors of the formula's."""
+    n = len(rounds)
+    mean = (ROUNDS_P * ROUNDS).sum()
+    var = (ROUNDS_P * ROUNDS**2).sum() - mean**2
+    assert mean == 1.9375
+    assert abs(rounds.mean() - mean) <= Z * math.sqrt(var / n), rounds.mean()
+    assert set(np.unique(rounds)) == set(ROUNDS)
+    share = np.bincount(rounds, minlength=6)[1:] / n
+    assert (np.abs(share - ROUNDS_P) <= Z * np.sqrt(ROUNDS_P * (1 - ROUNDS_P) / n)).all(), share
+
+
+def test_stochastic_jpeg_rounds_follow_the_original_in_both_samplers() -> None:
+    n = 20000
+    draws = _draws("StochasticJPEG", n)
+    _assert_rounds_follow_the_original(np.array([len(steps) // 2 for steps in draws]))
+    jpegs = [s for steps in draws for s in steps[1::2]]
+    assert {s.quality for s in jpegs} == set(range(75, 101))
+    pil = np.mean([s.codec == "pil" for s in jpegs])  # the original picks PIL or OpenCV per round
+    assert abs(pil - 0.5) <= Z * math.sqrt(0.25 / len(jpegs)), pil
+    config = RSAConfig(("StochasticJPEG",), (1,), (1,))
+    draw = draw_train_slots(np.random.default_rng(5), config, np.full(n, H), np.full(n, W), C, True,
+                            graph_stages(config))
+    _assert_rounds_follow_the_original(draw.slots.jpeg.sum(0))
 
 
 def test_train_plans_always_end_at_the_crop_size() -> None:

@@ -613,16 +613,19 @@ def single_jpeg(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_quir
 
 
 # StochasticJPEG (not a default op): rounds of a random resized crop to C x C
-# (scale 0.75-1, bilinear) + JPEG at quality UniformInt[75, 100].
-STOCHASTIC_JPEG_ROUNDS, STOCHASTIC_JPEG_SCALE = 5, (0.75, 1.0)
+# (scale 0.75-1, bilinear) + JPEG at quality UniformInt[75, 100] with PIL or OpenCV.
+# As the original's loop runs: one round, then while fewer than 5, another with
+# p = 0.5, else stop. So P(k rounds) = 2^-k for k < 5 and 2^-4 for 5 (mean 1.9375).
+STOCHASTIC_JPEG_ROUNDS, STOCHASTIC_JPEG_P, STOCHASTIC_JPEG_SCALE = 5, 0.5, (0.75, 1.0)
 
 
 def _stochastic_jpeg_batch(rng: np.random.Generator, a: Apps, crop: int, sized: object) -> BatchDraw:
-    """Round 1 crops the input; each later round (p = 0.5 each) crops the C x C result."""
+    """Round 1 crops the input; each later round crops the C x C result."""
     n = len(a)
-    rounds = np.concatenate([np.ones((n, 1), bool), rng.random((n, STOCHASTIC_JPEG_ROUNDS - 1)) < 0.5], 1)
+    more = np.cumprod(rng.random((n, STOCHASTIC_JPEG_ROUNDS - 1)) < STOCHASTIC_JPEG_P, 1).sum(1)
+    rounds = np.arange(STOCHASTIC_JPEG_ROUNDS) <= more[:, None]
     app, round_no = np.nonzero(rounds)
-    first = np.cumsum(rounds, 1)[app, round_no] == 1
+    first = round_no == 0
     h, w = np.where(first, a.h[app], crop), np.where(first, a.w[app], crop)
     ch, cw, found = _resized_box_shapes(rng, len(app), STOCHASTIC_JPEG_SCALE, RRC_RATIO)(h, w, slice(None))
     top, left = _box_corners(rng, h, w, ch, cw, found)
@@ -635,17 +638,17 @@ def _stochastic_jpeg_batch(rng: np.random.Generator, a: Apps, crop: int, sized: 
 @rsa_op("StochasticJPEG", batch=_stochastic_jpeg_batch, size=_square_size_rule,
         max_steps=2 * STOCHASTIC_JPEG_ROUNDS, max_jpegs=STOCHASTIC_JPEG_ROUNDS)
 def stochastic_jpeg(rng: np.random.Generator, h: int, w: int, crop: int, *, fix_quirks: bool) -> list[Step]:
-    """The intended StochasticJPEG (the original crashes): 1 to 5 rounds of a random
-    resized crop to C x C (torchvision's `RandomResizedCrop(C)`, scale 0.75-1, bilinear)
-    + JPEG at quality 75-100, every round after the first with p = 0.5."""
+    """StochasticJPEG as the original's loop runs once its crash is fixed: a round of
+    torchvision's `RandomResizedCrop(C)` (scale 0.75-1, bilinear) + JPEG at quality
+    75-100, then further rounds while a p = 0.5 coin says so, at most 5 in all."""
     steps: list[Step] = []
     for round_no in range(STOCHASTIC_JPEG_ROUNDS):
-        if round_no and not rng.random() < 0.5:
-            continue
+        if round_no and not rng.random() < STOCHASTIC_JPEG_P:
+            break
         top, left, ch, cw = _random_resized_box(rng, h, w, STOCHASTIC_JPEG_SCALE, RRC_RATIO)
         steps.append(ResizedCrop(top, left, ch, cw, crop, crop, Interp.BILINEAR))
         h = w = crop
-        steps.append(Jpeg(_randint(rng, JPEG_QUALITY[0], JPEG_QUALITY[1] + 1), "pil"))
+        steps.append(Jpeg(_randint(rng, JPEG_QUALITY[0], JPEG_QUALITY[1] + 1), _jpeg_codec(rng)))
     return steps
 
 
