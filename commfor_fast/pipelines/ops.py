@@ -225,9 +225,10 @@ class BatchDraw:
 
     Application i is `rounds[i]` rounds (0: it drew a no-op, which takes no slot);
     round j belongs to application `app[j]` (an application's rounds in order) and
-    sees an image of (h[j], w[j]). A round is a geometric step (`geometry`), then a
-    JPEG (`jpeg`) for ops that compress. JPEG codecs are not drawn: DALI's libjpeg
-    gives what both PIL and OpenCV give.
+    sees an image of (h[j], w[j]). A round is a geometric step (`geometry`), a JPEG
+    (`jpeg`), or a geometric step then a JPEG, which ends its stage (`batch_plan`
+    places these three shapes). JPEG codecs are not drawn: DALI's libjpeg gives what
+    both PIL and OpenCV give.
     """
 
     rounds: np.ndarray
