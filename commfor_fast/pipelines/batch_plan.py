@@ -114,9 +114,10 @@ def _first_positions(rounds: np.ndarray, geom: np.ndarray, jpeg: np.ndarray, pos
 def _write(slots: Slots, a: Apps, d: BatchDraw, first: np.ndarray) -> None:
     """Write an op's drawn rounds, given each application's first position: a round
     after an application's first starts the stage after the one before it ends."""
-    offset = np.arange(len(d.app)) - np.repeat(np.cumsum(d.rounds) - d.rounds, d.rounds)
-    start = first[d.app]
-    pos, b = np.where(offset == 0, start, stage_end(start) + 1 + SLOTS_PER_STAGE * (offset - 1)), a.b[d.app]
+    pos, b = first[d.app], a.b[d.app]
+    if len(d.app) > np.count_nonzero(d.rounds):  # some application has several rounds
+        offset = np.arange(len(d.app)) - np.repeat(np.cumsum(d.rounds) - d.rounds, d.rounds)
+        pos = np.where(offset == 0, pos, stage_end(pos) + 1 + SLOTS_PER_STAGE * (offset - 1))
     if d.geometry is not None:
         fill_slot(d.geometry, slots, pos, b, d.h, d.w)
     if d.jpeg is not None:

@@ -242,7 +242,8 @@ class BatchDraw:
     def once(cls, a: Apps, geometry: Step | None = None, jpeg: Jpeg | None = None,
              applied: np.ndarray | None = None) -> BatchDraw:
         """One round per application (where `applied`; the columns hold only those)."""
-        applied = np.ones(len(a), bool) if applied is None else applied
+        if applied is None:
+            return cls(np.ones(len(a), np.int64), np.arange(len(a)), a.h, a.w, geometry, jpeg)
         app = np.nonzero(applied)[0]
         return cls(applied.astype(np.int64), app, a.h[app], a.w[app], geometry, jpeg)
 

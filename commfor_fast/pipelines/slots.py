@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import singledispatch
+from typing import Union
 
 import numpy as np
 
@@ -224,13 +225,15 @@ def pad_borders(top: np.ndarray, left: np.ndarray, bottom: np.ndarray, right: np
                 w: np.ndarray) -> np.ndarray:
     """The four border boxes (top, left, height, width) of (h, w) canvases: (n, 4, 4)."""
     borders = [(0, 0, top, w), (h - bottom, 0, bottom, w), (0, 0, h, left), (0, w - right, h, right)]
-    return np.stack([np.stack(np.broadcast_arrays(*(np.atleast_1d(v) for v in box)), 1) for box in borders], 1)
+    boxes = np.zeros((np.size(h), 4, 4), np.int64)
+    for i, box in enumerate(borders):
+        boxes[:, i] = np.stack([np.broadcast_to(v, np.shape(h)) for v in box], -1)
+    return boxes
 
 
 def shift(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """The warp matrices, (n, 2, 3), that read the input at (y + dy, x + dx)."""
-    dy, dx = np.broadcast_arrays(np.atleast_1d(dy), np.atleast_1d(dx))
-    m = np.zeros((len(dy), 2, 3), np.float32)
+    m = np.zeros((max(np.size(dy), np.size(dx)), 2, 3), np.float32)
     m[:, 0, 0] = m[:, 1, 1] = 1.0
     m[:, 0, 2], m[:, 1, 2] = dx, dy
     return m
@@ -243,12 +246,14 @@ def _code(interp: Interp | np.ndarray) -> int | np.ndarray:
 
 def _rows(n: int, *values: object) -> list[np.ndarray]:
     """Scalars or (n,) arrays as (n,) arrays."""
-    return [np.broadcast_to(np.asarray(v), (n,)) for v in values]
+    return [v if isinstance(v, np.ndarray) else np.full(n, v) for v in values]
+
+
+Ints = Union[np.ndarray, int]  # one value, or one per sample
 
 
 @singledispatch
-def fill_slot(step: Step, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int,
-              w: np.ndarray | int) -> np.ndarray:
+def fill_slot(step: Step, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     """Write `step` (applied to (h, w) images) into slot p of samples b: one step and
     scalars, or a column of steps and (n,) arrays.
 
@@ -258,30 +263,27 @@ def fill_slot(step: Step, slots: Slots, p: np.ndarray | int, b: np.ndarray | int
 
 
 @fill_slot.register
-def _(step: Resize, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int,
-      w: np.ndarray | int) -> np.ndarray:
+def _(step: Resize, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     return set_geometry(slots, p, b, h, w, size=(step.height, step.width), interp=_code(step.interp))
 
 
 @fill_slot.register
-def _(step: Crop, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int,
-      w: np.ndarray | int) -> np.ndarray:
+def _(step: Crop, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     return set_geometry(slots, p, b, h, w, matrix=shift(step.top, step.left), warp=(step.height, step.width))
 
 
 @fill_slot.register
-def _(step: ResizedCrop, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int,
-      w: np.ndarray | int) -> np.ndarray:
+def _(step: ResizedCrop, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     return set_geometry(slots, p, b, h, w, matrix=shift(step.top, step.left), warp=(step.height, step.width),
                         size=(step.out_height, step.out_width), interp=_code(step.interp))
 
 
 @fill_slot.register
-def _(step: Flip, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int,
-      w: np.ndarray | int) -> np.ndarray:
+def _(step: Flip, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     p, b, h, w = (np.atleast_1d(v) for v in (p, b, h, w))
     horizontal, applied = _rows(len(p), step.horizontal, step.applied)
-    p, b, h, w, horizontal = p[applied], b[applied], h[applied], w[applied], horizontal[applied]
+    if not applied.all():
+        p, b, h, w, horizontal = p[applied], b[applied], h[applied], w[applied], horizontal[applied]
     m = np.zeros((len(p), 2, 3), np.float32)
     m[:, 0, 0], m[:, 0, 2] = np.where(horizontal, -1.0, 1.0), np.where(horizontal, w, 0)
     m[:, 1, 1], m[:, 1, 2] = np.where(horizontal, 1.0, -1.0), np.where(horizontal, 0, h)
@@ -290,16 +292,14 @@ def _(step: Flip, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.
 
 
 @fill_slot.register
-def _(step: Affine, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int,
-      w: np.ndarray | int) -> np.ndarray:
+def _(step: Affine, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     h, w = np.atleast_1d(np.asarray(h, np.int64)), np.atleast_1d(np.asarray(w, np.int64))
     matrix = affine_matrices(h, w, step.rotation, step.translate_x, step.translate_y, step.shear_x, step.shear_y)
     return set_geometry(slots, p, b, h, w, matrix=matrix)
 
 
 @fill_slot.register
-def _(step: Pad, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int,
-      w: np.ndarray | int) -> np.ndarray:
+def _(step: Pad, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     ph, pw = h + step.top + step.bottom, w + step.left + step.right
     return set_geometry(slots, p, b, h, w, matrix=shift(-step.top, -step.left), warp=(ph, pw),
                         boxes=pad_borders(step.top, step.left, step.bottom, step.right, ph, pw), fill=step.fill,
@@ -307,20 +307,20 @@ def _(step: Pad, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.n
 
 
 @fill_slot.register
-def _(step: Erase, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int,
-      w: np.ndarray | int) -> np.ndarray:
+def _(step: Erase, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     p, b, h, w = (np.atleast_1d(v) for v in (p, b, h, w))
     top, left, eh, ew, fill, applied = _rows(len(p), step.top, step.left, step.height, step.width, step.fill,
                                              step.applied)
     taken = applied & (eh * ew > 0)
-    boxes = np.stack([top, left, eh, ew], 1)[taken, None]
-    set_geometry(slots, p[taken], b[taken], h[taken], w[taken], boxes=boxes, fill=fill[taken])
+    boxes = np.stack([top, left, eh, ew], 1)[:, None]
+    if not taken.all():
+        p, b, h, w, boxes, fill = p[taken], b[taken], h[taken], w[taken], boxes[taken], fill[taken]
+    set_geometry(slots, p, b, h, w, boxes=boxes, fill=fill)
     return taken
 
 
 @fill_slot.register
-def _(step: Jpeg, slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int,
-      w: np.ndarray | int) -> np.ndarray:
+def _(step: Jpeg, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     slots.jpeg[p, b] = True  # at a stage's last slot (`place_jpeg`)
     slots.quality[p, b] = step.quality
     return np.ones(np.shape(np.atleast_1d(p)), bool)
