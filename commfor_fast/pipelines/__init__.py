@@ -1,7 +1,7 @@
 """Preprocessing and RandomStateAugmentation, in two executors that share one op table.
 
 - `preprocess`: the deterministic sizes, crop offsets and normalisation (SPEC section 2);
-- `ops`: the RSA ops, their parameter ranges and per-sample sampling (the one table);
+- `ops`: the RSA ops, each registered once with its ranges, per-image and per-batch draws;
 - `plan`: draws a sample's augmentation plan (op counts, order, parameters);
 - `reference`: executes plans and evaluation preprocessing with PIL/torchvision (the oracle);
 - `perturb`: the robustness perturbations of `eval --perturb`, each with both implementations;
