@@ -11,9 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-HF = "hf"
-FOLDER = "folder"
-
 
 @dataclass(frozen=True, slots=True)
 class Unit:
@@ -57,7 +54,7 @@ def escape_name(name: str) -> str:
 class Source:
     """One input as the user named it, and what scanning it found."""
 
-    kind: str  # HF or FOLDER
+    kind: str  # the KIND of its module in `commfor_fast.sources`
     given: str  # the --hf-repo value or the --folder path, as given
     root: str  # absolute folder the unit names are relative to
     summary: dict[str, Any] = field(default_factory=dict)  # counts for the manifest
