@@ -1,8 +1,8 @@
 """Source kinds as a registry: a new kind is one module plus its row in `sources._KINDS`.
 
 The kind registered here (images inside a zip archive) is known to nothing else: the
-converter scans, reads, balances and describes it, and evaluation names its samples'
-origins, only through the registry.
+converter scans, reads, balances, names its rejects and describes it, and evaluation
+names its samples' origins, only through the registry.
 """
 
 from __future__ import annotations
@@ -43,23 +43,27 @@ def _zip_kind(archive: Path) -> types.ModuleType:
         with zipfile.ZipFile(unit.path) as z:
             yield z.read(unit.name), {"source": kind.KIND, "archive": root, "member": unit.name}
 
+    def item(unit: Unit, row: int) -> str:
+        return f"{unit.path}!{unit.name}"
+
     def describe(source: Source) -> list[str]:
         return [f"  zip {source.given}: {source.summary['samples']} images"]
 
     def origin(meta: dict[str, Any]) -> tuple[str, str]:
         return meta["member"], meta["archive"]
 
-    kind.scan, kind.read, kind.describe, kind.origin = scan, read, describe, origin
+    kind.scan, kind.read, kind.item, kind.describe, kind.origin = scan, read, item, describe, origin
     return kind
 
 
 @pytest.fixture()
 def zip_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An archive of 6 images and its kind, registered for this test only."""
+    """An archive of 6 images and a damaged one, and its kind, registered for this test only."""
     archive = tmp_path / "extra.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for i in range(6):
             z.writestr(f"zipgen/{'fake' if i % 2 else 'real'}/{i}.png", image_bytes("png", 500 + i))
+        z.writestr("zipgen/fake/broken.png", image_bytes("truncated", 506))
     module = _zip_kind(archive)
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setitem(sources._KINDS, module.KIND, module.__name__)
@@ -69,11 +73,12 @@ def zip_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_registered_kind_is_scanned_read_described_and_traced(tmp_path: Path, zip_kind: Path,
                                                                  folder_tree: Path, convert_into, capsys) -> None:
     convert_into(tmp_path / "dry", folders=[folder_tree], dry_run=True)
-    assert f"  zip {zip_kind}: 6 images" in capsys.readouterr().out.splitlines()
+    assert f"  zip {zip_kind}: 7 images" in capsys.readouterr().out.splitlines()
 
     out = tmp_path / "out"
     manifest = convert_into(out, folders=[folder_tree], val_frac=0)
     assert [s["kind"] for s in manifest.sources] == ["folder", "zip"]
+    assert [r["item"] for r in manifest.rejects if "zip" in r["item"]] == [f"{zip_kind}!zipgen/fake/broken.png"]
     samples = read_all_samples(out)["all"]
     metas = {int(key): json.loads(members["json"]) for key, members in samples}
     from_zip = {key: meta for key, meta in metas.items() if meta["source"] == "zip"}

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from queue import Queue
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from commfor_fast.convert.check import check_data, check_structure
@@ -94,11 +95,16 @@ def store_image(data: bytes, config: WorkerConfig) -> Stored:
     return Stored(info, info.shard_ext, data, info.height, info.width)
 
 
+def source_kind(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> ModuleType:
+    """The module of the kind of source `unit` comes from (`commfor_fast.sources`)."""
+    return get_source_kind(sources[unit.source][0])
+
+
 def read_unit(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> Iterator[tuple[bytes | str, dict[str, Any]]]:
     """(image bytes, or the reason they cannot be read; source metadata) per row of `unit`,
-    as its source kind reads them (`commfor_fast.sources`)."""
-    kind, given, root = sources[unit.source]
-    return get_source_kind(kind).read(unit, given, root)
+    as its source kind reads them."""
+    _, given, root = sources[unit.source]
+    return source_kind(unit, sources).read(unit, given, root)
 
 
 class _Sample(NamedTuple):
@@ -149,7 +155,7 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
                     raise BadImage(data)
                 stored = store_image(data, config)
             except BadImage as exc:
-                reject = {"item": unit.item(row), "reason": str(exc)}
+                reject = {"item": source_kind(unit, config.sources).item(unit, row), "reason": str(exc)}
                 if source_meta.get("image_name"):  # HF rows: the dataset's own name for the image too
                     reject["image_name"] = str(source_meta["image_name"])
                 rejects.append(reject)

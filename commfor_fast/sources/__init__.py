@@ -10,6 +10,7 @@ provides
   as a `units.Source` and the units found in it (source indices from `first_index`);
 - `read(unit, given, root)`: (image bytes, or the reason they cannot be read; the
   sample's source metadata) per row of a unit;
+- `item(unit, row)`: how a row that cannot be stored is named among the rejects;
 - `describe(source)`: the lines `convert --dry-run` prints for a source;
 - `origin(meta)`: a sample's original name and its source, from its metadata.
 The converter (`convert/plan.py`, `worker.py`, `merge.py`, `balance.py`) and

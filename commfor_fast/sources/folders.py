@@ -195,6 +195,11 @@ def read(unit: Unit, given: str, root: str) -> Iterator[tuple[bytes | str, dict[
     yield data, meta
 
 
+def item(unit: Unit, row: int) -> str:
+    """How the image is named among the rejects: its file."""
+    return escape_name(unit.path)
+
+
 def describe(source: Source) -> list[str]:
     """One line: the root's images, labels and dataset folders, and what it ignored."""
     s = source.summary

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from commfor_fast.errors import UserError
-from commfor_fast.sources.units import Source, Unit
+from commfor_fast.sources.units import Source, Unit, escape_name
 
 if TYPE_CHECKING:
     from commfor_fast.convert.settings import ConvertSettings, Limits
@@ -226,6 +226,11 @@ def read(unit: Unit, given: str, root: str) -> Iterator[tuple[bytes | str, dict[
         meta = {"source": KIND, "repo": given, "file": unit.name, "row": unit.first_row + row}
         meta.update({c: table[c][row] for c in columns[1:]})
         yield table[IMAGE_COLUMN][row] or b"", meta
+
+
+def item(unit: Unit, row: int) -> str:
+    """How a row is named among the rejects: `file.parquet#row N`."""
+    return f"{escape_name(unit.path)}#row {unit.first_row + row}"
 
 
 def describe(source: Source) -> list[str]:

@@ -29,11 +29,6 @@ class Unit:
     def num_rows(self) -> int:
         return len(self.labels)
 
-    def item(self, row: int) -> str:
-        """How a sample is named in rejects: the file, or `file.parquet#row N`."""
-        path = escape_name(self.path)
-        return path if self.row_group < 0 else f"{path}#row {self.first_row + row}"
-
 
 def escape_name(name: str) -> str:
     """A file-system name as valid UTF-8 text, losslessly.
