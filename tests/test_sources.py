@@ -8,6 +8,7 @@ names its samples' origins, only through the registry.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import types
 import zipfile
@@ -98,3 +99,14 @@ def test_origins_come_from_the_kind_that_wrote_the_sample() -> None:
     assert sources.sample_origin({"source": "folder", "root": "/data", "path": "gen/fake/1.png"}) == \
         ("gen/fake/1.png", "/data")
     assert sources.sample_origin({}) == ("", "")  # no metadata: nothing to name, and never a guess
+
+
+def test_evaluation_traces_origins_without_importing_the_converter() -> None:
+    code = ("import sys\n"
+            "from commfor_fast.evaluate import sample_origins\n"
+            "from commfor_fast.sources import sample_origin\n"
+            "sample_origin({'source': 'hf', 'repo': 'r', 'file': 'f', 'row': 0})\n"
+            "sample_origin({'source': 'folder', 'root': '/r', 'path': 'p'})\n"
+            "print(sorted(m for m in sys.modules if m.startswith('commfor_fast.convert')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

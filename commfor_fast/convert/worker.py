@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from queue import Queue
-from types import ModuleType
 from typing import Any, NamedTuple
 
 from commfor_fast.convert.check import check_data, check_structure
@@ -34,7 +33,7 @@ from commfor_fast.convert.plan import PartitionTask, SampleRef
 from commfor_fast.convert.tarshard import ShardWriter, member_bytes
 from commfor_fast.imageio import BadImage, ImageInfo, check_image, encode_png, encode_raw, resize_shorter
 from commfor_fast.shards import IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, SampleIds, ShardInfo, pack_ids, sample_key
-from commfor_fast.sources import get_source_kind
+from commfor_fast.sources import SourceKind, get_source_kind
 from commfor_fast.sources.units import Unit
 
 Report = Callable[[int, int], None]  # (images done, input bytes done)
@@ -95,7 +94,7 @@ def store_image(data: bytes, config: WorkerConfig) -> Stored:
     return Stored(info, info.shard_ext, data, info.height, info.width)
 
 
-def source_kind(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> ModuleType:
+def source_kind(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> SourceKind:
     """The module of the kind of source `unit` comes from (`commfor_fast.sources`)."""
     return get_source_kind(sources[unit.source][0])
 

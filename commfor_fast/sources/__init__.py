@@ -1,40 +1,59 @@
 """Source kinds: where the converter's images come from, one module per kind.
 
-Each kind's module (`hf`: Hugging Face parquet files, `folders`: local image folders)
-provides
-- `KIND`: its name, which the samples' metadata records as `"source"`;
-- `BALANCED`: whether its real images are limited by balancing (SPEC section 1: the
-  extra local reals are limited against the fakes; a kind whose reals are balanced
-  has one image per unit, so dropping an image drops its unit);
-- `scan(settings, limits, first_index)`: its sources among the convert settings, each
-  as a `units.Source` and the units found in it (source indices from `first_index`);
-- `read(unit, given, root)`: (image bytes, or the reason they cannot be read; the
-  sample's source metadata) per row of a unit;
-- `item(unit, row)`: how a row that cannot be stored is named among the rejects;
-- `describe(source)`: the lines `convert --dry-run` prints for a source;
-- `origin(meta)`: a sample's original name and its source, from its metadata.
-The converter (`convert/plan.py`, `worker.py`, `merge.py`, `balance.py`) and
-evaluation (`evaluate.sample_origins`) reach a kind only through this registry, so
-none of them knows any kind by name. Modules are imported when first asked for.
+`hf` (Hugging Face parquet files) and `folders` (local image folders) each provide
+what `SourceKind` declares. The converter (`convert/plan.py`, `worker.py`,
+`merge.py`, `balance.py`) and evaluation (`evaluate.sample_origins`) reach a kind
+only through this registry, so none of them knows any kind by name; evaluation
+imports nothing of the converter. A kind's module is imported when first asked for.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+if TYPE_CHECKING:
+    from commfor_fast.convert.settings import ConvertSettings, Limits
+    from commfor_fast.sources.units import Source, Unit
 
 # kind -> module; scanning follows this order (HF first, then the folders as given).
 _KINDS = {"hf": "commfor_fast.sources.hf", "folder": "commfor_fast.sources.folders"}
 
 
-def get_source_kind(kind: str) -> ModuleType:
+class SourceKind(Protocol):
+    """What the module of a source kind provides (the module itself follows this protocol)."""
+
+    KIND: str  # its name: `Source.kind`, and `"source"` in every sample's metadata
+    # Whether its real images are limited by balancing (SPEC section 1 limits the extra
+    # local reals against the fakes). A unit of a balanced kind is one image, so that
+    # dropping an image drops its unit.
+    BALANCED: bool
+
+    def scan(self, settings: ConvertSettings, limits: Limits, first_index: int) -> list[tuple[Source, list[Unit]]]:
+        """Its sources among the convert settings, in order, each with the units found in
+        it; source indices count from `first_index`. Raises `UserError` for a bad source."""
+
+    def read(self, unit: Unit, given: str, root: str) -> Iterator[tuple[bytes | str, dict[str, Any]]]:
+        """Per row of `unit`: the image bytes, or the reason they cannot be read; and the
+        sample's source metadata (with `"source": KIND`)."""
+
+    def item(self, unit: Unit, row: int) -> str:
+        """How a row that cannot be stored is named among the manifest's rejects."""
+
+    def describe(self, source: Source) -> list[str]:
+        """The lines `convert --dry-run` prints for a source."""
+
+    def origin(self, meta: dict[str, Any]) -> tuple[str, str]:
+        """A sample's original name and its source, from its metadata."""
+
+
+def get_source_kind(kind: str) -> SourceKind:
     """The module of source kind `kind` (a `KIND` recorded in a Source or a sample's metadata)."""
-    return importlib.import_module(_KINDS[kind])
+    return cast(SourceKind, importlib.import_module(_KINDS[kind]))
 
 
-def source_kinds() -> Iterator[ModuleType]:
+def source_kinds() -> Iterator[SourceKind]:
     """Every kind's module, in scanning order."""
     return (get_source_kind(kind) for kind in _KINDS)
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from commfor_fast.convert.settings import ConvertSettings, Limits
 
 KIND = "folder"
-BALANCED = True
+BALANCED = True  # extra local data: balancing limits its reals
 
 IGNORED_EXAMPLES = 10  # how many ignored files the manifest names
 NAMED_IN_WARNINGS = 3  # how many skipped links or unreadable folders a warning line names

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from commfor_fast.convert.settings import ConvertSettings, Limits
 
 KIND = "hf"
-BALANCED = False
+BALANCED = False  # the dataset itself: its reals are never limited
+
 README = "README.md"
 IMAGE_COLUMN = "image_data"
 PLAN_COLUMNS = ("label", "model_name")

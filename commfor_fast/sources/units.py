@@ -50,7 +50,7 @@ class Source:
     """One input as the user named it, and what scanning it found."""
 
     kind: str  # the KIND of its module in `commfor_fast.sources`
-    given: str  # the --hf-repo value or the --folder path, as given
+    given: str  # as the user gave it: the --hf-repo value, a --folder path
     root: str  # absolute folder the unit names are relative to
     summary: dict[str, Any] = field(default_factory=dict)  # counts for the manifest
     warnings: list[str] = field(default_factory=list)
