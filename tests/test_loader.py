@@ -1,4 +1,4 @@
-"""The loaders (DALI and reference): sharding across ranks, reproducibility, exact resume, bad samples, the factories."""
+"""The DALI and reference loaders: sharding across ranks, reproducibility, exact resume, bad samples, factories."""
 
 from __future__ import annotations
 
@@ -185,7 +185,8 @@ def test_damaged_sample_is_named(data: Path, tmp_path: Path, loader: str) -> Non
 def test_every_loader_follows_the_protocols(data: Path, loader: str) -> None:
     """Both backends serve `TrainStream` / `EvalLoader`, and a stream's state names its loader."""
     manifest = Manifest.load(data)
-    stream = create_train_stream(loader, data, manifest, "all", rsa=RSAConfig(), seed=0, **_kwargs(rank=0, world_size=1))
+    stream = create_train_stream(loader, data, manifest, "all", rsa=RSAConfig(), seed=0,
+                                 **_kwargs(rank=0, world_size=1))
     try:
         assert isinstance(stream, TrainStream)
         next(stream)
@@ -203,11 +204,13 @@ def test_the_factories_import_a_backend_only_when_it_is_chosen(data: Path) -> No
         "import sys, torch\n"
         "from commfor_fast.pipelines.loader import create_eval_loader\n"
         "from commfor_fast.shards import Manifest\n"
-        "def loaded(): return sorted(m.split('.')[-1] for m in sys.modules\n"
-        "                            if m.startswith('commfor_fast.pipelines.') and m.endswith('_loader') or m == 'nvidia.dali')\n"
+        "def loaded():\n"
+        "    return sorted(m.split('.')[-1] for m in sys.modules if m == 'nvidia.dali' or\n"
+        "                  m.startswith('commfor_fast.pipelines.') and m.endswith('_loader'))\n"
         "before = loaded()\n"
-        f"create_eval_loader('reference', {str(data)!r}, Manifest.load({str(data)!r}), 'all', device=torch.device('cpu'), "
-        "batch_size=4, crop=224, rank=0, world_size=1, num_threads=0)\n"
+        f"data = {str(data)!r}\n"
+        "create_eval_loader('reference', data, Manifest.load(data), 'all', device=torch.device('cpu'), batch_size=4,\n"
+        "                   crop=224, rank=0, world_size=1, num_threads=0)\n"
         "print(before, loaded())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
