@@ -36,8 +36,8 @@ from commfor_fast.fileio import atomic_write, check_writable
 from commfor_fast.metrics import EvalReport, evaluate
 from commfor_fast.pipelines.perturb import CLEAN, CLEAN_LEVEL, Level, parse_perturbations
 from commfor_fast.progress import Progress
-from commfor_fast.convert.units import HF
 from commfor_fast.shards import META_EXT, Manifest, ShardReader, sample_key
+from commfor_fast.sources import sample_origin
 from commfor_fast.settings import EvalSettings
 from commfor_fast.distributed import Dist, all_gather, amp_dtype, resolve_device, setup_distributed, teardown_distributed
 
@@ -107,8 +107,8 @@ def _check_exactly_once(scores: Scores, manifest: Manifest, set_names: list[str]
 
 def sample_origins(data: Path, manifest: Manifest, sets: list[str], numbers: np.ndarray) -> tuple[list[str], list[str]]:
     """The original image name and source of each (set, sample number), from the samples'
-    `KEY.json` metadata: a local file's path under its root and that root, or an HF row's
-    `image_name` (its parquet file and row when there is none) and the repo."""
+    `KEY.json` metadata, as its source kind names them (`sources.sample_origin`: a local
+    file's path under its root and that root, an HF row's `image_name` and the repo)."""
     readers: dict[str, ShardReader] = {}
     names, sources = [], []
     try:
@@ -116,12 +116,9 @@ def sample_origins(data: Path, manifest: Manifest, sets: list[str], numbers: np.
             reader = readers.get(set_name) or readers.setdefault(set_name, ShardReader(data, manifest.sets[set_name]))
             position = reader.position(sample_key(int(number)))
             meta = json.loads(reader.read(position, (META_EXT,))[META_EXT]) if position is not None else {}
-            if meta.get("source") == HF:
-                names.append(meta.get("image_name") or f"{meta.get('file')}#row {meta.get('row')}")
-                sources.append(str(meta.get("repo")))
-            else:
-                names.append(str(meta.get("path")))
-                sources.append(str(meta.get("root")))
+            name, source = sample_origin(meta)
+            names.append(name)
+            sources.append(source)
     finally:
         for reader in readers.values():
             reader.close()
