@@ -18,6 +18,7 @@ outside the GPU's own work.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from commfor_fast.bench.common import bench_main, measure
 from commfor_fast.pipelines.dali import create_pipeline, create_train_pipeline, operator_census
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.slots import Slots, graph_stages
-from commfor_fast.pipelines.source import BatchSource, ShardSource, train_planner
+from commfor_fast.pipelines.source import BatchSource, ShardSource, TrainPlanner
 from commfor_fast.settings import TrainSettings
 from commfor_fast.shards import Manifest
 
@@ -47,7 +48,7 @@ def _source(shards: dict[str, Path], preresized: bool) -> ShardSource:
 def plan_us_per_image(batch: int, repeats: int, preresized: bool = True) -> float:
     """CPU time of the vectorised training plan step per image, for 440 x 586 inputs."""
     rsa = RSAConfig()
-    plan = train_planner(rsa, CROP, preresized, seed=0, rank=0, stages=graph_stages(rsa))
+    plan = TrainPlanner(rsa, CROP, preresized, seed=0, rank=0, stages=graph_stages(rsa))
     ids = np.array([[i % 2, 0, i, 440, 586] for i in range(batch)], np.int32)
     calls = iter(range(10**9))
 
@@ -58,17 +59,31 @@ def plan_us_per_image(batch: int, repeats: int, preresized: bool = True) -> floa
     return 1e6 * measure(run, repeats).cpu_s / batch
 
 
+@dataclass(frozen=True)
+class _Drawn:
+    """A stand-in order: run n is `batch` samples drawn with replacement, seeded by n,
+    so a small benchmark set still makes pipeline batches of the GPU configuration."""
+
+    num_samples: int
+    batch: int
+
+    def __call__(self, n: int) -> np.ndarray:
+        return np.random.default_rng(n).integers(0, self.num_samples, self.batch)
+
+    def plan_number(self, n: int) -> int:
+        return n
+
+
 def source_us_per_image(source: ShardSource, batch: int, repeats: int) -> float:
     """CPU time of one training run's host side (read, plan, argument arrays) per image,
     over samples drawn with replacement, so a small benchmark set still makes pipeline
     batches of the GPU configuration."""
-    rng = np.random.default_rng(0)
-    batches = (rng.integers(0, source.num_samples, batch) for _ in itertools.count())
     rsa = RSAConfig()
-    plan = train_planner(rsa, CROP, source.preresize is not None, seed=0, rank=0, stages=graph_stages(rsa))
-    host = BatchSource(source, batches, plan, graph_stages(rsa))
+    plan = TrainPlanner(rsa, CROP, source.preresize is not None, seed=0, rank=0, stages=graph_stages(rsa))
+    host = BatchSource(source, _Drawn(source.num_samples, batch), plan, graph_stages(rsa))
+    calls = itertools.count()
     try:
-        return 1e6 * measure(lambda: len(host()[1]), repeats).cpu_s / batch
+        return 1e6 * measure(lambda: len(host(next(calls))[1]), repeats).cpu_s / batch
     finally:
         host.close()
 
@@ -97,7 +112,10 @@ class _NoOpBatches:
                         np.full((batch, 2), side, np.int32),
                         *(a for k in range(stages) for a in slots.stage(k)))
 
-    def __call__(self) -> tuple:
+    def prepare(self, read_threads: int, keep: int) -> None:
+        """Nothing to read, and the one batch lives as long as this object."""
+
+    def __call__(self, info: object) -> tuple:
         return self.outputs
 
     def close(self) -> None:
