@@ -110,8 +110,8 @@ def _normalise(img):
 
 
 @pipeline_def(enable_conditionals=True)
-def _graph(source: BatchSource, stages: int, raw: bool, device: str, normalise: bool, options: ExecutorOptions,
-           workers: int):
+def _graph(source: BatchSource, options: ExecutorOptions, workers: int, stages: int, raw: bool, device: str,
+           normalise: bool):
     head, stage_inputs = _inputs(source, stages, options, workers)
     img = _decode(head["images"], raw, device, options)
     if not raw:
@@ -125,8 +125,8 @@ def _graph(source: BatchSource, stages: int, raw: bool, device: str, normalise: 
 
 
 @pipeline_def
-def _levels_graph(source: BatchSource, raw: bool, device: str, normalise: bool, options: ExecutorOptions,
-                  workers: int, levels: tuple[Level, ...], seed: int):
+def _levels_graph(source: BatchSource, options: ExecutorOptions, workers: int, raw: bool, device: str,
+                  normalise: bool, levels: tuple[Level, ...], seed: int):
     """The evaluation graph with perturbations (`perturb.py`): one decode, then per level
     perturb -> first resize -> centre crop -> normalise; one output per level, then the ids."""
     head, _ = _inputs(source, 0, options, workers)
@@ -152,9 +152,8 @@ def create_pipeline(source: BatchSource, *, stages: int, device: str, batch_size
 
 
 def _build(graph: Callable[..., Pipeline], source: BatchSource, graph_args: tuple, *, device: str, batch_size: int,
-           num_threads: int, device_id: int | None, options: ExecutorOptions,
-           graph_kwargs: dict | None = None) -> Pipeline:
-    """A pipeline of `graph(source, *graph_args, options, workers)` on `device`, its
+           num_threads: int, device_id: int | None, options: ExecutorOptions) -> Pipeline:
+    """A pipeline of `graph(source, options, workers, *graph_args)` on `device`, its
     `num_threads` split between DALI and the source's workers (`ExecutorOptions.split`);
     it keeps its `source`."""
     if device not in ("gpu", "cpu"):
@@ -164,7 +163,7 @@ def _build(graph: Callable[..., Pipeline], source: BatchSource, graph_args: tupl
     # pipeline's queue and one run either side); reading threads as DALI has. Workers
     # read with one thread each (they are the parallelism).
     source.prepare(read_threads=1 if workers else threads, keep=0 if workers else options.prefetch_queue_depth + 2)
-    pipe = graph(source, *graph_args, options, workers, **(graph_kwargs or {}), batch_size=batch_size,
+    pipe = graph(source, options, workers, *graph_args, batch_size=batch_size,
                  num_threads=threads, device_id=None if device == "cpu" else (device_id or 0),
                  prefetch_queue_depth=options.prefetch_queue_depth, exec_dynamic=True,
                  py_num_workers=max(workers, 1), py_start_method="spawn", **options.pipeline_kwargs())
@@ -242,9 +241,8 @@ def create_eval_pipeline(
     if not levels:
         return create_pipeline(host, stages=0, device=device, batch_size=batch_size, num_threads=num_threads,
                                device_id=device_id, normalise=normalise, options=options)
-    return _build(_levels_graph, host, (host.raw, device, normalise), device=device, batch_size=batch_size,
-                  num_threads=num_threads, device_id=device_id, options=options,
-                  graph_kwargs={"levels": tuple(levels), "seed": seed})
+    return _build(_levels_graph, host, (host.raw, device, normalise, tuple(levels), seed), device=device,
+                  batch_size=batch_size, num_threads=num_threads, device_id=device_id, options=options)
 
 
 def operator_census(pipe: Pipeline) -> Counter[tuple[str, str]]:
