@@ -280,3 +280,20 @@ def test_the_thread_budget_is_split_between_dali_and_the_workers() -> None:
         ExecutorOptions(source_workers=4).split(4)
     with pytest.raises(UserError, match="--stream-policy 'fast': choose one of single, per_backend"):
         ExecutorOptions(stream_policy="fast").pipeline_kwargs()
+    flags = ExecutorOptions.from_flags(["source_workers=1", "prefetch_queue_depth=3", "hw_decoder_load=0.7"])
+    assert flags == ExecutorOptions(source_workers=1, prefetch_queue_depth=3, hw_decoder_load=0.7)
+    with pytest.raises(UserError, match="--executor 'workers=2': use NAME=VALUE with NAME one of source_workers"):
+        ExecutorOptions.from_flags(["workers=2"])
+    with pytest.raises(UserError, match="--executor 'source_prefetch=two': source_prefetch takes int"):
+        ExecutorOptions.from_flags(["source_prefetch=two"])
+
+
+def test_executor_options_reach_the_pipeline(data: Path) -> None:
+    from commfor_fast.pipelines.dali import create_eval_pipeline
+    from commfor_fast.pipelines.source import ShardSource
+
+    source = ShardSource.from_manifest(data, Manifest.load(data), "all")
+    options = ExecutorOptions.from_flags(["source_workers=2", "prefetch_queue_depth=3", "concurrency=backend"])
+    pipe = create_eval_pipeline(source, device="cpu", batch_size=4, crop=CROP, num_threads=3, options=options)
+    assert (pipe.num_threads, pipe.py_num_workers, pipe.prefetch_queue_depth) == (1, 2, 3)
+    pipe.source.close()

@@ -19,7 +19,7 @@ ablations (the CPU backend cannot tell their effect on the GPU).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from commfor_fast.errors import UserError
@@ -36,6 +36,24 @@ class ExecutorOptions:
     concurrency: str | None = None  # DALI's OperatorConcurrency by name: none, backend, full
     resize_minibatch_size: int | None = None  # fn.resize's minibatch_size (GPU work split)
     hw_decoder_load: float | None = None  # share of JPEG decoding for the hardware decoder (A100/H100)
+
+    @classmethod
+    def from_flags(cls, flags: list[str] | None) -> ExecutorOptions:
+        """Options from `--executor NAME=VALUE` flags (field names of this class; `none`
+        for DALI's default)."""
+        values: dict[str, Any] = {}
+        kinds = {f.name: f.type for f in fields(cls)}
+        for flag in flags or ():
+            name, _, text = flag.partition("=")
+            if name not in kinds or not text:
+                raise UserError(f"--executor {flag!r}: use NAME=VALUE with NAME one of {', '.join(kinds)}")
+            kind = kinds[name]
+            try:
+                values[name] = None if text.lower() == "none" else (
+                    int(text) if "int" in kind else float(text) if "float" in kind else text)
+            except ValueError:
+                raise UserError(f"--executor {flag!r}: {name} takes {kind.replace(' | None', '')}") from None
+        return cls(**values)
 
     def split(self, num_threads: int) -> tuple[int, int]:
         """(DALI threads, worker processes) out of a budget of `num_threads`."""
