@@ -172,35 +172,43 @@ def graph_real_plans_us_per_image(source: ShardSource, batch: int, repeats: int,
     return 1e6 * _graph_cpu_per_run(host, stages, batch, repeats) / batch
 
 
-def training_thread(source: ShardSource, batch: int, per_run: int, batches: int, workers: int,
+def training_thread(source: ShardSource, batch: int, per_run: int, runs: int, workers: int,
                     threads: int) -> dict[str, float]:
     """What the training thread pays per image to get training batches from the DALI
     stream (pre-resized shards, default RSA, CPU backend), with `workers` source
-    workers out of `threads`: wall time inside `next(stream)` while a stand-in model
-    step (a sleep as long as a free-running batch takes) leaves the pipeline time to
-    prepare the next; and the host CPU per image of every thread and worker."""
+    workers out of `threads`, while a stand-in model step (a sleep of twice a
+    free-running batch's time) leaves the pipeline time to finish the next run: the
+    thread's wall time and its own CPU time inside `next(stream)` per image, and the
+    host CPU per image of every thread and worker."""
     manifest = Manifest.load(source.root)
-    stream = DaliTrainStream(source.root, manifest, manifest.training_sets()[0], device=torch.device("cpu"), batch_size=batch,
-                             crop=CROP, rsa=RSAConfig(), seed=0, rank=0, world_size=1, num_threads=threads,
-                             batches_per_run=per_run, options=ExecutorOptions(source_workers=workers))
+    stream = DaliTrainStream(source.root, manifest, manifest.training_sets()[0], device=torch.device("cpu"),
+                             batch_size=batch, crop=CROP, rsa=RSAConfig(), seed=0, rank=0, world_size=1,
+                             num_threads=threads, batches_per_run=per_run,
+                             options=ExecutorOptions(source_workers=workers))
     try:
         for _ in range(per_run):  # warm-up: the first run
             next(stream)
         t0 = time.perf_counter()
         for _ in range(per_run):
             next(stream)
-        step = (time.perf_counter() - t0) / per_run  # a free-running batch: the stand-in step
-        waits, c0 = [], cpu_seconds()
-        for _ in range(batches):
-            time.sleep(step)
-            t = time.perf_counter()
-            next(stream)
-            waits.append(time.perf_counter() - t)
+        step = 2 * (time.perf_counter() - t0) / per_run
+        walls, own, c0 = [], [], cpu_seconds()
+        for _ in range(runs):
+            wall = thread = 0.0
+            for _ in range(per_run):
+                time.sleep(step)
+                t, c = time.perf_counter(), time.thread_time()
+                next(stream)
+                wall, thread = wall + time.perf_counter() - t, thread + time.thread_time() - c
+            walls.append(wall)
+            own.append(thread)
         cpu = cpu_seconds() - c0
     finally:
         stream.close()
-    check_spread(f"training thread, {workers} workers", waits, "s")
-    return {"us_per_image": 1e6 * statistics.median(waits) / batch, "host_cpu_ms": 1e3 * cpu / (batches * batch)}
+    check_spread(f"training thread's wall time per run, {workers} workers", walls, "s")
+    images = per_run * batch
+    return {"wall_us": 1e6 * statistics.median(walls) / images, "own_us": 1e6 * statistics.median(own) / images,
+            "host_cpu_ms": 1e3 * cpu / (runs * images)}
 
 
 def run(shards: dict[str, Path], quick: bool) -> dict[str, Any]:
@@ -223,13 +231,14 @@ def run(shards: dict[str, Path], quick: bool) -> dict[str, Any]:
 def _thread_figures(source: ShardSource, quick: bool) -> dict[str, float]:
     """The training thread and host CPU figures, with the source workers (the default
     split of 4 threads) and without (the training thread prepares the batches), in one run."""
-    batch, per_run = (16, 2) if quick else (32, TrainSettings.batches_per_run)
-    batches = 4 * per_run
-    after = training_thread(source, batch, per_run, batches, workers=2, threads=4)
-    before = training_thread(source, batch, per_run, batches, workers=0, threads=4)
-    return {"training_thread_us_per_image": after["us_per_image"], "host_cpu_ms_per_image": after["host_cpu_ms"],
-            "training_thread_us_per_image_no_workers": before["us_per_image"],
-            "host_cpu_ms_per_image_no_workers": before["host_cpu_ms"], "thread_bench_batch": batch}
+    batch, per_run, runs = (16, 2, 3) if quick else (32, TrainSettings.batches_per_run, 5)
+    figures: dict[str, float] = {"thread_bench_batch": batch, "thread_bench_batches_per_run": per_run}
+    for suffix, workers in (("", 2), ("_no_workers", 0)):
+        f = training_thread(source, batch, per_run, runs, workers=workers, threads=4)
+        figures.update({f"training_thread_us_per_image{suffix}": f["wall_us"],
+                        f"training_thread_cpu_us_per_image{suffix}": f["own_us"],
+                        f"host_cpu_ms_per_image{suffix}": f["host_cpu_ms"]})
+    return figures
 
 
 def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -246,9 +255,13 @@ def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
                                                 f"24-px images, pipeline batch {figures['pipeline_batch']} "
                                                 "(CPU backend, one thread)"),
         "training_thread_us_per_image": ("us", f"training thread's wall time in next(stream) per image, 2 source "
-                                               f"workers + 2 DALI threads, batch {figures['thread_bench_batch']}, "
-                                               "pre-resized shards, default RSA, CPU backend"),
+                                               f"workers + 2 DALI threads, batch {figures['thread_bench_batch']} x "
+                                               f"{figures['thread_bench_batches_per_run']} per run, pre-resized "
+                                               "shards, default RSA, CPU backend, paced by a stand-in step"),
         "training_thread_us_per_image_no_workers": ("us", "the same, batches prepared by the training thread"),
+        "training_thread_cpu_us_per_image": ("us", "the training thread's own CPU time in next(stream) per image, "
+                                                   "2 source workers"),
+        "training_thread_cpu_us_per_image_no_workers": ("us", "the same, batches prepared by the training thread"),
         "host_cpu_ms_per_image": ("ms", "all host CPU per image (every thread and worker) in that run; CPU backend: "
                                         "includes the pixel work a GPU does"),
         "host_cpu_ms_per_image_no_workers": ("ms", "the same, batches prepared by the training thread"),
