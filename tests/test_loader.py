@@ -242,7 +242,8 @@ def test_workers_prepare_the_batches_the_training_thread_would(data: Path) -> No
 
     def batches(workers: int, state: dict | None = None, n: int = 5):
         stream = create_train_stream("dali", data, manifest, "all", rsa=RSAConfig(), seed=3, state=state,
-                                     batches_per_run=2, **{**_kwargs(rank=1, world_size=2), **_workers("dali", workers)})
+                                     batches_per_run=2,
+                                     **{**_kwargs(rank=1, world_size=2), **_workers("dali", workers)})
         try:
             return [next(stream) for _ in range(n)], stream.pipe.source
         finally:

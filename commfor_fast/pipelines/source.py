@@ -10,8 +10,10 @@ RSA stage; there is no Python function inside the graph.
 Order (the same as the reference loader's, so both loaders see one stream):
 training is an endless series of epochs, each a seeded permutation of the set cut
 into `iters_per_epoch` batches per rank, so every rank gets the same number of
-batches and batch k is a pure function of (seed, k): resuming at batch k is exact.
-Evaluation reads this rank's contiguous part once, the last batch short.
+batches and batch k is a pure function of (seed, rank, k): resuming at batch k is
+exact. Evaluation reads this rank's contiguous part once, the last batch short.
+`TrainOrder` and `EvalOrder` give pipeline run n from n alone, so DALI's worker
+processes can prepare runs in parallel (`executor.py`).
 """
 
 from __future__ import annotations
