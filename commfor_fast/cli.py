@@ -193,6 +193,7 @@ def convert(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Hugging Face cache for hub downloads (only README.md and the chosen splits' parquet files are fetched).", show_default=False)] = ConvertSettings.cache_dir,
     folder: Annotated[Optional[list[Path]], typer.Option("--folder", help="Local data ROOT laid out as ROOT/<generator or dataset>/<label dir>/<image> (repeatable).", show_default=False)] = None,
     labels: Annotated[str, typer.Option(help="Label folder names and their labels: exactly two, 0 = real and 1 = fake.")] = ConvertSettings.labels,
+    discovery: Annotated[str, typer.Option(help="Which files of a --folder are images. broad: any-case endings (.JPG), .tif, subfolders of label folders, hidden files skipped; original: the original's rule exactly (lower-case .jpg .jpeg .png .bmp .tiff .webp .gif directly in the label folder, hidden files taken).")] = ConvertSettings.discovery,
     overwrite: Annotated[bool, typer.Option(help="Delete a conversion made with other settings in --out and start again.")] = ConvertSettings.overwrite,
     val_frac: Annotated[float, typer.Option(help="Share of samples in the val set (0: one set, `all`).")] = ConvertSettings.val_frac,
     seed: Annotated[int, typer.Option(help="Seed of balancing, the split and the shuffles.")] = ConvertSettings.seed,

@@ -108,7 +108,7 @@ def scan_sources(settings: ConvertSettings, limits: Limits) -> tuple[list[Source
         units.extend(found)
     seen: set[str] = set()  # real paths of the files taken: each is stored once, whichever root reaches it
     for folder in settings.folders:
-        source, found = scan_folder(folder, limits.labels, len(sources), seen)
+        source, found = scan_folder(folder, limits.labels, len(sources), seen, settings.discovery)
         sources.append(source)
         units.extend(found)
     return sources, units
