@@ -119,7 +119,7 @@ def train(
     no_lr_schedule: Annotated[bool, typer.Option("--no-lr-schedule/--lr-decay", help="Constant lr after warmup (no cosine decay).")] = TrainSettings.no_lr_schedule,
     lr_schedule: Annotated[str, typer.Option(help="original: the cosine stepped as the original steps it (each iteration after warmup and again at each epoch end; it need not end at lr x 1e-3); per-iteration: one step per iteration, ending exactly at lr x 1e-3.")] = TrainSettings.lr_schedule,
     grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = TrainSettings.grad_clip,
-    use_amp: Annotated[bool, typer.Option(help="Mixed precision.")] = TrainSettings.use_amp,
+    use_amp: Annotated[Optional[bool], typer.Option("--use-amp/--no-use-amp", help="Mixed precision with --amp-dtype. Default: on for CUDA (fp16 with a grad scaler: the original's recipe), off on the CPU.", show_default=False)] = TrainSettings.use_amp,
     amp_dtype: Annotated[str, typer.Option(help="fp16 (with a grad scaler) or bf16.")] = TrainSettings.amp_dtype,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TrainSettings.compile,
     seed: Annotated[int, typer.Option(help="Seed of the data order, augmentation and initialisation.")] = TrainSettings.seed,
