@@ -57,16 +57,16 @@ def resize_renormalised(img: Any, down_size: Any) -> Any:
     import nvidia.dali.math as dmath
     from nvidia.dali import fn, types
 
-    shape = img.shape(dtype=types.FLOAT)
-    reach = fn.cast(shape[0:2] / down_size + 2.0, dtype=types.INT32)  # the triangle's radius, and a margin
-    ones = fn.cast(img * 0 + 1, dtype=types.FLOAT)
+    shape = img.shape(dtype=types.FLOAT)[0:2]
+    reach = fn.cast(shape / down_size + 2.0, dtype=types.INT32)  # the triangle's radius (in / out), and a margin
+    pad_start, pad_shape = reach * -1, fn.cast(shape, dtype=types.INT32) + 2 * reach
 
     def padded(x: Any) -> Any:
-        return fn.slice(fn.cast(x, dtype=types.FLOAT), start=reach * -1, shape=fn.cast(shape[0:2], dtype=types.INT32)
-                        + 2 * reach, axes=[0, 1], out_of_bounds_policy="pad", fill_values=0.0)
+        return fn.slice(x, start=pad_start, shape=pad_shape, axes=[0, 1], out_of_bounds_policy="pad", fill_values=0.0)
 
-    start = fn.cast(reach, dtype=types.FLOAT)
-    kwargs = {"size": down_size, "roi_start": start, "roi_end": start + shape[0:2], "roi_relative": False,
+    pixels = fn.cast(img, dtype=types.FLOAT)
+    roi = fn.cast(reach, dtype=types.FLOAT)
+    kwargs = {"size": down_size, "roi_start": roi, "roi_end": roi + shape, "roi_relative": False,
               "interp_type": types.INTERP_LINEAR, "antialias": True, "dtype": types.FLOAT}
-    value, weight = fn.resize(padded(img), **kwargs), fn.resize(padded(ones), **kwargs)
+    value, weight = fn.resize(padded(pixels), **kwargs), fn.resize(padded(pixels * 0.0 + 1.0), **kwargs)
     return fn.cast(dmath.clamp(dmath.floor(value / weight + 0.5), 0.0, 255.0), dtype=types.UINT8)
