@@ -141,7 +141,9 @@ def load_photos(folder: Path | None, quick: bool) -> list[TestImage]:
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SOURCE_EXTENSIONS)
         where = f"--photos {folder}"
     if not paths:
-        sys.exit(f"error: no photos found in {where}; install scikit-image or pass --photos DIR with real photos")
+        print(f"error: no photos found in {where}; install scikit-image or pass --photos DIR with real photos",
+              file=sys.stderr)
+        sys.exit(2)
     return [TestImage(p.name, PHOTOS, np.asarray(Image.open(p).convert("RGB"))) for p in paths[:3 if quick else None]]
 
 

@@ -38,6 +38,7 @@ from commfor_fast.errors import UserError
 from commfor_fast.imageio import SOURCE_EXTENSIONS
 
 IGNORED_EXAMPLES = 10  # how many ignored files the manifest names
+NAMED_IN_WARNINGS = 3  # how many skipped links or unreadable folders a warning line names
 BROAD, ORIGINAL = "broad", "original"
 DISCOVERY_RULES = (BROAD, ORIGINAL)
 ORIGINAL_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".webp", ".gif")  # matched in lower case only
@@ -55,7 +56,6 @@ def original_takes(rel: str) -> bool:
 
 
 RULES: dict[str, Callable[[str], bool]] = {BROAD: broad_takes, ORIGINAL: original_takes}
-NAMED_IN_WARNINGS = 3  # how many skipped links or unreadable folders a warning line names
 
 
 class _Walk:
