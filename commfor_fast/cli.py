@@ -302,7 +302,7 @@ def bench(
     out: Annotated[Path, typer.Option(help="Folder for the benchmark data, BENCH.md and bench.png.")] = BenchSettings.out,
     quick: Annotated[bool, typer.Option(help="A reduced set: a few minutes on 2 CPU cores.")] = BenchSettings.quick,
     shards: Annotated[Optional[list[Path]], typer.Option(help="Benchmark these convert outputs instead of generated data (repeatable).")] = BenchSettings.shards,
-    threads: Annotated[int, typer.Option(help="CPU threads per engine.")] = BenchSettings.threads,
+    threads: Annotated[int, typer.Option(help="CPU threads per loader.")] = BenchSettings.threads,
 ) -> None:
     """Benchmark the converter, the pipelines and training.
 

@@ -3,10 +3,13 @@
 Single process:   commfor-fast eval --data SHARDS --ckpt RUN/model.pt --out REPORT
 torchrun:         torchrun --nproc_per_node=8 -m commfor_fast eval --data SHARDS --hf-model OwensLab/commfor-model-384 --out REPORT
 
-Every rank scores its contiguous part of each set once (the loaders drop DALI's
-padding repeats); rank 0 gathers the scores, checks that every image of the folder
-was counted exactly once, and writes the report (SPEC section 6: accuracy at 0.5, AP,
-ROC-AUC; per generator its fakes against all reals; the original's within-group AP).
+Four steps (`evaluate_shards`): check the flags and the data before a model is loaded;
+every rank scores its contiguous part of each set once (`score_batches`; the loaders
+drop DALI's padding repeats); rank 0 gathers the scores (`gather_scores`) and checks
+that every image of the folder was counted exactly once; it writes the report (SPEC
+section 6: accuracy at 0.5, AP, ROC-AUC; per generator its fakes against all reals;
+the original's within-group AP; `metrics.METRICS`). Training's validation reuses
+`score_batches` and `gather_scores`.
 
 Robustness (`--perturb jpeg=95,50 --perturb noise=5 ...`): every image is read and
 decoded once and scored at `clean` and at every level (`pipelines/perturb.py`); each
@@ -20,23 +23,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write, check_writable
-from commfor_fast.metrics import EvalReport
+from commfor_fast.metrics import EvalReport, evaluate
 from commfor_fast.pipelines.perturb import CLEAN, CLEAN_LEVEL, Level, parse_perturbations
 from commfor_fast.progress import Progress
-from commfor_fast.convert.units import HF
 from commfor_fast.shards import META_EXT, Manifest, ShardReader, sample_key
+from commfor_fast.sources import sample_origin
 from commfor_fast.settings import EvalSettings
 from commfor_fast.distributed import Dist, all_gather, amp_dtype, resolve_device, setup_distributed, teardown_distributed
 
+if TYPE_CHECKING:
+    from commfor_fast.model import CommForDetector
+    from commfor_fast.pipelines.loader import Batch
+
 SCORE_FORMATS = ("parquet", "csv")
+# The array fields of `Scores` and their dtypes (those of `Batch` and of the float32 logits),
+# so that an empty share (a rank without images of a set) concatenates without changing them.
+ARRAYS = {"numbers": np.int64, "generator_ids": np.int64, "labels": np.float32, "logits": np.float32}
 
 
 @dataclass
@@ -52,6 +64,18 @@ class Scores:
     @property
     def probabilities(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
+
+    @classmethod
+    def from_parts(cls, sets: list[str], **parts: list[np.ndarray]) -> Scores:
+        """`Scores` of per-batch arrays (`parts`: one list per name of `ARRAYS`), in order."""
+        return cls(sets, **{name: np.concatenate(parts[name]) if parts[name] else np.zeros(0, dtype)
+                            for name, dtype in ARRAYS.items()})
+
+    @classmethod
+    def merge(cls, scores: Sequence[Scores]) -> Scores:
+        """One `Scores` of several (the sets of one rank, or the ranks of one level), in order."""
+        return cls.from_parts([s for part in scores for s in part.sets],
+                              **{name: [getattr(part, name) for part in scores] for name in ARRAYS})
 
 
 def _set_names(manifest: Manifest, sets: str | None, data: Path) -> list[str]:
@@ -83,8 +107,8 @@ def _check_exactly_once(scores: Scores, manifest: Manifest, set_names: list[str]
 
 def sample_origins(data: Path, manifest: Manifest, sets: list[str], numbers: np.ndarray) -> tuple[list[str], list[str]]:
     """The original image name and source of each (set, sample number), from the samples'
-    `KEY.json` metadata: a local file's path under its root and that root, or an HF row's
-    `image_name` (its parquet file and row when there is none) and the repo."""
+    `KEY.json` metadata, as its source kind names them (`sources.sample_origin`: a local
+    file's path under its root and that root, an HF row's `image_name` and the repo)."""
     readers: dict[str, ShardReader] = {}
     names, sources = [], []
     try:
@@ -92,12 +116,9 @@ def sample_origins(data: Path, manifest: Manifest, sets: list[str], numbers: np.
             reader = readers.get(set_name) or readers.setdefault(set_name, ShardReader(data, manifest.sets[set_name]))
             position = reader.position(sample_key(int(number)))
             meta = json.loads(reader.read(position, (META_EXT,))[META_EXT]) if position is not None else {}
-            if meta.get("source") == HF:
-                names.append(meta.get("image_name") or f"{meta.get('file')}#row {meta.get('row')}")
-                sources.append(str(meta.get("repo")))
-            else:
-                names.append(str(meta.get("path")))
-                sources.append(str(meta.get("root")))
+            name, source = sample_origin(meta)
+            names.append(name)
+            sources.append(source)
     finally:
         for reader in readers.values():
             reader.close()
@@ -141,7 +162,7 @@ def scores_name(level: Level, fmt: str) -> str:
 
 
 @dataclass
-class _Timing:
+class PassTiming:
     """Where rank 0's time went: the whole pass, waiting for batches, the model per level."""
 
     levels: int
@@ -164,17 +185,68 @@ class _Timing:
         return lines
 
 
-def evaluate_shards(settings: EvalSettings) -> EvalReport:
-    """Score every image of the chosen sets and write the report; returns it (rank 0).
+def score_batches(model: torch.nn.Module, loader: Iterable[Batch], set_name: str, *, device: torch.device,
+                  autocast_dtype: torch.dtype, use_amp: bool, levels: int = 1, timing: PassTiming | None = None,
+                  progress: Progress | None = None) -> list[Scores]:
+    """Score every image `loader` yields at each of its `levels` (`Batch.levels`, or the
+    clean images alone): one `Scores` per level, of this process's share, in the loader's
+    order (`gather_scores` joins the ranks). The model runs under inference mode and,
+    with `use_amp`, autocast to `autocast_dtype`; its logits come back as float32 on the
+    CPU. `timing` and `progress`, when given, count the pass.
 
-    With `settings.perturb` (robustness evaluation) every image is also scored at every
-    perturbation level, all levels made from one read and decode of the image; the
-    returned report is the clean one, and report.json gains a `robustness` section."""
-    from commfor_fast.metrics import evaluate
-    from commfor_fast.model import load_detector
-    from commfor_fast.pipelines.loader import create_eval_loader
-    from commfor_fast.report import format_table, write_report
+    Args:
+        model: the detector (in eval mode), on `device`.
+        loader: an evaluation loader (`pipelines.loader.create_eval_loader`).
+        set_name: the set the loader reads (recorded per image).
+        levels: how many levels each batch holds (1 without robustness levels).
+    """
+    timing = timing or PassTiming(levels)
+    logits: list[list[np.ndarray]] = [[] for _ in range(levels)]
+    numbers, generator_ids, labels = [], [], []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp):
+        batches = iter(loader)
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            timing.waiting_s += time.perf_counter() - waited
+            if batch is None:
+                break
+            for i, images in enumerate(batch.levels or (batch.images,)):
+                started = time.perf_counter()
+                logits[i].append(model(images).float().squeeze(1).cpu().numpy())  # .cpu() waits for it
+                timing.model_s[i] += time.perf_counter() - started
+            numbers.append(batch.sample_numbers.numpy())
+            generator_ids.append(batch.generator_ids.numpy())
+            labels.append(batch.labels.numpy())
+            timing.images += len(batch.labels)
+            if progress is not None:
+                progress.update(len(batch.labels))
+    sets = [set_name] * sum(len(part) for part in labels)
+    return [Scores.from_parts(sets, numbers=numbers, generator_ids=generator_ids, labels=labels, logits=part)
+            for part in logits]
 
+
+def gather_scores(mine: list[Scores], env: Dist) -> list[Scores]:
+    """Every rank's `Scores` (one per level) joined level by level in rank order, on every
+    rank. Every rank must call it (a collective)."""
+    gathered = all_gather(mine, env)
+    return [Scores.merge([rank[i] for rank in gathered]) for i in range(len(mine))]
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What `_check` found usable: the levels, the device, the data and the sets to score."""
+
+    levels: tuple[Level, ...]  # clean first; empty without --perturb
+    device: torch.device
+    autocast_dtype: torch.dtype
+    manifest: Manifest
+    set_names: list[str]
+
+
+def _check(settings: EvalSettings) -> _Inputs:
+    """Every flag and the data checked before a model is loaded or an image scored (one-line
+    `UserError`s): a report that cannot be written is known now."""
     if settings.scores_format not in SCORE_FORMATS:
         raise UserError(f"--scores-format {settings.scores_format!r}: use one of {', '.join(SCORE_FORMATS)}")
     if settings.batch_size < 1 or settings.num_threads < 1:
@@ -183,84 +255,66 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
     autocast_dtype = amp_dtype(settings.amp_dtype)
     env = Dist.from_env()
     device = resolve_device(settings.device, env.local_rank)
-    env = setup_distributed(device)
     manifest = Manifest.load(settings.data)
     set_names = _set_names(manifest, settings.sets, settings.data)
-    if env.is_main:  # before scoring anything: a report that cannot be written is known now
-        check_writable(Path(settings.out), "--out")
-    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device,
-                                trust_checkpoint=settings.trust_checkpoint)
-    applied_to = _applied_to(manifest)
     if env.is_main:
-        print(f"scoring the sets {', '.join(set_names)} of {settings.data} with {model.timm_name}", flush=True)
-        if "train" in set_names and settings.sets is None:
-            print("note: this includes the training set; pass --sets val to score held-out images only", flush=True)
-        if levels:
-            print(f"robustness: {', '.join(level.label for level in levels)} ({len(levels)} levels per image, "
-                  f"from one decode; perturbations applied to the {applied_to})", flush=True)
+        check_writable(Path(settings.out), "--out")
+    return _Inputs(levels, device, autocast_dtype, manifest, set_names)
 
-    n_levels = max(len(levels), 1)
-    sets, numbers, gens, labels = [], [], [], []
-    logits: list[list[np.ndarray]] = [[] for _ in range(n_levels)]
-    timing = _Timing(n_levels)
-    total = sum(manifest.sets[s].num_samples for s in set_names)
-    desc = f"eval x {n_levels} levels" if levels else "eval"
+
+def _announce(settings: EvalSettings, inputs: _Inputs, model: CommForDetector) -> None:
+    """Rank 0's first lines: what is scored, with which model, at which levels."""
+    print(f"scoring the sets {', '.join(inputs.set_names)} of {settings.data} with {model.timm_name}", flush=True)
+    if "train" in inputs.set_names and settings.sets is None:
+        print("note: this includes the training set; pass --sets val to score held-out images only", flush=True)
+    if inputs.levels:
+        print(f"robustness: {', '.join(level.label for level in inputs.levels)} ({len(inputs.levels)} levels per "
+              f"image, from one decode; perturbations applied to the {_applied_to(inputs.manifest)})", flush=True)
+
+
+def _score(model: CommForDetector, settings: EvalSettings, inputs: _Inputs, env: Dist,
+           timing: PassTiming) -> list[Scores]:
+    """This rank's part of every chosen set, scored at every level: one `Scores` per level."""
+    from commfor_fast.pipelines.loader import create_eval_loader
+
+    n_levels = max(len(inputs.levels), 1)
+    total = sum(inputs.manifest.sets[s].num_samples for s in inputs.set_names)
+    desc = f"eval x {n_levels} levels" if inputs.levels else "eval"
+    per_set = []
     with Progress(total // env.world_size, desc, enabled=env.is_main) as progress:
-        for name in set_names:
+        for name in inputs.set_names:
             loader = create_eval_loader(
-                settings.loader, settings.data, manifest, name, device=device, batch_size=settings.batch_size,
-                crop=model.input_size, rank=env.rank, world_size=env.world_size, num_threads=settings.num_threads,
-                levels=levels, seed=settings.perturb_seed,
+                settings.loader, settings.data, inputs.manifest, name, device=inputs.device,
+                batch_size=settings.batch_size, crop=model.input_size, rank=env.rank, world_size=env.world_size,
+                num_threads=settings.num_threads, levels=inputs.levels, seed=settings.perturb_seed,
             )
-            with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=settings.use_amp):
-                batches = iter(loader)
-                while True:
-                    waited = time.perf_counter()
-                    batch = next(batches, None)
-                    timing.waiting_s += time.perf_counter() - waited
-                    if batch is None:
-                        break
-                    for i, images in enumerate(batch.levels or (batch.images,)):
-                        started = time.perf_counter()
-                        logits[i].append(model(images).float().squeeze(1).cpu().numpy())  # .cpu() waits for it
-                        timing.model_s[i] += time.perf_counter() - started
-                    numbers.append(batch.sample_numbers.numpy())
-                    gens.append(batch.generator_ids.numpy())
-                    labels.append(batch.labels.numpy())
-                    sets.extend([name] * len(batch.labels))
-                    timing.images += len(batch.labels)
-                    progress.update(len(batch.labels))
-            loader.close()
+            try:
+                per_set.append(score_batches(model, loader, name, device=inputs.device,
+                                             autocast_dtype=inputs.autocast_dtype, use_amp=settings.use_amp,
+                                             levels=n_levels, timing=timing, progress=progress))
+            finally:
+                loader.close()
+    return [Scores.merge([level_scores[i] for level_scores in per_set]) for i in range(n_levels)]
 
-    def cat(parts: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(parts) if parts else np.zeros(0)
 
-    mine = [Scores(sets, cat(numbers), cat(gens), cat(labels), cat(part)) for part in logits]
-    gathered = all_gather(mine, env)
-    teardown_distributed(env)
-    if not env.is_main:
-        return None  # type: ignore[return-value]
-    per_level = [Scores(
-        [s for g in gathered for s in g[i].sets],
-        *(np.concatenate([getattr(g[i], f) for g in gathered]) for f in ("numbers", "generator_ids", "labels",
-                                                                          "logits")),
-    ) for i in range(n_levels)]
-    for scores in per_level:  # every level: every image once (all levels come from the same batches)
-        _check_exactly_once(scores, manifest, set_names)
-    scores = per_level[0]
+def _write(settings: EvalSettings, inputs: _Inputs, per_level: list[Scores], info: dict[str, Any],
+           timing: PassTiming) -> EvalReport:
+    """Measure every level, write report.json, the CSVs, the charts and (--save-scores) the
+    scores, print the tables; returns the clean report."""
+    from commfor_fast import robustness
+    from commfor_fast.report import format_table, write_report
 
-    report = evaluate(scores.labels, scores.probabilities, scores.generator_ids, manifest.generators)
-    out = Path(settings.out)
+    manifest, levels, out = inputs.manifest, inputs.levels, Path(settings.out)
+    clean = per_level[0]
+    report = evaluate(clean.labels, clean.probabilities, clean.generator_ids, manifest.generators)
     settings_record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}
-    meta = {"model": info, "data": str(settings.data), "sets": set_names, "command": settings.command,
+    meta = {"model": info, "data": str(settings.data), "sets": inputs.set_names, "command": settings.command,
             "settings": settings_record}
-    sections, robust = {}, []
+    robust = [robustness.level_metrics(level, s.labels, s.probabilities, s.generator_ids, manifest.generators)
+              for level, s in zip(levels, per_level)]
+    sections = {}
     if levels:
-        from commfor_fast import robustness
-
-        robust = [robustness.level_metrics(level, s.labels, s.probabilities, s.generator_ids, manifest.generators)
-                  for level, s in zip(levels, per_level)]
-        sections["robustness"] = robustness.report_section(robust, applied_to, settings.perturb_seed)
+        sections["robustness"] = robustness.report_section(robust, _applied_to(manifest), settings.perturb_seed)
     paths = write_report(report, out, meta, sections)
     print(format_table(report))
     if levels:
@@ -268,12 +322,36 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
         print("\n" + robustness.format_table(robust))
         print("\n".join(timing.lines(levels)))
     if settings.save_scores:
-        origins = sample_origins(settings.data, manifest, scores.sets, scores.numbers)
+        origins = sample_origins(settings.data, manifest, clean.sets, clean.numbers)
         for level, level_scores in zip(levels or (CLEAN_LEVEL,), per_level):
             path = out / scores_name(level, settings.scores_format)
             paths[f"scores {level.label}"] = write_scores(level_scores, manifest, settings.data, path, origins)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return report
+
+
+def evaluate_shards(settings: EvalSettings) -> EvalReport:
+    """Score every image of the chosen sets and write the report; returns it (rank 0).
+
+    With `settings.perturb` (robustness evaluation) every image is also scored at every
+    perturbation level, all levels made from one read and decode of the image; the
+    returned report is the clean one, and report.json gains a `robustness` section."""
+    from commfor_fast.model import load_detector
+
+    inputs = _check(settings)
+    env = setup_distributed(inputs.device)
+    model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=inputs.device,
+                                trust_checkpoint=settings.trust_checkpoint)
+    if env.is_main:
+        _announce(settings, inputs, model)
+    timing = PassTiming(max(len(inputs.levels), 1))
+    per_level = gather_scores(_score(model, settings, inputs, env, timing), env)
+    teardown_distributed(env)
+    if not env.is_main:
+        return None  # type: ignore[return-value]
+    for scores in per_level:  # every level: every image once (all levels come from the same batches)
+        _check_exactly_once(scores, manifest=inputs.manifest, set_names=inputs.set_names)
+    return _write(settings, inputs, per_level, info, timing)
 
 
 def _applied_to(manifest: Manifest) -> str:

@@ -1,12 +1,12 @@
 """Writing and showing an evaluation report: report.json, per_generator.csv, a chart, a table.
 
 The JSON holds everything (`EvalReport.to_dict`, plus optional run metadata); the CSV
-has one row per generator for spreadsheets (an undefined value is an empty cell); the
-chart (PNG at 200 dpi and PDF, for papers) shows per-generator AP and accuracy, sorted,
-on an axis scaled to the data with the values on the bars, readable for five
-generators or for hundreds; `format_table` is what the console shows. Undefined
-values print as "n/a". Generator names in the CSV are escaped against spreadsheet
-formula injection.
+has one row per generator for spreadsheets (an undefined value is an empty cell); its
+columns and the console's derive from `metrics.METRICS`; the chart (PNG at 200 dpi and
+PDF, for papers) shows per-generator AP and accuracy, sorted, on an axis scaled to the
+data with the values on the bars, readable for five generators or for hundreds;
+`format_table` is what the console shows. Undefined values print as "n/a". Generator
+names in the CSV are escaped against spreadsheet formula injection.
 """
 
 from __future__ import annotations
@@ -14,21 +14,19 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from commfor_fast.fileio import atomic_write
-from commfor_fast.metrics import EvalReport, GeneratorMetrics
+from commfor_fast.metrics import EVAL, EvalReport, GeneratorMetrics, format_metric, metrics_of
 
 REPORT_JSON = "report.json"
 GENERATOR_CSV = "per_generator.csv"
 CHART_NAME = "per_generator"  # .png and .pdf
 CHART_DPI = 200
-CSV_COLUMNS = ("generator", "n_real", "n_fake", "accuracy", "real_accuracy", "fake_accuracy",
-               "ap", "auc", "ap_within")
 # Up to this many generators the chart is a labelled bar chart, one row each (300 rows
 # are about 18,000 px tall at 200 dpi); beyond, a sorted dot plot.
 BAR_CHART_MAX = 300
@@ -36,11 +34,6 @@ ROW_INCHES = 0.3
 WORST_LABELLED = 10
 NAME_WIDTH = 44
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula
-
-
-def format_metric(value: float | None) -> str:
-    """A metric for tables: four decimals, n/a when undefined."""
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def short_name(name: str, width: int = NAME_WIDTH) -> str:
@@ -62,6 +55,21 @@ def _by_ap(generators: list[GeneratorMetrics]) -> list[GeneratorMetrics]:
     return sorted(generators, key=lambda g: (g.ap is None, g.ap or 0.0, g.fake_accuracy or 0.0))
 
 
+def csv_columns() -> tuple[str, ...]:
+    """per_generator.csv's header: the generator, its counts, its metrics (`metrics.METRICS`)."""
+    return ("generator", "n_real", "n_fake", *(m.name for m in metrics_of(EVAL, "per_generator")))
+
+
+def write_rows(path: Path, header: Sequence[str], rows: Iterable[Iterable[object]]) -> Path:
+    """A CSV of `rows` under `header`, written atomically; None is an empty cell."""
+    with atomic_write(path, "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow("" if v is None else v for v in row)
+    return path
+
+
 def write_report(report: EvalReport, out_dir: Path, meta: Mapping[str, Any] | None = None,
                  sections: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write report.json (with `meta`, e.g. the run's settings, and any further `sections`,
@@ -78,13 +86,8 @@ def write_report(report: EvalReport, out_dir: Path, meta: Mapping[str, Any] | No
     data.update(sections or {})
     with atomic_write(paths["json"], "w") as f:
         f.write(json.dumps(data, indent=2, default=str) + "\n")
-    with atomic_write(paths["csv"], "w") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for g in report.generators:
-            row = (spreadsheet_safe(g.name), g.n_real, g.n_fake, g.accuracy, g.real_accuracy, g.fake_accuracy,
-                   g.ap, g.auc, g.ap_within)
-            writer.writerow("" if v is None else v for v in row)
+    write_rows(paths["csv"], csv_columns(),
+               ((spreadsheet_safe(g.name), g.n_real, g.n_fake, *g.values.values()) for g in report.generators))
     paths["chart"], paths["chart_pdf"] = plot_report(report, out_dir / CHART_NAME)
     return paths
 
@@ -92,25 +95,22 @@ def write_report(report: EvalReport, out_dir: Path, meta: Mapping[str, Any] | No
 def format_table(report: EvalReport) -> str:
     """The report as console text: overall lines, fake generators by AP, real sources."""
     r = report
+    columns = metrics_of(EVAL, "per_generator")
     lines = [
-        f"overall: {r.n} images ({r.n_real} real, {r.n_fake} fake)  acc {format_metric(r.accuracy)}  "
-        f"AP {format_metric(r.ap)}  AUC {format_metric(r.auc)}  real acc {format_metric(r.real_accuracy)}  "
-        f"fake acc {format_metric(r.fake_accuracy)}",
-        f"mean over {r.n_fake_generators} fake generators: acc {format_metric(r.mean_accuracy)}  "
-        f"AP {format_metric(r.mean_ap)}  AUC {format_metric(r.mean_auc)}  "
-        f"(within-group AP {format_metric(r.mean_ap_within)})",
+        f"overall: {r.n} images ({r.n_real} real, {r.n_fake} fake)  "
+        + "  ".join(f"{m.label} {m.fmt(r.values[m.name])}" for m in metrics_of(EVAL, "overall")),
+        f"mean over {r.n_fake_generators} fake generators: "
+        + "  ".join(f"{m.label} {m.fmt(r.values[m.mean_key])}" for m in metrics_of(EVAL, "mean")),
         "AP/AUC per generator: its fakes vs all real images of the test set; "
         "AP_within: its own reals and fakes (the original's).",
     ]
     fakes = _by_ap([g for g in r.generators if g.n_fake])
     if fakes:
-        header = ("generator (worst AP first)", "n_real", "n_fake", "acc", "real_acc", "fake_acc",
-                  "AP", "AUC", "AP_within")
+        header = ("generator (worst AP first)", "n_real", "n_fake", *(m.label for m in columns))
         width = max(min(max(len(g.name) for g in fakes), NAME_WIDTH), len(header[0]))  # the header whole
         lines += ["", f"{header[0]:<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:])]
         for g in fakes:
-            cells = (g.n_real, g.n_fake, *(format_metric(v) for v in (g.accuracy, g.real_accuracy, g.fake_accuracy,
-                                                                     g.ap, g.auc, g.ap_within)))
+            cells = (g.n_real, g.n_fake, *(m.fmt(g.values[m.name]) for m in columns))
             lines.append(f"{short_name(g.name, width):<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
     if r.real_sources:
         width = min(max(len(s.name) for s in r.real_sources), NAME_WIDTH)

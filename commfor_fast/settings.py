@@ -150,4 +150,4 @@ class BenchSettings:
     out: Path = Path("bench-output")  # benchmark data, BENCH.md and bench.png
     quick: bool = False  # a reduced set: a few minutes on 2 CPU cores
     shards: list[Path] | None = None  # benchmark these convert outputs instead of generated data
-    threads: int = 2  # CPU threads per engine
+    threads: int = 2  # CPU threads per loader

@@ -19,8 +19,8 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from commfor_fast.pipelines.batch_plan import BATCH_OPS, SIZE_RULES, draw_train_slots
-from commfor_fast.pipelines.ops import DEFAULT_OPS, OPS, Crop, Flip, Jpeg, trace_sizes
+from commfor_fast.pipelines.batch_plan import draw_train_slots
+from commfor_fast.pipelines.ops import OPS, Crop, Flip, Jpeg, trace_sizes
 from commfor_fast.pipelines.plan import Plan, PlanEntry, RSAConfig, train_plan
 from commfor_fast.pipelines.slots import DALI_NN, SLOTS_PER_STAGE, Slots, graph_stages, lower_plans
 
@@ -29,7 +29,7 @@ N = 4000
 KS_ALPHA_C = math.sqrt(-math.log(1e-6 / 2) / 2)  # two-sample Kolmogorov-Smirnov constant
 CHI2_Z = 4.753  # standard normal upper 1e-6 quantile (Wilson-Hilferty chi-square quantile)
 DISCRETE = ("interp", "jpeg", "quality")
-ALL_OPS = RSAConfig(DEFAULT_OPS + ("singleJPEG", "StochasticJPEG"), (1,) * 13, (3,) * 13)
+ALL_OPS = RSAConfig(tuple(OPS), (1,) * len(OPS), (3,) * len(OPS))  # every registered op
 KINDS = ("jpeg", "hflip", "vflip", "pad", "cutout", "resize", "identity", "translate", "crop", "rrc", "rotation",
          "shear")
 
@@ -204,14 +204,13 @@ def test_every_kind_is_seen() -> None:
     assert seen >= set(KINDS) - {"identity"}, seen
 
 
-def test_every_op_has_a_batch_twin() -> None:
-    """Each op of the table is drawn here, with a size rule exactly when it changes sizes."""
-    assert set(BATCH_OPS) == set(OPS)
+def test_size_rule_exactly_when_an_op_changes_sizes() -> None:
+    """An op without a size rule keeps the size in the batch draw: its per-image draw must too."""
     rng = np.random.default_rng(4)
     for name, spec in OPS.items():
         changes = any(trace_sizes(spec.sample(rng, 440, 586, 384, fix_quirks=False), 440, 586)[-1] != (440, 586)
                       for _ in range(20))
-        assert changes == (name in SIZE_RULES), name
+        assert changes == (spec.size is not None), name
 
 
 def test_too_few_stages_is_an_error() -> None:
@@ -293,8 +292,9 @@ def test_each_op_fills_the_same_slots_as_lower_plans(op: str, u: float, fix: boo
 def test_op_sequences_fill_the_same_slots_as_lower_plans(counts: int) -> None:
     """Every op in a row: positions, JPEG joins and sizes carried through the sequence
     (u * bag size < 1 keeps the per-sample pops in the table's order)."""
-    _assert_same_slots(RSAConfig(ALL_OPS.ops, (counts,) * 13, (counts,) * 13), 0.01)
-    _assert_same_slots(RSAConfig(ALL_OPS.ops[::-1], (counts,) * 13, (counts,) * 13), 0.02)
+    every = (counts,) * len(ALL_OPS.ops)
+    _assert_same_slots(RSAConfig(ALL_OPS.ops, every, every), 0.01)
+    _assert_same_slots(RSAConfig(ALL_OPS.ops[::-1], every, every), 0.02)
     # An op listed twice is two independent entries of the bag.
     repeated = ("RandomCrop", "RandomRotation", "RandomCrop", "JPEGinMemory")
     _assert_same_slots(RSAConfig(repeated, (counts,) * 4, (counts,) * 4), 0.01)

@@ -12,7 +12,7 @@ from conftest import image_bytes
 from typer.testing import CliRunner
 
 from commfor_fast.cli import app
-from commfor_fast.convert.folders import scan_folder
+from commfor_fast.sources.folders import scan_folder
 from commfor_fast.shards import Manifest
 
 LABELS = {"real": 0, "fake": 1}

@@ -1,8 +1,10 @@
-"""The torch-facing loaders: sharding across ranks, reproducibility, exact resume, bad samples."""
+"""The DALI and reference loaders: sharding across ranks, reproducibility, exact resume, bad samples, factories."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,10 @@ from PIL import Image
 
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
-from commfor_fast.pipelines.loader import DataError, create_eval_loader, create_train_stream, iters_per_epoch
+from commfor_fast.pipelines.batch import EvalLoader, TrainStream
+from commfor_fast.pipelines.damaged import DataError
+from commfor_fast.pipelines.loader import LOADERS, create_eval_loader, create_train_stream
+from commfor_fast.pipelines.source import iters_per_epoch
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.shards import Manifest, ShardReader, read_index
 
@@ -40,27 +45,27 @@ def _kwargs(**extra: object) -> dict:
     return dict(device=torch.device("cpu"), batch_size=4, crop=CROP, num_threads=1, **extra)
 
 
-@pytest.mark.parametrize("engine", ["dali", "reference"])
-def test_eval_counts_every_sample_once_across_ranks(data: Path, engine: str) -> None:
+@pytest.mark.parametrize("loader", LOADERS)
+def test_eval_counts_every_sample_once_across_ranks(data: Path, loader: str) -> None:
     manifest = Manifest.load(data)
     seen = []
     for rank in range(3):
-        loader = create_eval_loader(engine, data, manifest, "all", **_kwargs(rank=rank, world_size=3))
-        numbers = [int(n) for batch in loader for n in batch.sample_numbers]
-        assert len(numbers) == len(loader)  # no padding repeats
+        part = create_eval_loader(loader, data, manifest, "all", **_kwargs(rank=rank, world_size=3))
+        numbers = [int(n) for batch in part for n in batch.sample_numbers]
+        assert len(numbers) == len(part)  # no padding repeats
         seen += numbers
-        for batch in create_eval_loader(engine, data, manifest, "all", **_kwargs(rank=rank, world_size=3)):
+        for batch in create_eval_loader(loader, data, manifest, "all", **_kwargs(rank=rank, world_size=3)):
             assert batch.images.shape[1:] == (3, CROP, CROP) and batch.images.dtype == torch.float32
     assert sorted(seen) == sorted(set(seen)) and len(seen) == N_IMAGES
 
 
-@pytest.mark.parametrize("engine", ["dali", "reference"])
-def test_train_stream_reproducible_sharded_and_resumable(data: Path, engine: str) -> None:
+@pytest.mark.parametrize("loader", LOADERS)
+def test_train_stream_reproducible_sharded_and_resumable(data: Path, loader: str) -> None:
     manifest = Manifest.load(data)
     rsa = RSAConfig()
 
     def stream(rank: int, seed: int = 0, state: dict | None = None):
-        return create_train_stream(engine, data, manifest, "all", rsa=rsa, seed=seed, state=state,
+        return create_train_stream(loader, data, manifest, "all", rsa=rsa, seed=seed, state=state,
                                    **_kwargs(rank=rank, world_size=2))
 
     a, b = stream(0), stream(0)
@@ -88,15 +93,15 @@ def test_train_stream_reproducible_sharded_and_resumable(data: Path, engine: str
         assert torch.equal(got.images, want.images) and torch.equal(got.sample_numbers, want.sample_numbers)
 
 
-def test_both_engines_read_one_order_and_runs_cut_into_batches(data: Path) -> None:
+def test_both_loaders_read_one_order_and_runs_cut_into_batches(data: Path) -> None:
     """The DALI stream reads the reference stream's order, whatever its batches per run,
     and resumes exactly in the middle of a run."""
     manifest = Manifest.load(data)
 
-    def numbers(engine: str, per_run: int = 1, state: dict | None = None, n: int = 5):
-        stream = create_train_stream(engine, data, manifest, "all", rsa=RSAConfig(), seed=3, state=state,
+    def numbers(loader: str, per_run: int = 1, state: dict | None = None, n: int = 5):
+        stream = create_train_stream(loader, data, manifest, "all", rsa=RSAConfig(), seed=3, state=state,
                                      **_kwargs(rank=1, world_size=2), **({"batches_per_run": per_run}
-                                                                         if engine == "dali" else {}))
+                                                                         if loader == "dali" else {}))
         batches = [next(stream) for _ in range(n)]
         return stream, batches
 
@@ -108,7 +113,7 @@ def test_both_engines_read_one_order_and_runs_cut_into_batches(data: Path) -> No
     assert [b.sample_numbers.tolist() for b in triple] == order[:4]
     assert all(b.images.shape == (4, 3, CROP, CROP) for b in triple)
     want = [next(stream) for _ in range(3)]  # batches 5-7: the rest of run 2, then run 3
-    _, resumed = numbers("dali", per_run=3, state={"engine": "dali", "batches": 4}, n=3)
+    _, resumed = numbers("dali", per_run=3, state={"loader": "dali", "batches": 4}, n=3)
     for a, b in zip(resumed, want):
         assert torch.equal(a.images, b.images) and torch.equal(a.sample_numbers, b.sample_numbers)
 
@@ -127,7 +132,7 @@ def test_gpu_eval_counts_every_sample_once_across_ranks(data: Path) -> None:
 
 
 def test_reference_epochs_cover_the_set_with_equal_batches_per_rank() -> None:
-    from commfor_fast.pipelines.loader import _StreamSampler
+    from commfor_fast.pipelines.reference_loader import _StreamSampler
 
     iters = iters_per_epoch(N_IMAGES, 4, 2)
     assert iters == 2
@@ -158,8 +163,8 @@ def test_iters_per_epoch_refuses_too_small_sets() -> None:
         iters_per_epoch(10, 8, 2)
 
 
-@pytest.mark.parametrize("engine", ["dali", "reference"])
-def test_damaged_sample_is_named(data: Path, tmp_path: Path, engine: str) -> None:
+@pytest.mark.parametrize("loader", LOADERS)
+def test_damaged_sample_is_named(data: Path, tmp_path: Path, loader: str) -> None:
     """A sample damaged after conversion stops the run with its key and shard."""
     damaged = tmp_path / "shards"
     shutil.copytree(data, damaged)
@@ -172,5 +177,48 @@ def test_damaged_sample_is_named(data: Path, tmp_path: Path, engine: str) -> Non
         f.write(b"\0" * min(image.size, 64))
     key = image.filename.split(".")[0]
     with pytest.raises(DataError, match=f"sample {key} in {shard.tar}"):
-        for _ in create_eval_loader(engine, damaged, manifest, "all", **_kwargs(rank=0, world_size=1)):
+        for _ in create_eval_loader(loader, damaged, manifest, "all", **_kwargs(rank=0, world_size=1)):
             pass
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_every_loader_follows_the_protocols(data: Path, loader: str) -> None:
+    """Both backends serve `TrainStream` / `EvalLoader`, and a stream's state names its loader."""
+    manifest = Manifest.load(data)
+    stream = create_train_stream(loader, data, manifest, "all", rsa=RSAConfig(), seed=0,
+                                 **_kwargs(rank=0, world_size=1))
+    try:
+        assert isinstance(stream, TrainStream)
+        next(stream)
+        assert stream.state_dict() == {"loader": loader, "batches": 1}
+    finally:
+        stream.close()
+    part = create_eval_loader(loader, data, manifest, "all", **_kwargs(rank=0, world_size=1))
+    assert isinstance(part, EvalLoader) and len(part) == N_IMAGES
+    part.close()
+
+
+def test_the_factories_import_a_backend_only_when_it_is_chosen(data: Path) -> None:
+    """Importing the factories loads neither backend; choosing one loads only it (no DALI for `reference`)."""
+    code = (
+        "import sys, torch\n"
+        "from commfor_fast.pipelines.loader import create_eval_loader\n"
+        "from commfor_fast.shards import Manifest\n"
+        "def loaded():\n"
+        "    return sorted(m.split('.')[-1] for m in sys.modules if m == 'nvidia.dali' or\n"
+        "                  m.startswith('commfor_fast.pipelines.') and m.endswith('_loader'))\n"
+        "before = loaded()\n"
+        f"data = {str(data)!r}\n"
+        "create_eval_loader('reference', data, Manifest.load(data), 'all', device=torch.device('cpu'), batch_size=4,\n"
+        "                   crop=224, rank=0, world_size=1, num_threads=0)\n"
+        "print(before, loaded())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] ['reference_loader']"
+
+
+def test_an_unknown_loader_is_refused_naming_the_flag(data: Path) -> None:
+    from commfor_fast.errors import UserError
+
+    with pytest.raises(UserError, match="--loader 'pil': choose one of dali, reference"):
+        create_eval_loader("pil", data, Manifest.load(data), "all", **_kwargs(rank=0, world_size=1))

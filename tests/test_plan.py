@@ -16,8 +16,11 @@ import pytest
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import resized_shape
 from commfor_fast.pipelines import ops
-from commfor_fast.pipelines.ops import OPS, Affine, Crop, Erase, Flip, Interp, Jpeg, Resize, ResizedCrop, trace_sizes
+from commfor_fast.pipelines.batch_plan import draw_train_slots
+from commfor_fast.pipelines.ops import OPS, Affine, Crop, Erase, Flip, Interp, Jpeg, Resize, ResizedCrop, affine_matrices, \
+    trace_sizes
 from commfor_fast.pipelines.plan import RSAConfig, draw_counts, draw_order, eval_plan, train_plan
+from commfor_fast.pipelines.slots import graph_stages
 
 H, W, C = 440, 586, 384
 N = 4000
@@ -137,6 +140,12 @@ def test_rotation_translation_shear_ranges() -> None:
         assert -15 <= min(values) < -14.5 and 14.5 < max(values) <= 15
 
 
+def _inverse_matrix(step: Affine, h: int, w: int) -> np.ndarray:
+    """One image's output->input matrix, row-major (6,)."""
+    return affine_matrices(np.array([h]), np.array([w]), step.rotation, step.translate_x, step.translate_y,
+                           step.shear_x, step.shear_y)[0].ravel()
+
+
 @pytest.mark.parametrize("step", [Affine(rotation=12.5), Affine(translate_x=7, translate_y=-3),
                                   Affine(shear_x=10.0, shear_y=-7.0), Affine(rotation=-5.0, shear_x=3.0)])
 def test_affine_matrix_is_the_one_torchvision_gives_pil(step: Affine) -> None:
@@ -144,15 +153,15 @@ def test_affine_matrix_is_the_one_torchvision_gives_pil(step: Affine) -> None:
 
     expected = _get_inverse_affine_matrix([W * 0.5, H * 0.5], -step.rotation, [step.translate_x, step.translate_y],
                                           1.0, [step.shear_x, step.shear_y])
-    assert np.allclose(step.inverse_matrix(H, W), expected, atol=1e-4)
+    assert np.allclose(_inverse_matrix(step, H, W), expected, atol=1e-4)
 
 
 def test_affine_matrix_is_torchvisions() -> None:
     """Rotation about the centre: the centre maps to itself, corners rotate."""
-    m = Affine(rotation=90.0).inverse_matrix(100, 200)
+    m = _inverse_matrix(Affine(rotation=90.0), 100, 200)
     centre = (m[0] * 100 + m[1] * 50 + m[2], m[3] * 100 + m[4] * 50 + m[5])
     assert np.allclose(centre, (100, 50))
-    m = Affine(translate_x=7, translate_y=-3).inverse_matrix(100, 200)
+    m = _inverse_matrix(Affine(translate_x=7, translate_y=-3), 100, 200)
     assert np.allclose(m, [1, 0, -7, 0, 1, 3])
 
 
@@ -191,13 +200,42 @@ def test_single_and_stochastic_jpeg() -> None:
     for steps in _draws("singleJPEG", 20):
         resize, jpeg = steps
         assert resize == Resize(*resized_shape(H, W, C), Interp.BILINEAR) and jpeg.quality == 95
-    rounds = Counter(len(steps) // 2 for steps in _draws("StochasticJPEG"))
-    # 1 + Binomial(4, 0.5) rounds, each a random resized crop to C plus a JPEG.
-    for k in range(1, 6):
-        assert _close(rounds[k] / N, math.comb(4, k - 1) / 16), rounds
     for steps in _draws("StochasticJPEG", 50):
         assert all(isinstance(a, ResizedCrop) and isinstance(b, Jpeg) for a, b in zip(steps[::2], steps[1::2]))
         assert trace_sizes(steps, H, W)[-1] == (C, C)
+
+
+# StochasticJPEG's rounds as the original's loop draws them: one, then another while a
+# p = 0.5 coin says so, at most five: P(k) = 2^-k for k < 5, 2^-4 for k = 5.
+ROUNDS = np.arange(1, 6)
+ROUNDS_P = np.array([0.5, 0.25, 0.125, 0.0625, 0.0625])
+Z = 5.0  # standard errors allowed: about 6e-7 two-sided per comparison
+
+
+def _assert_rounds_follow_the_original(rounds: np.ndarray) -> None:
+    """The mean and each count's share within Z standard errors of the formula's."""
+    n = len(rounds)
+    mean = (ROUNDS_P * ROUNDS).sum()
+    var = (ROUNDS_P * ROUNDS**2).sum() - mean**2
+    assert mean == 1.9375
+    assert abs(rounds.mean() - mean) <= Z * math.sqrt(var / n), rounds.mean()
+    assert set(np.unique(rounds)) == set(ROUNDS)
+    share = np.bincount(rounds, minlength=6)[1:] / n
+    assert (np.abs(share - ROUNDS_P) <= Z * np.sqrt(ROUNDS_P * (1 - ROUNDS_P) / n)).all(), share
+
+
+def test_stochastic_jpeg_rounds_follow_the_original_in_both_samplers() -> None:
+    n = 20000
+    draws = _draws("StochasticJPEG", n)
+    _assert_rounds_follow_the_original(np.array([len(steps) // 2 for steps in draws]))
+    jpegs = [s for steps in draws for s in steps[1::2]]
+    assert {s.quality for s in jpegs} == set(range(75, 101))
+    pil = np.mean([s.codec == "pil" for s in jpegs])  # the original picks PIL or OpenCV per round
+    assert abs(pil - 0.5) <= Z * math.sqrt(0.25 / len(jpegs)), pil
+    config = RSAConfig(("StochasticJPEG",), (1,), (1,))
+    draw = draw_train_slots(np.random.default_rng(5), config, np.full(n, H), np.full(n, W), C, True,
+                            graph_stages(config))
+    _assert_rounds_follow_the_original(draw.slots.jpeg.sum(0))
 
 
 def test_train_plans_always_end_at_the_crop_size() -> None:

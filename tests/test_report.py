@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from commfor_fast.metrics import EvalReport, evaluate
-from commfor_fast.report import BAR_CHART_MAX, CSV_COLUMNS, _bar_chart, _by_ap, axis_start, format_table, plot_report, \
+from commfor_fast.report import BAR_CHART_MAX, _bar_chart, _by_ap, axis_start, csv_columns, format_table, plot_report, \
     write_report
 
 
@@ -50,7 +50,7 @@ def test_write_report_files(tmp_path: Path) -> None:
 
     with paths["csv"].open(newline="") as f:
         rows = list(csv.reader(f))
-    assert tuple(rows[0]) == CSV_COLUMNS
+    assert tuple(rows[0]) == csv_columns()
     assert [r[0] for r in rows[1:]] == [g.name for g in report.generators]
     gan = dict(zip(rows[0], rows[3]))
     assert gan["generator"] == "gan_x" and gan["n_fake"] == "1" and gan["n_real"] == "0"

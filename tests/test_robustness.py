@@ -23,13 +23,13 @@ from commfor_fast.cli import app
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.distributed import Dist
-from commfor_fast.evaluate import evaluate_shards
-from commfor_fast.metrics import average_precision, roc_auc
+from commfor_fast.evaluate import evaluate_shards, gather_scores, score_batches
+from commfor_fast.metrics import METRICS, Metric, accuracy, average_precision, expected_calibration_error, \
+    roc_auc, threshold_at_fpr, tpr_at_fpr
 from commfor_fast.model import CommForDetector
 from commfor_fast.pipelines.loader import create_eval_loader
 from commfor_fast.pipelines.perturb import FAMILIES, Level, parse_perturbations
-from commfor_fast.robustness import CSV_COLUMNS, expected_calibration_error, format_table, level_metrics, \
-    threshold_at_fpr, tpr_at_fpr
+from commfor_fast.robustness import csv_columns, format_table, level_metrics
 from commfor_fast.settings import EvalSettings
 from commfor_fast.shards import Manifest
 
@@ -209,7 +209,7 @@ def test_outputs_hold_every_level(robust_run: tuple[Path, str], data: Path) -> N
 
     with (out / "robustness.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == CSV_COLUMNS
+    assert tuple(rows[0]) == csv_columns()
     assert len(rows) == 3 * len(LABELS)  # generators (2 fake, 1 real source) x levels
     assert {(r["family"], r["level"]) for r in rows} == {
         ("clean", ""), ("jpeg", "90"), ("jpeg", "40"), ("noise", "8"), ("blur", "1.5"), ("resize", "0.5")}
@@ -332,6 +332,51 @@ def test_a_level_missing_images_stops_the_report(data: Path, ckpt: Path, tmp_pat
     with pytest.raises(RuntimeError, match="scored 10 images"):
         _simulate_two_ranks(monkeypatch, settings, drop=2)
     assert not (tmp_path / "broken" / "report.json").exists()
+
+
+def test_a_registered_metric_reaches_every_output(data: Path, ckpt: Path, tmp_path: Path, cheap_model: None,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """One `Metric` row (the Brier score) and `eval --perturb` shows it everywhere: report.json
+    (overall, mean, per generator, per level), both CSVs and both console tables."""
+    brier = Metric("brier", "Brier", lambda g: float(np.mean((g.scores - g.labels) ** 2)), headline=True)
+    monkeypatch.setitem(METRICS, "brier", brier)
+    out = tmp_path / "report"
+    evaluate_shards(_settings(data, ckpt, out, perturb=["noise=8"]))
+    report = json.loads((out / "report.json").read_text())
+    table = pq.read_table(out / "scores.parquet").to_pandas()
+    expected = np.mean((table["score"].to_numpy(np.float64) - table["label"].to_numpy()) ** 2)
+    assert report["brier"] == pytest.approx(expected, abs=1e-6)  # scores.parquet holds float32 scores
+    noisy = report["robustness"]["levels"][1]
+    assert noisy["label"] == "noise=8" and noisy["brier"] != report["brier"] and "mean_brier" in noisy
+    assert all("brier" in g for level in report["robustness"]["levels"] for g in level["generators"])
+    for name in ("per_generator.csv", "robustness.csv"):
+        with (out / name).open(newline="") as f:
+            assert next(csv.reader(f))[-1] == "brier", name
+    stdout = capsys.readouterr().out
+    overall = next(line for line in stdout.splitlines() if line.startswith("overall:"))
+    assert overall.endswith(f"Brier {report['brier']:.4f}")
+    assert "ECE    Brier  mean AP" in stdout  # the robustness table's header
+
+
+def test_validation_scoring_is_the_evaluations(data: Path, ckpt: Path, tmp_path: Path, cheap_model: None) -> None:
+    """What training's validation calls (`score_batches` over an eval loader, then
+    `gather_scores`) gives the scores and metrics that `eval` reports."""
+    evaluate_shards(_settings(data, ckpt, tmp_path / "report", perturb=None))
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    saved = pq.read_table(tmp_path / "report" / "scores.parquet").to_pandas()
+    loader = create_eval_loader("dali", data, Manifest.load(data), "all", device=torch.device("cpu"), batch_size=5,
+                                crop=224, rank=0, world_size=1, num_threads=1)
+    mine = score_batches(_MeanModel(), loader, "all", device=torch.device("cpu"), autocast_dtype=torch.float16,
+                         use_amp=False)
+    loader.close()
+    scores = gather_scores(mine, Dist(rank=0, local_rank=0, world_size=1))[0]
+    saved_logits = dict(zip((int(key) for key in saved["key"]), saved["logit"]))
+    assert sorted(scores.numbers.tolist()) == sorted(saved_logits)  # every image once
+    assert scores.logits.tolist() == [saved_logits[n] for n in scores.numbers.tolist()]
+    probabilities = torch.sigmoid(torch.from_numpy(scores.logits)).numpy()
+    assert accuracy(scores.labels, probabilities) == report["accuracy"]
+    assert average_precision(scores.labels, probabilities) == pytest.approx(report["ap"], abs=1e-6)
 
 
 def test_loaders_split_every_level_across_ranks(data: Path) -> None:

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from commfor_fast.convert.units import FOLDER, HF, Source, Unit
+from commfor_fast.sources import get_source_kind
+from commfor_fast.sources.units import Source, Unit
 
 REAL = 0
 SEED_STREAM = 1  # keeps balancing's random numbers apart from the other planning draws
@@ -48,25 +49,25 @@ def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,
                   seed: int) -> tuple[list[Unit], dict[str, Any] | None]:
     """The units that stay after balancing, and the report for the manifest.
 
-    The report is None when the sources are not a mix of HF data and local folders
-    (then there is nothing to balance). When HF reals already outnumber all fakes
-    (negative limit) every local real is kept and the report says why
-    (`balance_warnings` turns that into the converter's warning).
+    The report is None when the sources do not mix HF data with local data (kinds
+    whose reals are balanced, `BALANCED` in `commfor_fast.sources`): then there is
+    nothing to balance. When HF reals already outnumber all fakes (negative limit)
+    every local real is kept and the report says why (`balance_warnings` turns that
+    into the converter's warning).
 
-    Only local folders hold balanced units, and a folder unit is one image, so
-    dropping an image drops its unit.
+    A unit of a balanced kind is one image, so dropping an image drops its unit.
     """
-    if {s.kind for s in sources} != {HF, FOLDER}:
+    balanced = [get_source_kind(s.kind).BALANCED for s in sources]
+    if len(set(balanced)) < 2:
         return units, None
     if not enabled:
         return units, {"applied": False, "reason": "--no-balance"}
-    is_hf = [s.kind == HF for s in sources]
     fakes = sum(sum(u.labels) for u in units)
-    hf_reals = sum(u.num_rows - sum(u.labels) for u in units if is_hf[u.source])
+    hf_reals = sum(u.num_rows - sum(u.labels) for u in units if not balanced[u.source])
     limit = fakes - hf_reals
     by_dataset: dict[str, list[int]] = {}
     for i, u in enumerate(units):
-        if not is_hf[u.source] and u.labels[0] == REAL:
+        if balanced[u.source] and u.labels[0] == REAL:
             by_dataset.setdefault(u.generators[0], []).append(i)
     local_reals = sum(len(v) for v in by_dataset.values())
     if limit < 0:

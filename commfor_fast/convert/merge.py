@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from commfor_fast import __version__
-from commfor_fast.convert.plan import Plan
+from commfor_fast.convert.plan import ConversionPlan
 from commfor_fast.convert.settings import ConvertSettings, Limits
 from commfor_fast.convert.tarshard import member_bytes
-from commfor_fast.convert.units import HF, Source
 from commfor_fast.shards import RAW_HEADER_BYTES, Manifest, SetInfo, ShardInfo
+from commfor_fast.sources import get_source_kind
 
 # A format that is nearly all one label lets a detector learn the file format instead
 # of the image (a known shortcut in this field); below this many images it is noise.
@@ -56,7 +56,7 @@ def format_bias_warnings(sets: dict[str, SetInfo]) -> list[str]:
     return warnings
 
 
-def merge(plan: Plan, markers: list[dict[str, Any]], settings: ConvertSettings, command: str) -> Manifest:
+def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: ConvertSettings, command: str) -> Manifest:
     """The manifest of a complete conversion from the plan and every partition's marker."""
     sets: dict[str, SetInfo] = {}
     for set_name in plan.set_names:
@@ -147,23 +147,12 @@ def label_table(title: str, columns: dict[str, dict[str, dict[str, int]]]) -> li
             .rstrip() for row in [header, *cells]]
 
 
-def _source_line(source: Source) -> list[str]:
-    s = source.summary
-    if source.kind == HF:
-        return [f"  --hf-repo {source.given}, split {name}: {c['samples']} images (real {c['labels']['0']}, fake "
-                f"{c['labels']['1']}) in {c['files']} file(s), {c['row_groups']} row group(s)"
-                for name, c in s["splits"].items()]
-    ignored = f"; {s['ignored_files']} file(s) ignored" if s["ignored_files"] else ""
-    return [f"  --folder {source.given}: {s['samples']} images (real {s['labels']['0']}, fake {s['labels']['1']}) "
-            f"in {len(s['datasets'])} dataset folder(s){ignored}"]
-
-
 def _sample_tar_bytes(image_bytes: int) -> int:
     """Bytes of one sample in a tar: its image, `.cls`, `.ids` (20 bytes) and `.json` members."""
     return sum(member_bytes(n) for n in (image_bytes, 1, 20, METADATA_BYTES))
 
 
-def dry_run_lines(plan: Plan, settings: ConvertSettings, limits: Limits) -> list[str]:
+def dry_run_lines(plan: ConversionPlan, settings: ConvertSettings, limits: Limits) -> list[str]:
     """What `convert --dry-run` prints: sources, balance, split, partitions, expected size."""
     counts: dict[str, dict[str, dict[str, int]]] = {name: {} for name in plan.set_names}
     input_bytes = tar_bytes = 0.0
@@ -178,7 +167,7 @@ def dry_run_lines(plan: Plan, settings: ConvertSettings, limits: Limits) -> list
                 tar_bytes += _sample_tar_bytes(round(per_row))
     samples = sum(plan.set_sizes.values())
     lines = [f"dry run: nothing is written to {settings.out}", "sources:"]
-    lines += [line for source in plan.sources for line in _source_line(source)]
+    lines += [line for source in plan.sources for line in get_source_kind(source.kind).describe(source)]
     lines += [f"warning: {w}" for source in plan.sources for w in source.warnings]
     b = plan.balance
     if b and b["applied"] and b["local_reals_kept"] == b["local_reals_available"]:

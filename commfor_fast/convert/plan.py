@@ -38,12 +38,11 @@ import numpy as np
 
 from commfor_fast import __version__
 from commfor_fast.convert.balance import balance_reals, balance_warnings
-from commfor_fast.convert.folders import scan_folder
-from commfor_fast.convert.hf import scan_hf
 from commfor_fast.convert.settings import OUTPUT_SETTINGS, ConvertSettings, Limits
-from commfor_fast.convert.units import Source, Unit
 from commfor_fast.errors import UserError
 from commfor_fast.shards import FORMAT_VERSION
+from commfor_fast.sources import source_kinds
+from commfor_fast.sources.units import Source, Unit
 
 SPLIT_SETS = ("train", "val")
 UNSPLIT_SETS = ("all",)
@@ -73,7 +72,7 @@ class PartitionTask:
 
 
 @dataclass
-class Plan:
+class ConversionPlan:
     """Everything decided before converting."""
 
     sources: list[Source]
@@ -99,18 +98,14 @@ class Plan:
 
 
 def scan_sources(settings: ConvertSettings, limits: Limits) -> tuple[list[Source], list[Unit]]:
-    """Every source's units, HF first, then the folders in the order given."""
+    """Every source's units, kind by kind in the registry's order (`commfor_fast.sources`):
+    HF first, then the folders in the order given."""
     sources: list[Source] = []
     units: list[Unit] = []
-    if settings.hf_repo:
-        source, found = scan_hf(settings.hf_repo, settings.hf_split, settings.cache_dir, len(sources))
-        sources.append(source)
-        units.extend(found)
-    seen: set[str] = set()  # real paths of the files taken: each is stored once, whichever root reaches it
-    for folder in settings.folders:
-        source, found = scan_folder(folder, limits.labels, len(sources), seen, settings.discovery)
-        sources.append(source)
-        units.extend(found)
+    for kind in source_kinds():
+        for source, found in kind.scan(settings, limits, len(sources)):
+            sources.append(source)
+            units.extend(found)
     return sources, units
 
 
@@ -158,7 +153,8 @@ def pack_partitions(units: list[Unit], max_bytes: int, seed: int) -> list[list[i
     return partitions
 
 
-def make_plan(settings: ConvertSettings, limits: Limits, sources: list[Source], scanned: list[Unit]) -> Plan:
+def make_plan(settings: ConvertSettings, limits: Limits, sources: list[Source],
+              scanned: list[Unit]) -> ConversionPlan:
     """Balance, split, partition and number the scanned units."""
     units, balance = balance_reals(scanned, sources, settings.balance, settings.seed)
     starts = np.cumsum([0] + [u.num_rows for u in units])
@@ -189,7 +185,7 @@ def make_plan(settings: ConvertSettings, limits: Limits, sources: list[Source], 
             units=tuple(units[i] for i in members),
             samples=tuple(tuple(sorted(r)) for r in refs),
         ))
-    return Plan(
+    return ConversionPlan(
         sources=sources,
         generators=sorted({g for u in units for g in u.generators}),
         set_names=set_names,

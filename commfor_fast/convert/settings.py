@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from commfor_fast.convert.folders import DISCOVERY_RULES
+from commfor_fast.sources.folders import DISCOVERY_RULES
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import DEFAULT_MAX_PIXELS, RESIZE_FOR_CROP
 
@@ -33,7 +33,7 @@ class ConvertSettings:
     cache_dir: Path | None = None  # Hugging Face cache for hub downloads (like the original's --cache_dir)
     folders: list[Path] = field(default_factory=list)  # roots laid out as ROOT/<generator>/<label dir>/<image>
     labels: str = "real:0,fake:1"  # label folder name -> label (exactly two; 0 = real, 1 = fake)
-    # which files of a --folder are images: "broad" or "original" (convert/folders.py); not among
+    # which files of a --folder are images: "broad" or "original" (sources/folders.py); not among
     # OUTPUT_SETTINGS: the fingerprint sees it through the files found
     discovery: str = "broad"
     # --- output

@@ -27,17 +27,14 @@ from pathlib import Path
 from queue import Queue
 from typing import Any, NamedTuple
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from commfor_fast.convert.check import check_data, check_structure
-from commfor_fast.convert.hf import IMAGE_COLUMN, META_COLUMNS
 from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
 from commfor_fast.convert.tarshard import ShardWriter, member_bytes
-from commfor_fast.convert.units import HF, Unit, escape_name
 from commfor_fast.imageio import BadImage, ImageInfo, check_image, encode_png, encode_raw, resize_shorter
 from commfor_fast.shards import IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, SampleIds, ShardInfo, pack_ids, sample_key
+from commfor_fast.sources import SourceKind, get_source_kind
+from commfor_fast.sources.units import Unit
 
 Report = Callable[[int, int], None]  # (images done, input bytes done)
 
@@ -97,31 +94,16 @@ def store_image(data: bytes, config: WorkerConfig) -> Stored:
     return Stored(info, info.shard_ext, data, info.height, info.width)
 
 
+def source_kind(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> SourceKind:
+    """The module of the kind of source `unit` comes from (`commfor_fast.sources`)."""
+    return get_source_kind(sources[unit.source][0])
+
+
 def read_unit(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> Iterator[tuple[bytes | str, dict[str, Any]]]:
-    """(image bytes, or the reason they cannot be read; source metadata) per row of `unit`."""
-    kind, given, root = sources[unit.source]
-    if kind != HF:
-        try:
-            data: bytes | str = Path(unit.path).read_bytes()
-        except OSError as exc:
-            data = f"cannot read: {exc.strerror or exc}"
-        meta = {"source": kind, "root": root, "path": unit.name}
-        if escape_name(unit.path) != unit.path:
-            meta["path_escaped"] = True  # not UTF-8: "path" has the bytes as \xNN (`units.escape_name`)
-        yield data, meta
-        return
-    try:
-        pf = pq.ParquetFile(unit.path)
-        columns = [IMAGE_COLUMN] + [c for c in META_COLUMNS if c in pf.schema_arrow.names]
-        table = pf.read_row_group(unit.row_group, columns=columns).to_pydict()
-    except (OSError, pa.ArrowException) as exc:
-        for _ in range(unit.num_rows):
-            yield f"cannot read row group {unit.row_group}: {exc}", {}
-        return
-    for row in range(unit.num_rows):
-        meta = {"source": kind, "repo": given, "file": unit.name, "row": unit.first_row + row}
-        meta.update({c: table[c][row] for c in columns[1:]})
-        yield table[IMAGE_COLUMN][row] or b"", meta
+    """(image bytes, or the reason they cannot be read; source metadata) per row of `unit`,
+    as its source kind reads them."""
+    _, given, root = sources[unit.source]
+    return source_kind(unit, sources).read(unit, given, root)
 
 
 class _Sample(NamedTuple):
@@ -172,7 +154,7 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
                     raise BadImage(data)
                 stored = store_image(data, config)
             except BadImage as exc:
-                reject = {"item": unit.item(row), "reason": str(exc)}
+                reject = {"item": source_kind(unit, config.sources).item(unit, row), "reason": str(exc)}
                 if source_meta.get("image_name"):  # HF rows: the dataset's own name for the image too
                     reject["image_name"] = str(source_meta["image_name"])
                 rejects.append(reject)

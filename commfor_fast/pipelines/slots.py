@@ -24,19 +24,22 @@ with G geometric and J JPEG steps needs at most ceil(G / 3) + J stages
 
 Each plan step kind declares its slot once, in `fill_slot` (its PIL twin is
 `reference.apply_step`): adding a step kind touches one function per executor.
-Filled slots come from two places: `lower_plans` (per-sample `Plan`s: the reference
-sampler and tests' injected plans) and `batch_plan.draw_train_slots` (vectorised
-draws for training); both end with `fill_idle_slots`.
+`fill_slot` writes one step or a column of steps (array fields, one entry per
+sample), so it serves both places that fill slots: `lower_plans` (per-sample `Plan`s:
+the reference sampler and tests' injected plans) and `batch_plan.draw_train_slots`
+(the ops' per-batch draws, for training); both end with `fill_idle_slots`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import singledispatch
+from typing import Union
 
 import numpy as np
 
-from commfor_fast.pipelines.ops import Affine, Crop, Erase, Flip, Interp, Jpeg, Pad, Resize, ResizedCrop, Step
+from commfor_fast.pipelines.ops import INTERPS, Affine, Crop, Erase, Flip, Interp, Jpeg, Pad, Resize, ResizedCrop, Step, \
+    affine_matrices
 from commfor_fast.pipelines.plan import Plan, RSAConfig
 
 # DALI's DALIInterpType values (nvidia.dali.types), kept here so the host side needs no DALI import.
@@ -61,7 +64,6 @@ MAX_BOXES = 4  # padding paints four borders
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
 SLOTS_PER_STAGE = 3
 
-INTERPS = tuple(Interp)  # array code carries interpolations as indices into this tuple
 _SHRINK = np.array([DALI_FILTERS[i][0] for i in INTERPS], np.int32)
 _ENLARGE = np.array([DALI_FILTERS[i][1] for i in INTERPS], np.int32)
 
@@ -156,12 +158,12 @@ ARGS_ROWS = 2 * SLOTS_PER_STAGE + 1
 def set_geometry(slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.ndarray | int, w: np.ndarray | int,
                  matrix: np.ndarray | None = None, warp: tuple[np.ndarray, np.ndarray] | None = None,
                  boxes: np.ndarray | None = None, fill: np.ndarray | int = 0,
-                 size: tuple[np.ndarray, np.ndarray] | None = None, interp: np.ndarray | int = 0) -> None:
+                 size: tuple[np.ndarray, np.ndarray] | None = None, interp: np.ndarray | int = 0) -> np.ndarray:
     """Fill the geometric slot at positions `p` of samples `b` with input sizes (h, w)
     ((n,) arrays, or scalars for one sample): warp, boxes, resize.
 
     `matrix` is (n, 2, 3) (identity if None), `boxes` (n, k, 4) of (top, left, height,
-    width), `interp` indexes `INTERPS`.
+    width), `interp` indexes `INTERPS`. Returns the slots taken (all n), as `fill_slot` does.
     """
     p, b, h, w = (np.atleast_1d(np.asarray(v, np.int64)) for v in (p, b, h, w))
     n = len(p)
@@ -181,6 +183,7 @@ def set_geometry(slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.n
     slots.fill[p, b] = fill
     slots.size[p, b] = np.stack([rh, rw], 1)
     slots.interp[p, b] = dali_filters(interp, wh, ww, rh, rw)
+    return np.ones(n, bool)
 
 
 def stage_end(p: np.ndarray | int) -> np.ndarray | int:
@@ -219,81 +222,109 @@ def fill_idle_slots(slots: Slots, heights: np.ndarray, widths: np.ndarray) -> No
     slots.warp_size[idle_p, idle_b] = slots.size[idle_p, idle_b] = hw
 
 
-def pad_borders(top: int, left: int, bottom: int, right: int, h: int, w: int) -> list[tuple[int, int, int, int]]:
-    """The four border boxes (top, left, height, width) of an (h, w) canvas."""
-    return [(0, 0, top, w), (h - bottom, 0, bottom, w), (0, 0, h, left), (0, w - right, h, right)]
+def pad_borders(top: np.ndarray, left: np.ndarray, bottom: np.ndarray, right: np.ndarray, h: np.ndarray,
+                w: np.ndarray) -> np.ndarray:
+    """The four border boxes (top, left, height, width) of (h, w) canvases: (n, 4, 4)."""
+    borders = [(0, 0, top, w), (h - bottom, 0, bottom, w), (0, 0, h, left), (0, w - right, h, right)]
+    boxes = np.zeros((np.size(h), 4, 4), np.int64)
+    for i, box in enumerate(borders):
+        boxes[:, i] = np.stack([np.broadcast_to(v, np.shape(h)) for v in box], -1)
+    return boxes
 
 
-def shift(dy: float, dx: float) -> np.ndarray:
-    """The warp matrix that reads the input at (y + dy, x + dx)."""
-    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], np.float32)
+def shift(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """The warp matrices, (n, 2, 3), that read the input at (y + dy, x + dx)."""
+    m = np.zeros((max(np.size(dy), np.size(dx)), 2, 3), np.float32)
+    m[:, 0, 0] = m[:, 1, 1] = 1.0
+    m[:, 0, 2], m[:, 1, 2] = dx, dy
+    return m
+
+
+def _code(interp: Interp | np.ndarray) -> int | np.ndarray:
+    """A step's interpolation as an index into `INTERPS` (columns carry indices)."""
+    return INTERPS.index(interp) if isinstance(interp, Interp) else interp
+
+
+def _rows(n: int, *values: object) -> list[np.ndarray]:
+    """Scalars or (n,) arrays as (n,) arrays."""
+    return [v if isinstance(v, np.ndarray) else np.full(n, v) for v in values]
+
+
+Ints = Union[np.ndarray, int]  # one value, or one per sample
 
 
 @singledispatch
-def fill_slot(step: Step, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    """Write `step` (applied to an (h, w) image) into slot p of sample i.
+def fill_slot(step: Step, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
+    """Write `step` (applied to (h, w) images) into slot p of samples b: one step and
+    scalars, or a column of steps and (n,) arrays.
 
-    Returns False when the step draws a no-op (the slot stays free).
+    Returns where a slot was taken: False where the step drew a no-op (the slot stays free).
     """
     raise TypeError(f"no DALI slot for {type(step).__name__}")
 
 
 @fill_slot.register
-def _(step: Resize, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    set_geometry(slots, p, i, h, w, size=(step.height, step.width), interp=INTERPS.index(step.interp))
-    return True
+def _(step: Resize, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
+    return set_geometry(slots, p, b, h, w, size=(step.height, step.width), interp=_code(step.interp))
 
 
 @fill_slot.register
-def _(step: Crop, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    set_geometry(slots, p, i, h, w, matrix=shift(step.top, step.left), warp=(step.height, step.width))
-    return True
+def _(step: Crop, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
+    return set_geometry(slots, p, b, h, w, matrix=shift(step.top, step.left), warp=(step.height, step.width))
 
 
 @fill_slot.register
-def _(step: ResizedCrop, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    set_geometry(slots, p, i, h, w, matrix=shift(step.top, step.left), warp=(step.height, step.width),
-                 size=(step.out_height, step.out_width), interp=INTERPS.index(step.interp))
-    return True
+def _(step: ResizedCrop, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
+    return set_geometry(slots, p, b, h, w, matrix=shift(step.top, step.left), warp=(step.height, step.width),
+                        size=(step.out_height, step.out_width), interp=_code(step.interp))
 
 
 @fill_slot.register
-def _(step: Flip, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    if not step.applied:
-        return False
-    mirror = [[-1.0, 0.0, w], [0.0, 1.0, 0.0]] if step.horizontal else [[1.0, 0.0, 0.0], [0.0, -1.0, h]]
-    set_geometry(slots, p, i, h, w, matrix=np.array(mirror, np.float32))
-    return True
+def _(step: Flip, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
+    p, b, h, w = (np.atleast_1d(v) for v in (p, b, h, w))
+    horizontal, applied = _rows(len(p), step.horizontal, step.applied)
+    if not applied.all():
+        p, b, h, w, horizontal = p[applied], b[applied], h[applied], w[applied], horizontal[applied]
+    m = np.zeros((len(p), 2, 3), np.float32)
+    m[:, 0, 0], m[:, 0, 2] = np.where(horizontal, -1.0, 1.0), np.where(horizontal, w, 0)
+    m[:, 1, 1], m[:, 1, 2] = np.where(horizontal, 1.0, -1.0), np.where(horizontal, 0, h)
+    set_geometry(slots, p, b, h, w, matrix=m)
+    return applied
 
 
 @fill_slot.register
-def _(step: Affine, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    set_geometry(slots, p, i, h, w, matrix=np.array(step.inverse_matrix(h, w), np.float32).reshape(2, 3))
-    return True
+def _(step: Affine, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
+    h, w = np.atleast_1d(np.asarray(h, np.int64)), np.atleast_1d(np.asarray(w, np.int64))
+    matrix = affine_matrices(h, w, step.rotation, step.translate_x, step.translate_y, step.shear_x, step.shear_y)
+    return set_geometry(slots, p, b, h, w, matrix=matrix)
 
 
 @fill_slot.register
-def _(step: Pad, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
+def _(step: Pad, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
     ph, pw = h + step.top + step.bottom, w + step.left + step.right
-    set_geometry(slots, p, i, h, w, matrix=shift(-step.top, -step.left), warp=(ph, pw),
-                 boxes=pad_borders(step.top, step.left, step.bottom, step.right, ph, pw), fill=step.fill,
-                 size=(step.height, step.width), interp=INTERPS.index(Interp.BILINEAR))
-    return True
+    return set_geometry(slots, p, b, h, w, matrix=shift(-step.top, -step.left), warp=(ph, pw),
+                        boxes=pad_borders(step.top, step.left, step.bottom, step.right, ph, pw), fill=step.fill,
+                        size=(step.height, step.width), interp=INTERPS.index(Interp.BILINEAR))
 
 
 @fill_slot.register
-def _(step: Erase, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    if not step.applied or step.height * step.width == 0:
-        return False
-    set_geometry(slots, p, i, h, w, boxes=[(step.top, step.left, step.height, step.width)], fill=step.fill)
-    return True
+def _(step: Erase, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
+    p, b, h, w = (np.atleast_1d(v) for v in (p, b, h, w))
+    top, left, eh, ew, fill, applied = _rows(len(p), step.top, step.left, step.height, step.width, step.fill,
+                                             step.applied)
+    taken = applied & (eh * ew > 0)
+    boxes = np.stack([top, left, eh, ew], 1)[:, None]
+    if not taken.all():
+        p, b, h, w, boxes, fill = p[taken], b[taken], h[taken], w[taken], boxes[taken], fill[taken]
+    set_geometry(slots, p, b, h, w, boxes=boxes, fill=fill)
+    return taken
 
 
 @fill_slot.register
-def _(step: Jpeg, slots: Slots, p: int, i: int, h: int, w: int) -> bool:
-    slots.jpeg[p, i] = True  # at a stage's last slot (`place_jpeg`)
-    slots.quality[p, i] = step.quality
-    return True
+def _(step: Jpeg, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarray:
+    slots.jpeg[p, b] = True  # at a stage's last slot (`place_jpeg`)
+    slots.quality[p, b] = step.quality
+    return np.ones(np.shape(np.atleast_1d(p)), bool)
 
 
 def lower_plans(plans: list[Plan], stages: int) -> Slots:
@@ -309,7 +340,7 @@ def lower_plans(plans: list[Plan], stages: int) -> Slots:
             target, after = place_jpeg(p, joinable) if isinstance(step, Jpeg) else (p, p + 1)
             if target >= len(slots.geom):
                 raise ValueError(f"plan needs more than the graph's {stages} stages")
-            if fill_slot(step, slots, int(target), i, h, w):
+            if fill_slot(step, slots, int(target), i, h, w).all():
                 p, joinable = int(after), not isinstance(step, Jpeg) and after % SLOTS_PER_STAGE == 0
             h, w = step.out_size(h, w)
     heights, widths = np.array(firsts, np.int64).reshape(-1, 2).T

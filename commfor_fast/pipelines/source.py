@@ -7,7 +7,7 @@ samples, it knows every image's size before the batch exists, plans the whole ba
 in a few numpy calls and hands the operators their arguments, one packed tensor per
 RSA stage; there is no Python function inside the graph.
 
-Order (the same as the reference loader's, so both engines see one stream):
+Order (the same as the reference loader's, so both loaders see one stream):
 training is an endless series of epochs, each a seeded permutation of the set cut
 into `iters_per_epoch` batches per rank, so every rank gets the same number of
 batches and batch k is a pure function of (seed, k): resuming at batch k is exact.

@@ -1,4 +1,4 @@
-"""Local folder sources: `ROOT/<generator or dataset>/<label dir>/<image>`, one unit per image file.
+"""The local folder source kind: `ROOT/<generator or dataset>/<label dir>/<image>`, one unit per image file.
 
 The generator name is the folder above the label folder; label folders are mapped by
 `--labels`. Which files are images is the `--discovery` rule:
@@ -25,17 +25,26 @@ another link, is skipped. Non-UTF-8 names are stored in the lossless escaped for
 of `units.escape_name`. An unreadable folder is skipped with a warning naming it.
 Nothing is skipped silently: skipped files and folders are counted, a few are named
 in the manifest, and a line is printed.
+
+Folders hold the extra local data, whose reals balancing limits (`BALANCED`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from commfor_fast.convert.units import FOLDER, Source, Unit, escape_name
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import SOURCE_EXTENSIONS
+from commfor_fast.sources.units import Source, Unit, escape_name
+
+if TYPE_CHECKING:
+    from commfor_fast.convert.settings import ConvertSettings, Limits
+
+KIND = "folder"
+BALANCED = True  # extra local data: balancing limits its reals
 
 IGNORED_EXAMPLES = 10  # how many ignored files the manifest names
 NAMED_IN_WARNINGS = 3  # how many skipped links or unreadable folders a warning line names
@@ -220,7 +229,7 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int,
         raise UserError(f"--folder {root}: holds no images ({', '.join(SOURCE_EXTENSIONS)}, any case) in the layout "
                         "ROOT/<generator>/<label>/<image>; point to the folder above the generator folders")
     summary = {
-        "kind": FOLDER, "root": str(root), "samples": len(units),
+        "kind": KIND, "root": str(root), "samples": len(units),
         "labels": {k: sum(c[k] for c in datasets.values()) for k in ("0", "1")},
         "datasets": datasets, "ignored_files": len(found.ignored),
         "ignored_examples": found.ignored[:IGNORED_EXAMPLES],
@@ -228,4 +237,42 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int,
         "discovery": discovery, "images_only_this_rule_takes": len(found.extra),
         "images_only_the_other_rule_takes": len(found.missed),
     }
-    return Source(kind=FOLDER, given=given, root=str(root), summary=summary, warnings=found.warnings(root)), units
+    return Source(kind=KIND, given=given, root=str(root), summary=summary, warnings=found.warnings(root)), units
+
+
+def scan(settings: ConvertSettings, limits: Limits, first_index: int) -> list[tuple[Source, list[Unit]]]:
+    """Every `--folder` root, in the order given; a file reached from two roots is taken once."""
+    seen: set[str] = set()  # real paths of the files taken: each is stored once, whichever root reaches it
+    return [scan_folder(folder, limits.labels, first_index + i, seen, settings.discovery)
+            for i, folder in enumerate(settings.folders)]
+
+
+def read(unit: Unit, given: str, root: str) -> Iterator[tuple[bytes | str, dict[str, Any]]]:
+    """The image file's bytes (or why it cannot be read) and its metadata: the root and
+    the path under it."""
+    try:
+        data: bytes | str = Path(unit.path).read_bytes()
+    except OSError as exc:
+        data = f"cannot read: {exc.strerror or exc}"
+    meta = {"source": KIND, "root": root, "path": unit.name}
+    if escape_name(unit.path) != unit.path:
+        meta["path_escaped"] = True  # not UTF-8: "path" has the bytes as \xNN (`units.escape_name`)
+    yield data, meta
+
+
+def item(unit: Unit, row: int) -> str:
+    """How the image is named among the rejects: its file."""
+    return escape_name(unit.path)
+
+
+def describe(source: Source) -> list[str]:
+    """One line: the root's images, labels and dataset folders, and what it ignored."""
+    s = source.summary
+    ignored = f"; {s['ignored_files']} file(s) ignored" if s["ignored_files"] else ""
+    return [f"  --folder {source.given}: {s['samples']} images (real {s['labels']['0']}, fake {s['labels']['1']}) "
+            f"in {len(s['datasets'])} dataset folder(s){ignored}"]
+
+
+def origin(meta: dict[str, Any]) -> tuple[str, str]:
+    """The file's path under its root, and the root."""
+    return str(meta.get("path")), str(meta.get("root"))

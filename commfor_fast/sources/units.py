@@ -11,9 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-HF = "hf"
-FOLDER = "folder"
-
 
 @dataclass(frozen=True, slots=True)
 class Unit:
@@ -31,11 +28,6 @@ class Unit:
     @property
     def num_rows(self) -> int:
         return len(self.labels)
-
-    def item(self, row: int) -> str:
-        """How a sample is named in rejects: the file, or `file.parquet#row N`."""
-        path = escape_name(self.path)
-        return path if self.row_group < 0 else f"{path}#row {self.first_row + row}"
 
 
 def escape_name(name: str) -> str:
@@ -57,8 +49,8 @@ def escape_name(name: str) -> str:
 class Source:
     """One input as the user named it, and what scanning it found."""
 
-    kind: str  # HF or FOLDER
-    given: str  # the --hf-repo value or the --folder path, as given
+    kind: str  # the KIND of its module in `commfor_fast.sources`
+    given: str  # as the user gave it: the --hf-repo value, a --folder path
     root: str  # absolute folder the unit names are relative to
     summary: dict[str, Any] = field(default_factory=dict)  # counts for the manifest
     warnings: list[str] = field(default_factory=list)

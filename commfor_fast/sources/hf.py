@@ -1,4 +1,4 @@
-"""The Hugging Face source: find the parquet files of the requested splits, then list their row groups.
+"""The Hugging Face source kind: the parquet files of the requested splits, one unit per row group.
 
 `--hf-repo` is one of
 - a hub dataset id (`OwensLab/CommunityForensics`): only README.md and the requested
@@ -12,7 +12,8 @@
 Splits are found as `datasets` finds them (`read_split_patterns`, `_resolve`: its card
 parsing, default layouts and pattern matching), only the download is ours.
 Planning reads only the `label` and `model_name` columns and the row-group metadata;
-the images are read when a partition is converted.
+the images are read when a partition is converted (`read`). This is the dataset
+itself, so its reals are never limited by balancing (`BALANCED`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from commfor_fast.convert.units import HF, Source, Unit
 from commfor_fast.errors import UserError
+from commfor_fast.sources.units import Source, Unit, escape_name
+
+if TYPE_CHECKING:
+    from commfor_fast.convert.settings import ConvertSettings, Limits
+
+KIND = "hf"
+BALANCED = False  # the dataset itself: its reals are never limited
 
 README = "README.md"
 IMAGE_COLUMN = "image_data"
@@ -192,5 +201,46 @@ def scan_hf(repo: str, split: str | None, cache_dir: Path | None, source_index: 
             counts["labels"]["1"] += sum(labels)
             counts["labels"]["0"] += len(labels) - sum(labels)
         splits_summary[split_name] = counts
-    summary = {"kind": HF, "repo": repo, "root": str(root), "splits": splits_summary}
-    return Source(kind=HF, given=repo, root=str(root), summary=summary), units
+    summary = {"kind": KIND, "repo": repo, "root": str(root), "splits": splits_summary}
+    return Source(kind=KIND, given=repo, root=str(root), summary=summary), units
+
+
+def scan(settings: ConvertSettings, limits: Limits, first_index: int) -> list[tuple[Source, list[Unit]]]:
+    """The `--hf-repo` source, when one is given."""
+    if not settings.hf_repo:
+        return []
+    return [scan_hf(settings.hf_repo, settings.hf_split, settings.cache_dir, first_index)]
+
+
+def read(unit: Unit, given: str, root: str) -> Iterator[tuple[bytes | str, dict[str, Any]]]:
+    """Each row of a row group: its image bytes (or why the row group cannot be read) and
+    its metadata: where it came from, then every column but the image."""
+    try:
+        pf = pq.ParquetFile(unit.path)
+        columns = [IMAGE_COLUMN] + [c for c in META_COLUMNS if c in pf.schema_arrow.names]
+        table = pf.read_row_group(unit.row_group, columns=columns).to_pydict()
+    except (OSError, pa.ArrowException) as exc:
+        for _ in range(unit.num_rows):
+            yield f"cannot read row group {unit.row_group}: {exc}", {}
+        return
+    for row in range(unit.num_rows):
+        meta = {"source": KIND, "repo": given, "file": unit.name, "row": unit.first_row + row}
+        meta.update({c: table[c][row] for c in columns[1:]})
+        yield table[IMAGE_COLUMN][row] or b"", meta
+
+
+def item(unit: Unit, row: int) -> str:
+    """How a row is named among the rejects: `file.parquet#row N`."""
+    return f"{escape_name(unit.path)}#row {unit.first_row + row}"
+
+
+def describe(source: Source) -> list[str]:
+    """One line per split: its images, labels, files and row groups."""
+    return [f"  --hf-repo {source.given}, split {name}: {c['samples']} images (real {c['labels']['0']}, fake "
+            f"{c['labels']['1']}) in {c['files']} file(s), {c['row_groups']} row group(s)"
+            for name, c in source.summary["splits"].items()]
+
+
+def origin(meta: dict[str, Any]) -> tuple[str, str]:
+    """The row's `image_name` (its parquet file and row when there is none), and the repo."""
+    return meta.get("image_name") or f"{meta.get('file')}#row {meta.get('row')}", str(meta.get("repo"))
