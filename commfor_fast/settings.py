@@ -8,6 +8,7 @@ training, report.json for evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -50,7 +51,9 @@ class TrainSettings:
     no_lr_schedule: bool = False  # constant lr (after warmup)
     lr_schedule: str = "original"  # "original" (its cosine stepping) or "per-iteration" (ends exactly at the floor)
     grad_clip: float = 1.0
-    use_amp: bool = False
+    # None (the default): the original's precision on CUDA, fp16 autocast with a grad scaler (the original
+    # trains no other way), fp32 on the CPU; True / False decide either way (`resolve_precision`)
+    use_amp: bool | None = None
     amp_dtype: str = "fp16"  # "fp16" (with a grad scaler) or "bf16"
     compile: bool = False  # torch.compile the model
     seed: int = 42
@@ -71,6 +74,15 @@ class TrainSettings:
     wandb_project: str | None = None  # log to Weights & Biases (key from WANDB_API_KEY)
     wandb_run_name: str | None = None
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
+
+
+def resolve_precision(s: TrainSettings) -> TrainSettings:
+    """`s` with `use_amp` decided for its resolved device (`s.device`, "cuda" or "cpu"):
+    when unset, on for CUDA (with the default --amp-dtype fp16 that is the original's
+    recipe) and off on the CPU, where fp16 autocast is slow and nothing to reproduce."""
+    if s.use_amp is not None:
+        return s
+    return dataclasses.replace(s, use_amp=s.device == "cuda")
 
 
 @dataclass

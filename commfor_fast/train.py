@@ -44,7 +44,7 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write, check_writable
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.progress import Progress
-from commfor_fast.settings import TrainSettings
+from commfor_fast.settings import TrainSettings, resolve_precision
 from commfor_fast.shards import Manifest
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
@@ -378,7 +378,7 @@ def train(settings: TrainSettings) -> Path:
                                settings.fix_padding_quirk)
     env = Dist.from_env()
     device = resolve_device(settings.device, env.local_rank)
-    settings = dataclasses.replace(settings, device=device.type)
+    settings = resolve_precision(dataclasses.replace(settings, device=device.type))
     env = setup_distributed(device)
     manifest = Manifest.load(settings.data)
     out = Path(settings.out)

@@ -104,7 +104,7 @@ def test_hub_id_downloads_only_the_readme_and_the_chosen_splits(tmp_path, hf_rep
     assert calls[1]["allow_patterns"] == ["README.md", "data/manual/*.parquet", "data/publicEval/*.parquet"]
     manifest = Manifest.load(tmp_path / "out")
     assert list(manifest.sources[0]["splits"]) == ["Manual", "PublicEval"]
-    assert manifest.sets["train"].num_samples + manifest.sets["val"].num_samples == 13  # 8 + 5 rows, 0 corrupt
+    assert manifest.sets["all"].num_samples == 13  # 8 + 5 rows, 0 corrupt; no val set: floor(13 x 0.01) = 0
 
 
 def test_hub_errors_become_user_errors(tmp_path, monkeypatch):

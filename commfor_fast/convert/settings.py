@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from commfor_fast.sources.folders import DISCOVERY_RULES
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import DEFAULT_MAX_PIXELS, RESIZE_FOR_CROP
 
@@ -32,6 +33,9 @@ class ConvertSettings:
     cache_dir: Path | None = None  # Hugging Face cache for hub downloads (like the original's --cache_dir)
     folders: list[Path] = field(default_factory=list)  # roots laid out as ROOT/<generator>/<label dir>/<image>
     labels: str = "real:0,fake:1"  # label folder name -> label (exactly two; 0 = real, 1 = fake)
+    # which files of a --folder are images: "broad" or "original" (sources/folders.py); not among
+    # OUTPUT_SETTINGS: the fingerprint sees it through the files found
+    discovery: str = "broad"
     # --- output
     out: Path = Path("shards")
     overwrite: bool = False  # replace a finished or partial conversion made with other settings
@@ -195,6 +199,8 @@ def check_settings(s: ConvertSettings) -> Limits:
                         "they resize to first; pick the one for your --input-size, or leave --preresize out")
     if s.max_pixels < 1:
         raise UserError(f"--max-pixels {s.max_pixels}: must be positive; the default is {DEFAULT_MAX_PIXELS}")
+    if s.discovery not in DISCOVERY_RULES:
+        raise UserError(f"--discovery {s.discovery!r}: choose one of {', '.join(DISCOVERY_RULES)}")
     if s.check not in CHECK_MODES:
         raise UserError(f"--check {s.check!r}: choose one of {', '.join(CHECK_MODES)}")
     if s.workers < 0:

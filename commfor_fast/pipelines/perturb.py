@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from commfor_fast.errors import UserError
+from commfor_fast.pipelines.resampling import resize_renormalised
 
 FLAG = "--perturb"
 CLEAN = "clean"
@@ -228,8 +229,7 @@ def _resize_dali(img: Any, factor: float, inputs: GraphInputs) -> Any:
     m, half, scale = round(factor * _RESIZE_SCALE), _RESIZE_SCALE // 2, _RESIZE_SCALE
     down_h = dmath.max((height * m + half) // scale, 1)
     down_w = dmath.max((width * m + half) // scale, 1)
-    small = fn.resize(img, size=fn.cast(fn.stack(down_h, down_w), dtype=types.FLOAT),
-                      interp_type=types.INTERP_LINEAR, antialias=True)
+    small = resize_renormalised(img, fn.cast(fn.stack(down_h, down_w), dtype=types.FLOAT))  # PIL's borders
     return fn.resize(small, size=fn.cast(fn.stack(height, width), dtype=types.FLOAT),
                      interp_type=types.INTERP_LINEAR, antialias=True)
 
