@@ -8,10 +8,12 @@ training, report.json for evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.pipelines.ops import DEFAULT_OPS
@@ -71,6 +73,11 @@ class TrainSettings:
     wandb_project: str | None = None  # log to Weights & Biases (key from WANDB_API_KEY)
     wandb_run_name: str | None = None
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
+
+
+def settings_dict(settings: TrainSettings) -> dict[str, Any]:
+    """The settings as a run records them (checkpoints, wandb's config): paths as strings."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
 
 
 @dataclass

@@ -21,13 +21,15 @@ import pytest
 import torch
 from PIL import Image
 
+from commfor_fast.checkpoint import TrainCheckpoint, checkpoints_in, resume_changes
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.evaluate import evaluate_shards
 from commfor_fast.errors import UserError
-from commfor_fast.settings import EvalSettings, TrainSettings
+from commfor_fast.schedule import LRSchedule
+from commfor_fast.settings import EvalSettings, TrainSettings, settings_dict
 from commfor_fast.shards import Manifest
-from commfor_fast.train import LRSchedule, checkpoints_in, resume_changes, settings_dict, train
+from commfor_fast.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -334,8 +336,9 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(easy: Path, tmp_
 
 def test_resume_changes_count_processes_and_stream_settings(easy: Path, tmp_path: Path) -> None:
     settings = _settings(easy, tmp_path, train_itrs=10)
-    ckpt = {"settings": settings_dict(settings), "data": [{}, {}],
-            "schedule": {"world_size": 2, "total_itrs": 10, "warmup": 1}}
+    ckpt = TrainCheckpoint(model={}, model_args={}, optimizer={}, scaler={}, epoch=0, itr=5,
+                           schedule={"world_size": 2, "total_itrs": 10, "warmup": 1}, data=[{}, {}],
+                           settings=settings_dict(settings), version="")
     assert resume_changes(ckpt, settings, {"world_size": 2, "total_itrs": 10, "warmup": 1}) == ([], True)
     changes, same_stream = resume_changes(ckpt, settings, {"world_size": 1, "total_itrs": 10, "warmup": 1})
     assert changes == ["processes: 2 -> 1"] and not same_stream
