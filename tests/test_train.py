@@ -406,3 +406,29 @@ def test_progress_is_a_live_bar_on_a_terminal_and_lines_elsewhere(easy: Path, tm
     assert not any(line.startswith("itr ") for line in capsys.readouterr().out.splitlines())
     bar = terminal.getvalue()
     assert re.search(r"train: 100%.* 3/3 \[\d\d:\d\d<\d\d:\d\d, .*loss \d\.\d{4} \| lr .* img/s \| data wait \d+%", bar)
+
+
+def test_a_failing_run_still_closes_its_stream_and_log(easy: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teardown runs whatever happens: a stream that fails mid-run is closed, and so is the run log."""
+    import commfor_fast.train as train_module
+    from commfor_fast.runlog import MetricsLog
+
+    closed: list[str] = []
+
+    class Failing:
+        def __next__(self) -> None:
+            raise RuntimeError("the data went away")
+
+        def state_dict(self) -> dict:
+            return {}
+
+        def close(self) -> None:
+            closed.append("stream")
+
+    monkeypatch.setattr(train_module, "create_stream", lambda *args, **kwargs: Failing())
+    log_close = MetricsLog.close
+    monkeypatch.setattr(MetricsLog, "close", lambda self: (closed.append("log"), log_close(self)))
+    with pytest.raises(RuntimeError, match="the data went away"):
+        train(_settings(easy, tmp_path / "run", train_itrs=2, validate=False))
+    assert closed == ["stream", "log"]
