@@ -68,7 +68,7 @@ def train(settings: TrainSettings) -> Path:
     device = resolve_device(settings.device, env.local_rank)
     settings = dataclasses.replace(settings, device=device.type)
     setup_distributed(device, env)
-    seed = settings.seed + env.rank  # the model's random draws differ per rank; the streams seed themselves
+    seed = settings.seed + env.rank  # torch's and numpy's own draws per rank (DDP starts all from rank 0's weights)
     out = Path(settings.out)
     log: MetricsLog | None = None
     stream: TrainStream | SyntheticStream | None = None
