@@ -8,4 +8,5 @@
 - `dali`: the same graphs as NVIDIA DALI pipelines, for device="gpu" or "cpu";
 - `decode_check`: DALI's decoder on single images, to name the sample behind a failure;
 - `loader`: PyTorch-facing loaders over either executor, for single process or torchrun.
+- `synthetic`: the stream of `train --synthetic-data` (one batch, the loop's upper bound).
 """
