@@ -2,8 +2,8 @@
 
 They live apart from the code that runs them so the CLI can read their defaults
 without importing torch or DALI (`--help` stays instant); the CLI takes every default
-from here. Every run records its settings: checkpoints and metrics.jsonl for
-training, report.json for evaluation.
+from here. Every run records its settings: training in every checkpoint and the wandb
+run (`settings_dict`) and in the model card, evaluation in report.json.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.pipelines.ops import DEFAULT_OPS
@@ -20,7 +21,7 @@ from commfor_fast.pipelines.ops import DEFAULT_OPS
 
 @dataclass
 class TrainSettings:
-    """Everything a training run depends on; recorded in every checkpoint and log."""
+    """Everything a training run depends on; recorded in every checkpoint, the wandb run and the model card."""
 
     # data and output
     data: Path  # a `commfor-fast convert` output folder (trains on `train` or `all`, validates on `val`)
@@ -83,6 +84,11 @@ def resolve_precision(s: TrainSettings) -> TrainSettings:
     if s.use_amp is not None:
         return s
     return dataclasses.replace(s, use_amp=s.device == "cuda")
+
+
+def settings_dict(settings: TrainSettings) -> dict[str, Any]:
+    """The settings as a run records them (checkpoints, wandb's config): paths as strings."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
 
 
 @dataclass

@@ -21,13 +21,15 @@ import pytest
 import torch
 from PIL import Image
 
+from commfor_fast.checkpoint import TrainCheckpoint, checkpoints_in, resume_changes
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.evaluate import evaluate_shards
 from commfor_fast.errors import UserError
-from commfor_fast.settings import EvalSettings, TrainSettings
+from commfor_fast.schedule import LRSchedule
+from commfor_fast.settings import EvalSettings, TrainSettings, settings_dict
 from commfor_fast.shards import Manifest
-from commfor_fast.train import LRSchedule, checkpoints_in, resume_changes, settings_dict, train
+from commfor_fast.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -334,8 +336,9 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(easy: Path, tmp_
 
 def test_resume_changes_count_processes_and_stream_settings(easy: Path, tmp_path: Path) -> None:
     settings = _settings(easy, tmp_path, train_itrs=10)
-    ckpt = {"settings": settings_dict(settings), "data": [{}, {}],
-            "schedule": {"world_size": 2, "total_itrs": 10, "warmup": 1}}
+    ckpt = TrainCheckpoint(model={}, model_args={}, optimizer={}, scaler={}, epoch=0, itr=5,
+                           schedule={"world_size": 2, "total_itrs": 10, "warmup": 1}, data=[{}, {}],
+                           settings=settings_dict(settings), version="")
     assert resume_changes(ckpt, settings, {"world_size": 2, "total_itrs": 10, "warmup": 1}) == ([], True)
     changes, same_stream = resume_changes(ckpt, settings, {"world_size": 1, "total_itrs": 10, "warmup": 1})
     assert changes == ["processes: 2 -> 1"] and not same_stream
@@ -403,3 +406,29 @@ def test_progress_is_a_live_bar_on_a_terminal_and_lines_elsewhere(easy: Path, tm
     assert not any(line.startswith("itr ") for line in capsys.readouterr().out.splitlines())
     bar = terminal.getvalue()
     assert re.search(r"train: 100%.* 3/3 \[\d\d:\d\d<\d\d:\d\d, .*loss \d\.\d{4} \| lr .* img/s \| data wait \d+%", bar)
+
+
+def test_a_failing_run_still_closes_its_stream_and_log(easy: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teardown runs whatever happens: a stream that fails mid-run is closed, and so is the run log."""
+    import commfor_fast.train as train_module
+    from commfor_fast.runlog import MetricsLog
+
+    closed: list[str] = []
+
+    class Failing:
+        def __next__(self) -> None:
+            raise RuntimeError("the data went away")
+
+        def state_dict(self) -> dict:
+            return {}
+
+        def close(self) -> None:
+            closed.append("stream")
+
+    monkeypatch.setattr(train_module, "create_stream", lambda *args, **kwargs: Failing())
+    log_close = MetricsLog.close
+    monkeypatch.setattr(MetricsLog, "close", lambda self: (closed.append("log"), log_close(self)))
+    with pytest.raises(RuntimeError, match="the data went away"):
+        train(_settings(easy, tmp_path / "run", train_itrs=2, validate=False))
+    assert closed == ["stream", "log"]

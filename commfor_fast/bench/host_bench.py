@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from commfor_fast.bench.common import bench_main, measure
+from commfor_fast.bench.common import measure
+from commfor_fast.bench.script import bench_main
 from commfor_fast.pipelines.dali import create_pipeline, create_train_pipeline, operator_census
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.slots import Slots, graph_stages

@@ -25,9 +25,8 @@ from commfor_fast.pipelines.source import iters_per_epoch
 from commfor_fast.shards import Manifest, check_shard_files
 
 LOADERS = ("dali", "reference")
-ENGINES = LOADERS  # train.py's name for LOADERS, until it imports LOADERS
 # Batch and iters_per_epoch are imported from here by train.py and the synthetic stream.
-__all__ = ["LOADERS", "ENGINES", "Batch", "EvalLoader", "TrainStream", "create_eval_loader", "create_train_stream",
+__all__ = ["LOADERS", "Batch", "EvalLoader", "TrainStream", "create_eval_loader", "create_train_stream",
            "iters_per_epoch"]
 
 
