@@ -12,9 +12,20 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.pipelines.ops import DEFAULT_OPS
+
+# The choices of the string settings, as types: the CLI lists them in --help and shell
+# completion and refuses anything else at parse time, before torch or DALI is imported.
+Loader = Literal["dali", "reference"]  # the engines of `pipelines.loader.ENGINES`
+ModelSize = Literal["small", "tiny"]
+LRScheduleKind = Literal["original", "per-iteration"]
+ScoresFormat = Literal["parquet", "csv"]
+CheckMode = Literal["full", "fast"]  # `convert --check`
+AmpDtype = Literal["fp16", "bf16", "float16", "bfloat16"]  # fp16 or bf16, or torch's names for them ...
+AMP_SPELLINGS = {"float16": "fp16", "bfloat16": "bf16"}  # ... read as these
 
 
 @dataclass
