@@ -79,7 +79,7 @@ def test_empty_result(tmp_path):
     ("--labels", "real:0", "exactly two"),
     ("--shard-size", "lots", "--shard-size 'lots'"),
     ("--val-frac", "1.5", "--val-frac 1.5"),
-    ("--check", "thorough", "--check 'thorough'"),
+    ("--check", "thorough", "'thorough' is not one of 'full', 'fast'"),
     ("--node-rank", "3", "--node-rank 3"),
     ("--preresize", "64", "--preresize 64: the pipelines can only use 440 (crop 384) or 256 (crop 224)"),
 ])
