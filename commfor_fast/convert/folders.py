@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from commfor_fast.convert.settings import labels_hint
 from commfor_fast.convert.units import FOLDER, Source, Unit, escape_name
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import SOURCE_EXTENSIONS
@@ -134,11 +135,10 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int,
                 found.ignored.append(rel)
                 continue
             if label_dir.name not in labels:
-                real = next(name for name, value in labels.items() if value == 0)
                 raise UserError(
                     f"--folder {root}: the folder {rel} is not a label folder; --labels "
                     f"{','.join(f'{k}:{v}' for k, v in labels.items())} knows only {', '.join(labels)}. "
-                    f"Rename it, move it out, or name it in --labels (e.g. --labels {real}:0,{escape_name(label_dir.name)}:1)"
+                    f"Rename it, move it out, or name it in --labels (e.g. {labels_hint(labels, escape_name(label_dir.name))})"
                 )
             label = labels[label_dir.name]
             for entry in found.files(label_dir):
