@@ -281,7 +281,7 @@ class MetricsLog:
         if self.progress is not None and self.progress.live:
             self.progress.postfix(short)
         else:
-            self.print(line)
+            self.print(self.progress.with_eta(line) if self.progress is not None else line)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
