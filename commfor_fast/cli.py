@@ -23,8 +23,8 @@ from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import OUTPUT_ERRNOS, output_error
 from commfor_fast.flags import FlagsGroup, command
-from commfor_fast.settings import AMP_SPELLINGS, AmpDtype, BenchSettings, CheckMode, DemoSettings, EvalSettings, \
-    Loader, LRScheduleKind, ModelSize, PredictSettings, ScoresFormat, TrainSettings
+from commfor_fast.settings import AMP_SPELLINGS, DEMO_QUICK, AmpDtype, BenchSettings, CheckMode, DemoSettings, \
+    EvalSettings, Loader, LRScheduleKind, ModelSize, PredictSettings, ScoresFormat, TrainSettings
 
 app = typer.Typer(
     cls=FlagsGroup,
@@ -301,10 +301,13 @@ def demo(
     num_threads: Annotated[int, typer.Option(help="Loader CPU threads.")] = DemoSettings.num_threads,
     loader: Annotated[Loader, typer.Option(help="dali or reference (the PIL executor).")] = DemoSettings.loader,
     seed: Annotated[int, typer.Option(help="Seed of the data, the split and training.")] = DemoSettings.seed,
+    quick: Annotated[bool, typer.Option(help="A short run, a few minutes: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO_QUICK.items()) + ".")] = DemoSettings.quick,
 ) -> None:
     """Run the whole chain on built-in synthetic data.
 
-    Generate, convert, train, evaluate and report, offline.
+    Generate, convert, train, evaluate and report, offline. A rerun with the same
+    settings resumes: it keeps the data and shards and goes on training from the
+    newest checkpoint; other settings start afresh.
 
     Example:
 

@@ -140,6 +140,11 @@ class DemoSettings:
     num_threads: int = 2
     loader: str = "dali"
     seed: int = 0
+    quick: bool = False  # the sizes of DEMO_QUICK instead: the whole chain in a few minutes
+
+
+# What `demo --quick` changes (explicit values of these are refused with --quick).
+DEMO_QUICK = {"fakes_per_generator": 16, "test_per_source": 8, "train_itrs": 60}
 
 
 @dataclass
