@@ -84,7 +84,7 @@ class RetiredFlag(UsageError):
 def respell(args: Sequence[str], known: set[str]) -> list[str]:
     """`args` with each underscore spelling of a flag in `known` written with dashes.
 
-    Raises `UsageError` for a retired flag of the original that `known` lacks, with
+    Raises `RetiredFlag` for a retired flag of the original that `known` lacks, with
     what to run instead. Other arguments (values, positionals, everything after `--`)
     are left as they are.
     """
@@ -140,11 +140,12 @@ class FlagsGroup(TyperGroup):
     """The root command: sub-commands in workflow order, an unknown command or option on one line."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if not args:  # typer shows the help (no_args_is_help)
-            return super().parse_args(ctx, args)
+        given = bool(args)  # (the parser empties `args`)
         try:
             return super().parse_args(ctx, args)
         except UsageError as exc:
+            if not given:  # no_args_is_help: this error shows the help
+                raise
             _one_line(exc, ctx)
 
     def list_commands(self, ctx: Any) -> list[str]:

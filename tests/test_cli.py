@@ -279,3 +279,5 @@ def test_commands_are_listed_in_workflow_order() -> None:
 def test_unknown_commands_and_options_are_one_line() -> None:
     assert "Did you mean 'train'?" in _one_error_line(runner.invoke(app, ["trian"]))
     assert "No such option: --batchsize" in _one_error_line(runner.invoke(app, ["train", "--batchsize", "3"]))
+    assert "No such option: --bogus" in _one_error_line(runner.invoke(app, ["--bogus"]))
+    assert "Commands:" in runner.invoke(app, []).output  # no arguments: the help, as before
