@@ -97,7 +97,7 @@ class MetricsLog:
         if self.progress is not None and self.progress.live:
             self.progress.postfix(short)
         else:
-            self.print(line)
+            self.print(self.progress.with_eta(line) if self.progress is not None else line)
 
     def iteration(self, itr: int, epoch: int, total_itrs: int, loss: torch.Tensor, lr: float, window: Throughput,
                   device: torch.device) -> None:

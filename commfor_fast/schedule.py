@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import get_args
 
 import torch
 
-from commfor_fast.settings import TrainSettings
+from commfor_fast.settings import LRScheduleKind, TrainSettings
 
-LR_SCHEDULES = ("original", "per-iteration")
+LR_SCHEDULES: tuple[str, ...] = get_args(LRScheduleKind)
 
 
 @dataclasses.dataclass(frozen=True)

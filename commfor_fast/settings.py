@@ -13,10 +13,20 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.pipelines.ops import DEFAULT_OPS
+
+# The choices of the string settings, as types: the CLI lists them in --help and shell
+# completion and refuses anything else at parse time, before torch or DALI is imported.
+Loader = Literal["dali", "reference"]  # `pipelines.loader.LOADERS`
+ModelSize = Literal["small", "tiny"]
+LRScheduleKind = Literal["original", "per-iteration"]
+ScoresFormat = Literal["parquet", "csv"]
+CheckMode = Literal["full", "fast"]  # `convert --check`
+AmpDtype = Literal["fp16", "bf16", "float16", "bfloat16"]  # fp16 or bf16, or torch's names for them ...
+AMP_SPELLINGS = {"float16": "fp16", "bfloat16": "bf16"}  # ... read as these
 
 
 @dataclass
@@ -147,6 +157,11 @@ class DemoSettings:
     num_threads: int = 2
     loader: str = "dali"
     seed: int = 0
+    quick: bool = False  # the sizes of DEMO_QUICK instead: the whole chain in a few minutes
+
+
+# What `demo --quick` changes (explicit values of these are refused with --quick).
+DEMO_QUICK = {"fakes_per_generator": 16, "test_per_source": 8, "train_itrs": 60}
 
 
 @dataclass

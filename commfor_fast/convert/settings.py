@@ -107,6 +107,31 @@ def parse_labels(value: str) -> dict[str, int]:
     return mapping
 
 
+# Words in a label folder's name that say which label it holds (the hint of `labels_hint`).
+_LABEL_WORDS = {0: {"real", "reals", "genuine", "authentic", "natural", "nature", "pristine", "original"},
+                1: {"fake", "fakes", "synthetic", "generated", "gen", "ai", "synth", "forged", "deepfake"}}
+
+
+def labels_hint(labels: dict[str, int], folder: str) -> str:
+    """The `--labels` that would take the label folder `folder` in, for an error message.
+
+    `folder` replaces the name of the label its words say (`0_real` or `real_images`
+    -> 0, `fake` or `generated` -> 1); with no such word, or words of both, both
+    choices are shown, each with what it means.
+    """
+    words = set(re.split(r"[^a-z]+", folder.lower()))
+    guessed = [label for label, known in _LABEL_WORDS.items() if words & known]
+
+    def taking(label: int) -> str:
+        kept = {name: value for name, value in labels.items() if value != label}
+        return ",".join(f"{name}:{value}" for name, value in sorted({**kept, folder: label}.items(),
+                                                                      key=lambda item: item[1]))
+
+    if len(guessed) == 1:
+        return f"--labels {taking(guessed[0])}"
+    return f"--labels {taking(0)} if it holds real images, --labels {taking(1)} if fake"
+
+
 # A worker holds its partition's stored samples plus decoded images: about this many
 # times --partition-size (more with --preresize of small JPEGs, whose raw pixels are larger).
 MEMORY_PER_PARTITION_BYTE = 3

@@ -204,11 +204,12 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int,
                 found.ignored.append(rel)
                 continue
             if label_dir.name not in labels:
-                real = next(name for name, value in labels.items() if value == 0)
+                from commfor_fast.convert.settings import labels_hint  # the converter's, only for this error
+
                 raise UserError(
                     f"--folder {root}: the folder {rel} is not a label folder; --labels "
                     f"{','.join(f'{k}:{v}' for k, v in labels.items())} knows only {', '.join(labels)}. "
-                    f"Rename it, move it out, or name it in --labels (e.g. --labels {real}:0,{escape_name(label_dir.name)}:1)"
+                    f"Rename it, move it out, or name it in --labels (e.g. {labels_hint(labels, escape_name(label_dir.name))})"
                 )
             label = labels[label_dir.name]
             for entry in found.files(label_dir):
