@@ -34,6 +34,7 @@ from commfor_fast.pipelines.perturb import Level, apply_reference
 from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan
 from commfor_fast.pipelines.preprocess import check_preresize, normalise
 from commfor_fast.pipelines.reference import run_plan
+from commfor_fast.pipelines.retire import RetiredRuns
 from commfor_fast.pipelines.source import iters_per_epoch, train_batch_indices
 from commfor_fast.shards import (IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, check_shard_files, sample_key,
                                  shard_range, unpack_ids)
@@ -152,6 +153,7 @@ class DaliTrainStream:
             batches_per_run=batches_per_run, start_run=run,
         )
         self._run: dict[str, torch.Tensor] | None = None
+        self._retired = RetiredRuns.for_device(device)  # DALI's buffers outlive torch's use of them
         try:
             self._iter = DALIGenericIterator([self.pipe], ["images", "ids"], size=-1)  # runs the first batches
         except RuntimeError as exc:
@@ -162,6 +164,7 @@ class DaliTrainStream:
 
     def __next__(self) -> Batch:
         if self._run is None or self._next == self.per_run:
+            self._retired.retire(self._run)
             try:
                 self._run = next(self._iter)[0]
             except RuntimeError as exc:
@@ -179,6 +182,7 @@ class DaliTrainStream:
         """Stop the pipeline now (from this thread), not whenever garbage collection runs."""
         if self.pipe is not None:
             self.pipe.source.close()
+        self._retired.release_all()
         self._iter = self.pipe = self._run = None
         gc.collect()
 
