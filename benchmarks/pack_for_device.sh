@@ -10,8 +10,9 @@
 # The device image (KINDS.md of the device tool: Python 3.12, torch 2.11 with CUDA 13,
 # no package index) has numpy, pyarrow, pandas, xxhash, fsspec, huggingface-hub, pyyaml,
 # six, packaging and the CUDA 13 libraries of torch, but no DALI, datasets or isal. The
-# list below is exact and installed with --no-deps, so nothing the image already has is
-# carried twice (two versions of one package break imports there):
+# list is exact and installed with --no-deps, so nothing the image already has is
+# carried twice (two versions of one package break imports there). The list is
+# pyproject.toml's extra `device-cuda130` (or `device-cuda120`):
 #   DALI, nvImageCodec with the nvJPEG and nvJPEG2000 libraries, nvCOMP (DALI pins it);
 #   what DALI imports at run time: gast, astunparse (conditionals) and optree; its other
 #   requirements (nvtx, makefun, libcst) are never imported by the pipelines and stay out;
@@ -26,24 +27,23 @@ variant=${1:-cuda130}
 out=${2:-.device-pack}
 part_mib=${PART_MIB:-56}
 py312=${PY312:-/root/.pyenv/versions/3.12.1/bin/python}
-common=(datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 isal==1.9.1 gast==0.7.0 astunparse==1.6.3
-        optree==0.20.0)
 case "$variant" in
-  cuda130) gpu=(nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.3.2.43
-                nvidia-nvjpeg2k-cu13==0.11.0.51 nvidia-libnvcomp-cu13==5.3.0.16);;
-  cuda120) gpu=(nvidia-dali-cuda120==2.4.0 nvidia-nvimgcodec-cu12==0.9.0.20 nvidia-nvjpeg-cu12==12.4.0.76
-                nvidia-nvjpeg2k-cu12==0.11.0.51 nvidia-libnvcomp-cu12==5.3.0.16);;
+  cuda130|cuda120) ;;
   *) echo "error: variant '$variant' is not cuda130 or cuda120: name one of them" >&2; exit 2;;
 esac
 if [ ! -x "$py312" ]; then
   echo "error: $py312 is not a Python 3.12 interpreter: set PY312 to one (the device runs 3.12)" >&2; exit 2
 fi
+# the list: pyproject.toml's extra device-VARIANT, one place for the pack and the install
+mapfile -t pkgs < <("$py312" -c "import sys, tomllib
+print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies'][sys.argv[1]]))" \
+  "device-$variant")
 wheels="$out/wheels-$variant"
 mkdir -p "$wheels"
-echo "== downloading ${#common[@]} + ${#gpu[@]} wheels (no dependencies) to $wheels"
-"$py312" -m pip download -q --no-deps --only-binary=:all: -d "$wheels" "${common[@]}" "${gpu[@]}" 2>&1 \
+echo "== downloading ${#pkgs[@]} wheels (no dependencies) to $wheels"
+"$py312" -m pip download -q --no-deps --only-binary=:all: -d "$wheels" "${pkgs[@]}" 2>&1 \
   | grep -v "is ignored" || true
-expected=$(( ${#common[@]} + ${#gpu[@]} ))
+expected=${#pkgs[@]}
 found=$(find "$wheels" -name '*.whl' | wc -l)
 if [ "$found" -ne "$expected" ]; then
   echo "error: $wheels holds $found wheels, the list $expected: delete $wheels and run again" >&2; exit 2

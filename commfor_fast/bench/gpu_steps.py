@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import platform
@@ -261,8 +262,6 @@ def environment(ctx: Context) -> dict[str, Any]:
         info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         info["nvidia_smi"] = f"{type(exc).__name__}: {exc}"
-    import importlib
-
     for name in CARRIED_MODULES:
         try:
             info[f"from:{name}"] = str(Path(importlib.import_module(name).__file__ or "?").parent)
@@ -408,10 +407,10 @@ def jpeg_hw(ctx: Context) -> dict[str, Any]:
 def eval_parity(ctx: Context) -> dict[str, Any]:
     """Evaluation images from the DALI pipeline vs the reference executor, same JPEGs:
     absolute differences in grey levels (uint8, before normalisation)."""
+    from commfor_fast.imageio import decode_rgb
     from commfor_fast.pipelines.dali import create_eval_pipeline
     from commfor_fast.pipelines.reference import eval_image
     from commfor_fast.pipelines.source import ShardSource
-    from commfor_fast.imageio import decode_rgb
     from commfor_fast.shards import IMAGE_EXTS, Manifest, ShardReader
 
     n, root = ctx.sizes.parity_images, ctx.shards()["jpeg"]
