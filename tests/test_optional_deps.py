@@ -87,3 +87,16 @@ def test_dataset_card_without_datasets_is_the_same_card(without, tmp_path: Path,
     assert unchecked == checked and "dtype: json" in unchecked
     warnings = [line for line in capsys.readouterr().err.splitlines() if "datasets" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning:")
+
+
+def test_the_gpu_check_path_imports_without_isal_and_datasets() -> None:
+    """What the GPU check and the converter import at import time needs neither package."""
+    import subprocess
+
+    code = ("import sys; sys.modules['isal'] = sys.modules['datasets'] = None\n"
+            "import commfor_fast.cli, commfor_fast.convert.run, commfor_fast.convert.worker, "
+            "commfor_fast.bench.gpu_check, commfor_fast.bench.gpu_steps, commfor_fast.bench.gpu_data, "
+            "commfor_fast.pipelines.loader, commfor_fast.train, commfor_fast.evaluate")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
