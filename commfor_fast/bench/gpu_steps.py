@@ -401,7 +401,7 @@ def jpeg_hw(ctx: Context) -> dict[str, Any]:
             rows[str(load)] = {**time_pipeline(ctx, "jpeg", ctx.sizes.ablation_runs), **eval_parity(ctx)}
         except Exception as exc:  # noqa: BLE001 (one setting failing must not lose the others)
             rows[str(load)] = {"error": f"{type(exc).__name__}: {exc}"}
-    return rows
+    return {"rows": rows}
 
 
 def eval_parity(ctx: Context) -> dict[str, Any]:
