@@ -198,17 +198,38 @@ def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_gpu_train_resume_eval_round_trip(easy: Path, tmp_path: Path) -> None:
-    """On CUDA: a run resumed from its checkpoint at iteration 2 ends where the
-    uninterrupted run ends; evaluation on the GPU scores every image once."""
+def test_gpu_train_resume_eval_round_trip(easy: Path, tmp_path: Path, record_property) -> None:
+    """On CUDA: a run resumed from its checkpoint at iteration 2 reads the same batches
+    and ends with the same losses as the uninterrupted run; evaluation on the GPU scores
+    every image once. Weights are not compared to 1e-4: CUDA's attention backward is not
+    deterministic, and Adam turns its last-bit differences into differences of lr size."""
+    from commfor_fast.pipelines.loader import create_train_stream
+    from commfor_fast.pipelines.plan import RSAConfig
+
     settings = dict(device="cuda", train_itrs=4, ckpt_every=2, validate=False, use_amp=True, amp_dtype="bf16")
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     train(_settings(easy, whole, **settings))
     resumed.mkdir()
     shutil.copy(checkpoints_in(whole)[0], resumed)  # the run as it was after 2 iterations
     train(_settings(easy, resumed, **settings))
-    a, b = (torch.load(run / "model.pt") for run in (whole, resumed))
-    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+    losses = [{r["itr"]: r["loss"] for r in _records(run) if "loss" in r} for run in (whole, resumed)]
+    assert sorted(losses[1]) == [3, 4]
+    gaps = [abs(losses[0][i] - losses[1][i]) for i in (3, 4)]
+    record_property("resumed_loss_gap", max(gaps))
+    assert max(gaps) < 0.02, (losses, gaps)
+    # the data stream on the GPU: a stream resumed after 2 batches serves what the whole one serves next
+    manifest = Manifest.load(easy)
+    stream_args = dict(device=torch.device("cuda"), batch_size=4, crop=224, rsa=RSAConfig(), seed=0, rank=0,
+                       world_size=1, num_threads=1, batches_per_run=2)
+    uninterrupted = create_train_stream("dali", easy, manifest, "train", **stream_args)
+    expected = [next(uninterrupted) for _ in range(5)][2:]
+    again = create_train_stream("dali", easy, manifest, "train", state={"batches": 2}, **stream_args)
+    for want in expected:
+        got = next(again)
+        assert torch.equal(got.sample_numbers, want.sample_numbers) and torch.equal(got.labels, want.labels)
+        assert torch.allclose(got.images, want.images, atol=1e-5)  # the same plans on the same pixels
+    uninterrupted.close()
+    again.close()
     report = evaluate_shards(EvalSettings(data=easy, out=tmp_path / "report", ckpt=tmp_path / "whole" / "model.pt",
                                           device="cuda", batch_size=5, num_threads=1))
     assert report.n == 48

@@ -244,8 +244,9 @@ def _noise_field_dali(inputs: GraphInputs) -> Any:
     key = _on(_dali_mix(_u32(_seed_mixed(inputs.seed)) ^ ids[2]), device)  # noise_key, per sample
     ramp = types.Constant(np.arange(MAX_SIDE, dtype=np.uint32), device=device)
     height, width = fn.cast(inputs.ids[3], dtype=types.INT32), fn.cast(inputs.ids[4], dtype=types.INT32)
-    ys = fn.expand_dims(fn.slice(ramp, 0, fn.stack(height), axes=[0]), axes=[1, 2])  # (H, 1, 1)
-    xs = fn.expand_dims(fn.slice(ramp, 0, fn.stack(width), axes=[0]), axes=[0, 2])  # (1, W, 1)
+    start = types.Constant(np.zeros(1, np.int32), device="cpu")  # a GPU anchor would cost a host sync
+    ys = fn.expand_dims(fn.slice(ramp, start, fn.stack(height), axes=[0]), axes=[1, 2])  # (H, 1, 1)
+    xs = fn.expand_dims(fn.slice(ramp, start, fn.stack(width), axes=[0]), axes=[0, 2])  # (1, W, 1)
     rows = _dali_mix(_dali_mix(ys + _u32(_ROW_OFFSET)) ^ key)
     cells = xs * _u32(3) + types.Constant(np.arange(3, dtype=np.uint32).reshape(1, 1, 3), device=device)
     u = []
