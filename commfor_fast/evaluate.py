@@ -28,6 +28,7 @@ import torch
 
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write, check_writable
+from commfor_fast.safetext import spreadsheet_safe_columns
 from commfor_fast.metrics import EvalReport
 from commfor_fast.pipelines.perturb import CLEAN, CLEAN_LEVEL, Level, parse_perturbations
 from commfor_fast.progress import Progress
@@ -127,7 +128,7 @@ def write_scores(scores: Scores, manifest: Manifest, data: Path, path: Path,
         if path.suffix == ".csv":
             import pyarrow.csv as pacsv
 
-            pacsv.write_csv(table, f)
+            pacsv.write_csv(spreadsheet_safe_columns(table), f)
         else:
             import pyarrow.parquet as pq
 

@@ -261,6 +261,7 @@ def load_detector(
         )
     if hf_model is not None:
         model = _load_from_hub(hf_model)
+        check_finite(model, f"--hf-model {hf_model}")
         info: dict[str, Any] = {"source": "hf", "hf_model": hf_model, "format": "hf"}
     else:
         model, fmt = _load_checkpoint(Path(ckpt), trust_checkpoint)
@@ -373,7 +374,17 @@ def detector_from_checkpoint(obj: Any, path: Path) -> tuple[CommForDetector, str
             f"--ckpt {path}: the weights do not fit a {model.timm_name} detector: "
             f"{' '.join(str(exc).split())[:600]}; give a checkpoint of a CommForDetector"
         ) from None
+    check_finite(model, f"--ckpt {path}")
     return model, fmt
+
+
+def check_finite(model: nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run): every score would be NaN,
+    which reads as the verdict "real" and breaks the metrics. `source` names the flag."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{source}: the weight {name} holds NaN or infinite values (a training run that "
+                            f"diverged?); give a checkpoint saved before that, or retrain with a lower --lr")
 
 
 def infer_model_args(state_dict: Mapping[str, torch.Tensor], path: Path | str) -> dict[str, Any]:
