@@ -1,10 +1,10 @@
-"""Text from data made safe for where it is shown: a terminal, a Markdown table, a CSV cell.
+"""Text from data made safe for where it is shown: a terminal, a CSV cell.
 
 Generator names, file names and error messages come from the data, which may be
 hostile: an escape sequence printed to a terminal can rewrite the screen or set its
-title, a newline splits one row of a table into two, a `|` or a backtick breaks a
-Markdown table, a cell starting with `=` is a formula to a spreadsheet. These
-functions show such characters as visible escapes instead; every CSV the tool writes
+title, a newline splits one row of a table into two, a cell starting with `=` is a
+formula to a spreadsheet. These functions show such characters as visible escapes
+instead (the model card's Markdown adds its own escapes, `modelcard._code`); every CSV the tool writes
 (per_generator.csv, robustness.csv, scores.csv, predict's .csv) passes its text
 through `spreadsheet_safe`.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-MARKDOWN_SPECIALS = str.maketrans({"|": "\\|", "`": "\\`"})
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula
 
 
@@ -38,7 +37,3 @@ def printable(text: str) -> str:
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
-
-def markdown_cell(text: str) -> str:
-    """`text` for one cell of a Markdown table: printable, with `|` and backticks escaped."""
-    return printable(text).translate(MARKDOWN_SPECIALS)

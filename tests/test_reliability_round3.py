@@ -27,7 +27,6 @@ from commfor_fast.errors import UserError
 from commfor_fast.model import CommForDetector
 from commfor_fast.pipelines.perturb import parse_perturbations
 from commfor_fast.predict import PredictSettings, predict
-from commfor_fast.safetext import markdown_cell, printable
 from test_reliability import _convert, ckpt, one_error_line, pristine, shards, source  # noqa: F401 (fixtures)
 
 runner = CliRunner()
@@ -102,9 +101,48 @@ def test_predict_csv_escapes_formulas_and_the_table_escape_codes(hostile_names: 
     assert "red\\x1b[31m\\nline.jpg" in result.stdout and len(result.stdout.splitlines()) == 4
 
 
-def test_markdown_cells_and_printable_text() -> None:
-    assert printable("a\x1b]0;title\x07b\n") == "a\\x1b]0;title\\x07b\\n"
-    assert markdown_cell("a|b`c\nd") == "a\\|b\\`c\\nd"
+@pytest.fixture(scope="module")
+def hostile_shards(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards whose fake generator is named like a formula and whose real source holds an escape code
+    and a newline."""
+    root = tmp_path_factory.mktemp("hostile-gens") / "src"
+    images = sorted(source.rglob("*.jpg"))
+    for i, image in enumerate(images[:8]):
+        folder = root / ('=HYPERLINK("x")|`g`' if i % 2 else "red\x1b[31m\nreal") / ("fake" if i % 2 else "real")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / image.name).write_bytes(image.read_bytes())
+    out = root.parent / "shards"
+    _convert(root, out)
+    return out
+
+
+def test_inspect_and_eval_tables_show_escape_codes_as_text(hostile_shards: Path, ckpt: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["inspect", str(hostile_shards)])
+    assert result.exit_code == 0 and "\x1b" not in result.stdout and "red\\x1b[31m\\nreal" in result.stdout
+    result = runner.invoke(app, ["eval", "--data", str(hostile_shards), "--ckpt", str(ckpt), "--out",
+                                 str(tmp_path / "r"), "--loader", "reference", "--device", "cpu", "--save-scores",
+                                 "--scores-format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "red\\x" in result.output  # (shortened to the column)
+    with open(tmp_path / "r" / "scores.csv", newline="") as f:  # 4. the same escape as per_generator.csv
+        generators = {row["generator"] for row in csv.DictReader(f)}
+    assert generators == {"'=HYPERLINK(\"x\")|`g`", "red\x1b[31m\nreal"}
+
+
+def test_the_model_card_table_survives_pipes_backticks_and_newlines(pristine: Path) -> None:
+    from commfor_fast.modelcard import model_card
+    from commfor_fast.settings import TrainSettings
+    from commfor_fast.shards import Manifest
+
+    settings = TrainSettings(data=Path("d|`x`"), out=Path("o"), command="train --out 'a|b`c`\nd'")
+    card = model_card(model_args={"input_size": 224, "model_size": "tiny", "patch_size": 16, "freeze_backbone": False},
+                      timm_name="vit", settings=settings, manifest=Manifest.load(pristine), train_set="all",
+                      schedule={"total_itrs": 1, "warmup": 0, "world_size": 1}, validation=None)
+    rows = [line for line in card.splitlines() if line.startswith("| ")]
+    command = next(row for row in rows if row.startswith("| command |"))
+    assert command == "| command | ``train --out 'a\\|b`c`\\nd'`` |"
+    assert all(row.replace("\\|", "").count("|") == 3 for row in rows)  # two cells each, nothing split
+    assert "`` d\\|`x` `` (set `all`)" in card
 
 
 # --------------------------------------------------------- 5. levels that print alike, degenerate ones
