@@ -209,3 +209,52 @@ def test_a_disk_full_mid_row_leaves_whole_jsonl_rows(source: Path, ckpt: Path, t
         predict(PredictSettings(paths=[source], ckpt=ckpt, out=out, batch_size=4))
     lines = out.read_text().splitlines()
     assert len(lines) == 4 and all(json.loads(line)["prob_fake"] is not None for line in lines)
+
+
+# -------------------------------------------------- 3. bool and float labels, binary metadata columns
+
+
+def _parquet(path: Path, source: Path, labels: list, label_type: object) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [p.read_bytes() for p in sorted(source.rglob("*.jpg"))[:len(labels)]]
+    pq.write_table(pa.table({
+        "image_data": pa.array(images, pa.binary()),
+        "label": pa.array(labels, label_type),
+        "model_name": [f"gen{int(v)}" for v in labels],
+        "prompt": pa.array([b"\xff\x00 not text"] * len(labels), pa.binary()),  # skipped: not JSON text
+        "image_name": [f"{i}.jpg" for i in range(len(labels))],
+    }), path)
+    return path
+
+
+@pytest.mark.parametrize("labels, label_type", [([True, False, True, False], "bool"),
+                                                ([1.0, 0.0, 1.0, 0.0], "float64")])
+def test_bool_and_whole_float_labels_make_verified_shards(labels: list, label_type: str, source: Path,
+                                                          tmp_path: Path) -> None:
+    from commfor_fast.shards import Manifest, ShardReader
+    from commfor_fast.verify import verify_shards
+
+    parquet = _parquet(tmp_path / "data.parquet", source, labels, label_type)
+    out = tmp_path / "shards"
+    _convert(source, out, folders=[], hf_repo=str(parquet))
+    assert verify_shards(out, progress=False)[1] == []
+    reader = ShardReader(out, Manifest.load(out).sets["all"])
+    samples = [reader.read(i) for i in range(len(reader))]
+    assert sorted(s["cls"] for s in samples) == [b"0", b"0", b"1", b"1"]
+    meta = json.loads(samples[0]["json"])
+    assert meta["label"] in (0, 1) and type(meta["label"]) is int and "prompt" not in meta
+    assert meta["image_name"].endswith(".jpg")
+
+
+@pytest.mark.parametrize("labels, label_type, says", [
+    ([1.0, 0.5], "float64", "label 0.5 in the double column 'label'"),
+    (["1", "0"], "string", "the column 'label' is of type string"),
+])
+def test_other_labels_are_one_line_naming_the_column(labels: list, label_type: str, says: str, source: Path,
+                                                     tmp_path: Path) -> None:
+    parquet = _parquet(tmp_path / "data.parquet", source, labels, label_type)
+    line = one_error_line(runner.invoke(app, ["convert", "--hf-repo", str(parquet), "--out", str(tmp_path / "o"),
+                                              "--quiet"]))
+    assert "data.parquet" in line and says in line

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from commfor_fast.convert.columns import read_labels
 from commfor_fast.convert.units import HF, Source, Unit
 from commfor_fast.errors import UserError
 
@@ -170,11 +171,8 @@ def scan_hf(repo: str, split: str | None, cache_dir: Path | None, source_index: 
                 columns = pf.read(columns=list(PLAN_COLUMNS))
             except (OSError, pa.ArrowException) as exc:
                 raise UserError(f"{path}: cannot read its label/model_name columns ({exc}); re-download it") from None
-            labels = columns.column("label").to_pylist()
+            labels = read_labels(path, columns.column("label"))
             generators = columns.column("model_name").to_pylist()
-            bad = next((i for i, v in enumerate(labels) if v not in (0, 1)), None)
-            if bad is not None:
-                raise UserError(f"{path}#row {bad}: label {labels[bad]!r}; labels must be 0 (real) or 1 (fake)")
             start = 0
             name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
             for rg in range(pf.metadata.num_row_groups):

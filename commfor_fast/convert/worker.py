@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from commfor_fast.convert.check import check_data, check_structure
+from commfor_fast.convert.columns import carried_columns
 from commfor_fast.convert.hf import IMAGE_COLUMN, META_COLUMNS
 from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
@@ -112,7 +113,7 @@ def read_unit(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> Iterator
         return
     try:
         pf = pq.ParquetFile(unit.path)
-        columns = [IMAGE_COLUMN] + [c for c in META_COLUMNS if c in pf.schema_arrow.names]
+        columns = [IMAGE_COLUMN, *carried_columns(pf.schema_arrow, META_COLUMNS)]
         table = pf.read_row_group(unit.row_group, columns=columns).to_pydict()
     except (OSError, pa.ArrowException) as exc:
         for _ in range(unit.num_rows):
