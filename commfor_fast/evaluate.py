@@ -30,10 +30,10 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write, check_writable
 from commfor_fast.safetext import spreadsheet_safe_columns
 from commfor_fast.metrics import EvalReport
-from commfor_fast.pipelines.perturb import CLEAN, CLEAN_LEVEL, Level, parse_perturbations
+from commfor_fast.pipelines.perturb import CLEAN, CLEAN_LEVEL, Level, check_sides, parse_perturbations
 from commfor_fast.progress import Progress
 from commfor_fast.convert.units import HF
-from commfor_fast.shards import META_EXT, Manifest, ShardReader, sample_key
+from commfor_fast.shards import META_EXT, Manifest, ShardReader, check_generator_ids, sample_key
 from commfor_fast.settings import EvalSettings
 from commfor_fast.distributed import Dist, all_gather, amp_dtype, resolve_device, setup_distributed, teardown_distributed
 
@@ -187,6 +187,8 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
     env = setup_distributed(device)
     manifest = Manifest.load(settings.data)
     set_names = _set_names(manifest, settings.sets, settings.data)
+    check_sides(levels, [size for name in set_names for size in manifest.sets[name].resolutions], manifest.preresize,
+                settings.loader)
     if env.is_main:  # before scoring anything: a report that cannot be written is known now
         check_writable(Path(settings.out), "--out")
     model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=device,
@@ -249,6 +251,7 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
     for scores in per_level:  # every level: every image once (all levels come from the same batches)
         _check_exactly_once(scores, manifest, set_names)
     scores = per_level[0]
+    check_generator_ids(scores.generator_ids, manifest, settings.data)
 
     report = evaluate(scores.labels, scores.probabilities, scores.generator_ids, manifest.generators)
     out = Path(settings.out)

@@ -33,6 +33,8 @@ import json
 import os
 import struct
 import threading
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -120,9 +122,12 @@ def read_index(path: Path) -> list[dict[str, Member]]:
         members = {}
         for i in range(0, len(fields), 4):
             ext, off, size, name = fields[i : i + 4]
+            if not (off.isdigit() and size.isdigit()):  # a damaged line: offsets and sizes are whole numbers
+                raise UserError(f"{path}: damaged index line {len(samples) + 2} ({line[:80]!r}); re-run the "
+                                f"convert command recorded in {MANIFEST_NAME} (it redoes the damaged partitions)")
             members[ext] = Member(ext, int(off), int(size), name)
         samples.append(members)
-    if len(samples) != int(header[1]):
+    if not header[1].isdigit() or len(samples) != int(header[1]):
         raise UserError(f"{path}: header says {header[1]} samples, found {len(samples)}")
     return samples
 
@@ -190,13 +195,10 @@ class Manifest:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Manifest:
-        data = dict(data)
-        data["sets"] = {
-            name: SetInfo(**{**s, "shards": [ShardInfo(**sh) for sh in s["shards"]]})
-            for name, s in data["sets"].items()
-        }
-        return cls(**data)
+    def from_json(cls, data: Any) -> Manifest:
+        """The manifest in parsed JSON; keys it does not know (a later release's) are
+        ignored, a missing or mistyped key is a `ValueError` naming it."""
+        return _typed(data, cls, "")
 
     def save(self, folder: Path) -> Path:
         """Write `manifest.json` atomically (a reader never sees half a manifest)."""
@@ -215,14 +217,66 @@ class Manifest:
             )
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # JSONDecodeError and bytes that are not UTF-8 are ValueErrors
             raise UserError(f"{path} is unreadable ({exc}); re-run `commfor-fast convert`") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a manifest (its JSON is a {type(data).__name__}, not an object); re-run "
+                            "the convert command that made the folder")
         if data.get("format") != FORMAT_NAME or data.get("format_version") != FORMAT_VERSION:
             raise UserError(
                 f"{path} is not a {FORMAT_NAME} v{FORMAT_VERSION} manifest "
                 f"(found {data.get('format')} v{data.get('format_version')}); re-convert with this version"
             )
-        return cls.from_json(data)
+        try:
+            return cls.from_json(data)
+        except ValueError as exc:
+            raise UserError(f"{path}: {exc}; re-run the convert command that made the folder (it rebuilds "
+                            f"{MANIFEST_NAME})") from None
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` (parsed JSON) checked against the type `hint`, dataclasses built on the way.
+
+    Raises `ValueError` naming the key path (`sets.all.shards[3].bytes`) of the first
+    value of the wrong type or dataclass field that is missing; unknown keys of a
+    dataclass are dropped."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where or 'the manifest'} is a {type(value).__name__}, not an object")
+        hints = typing.get_type_hints(hint)
+        given = {}
+        for f in dataclasses.fields(hint):
+            key = f"{where}.{f.name}" if where else f.name
+            if f.name in value:
+                given[f.name] = _typed(value[f.name], hints[f.name], key)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"the key {key} is missing")
+        return hint(**given)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _typed(value, option, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where} is {json.dumps(value)[:40]}, not {' or '.join(_json_name(a) for a in args)}")
+    if hint is Any:
+        return value
+    if origin is list and isinstance(value, list):
+        return [_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        return {k: _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    plain = origin or hint
+    if plain in (list, dict) or not isinstance(value, plain) or (plain is int and isinstance(value, bool)):
+        raise ValueError(f"{where} is {json.dumps(value)[:40]}, not {_json_name(hint)}")
+    return value
+
+
+def _json_name(hint: Any) -> str:
+    """How a type reads in an error about JSON: an integer, an object, a list, ..."""
+    plain = typing.get_origin(hint) or hint
+    return {int: "an integer", str: "a string", list: "a list", dict: "an object", float: "a number",
+            type(None): "null"}.get(plain, getattr(plain, "__name__", str(plain)))
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
@@ -254,10 +308,25 @@ def check_shard_files(root: Path | str, info: SetInfo) -> None:
     shards. Raises `UserError` naming the first damaged file.
     """
     root = Path(root)
+    problem = set_problem(info)
+    if problem:
+        raise UserError(f"{root / MANIFEST_NAME}: {problem}. Re-run the convert command recorded in it (it "
+                        f"rebuilds {MANIFEST_NAME} from the partitions' records)")
     for shard in info.shards:
         found = shard_file_problem(root, shard)
         if found:
             raise damaged_shard(root, *found)
+
+
+def set_problem(info: SetInfo) -> str | None:
+    """What disagrees within a set's record in the manifest (its sample count, the sum of
+    its shards' counts, the sum of its per-generator counts); None if nothing."""
+    listed = sum(shard.num_samples for shard in info.shards)
+    counted = sum(n for by_label in info.counts.values() for n in by_label.values())
+    if not info.num_samples == listed == counted:
+        return (f"a set of {info.num_samples} samples, but its shards hold {listed} and its per-generator "
+                f"counts add up to {counted}")
+    return None
 
 
 def shard_file_problem(root: Path, shard: ShardInfo) -> tuple[Path, str] | None:
@@ -300,7 +369,51 @@ def _index_problem(index: Path, shard: ShardInfo) -> str | None:
     return None
 
 
+def check_generator_ids(generator_ids: Any, manifest: Manifest, root: Path | str) -> None:
+    """Refuse scored samples whose `.ids` generator id is not an index of the manifest's
+    generators (a damaged record that `ShardReader` cannot judge without the manifest)."""
+    bad = [int(g) for g in generator_ids if not 0 <= int(g) < len(manifest.generators)]
+    if bad:
+        raise DataError(f"{root}: a sample's .ids record holds the generator id {bad[0]}, but {MANIFEST_NAME} "
+                        f"names {len(manifest.generators)} generators. The shards were damaged after conversion: "
+                        f"run `commfor-fast verify {root}` to list every damaged shard, then re-run the convert "
+                        f"command recorded in its {MANIFEST_NAME}")
+
+
 # -------------------------------------------------------------------------- reader
+
+
+class DataError(UserError):
+    """A sample in the shards cannot be used at training or evaluation time (damaged after conversion)."""
+
+
+MAX_STORED_SIDE = 1 << 20  # longer than any side `convert` lets through (its pixel limit)
+
+
+def sample_ids_problem(members: dict[str, bytes], key: str) -> str | None:
+    """What is wrong with a sample's `.ids` record (and its pre-resized pixels, which the
+    record describes); None if it can be used. Damage here would otherwise surface as a
+    DALI slice error, an IndexError of the generator table or a wrong sample number."""
+    from commfor_fast.imageio import BadImage, decode_raw
+
+    try:
+        ids = unpack_ids(members[IDS_EXT])
+    except struct.error:
+        return f"its .ids record has {len(members[IDS_EXT])} bytes, not {_IDS.size}"
+    if ids.label not in (0, 1):
+        return f"its .ids record holds the label {ids.label}"
+    if sample_key(ids.sample_number) != key:
+        return f"its .ids record names sample {ids.sample_number}, its key is {key}"
+    if ids.generator_id < 0:
+        return f"its .ids record holds the generator id {ids.generator_id}"
+    if not (0 < ids.height <= MAX_STORED_SIDE and 0 < ids.width <= MAX_STORED_SIDE):
+        return f"its .ids record holds the image size {ids.height}x{ids.width}"
+    if RAW_EXT in members:
+        try:
+            decode_raw(members[RAW_EXT], ids.height, ids.width)
+        except BadImage as exc:
+            return f"its pixels do not match its .ids record ({exc})"
+    return None
 
 
 def shard_range(num_samples: int, shard_id: int, num_shards: int) -> tuple[int, int]:
@@ -360,6 +473,13 @@ class ShardReader:
         for ext, m in members.items():
             if exts is None or ext in exts:
                 out[ext] = os.pread(f.fileno(), m.size, m.offset)
+        if IDS_EXT in out:
+            key = next(iter(members.values())).filename.split(".", 1)[0]
+            problem = sample_ids_problem(out, key)
+            if problem:
+                raise DataError(f"sample {key} in {self.info.shards[shard_no].tar}: {problem}. The shards were "
+                                f"damaged after conversion: run `commfor-fast verify {self.root}` to list every "
+                                f"damaged shard, then re-run the convert command recorded in its {MANIFEST_NAME}")
         return out
 
     def close(self) -> None:

@@ -19,8 +19,8 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import sha256_file
 from commfor_fast.imageio import BadImage, decode_raw
 from commfor_fast.progress import Progress
-from commfor_fast.shards import (IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, Manifest, ShardInfo, read_index,
-                                 shard_file_problem, unpack_ids)
+from commfor_fast.shards import (IDS_EXT, LABEL_EXT, MANIFEST_NAME, META_EXT, RAW_EXT, Manifest, ShardInfo,
+                                 read_index, set_problem, shard_file_problem, unpack_ids)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def verify_shards(data: Path, progress: bool = True) -> tuple[int, list[Damage]]
     """Check every shard of a convert output folder; returns (shards checked, damaged ones)."""
     manifest = Manifest.load(data)
     shards = [shard for info in manifest.sets.values() for shard in info.shards]
-    damaged = []
+    damaged = [Damage(MANIFEST_NAME, f"set {name}: {problem}") for name, info in manifest.sets.items()
+               if (problem := set_problem(info))]
     with Progress(len(shards), "verify", unit="shard", enabled=progress) as bar:
         for shard in shards:
             problem = _shard_problem(Path(data), shard, manifest.generators)

@@ -35,7 +35,7 @@ from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan
 from commfor_fast.pipelines.preprocess import check_preresize, normalise
 from commfor_fast.pipelines.reference import run_plan
 from commfor_fast.pipelines.source import iters_per_epoch, train_batch_indices
-from commfor_fast.shards import (IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, check_shard_files, sample_key,
+from commfor_fast.shards import (IMAGE_EXTS, RAW_EXT, DataError, Manifest, ShardReader, check_shard_files, sample_key,
                                  shard_range, unpack_ids)
 
 ENGINES = ("dali", "reference")
@@ -57,10 +57,6 @@ class Batch:
 def _batch(images: torch.Tensor, ids: torch.Tensor, levels: tuple[torch.Tensor, ...] = ()) -> Batch:
     ids = ids.to("cpu", torch.int64)
     return Batch(images, ids[:, 0].float(), ids[:, 1], ids[:, 2], levels)
-
-
-class DataError(UserError):
-    """A sample in the shards cannot be decoded at training or evaluation time."""
 
 
 def _damaged(number: int, shard: str, reason: str) -> DataError:

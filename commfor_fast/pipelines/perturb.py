@@ -398,6 +398,19 @@ def parse_perturbations(specs: Sequence[str] | None) -> tuple[Level, ...]:
     return tuple(levels)
 
 
+def check_sides(levels: Sequence[Level], resolutions: Sequence[str], preresize: int | None, loader: str) -> None:
+    """Refuse `noise` levels on the DALI loader when an image (`WxH` from the manifest's
+    resolutions, scaled to the stored size when pre-resized) has a side longer than the
+    noise field's coordinates reach (`MAX_SIDE`)."""
+    if loader != "dali" or not any(level.family == "noise" for level in levels):
+        return
+    for size in resolutions:
+        short, long = sorted(int(side) for side in size.split("x"))
+        if (long * preresize // max(short, 1) if preresize else long) > MAX_SIDE:
+            raise UserError(f"{FLAG} noise: the data holds an image of {size} px, longer than the {MAX_SIDE} px "
+                            f"the DALI loader's noise reaches; use --loader reference, or convert with --preresize")
+
+
 def apply_reference(level: Level, arr: np.ndarray, sample_number: int, seed: int) -> np.ndarray:
     """`level` on one decoded image (HWC uint8 RGB) with the reference implementation."""
     if level.family == CLEAN:
