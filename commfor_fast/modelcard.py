@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import ModelCardData
 
 from commfor_fast import __version__
+from commfor_fast.fileio import atomic_write
 from commfor_fast.imageio import RESIZE_FOR_CROP
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -138,5 +139,6 @@ commfor-fast train --data SHARDS --out RUN --hf-model PATH_OR_HUB_ID   # fine-tu
 def write_model_card(folder: Path, **card: Any) -> Path:
     """Write `model_card(**card)` as `folder/README.md` (replacing the mixin's generic card)."""
     path = Path(folder) / CARD_NAME
-    path.write_text(model_card(**card))
+    with atomic_write(path, "w") as f:
+        f.write(model_card(**card))
     return path

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import struct
 import threading
 import types
@@ -105,12 +106,27 @@ def format_index(samples: list[list[Member]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def not_regular(path: Path) -> str | None:
+    """Why `path` cannot be read as a file without blocking: missing, or a FIFO, a device
+    or a folder in its place (opening a FIFO waits for a writer forever); None if it can."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None if stat.S_ISREG(mode) else "not a regular file (a FIFO, device or folder is in its place)"
+
+
 def read_index(path: Path) -> list[dict[str, Member]]:
     """Parse a v1.2 index: for each sample, its members by extension."""
+    problem = not_regular(path)
+    if problem:
+        raise UserError(f"shard index {path}: {problem}; re-run the convert command recorded in {MANIFEST_NAME}")
     try:
         lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read shard index {path}: {exc.strerror}; re-run `commfor-fast convert`") from None
+    except (OSError, ValueError) as exc:  # ValueError: bytes that are not UTF-8
+        raise UserError(f"cannot read shard index {path}: {exc}; re-run `commfor-fast convert`") from None
     header = lines[0].split() if lines else []
     if len(header) != 2 or header[0] != INDEX_VERSION:
         raise UserError(f"{path} is not a DALI {INDEX_VERSION} index; re-run `commfor-fast convert`")
@@ -333,10 +349,10 @@ def shard_file_problem(root: Path, shard: ShardInfo) -> tuple[Path, str] | None:
     """The damaged file of one shard (tar or index) and what is wrong, by the checks of
     `check_shard_files`; None if both look as the manifest says."""
     tar, index = root / shard.tar, root / shard.index
-    try:
-        size = tar.stat().st_size
-    except FileNotFoundError:
-        return tar, "missing"
+    problem = not_regular(tar)
+    if problem:
+        return tar, problem
+    size = tar.stat().st_size
     if size != shard.bytes:
         return tar, f"{size} bytes, but {MANIFEST_NAME} lists {shard.bytes}"
     problem = _index_problem(index, shard)
@@ -345,13 +361,16 @@ def shard_file_problem(root: Path, shard: ShardInfo) -> tuple[Path, str] | None:
 
 def _index_problem(index: Path, shard: ShardInfo) -> str | None:
     """What is wrong with a shard's index, judged by its first and last line; None if nothing."""
+    problem = not_regular(index)
+    if problem:
+        return problem
     try:
         with open(index, "rb") as f:
             head = f.read(64).split(b"\n", 1)[0].split()
             f.seek(max(f.seek(0, os.SEEK_END) - INDEX_TAIL_BYTES, 0))
             tail = f.read()
-    except FileNotFoundError:
-        return "missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
     if head != [INDEX_VERSION.encode(), str(shard.num_samples).encode()]:
         first = b" ".join(head)[:40].decode(errors="replace")
         return f"not a DALI {INDEX_VERSION} index of {shard.num_samples} samples (its first line is {first!r})"

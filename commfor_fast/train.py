@@ -41,7 +41,7 @@ from commfor_fast import __version__
 from commfor_fast.distributed import (Dist, all_gather, amp_dtype, broadcast, resolve_device, setup_distributed,
                                       teardown_distributed)
 from commfor_fast.errors import UserError
-from commfor_fast.fileio import atomic_write, check_writable
+from commfor_fast.fileio import atomic_write, check_writable, output_errors
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.progress import Progress
 from commfor_fast.settings import TrainSettings
@@ -600,7 +600,8 @@ def train(settings: TrainSettings) -> Path:
         from commfor_fast.modelcard import write_model_card
 
         save_atomic(clean_state_dict(model), final)
-        model.save_pretrained(out / "final")
+        with output_errors(out / "final"):  # a full disk: one line (safetensors raises no OSError)
+            model.save_pretrained(out / "final")
         validations = [r for r in log.records() if "val_loss" in r]  # this run's, across resumes
         write_model_card(out / "final", model_args=model.model_args, timm_name=model.timm_name, settings=settings,
                          manifest=manifest, train_set=train_set, schedule=shape,

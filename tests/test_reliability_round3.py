@@ -15,6 +15,10 @@ import csv
 import errno
 import json
 import os
+import shutil
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -258,3 +262,227 @@ def test_other_labels_are_one_line_naming_the_column(labels: list, label_type: s
     line = one_error_line(runner.invoke(app, ["convert", "--hf-repo", str(parquet), "--out", str(tmp_path / "o"),
                                               "--quiet"]))
     assert "data.parquet" in line and says in line
+
+
+# ----------------------------------------------------------------------- 6. a full disk anywhere
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """Mount a real tmpfs of a given size (needs root and mount rights; skipped elsewhere)."""
+    mounts = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"fs{len(mounts)}"
+        folder.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                               capture_output=True).returncode:
+            pytest.skip("cannot mount a small tmpfs here")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_during_convert_names_the_shard(source: Path, small_tmpfs) -> None:
+    out = small_tmpfs("300k") / "shards"
+    line = one_error_line(runner.invoke(app, ["convert", "--folder", str(source), "--out", str(out), "--quiet",
+                                              "--val-frac", "0", "--shard-size", "10MB"]))
+    assert "cannot write " + str(out / "all") in line and "No space left on device" in line and "None" not in line
+
+
+def test_torch_and_safetensors_failures_for_space_are_one_line(tmp_path: Path) -> None:
+    from commfor_fast.fileio import atomic_write, output_errors
+
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UserError, match=r"cannot write .*ckpt.pt: No space left on device; free some space"):
+        with atomic_write(tmp_path / "ckpt.pt") as f:  # torch wraps the OSError into a RuntimeError
+            torch.save({"w": torch.zeros(100_000)}, FullDisk() if f else f)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(UserError, match=r"cannot write .*final: No space left on device"):
+        with output_errors(tmp_path / "final"):
+            raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                               '"No space left on device" }) (os error 28)')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["checkpoint", "final model"])
+def test_a_full_disk_during_training_is_one_line(where: str, pristine: Path, small_tmpfs) -> None:
+    # the tiny ViT: a checkpoint (weights + AdamW) is about 65 MB, model.pt about 22 MB
+    out = small_tmpfs("40m" if where == "checkpoint" else "30m") / "run"
+    args = ["train", "--data", str(pristine), "--out", str(out), "--device", "cpu", "--model-size", "tiny",
+            "--input-size", "224", "--no-pretrained", "--batch-size", "4", "--train-itrs", "1", "--num-threads", "1",
+            "--loader", "reference", "--rsa-max-num-ops", "0", "--no-validate"]
+    line = one_error_line(runner.invoke(app, args + (["--ckpt-keep-count", "0"] if where == "final model" else [])))
+    assert "No space left on device" in line
+    assert ("ckpt-" if where == "checkpoint" else "final") in line
+
+
+# ------------------------------------------------------ 7, 11. damaged pre-resized pixels and .ids records
+
+
+@pytest.fixture(scope="module")
+def preresized(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("preresized") / "shards"
+    _convert(source, out, preresize=256, shard_size="10MB")
+    return out
+
+
+def _patch_member(shards: Path, ext: str, offset: int, data: bytes) -> None:
+    """Overwrite bytes of the first sample's `ext` member in place (same size: the quick check passes)."""
+    from commfor_fast.shards import Manifest, ShardReader
+
+    info = Manifest.load(shards).sets["all"]
+    member = ShardReader(shards, info).members(0)[ext]
+    with open(shards / info.shards[0].tar, "r+b") as f:
+        f.seek(member.offset + offset)
+        f.write(data)
+
+
+def _eval(data: Path, ckpt: Path, out: Path, loader: str) -> list[str]:
+    return ["eval", "--data", str(data), "--ckpt", str(ckpt), "--out", str(out), "--device", "cpu", "--loader", loader,
+            "--num-threads", "1"]
+
+
+@pytest.mark.parametrize("loader", ["dali", "reference"])
+@pytest.mark.parametrize("damage, says", [
+    (("npy", 10, b"\xff"), "its pixels do not match its .ids record"),
+    (("ids", 12, struct.pack("<i", -3)), "the image size -3x"),
+    (("ids", 8, struct.pack("<i", 7)), "names sample 7"),
+    (("ids", 0, struct.pack("<i", 5)), "the label 5"),
+])
+def test_damaged_pixels_and_ids_are_one_line(loader: str, damage: tuple, says: str, preresized: Path, ckpt: Path,
+                                             tmp_path: Path) -> None:
+    shards = Path(shutil.copytree(preresized, tmp_path / "shards"))
+    _patch_member(shards, *damage)
+    line = one_error_line(runner.invoke(app, _eval(shards, ckpt, tmp_path / "r", loader)))
+    assert "sample 0000000" in line and says in line and "commfor-fast verify" in line
+
+
+@pytest.mark.parametrize("loader", ["dali", "reference"])
+def test_a_generator_id_out_of_range_is_one_line(loader: str, shards: Path, ckpt: Path, tmp_path: Path) -> None:
+    _patch_member(shards, "ids", 4, struct.pack("<i", 99))
+    line = one_error_line(runner.invoke(app, _eval(shards, ckpt, tmp_path / "r", loader)))
+    assert "generator id 99" in line
+
+
+# ------------------------------------------------------------------ 8. a damaged middle line of an index
+
+
+def _damage_index_line(shards: Path) -> Path:
+    from commfor_fast.shards import Manifest
+
+    index = shards / Manifest.load(shards).sets["all"].shards[0].index
+    lines = index.read_text().split("\n")
+    lines[1] = lines[1].replace(" ", " x", 1)[:-1]  # same length: the quick check (size, last line) passes
+    index.write_text("\n".join(lines))
+    return index
+
+
+@pytest.mark.parametrize("loader", ["dali", "reference"])
+def test_a_damaged_index_line_is_one_line_in_eval(loader: str, shards: Path, ckpt: Path, tmp_path: Path) -> None:
+    index = _damage_index_line(shards)
+    line = one_error_line(runner.invoke(app, _eval(shards, ckpt, tmp_path / "r", loader)))
+    assert f"{index}: damaged index line 2" in line
+
+
+def test_verify_and_the_convert_rerun_handle_a_damaged_index_line(source: Path, shards: Path) -> None:
+    from commfor_fast.verify import verify_shards
+
+    pristine_bytes = {p.name: p.read_bytes() for p in shards.rglob("*.idx")}
+    index = _damage_index_line(shards)
+    checked, damaged = verify_shards(shards, progress=False)
+    assert [d.shard for d in damaged] == [index.relative_to(shards).as_posix()[:-len(".idx")]]
+    assert "damaged index line 2" in damaged[0].problem
+    _convert(source, shards, verify_hashes=True)  # the rerun redoes the partition
+    assert {p.name: p.read_bytes() for p in shards.rglob("*.idx")} == pristine_bytes
+
+
+# ------------------------------------------------ 9. manifests of an unexpected shape, 10. counts that disagree
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda m: m.update(added_by_a_later_release={"x": 1}), None),  # ignored
+    (lambda m: m.pop("generators"), "the key generators is missing"),
+    (lambda m: m["sets"]["all"].update(num_samples="16"), 'sets.all.num_samples is "16", not an integer'),
+    (lambda m: m["sets"]["all"]["shards"][0].update(bytes=None), "sets.all.shards[0].bytes is null, not an integer"),
+    (lambda m: m.update(sets=[]), "sets is [], not an object"),
+])
+@pytest.mark.parametrize("command", ["eval", "verify", "inspect"])
+def test_manifests_of_another_shape(edit, says: str | None, command: str, shards: Path, ckpt: Path,
+                                    tmp_path: Path) -> None:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    edit(manifest)
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    args = {"eval": _eval(shards, ckpt, tmp_path / "r", "reference"), "verify": ["verify", str(shards), "--quiet"],
+            "inspect": ["inspect", str(shards)]}[command]
+    result = runner.invoke(app, args)
+    if says is None:
+        assert result.exit_code == 0, result.output
+    else:
+        assert says in one_error_line(result) and "re-run the convert command" in result.stderr
+
+
+def test_the_convert_rerun_rebuilds_a_manifest_of_another_shape(source: Path, shards: Path) -> None:
+    good = (shards / "manifest.json").read_text()
+    manifest = json.loads(good)
+    manifest.pop("seed")
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    _convert(source, shards)
+    assert _without_settings(shards / "manifest.json") == _without_settings(good)
+
+
+def _without_settings(manifest: Path | str) -> dict:
+    """A manifest but for its settings (they name the --out folder, which the copy changed)."""
+    text = manifest.read_text() if isinstance(manifest, Path) else manifest
+    return {k: v for k, v in json.loads(text).items() if k != "settings"}
+
+
+def _miscount(shards: Path) -> None:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["sets"]["all"]["num_samples"] += 5
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_set_count_that_disagrees_with_its_shards(source: Path, shards: Path, ckpt: Path, tmp_path: Path) -> None:
+    good = (shards / "manifest.json").read_text()
+    _miscount(shards)
+    line = one_error_line(runner.invoke(app, _eval(shards, ckpt, tmp_path / "r", "reference")))
+    assert "a set of 21 samples, but its shards hold 16" in line
+    result = runner.invoke(app, ["verify", str(shards), "--quiet"])
+    assert result.exit_code == 1 and "manifest.json: set all: a set of 21 samples" in result.stdout
+    _convert(source, shards)
+    assert _without_settings(shards / "manifest.json") == _without_settings(good)
+
+
+# --------------------------------------------------------------- 12. noise on a side over 65,536 px
+
+
+def test_dali_noise_on_a_very_long_image_is_refused(shards: Path, ckpt: Path, tmp_path: Path) -> None:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["sets"]["all"]["resolutions"]["70000x2"] = {"1": 1}  # as a 70000 x 2 px image records itself
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    line = one_error_line(runner.invoke(app, _eval(shards, ckpt, tmp_path / "r", "dali") + ["--perturb", "noise=5"]))
+    assert "70000x2" in line and "--loader reference" in line
+
+
+# ----------------------------------------------------------------- 15. a FIFO in place of an index
+
+
+@pytest.mark.parametrize("command", ["verify", "eval"])
+def test_a_fifo_in_place_of_an_index_does_not_hang(command: str, shards: Path, ckpt: Path, tmp_path: Path) -> None:
+    from commfor_fast.shards import Manifest
+
+    index = shards / Manifest.load(shards).sets["all"].shards[0].index
+    index.unlink()
+    os.mkfifo(index)
+    args = ["verify", str(shards), "--quiet"] if command == "verify" else _eval(shards, ckpt, tmp_path / "r", "dali")
+    result = subprocess.run([sys.executable, "-m", "commfor_fast", *args], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert "not a regular file" in (result.stdout + result.stderr)
+    assert result.returncode == (1 if command == "verify" else 2)
