@@ -29,6 +29,7 @@ to scan a tar at start-up. `ShardReader` gives random access through the same in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import stat
@@ -205,6 +206,16 @@ class Manifest:
             return "train", ("val" if "val" in self.sets else None)
         return "all", None
 
+    def fingerprint(self) -> str:
+        """A short hash of the shards' bytes (every shard's sha256, set by set): data
+        converted again at the same path, from other sources or settings, has another."""
+        digest = hashlib.sha256()
+        for name, info in sorted(self.sets.items()):
+            digest.update(name.encode())
+            for shard in info.shards:
+                digest.update(shard.sha256.encode())
+        return digest.hexdigest()[:16]
+
     # -- (de)serialisation
 
     def to_json(self) -> dict[str, Any]:
@@ -293,6 +304,20 @@ def _json_name(hint: Any) -> str:
     plain = typing.get_origin(hint) or hint
     return {int: "an integer", str: "a string", list: "a list", dict: "an object", float: "a number",
             type(None): "null"}.get(plain, getattr(plain, "__name__", str(plain)))
+
+
+def other_conversion(folder: Path) -> str:
+    """What the conversion in `folder` is, to say why it is not this one: one of an older
+    (or newer) shard format, named by the version its manifest records, else one of
+    other settings or sources."""
+    try:
+        recorded = json.loads((folder / MANIFEST_NAME).read_text()).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded is not None and recorded != FORMAT_VERSION:
+        return (f"shards written by an earlier or later commfor-fast, in format v{recorded} (this version reads "
+                f"and writes v{FORMAT_VERSION}), so they must be converted again")
+    return "a conversion with other settings or other source files"
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
@@ -406,6 +431,16 @@ class DataError(UserError):
     """A sample in the shards cannot be used at training or evaluation time (damaged after conversion)."""
 
 
+def open_input(path: Path) -> Any:
+    """Open a file of the shard folder for reading; a refusal (permissions) is a one-line
+    `DataError` about reading it, not advice about the output folder."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}; give this user read permission on the data "
+                        f"folder (or re-run the convert command recorded in its {MANIFEST_NAME})") from None
+
+
 MAX_STORED_SIDE = 1 << 20  # longer than any side `convert` lets through (its pixel limit)
 
 
@@ -487,7 +522,7 @@ class ShardReader:
             with self._opening:
                 f = self._files.get(shard_no)
                 if f is None:
-                    f = self._files[shard_no] = open(self.root / self.info.shards[shard_no].tar, "rb")
+                    f = self._files[shard_no] = open_input(self.root / self.info.shards[shard_no].tar)
         out = {}
         for ext, m in members.items():
             if exts is None or ext in exts:

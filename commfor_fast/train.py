@@ -55,7 +55,7 @@ CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
 # Settings that shape the data stream: a checkpoint's stream position only replays
 # the same batches when these (and the process count) are unchanged.
 STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "batches_per_run", "rsa_ops", "rsa_min_num_ops",
-                   "rsa_max_num_ops", "fix_padding_quirk", "num_threads")
+                   "rsa_max_num_ops", "fix_padding_quirk")
 # Settings that shape the optimisation schedule. Neither kind may change on resume
 # without --allow-changed-settings.
 SCHEDULE_SETTINGS = ("epochs", "train_itrs", "lr", "weight_decay", "warmup_epochs", "warmup_frac", "no_lr_schedule",
@@ -210,7 +210,8 @@ def resume_changes(ckpt: dict[str, Any], settings: TrainSettings, shape: dict[st
     was = {"world_size": len(ckpt.get("data") or []), **(ckpt.get("schedule") or {})}
     changes = [f"--{k.replace('_', '-')}: {before.get(k)} -> {now[k]}"
                for k in (*SCHEDULE_SETTINGS, *STREAM_SETTINGS) if str(before.get(k)) != str(now[k])]
-    names = {"world_size": "processes", "total_itrs": "iterations in all", "warmup": "warmup iterations"}
+    names = {"world_size": "processes", "total_itrs": "iterations in all", "warmup": "warmup iterations",
+             "data": "the shards at --data (converted again; fingerprint)"}
     changes += [f"{name}: {was[k]} -> {shape[k]}" for k, name in names.items()
                 if k in was and was[k] != shape[k]]
     same_stream = was["world_size"] == shape["world_size"] and all(
@@ -408,7 +409,8 @@ def train(settings: TrainSettings) -> Path:
                   f"longer than the whole run ({total_itrs}): the lr never reaches --lr {settings.lr}; shorten "
                   "--warmup-epochs or give --warmup-frac")
     # what a resume compares besides the settings: the process count and the schedule they give
-    shape = {"world_size": env.world_size, "total_itrs": total_itrs, "warmup": schedule.warmup}
+    shape = {"world_size": env.world_size, "total_itrs": total_itrs, "warmup": schedule.warmup,
+             "data": manifest.fingerprint()}
 
     # -- model: from rank 0's choice of checkpoint (never needs the ImageNet download)
     from commfor_fast.model import clean_state_dict, create_detector, detector_from_checkpoint, load_detector, \
@@ -420,7 +422,8 @@ def train(settings: TrainSettings) -> Path:
         raise UserError(f"--resume: no checkpoint (ckpt-*.pt) in {out} to resume from")
     ckpt: Any = None
     if start is not None:
-        ckpt = read_checkpoint(Path(start), trust=settings.trust_checkpoint)
+        ckpt = read_checkpoint(Path(start), trust=settings.trust_checkpoint,
+                               older=checkpoints_in(out)[:-1] if resuming else None)
         model, ckpt_format = detector_from_checkpoint(ckpt, Path(start))
         if settings.freeze_backbone and not resuming:
             model.set_freeze_backbone(True)

@@ -62,7 +62,10 @@ def _shard_problem(root: Path, shard: ShardInfo, generators: list[str]) -> str |
     found = shard_file_problem(root, shard)
     if found:
         return f"{found[0].name}: {found[1]}"
-    problem = None if sha256_file(tar) == shard.sha256 else "sha256 differs from manifest.json (bytes changed)"
+    try:
+        problem = None if sha256_file(tar) == shard.sha256 else "sha256 differs from manifest.json (bytes changed)"
+    except OSError as exc:
+        return f"{tar.name}: cannot be read ({exc.strerror or exc})"
     try:
         samples = read_index(root / shard.index)
     except UserError as exc:

@@ -16,9 +16,11 @@ import errno
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -486,3 +488,152 @@ def test_a_fifo_in_place_of_an_index_does_not_hang(command: str, shards: Path, c
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert "not a regular file" in (result.stdout + result.stderr)
     assert result.returncode == (1 if command == "verify" else 2)
+
+
+# --------------------------------------------------------- 14. workers end when `convert` is killed
+
+POOL_PARENT = """
+import multiprocessing as mp, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from commfor_fast.convert.worker import init_pool_worker
+ctx = mp.get_context("spawn")
+pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=init_pool_worker, initargs=(None, ctx.Queue(), os.getpid()))
+pool.submit(os.getpid).result()  # the worker is up and initialised; now it waits, idle, for the next task
+print(" ".join(str(p.pid) for p in mp.active_children()), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_pool_workers_end_when_their_parent_is_killed() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", POOL_PARENT], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert workers and all(map(_alive, workers))
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "a worker outlived its parent"
+
+
+# ------------------------------------------------------------ 16. the pre-resized size is limited too
+
+
+def test_the_pixel_limit_applies_to_the_pre_resized_size(source: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from commfor_fast.shards import Manifest
+
+    root = Path(shutil.copytree(source, tmp_path / "src"))
+    Image.new("RGB", (4000, 2), (200, 10, 10)).save(root / "gen0" / "fake" / "strip.png")  # 24 kB or so
+    out = tmp_path / "shards"
+    _convert(root, out, preresize=256, shard_size="10MB")
+    manifest = Manifest.load(out)
+    assert [r["item"].rsplit("/", 1)[-1] for r in manifest.rejects] == ["strip.png"]
+    assert "512000x256" in manifest.rejects[0]["reason"]
+    assert sum(s.bytes for s in manifest.sets["all"].shards) < 4_000_000
+
+
+# ------------------------------------------------------------------------- 17. advice that fits
+
+
+def test_an_unreadable_shard_is_not_blamed_on_the_output(shards: Path, ckpt: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import commfor_fast.shards as shards_module
+
+    def refuse(path: object, *args: object, **kwargs: object):  # root ignores the mode bits: refuse as a user
+        if str(path).endswith(".tar"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(shards_module, "open", refuse, raising=False)
+    line = one_error_line(runner.invoke(app, _eval(shards, ckpt, tmp_path / "r", "reference")))
+    assert "cannot read" in line and ".tar: Permission denied" in line and "output folder" not in line
+
+
+def test_a_folder_of_an_older_shard_format_says_so(source: Path, shards: Path) -> None:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    plan = json.loads((shards / "plan.json").read_text())
+    plan["fingerprint"] = "written-by-format-v1"
+    (shards / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(UserError, match=r"holds shards written by an earlier or later commfor-fast, in format v1 "
+                                        r"\(this version reads and writes v2\), so they must be converted again"):
+        _convert(source, shards)
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_offers_the_one_before(pristine: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--data", str(pristine), "--out", str(out), "--device", "cpu", "--model-size", "tiny",
+            "--input-size", "224", "--no-pretrained", "--batch-size", "4", "--num-threads", "1", "--loader",
+            "reference", "--rsa-max-num-ops", "0", "--no-validate", "--ckpt-every", "1", "--ckpt-keep-count", "-1"]
+    assert runner.invoke(app, args + ["--train-itrs", "2"]).exit_code == 0
+    newest = out / "ckpt-000000002.pt"
+    newest.write_bytes(newest.read_bytes()[:5000])
+    line = one_error_line(runner.invoke(app, args + ["--train-itrs", "3"]))
+    assert f"{newest}: the newest checkpoint of this run cannot be resumed from" in line
+    assert "--ckpt" not in line and "delete it to resume from the checkpoint before it, ckpt-000000001.pt" in line
+
+
+# ----------------------------------------------------------- 18. a deleted dataset card is written again
+
+
+def test_the_convert_rerun_writes_a_deleted_card_again(source: Path, shards: Path) -> None:
+    card = (shards / "README.md").read_text()
+    manifest = (shards / "manifest.json").read_text()
+    (shards / "README.md").unlink()
+    assert "no README.md: re-run the convert command" in runner.invoke(app, ["inspect", str(shards)]).stdout
+    _convert(source, shards)
+    assert (shards / "README.md").read_text() == card
+    assert (shards / "manifest.json").read_text() == manifest  # kept as it was
+
+
+# --------------------------------------------------------- 19. what a resume compares
+
+
+@pytest.mark.slow
+def test_resume_allows_other_threads_but_not_other_data(source: Path, pristine: Path, tmp_path: Path) -> None:
+    data = Path(shutil.copytree(pristine, tmp_path / "data"))
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--device", "cpu", "--model-size", "tiny",
+            "--input-size", "224", "--no-pretrained", "--batch-size", "4", "--loader", "reference",
+            "--rsa-max-num-ops", "0", "--no-validate", "--ckpt-every", "1"]
+    assert runner.invoke(app, args + ["--train-itrs", "1", "--num-threads", "1"]).exit_code == 0
+    result = runner.invoke(app, args + ["--train-itrs", "2", "--num-threads", "2"])
+    assert result.exit_code == 0, result.output
+    shutil.rmtree(data)
+    _convert(source, data, seed=1)  # the same path, converted again: other shards
+    line = one_error_line(runner.invoke(app, args + ["--train-itrs", "3", "--num-threads", "1"]))
+    assert "the shards at --data (converted again; fingerprint)" in line
+
+
+# --------------------------------------------------------- 20. a dry run refuses what the run refuses
+
+
+@pytest.mark.parametrize("out_kind, says", [("file", "is a file; give a folder"),
+                                            ("other conversion", "holds a conversion with other settings")])
+def test_a_dry_run_refuses_what_the_real_run_refuses(out_kind: str, says: str, source: Path, pristine: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    if out_kind == "file":
+        out.write_text("a file")
+    else:
+        shutil.copytree(pristine, out)
+    line = one_error_line(runner.invoke(app, ["convert", "--folder", str(source), "--out", str(out), "--dry-run",
+                                              "--seed", "5", "--quiet"]))
+    assert says in line

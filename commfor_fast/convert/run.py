@@ -29,7 +29,7 @@ from pathlib import Path
 
 from commfor_fast.convert.card import write_dataset_card
 from commfor_fast.convert.merge import dry_run_lines, merge, summary_lines
-from commfor_fast.convert.parts import clear_partition, prepare_out, read_marker
+from commfor_fast.convert.parts import check_out, clear_partition, prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, inputs_sha256, run_in_pool
@@ -150,6 +150,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     log(f"plan: {sum(plan.set_sizes.values())} samples ({sizes}) of {plan.scanned_samples} found, "
         f"{len(plan.generators)} generator(s), {len(plan.partitions)} partition(s)")
     if settings.dry_run:
+        check_out(settings.out, plan.record(), settings.overwrite)  # what the real run would refuse at once
         print("\n".join(dry_run_lines(plan, settings, limits)), flush=True)
         return None
 
