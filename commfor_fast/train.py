@@ -408,7 +408,8 @@ def train(settings: TrainSettings) -> Path:
         log.print(f"warning: the warmup ({schedule.warmup} iterations, --warmup-epochs {settings.warmup_epochs}) is "
                   f"longer than the whole run ({total_itrs}): the lr never reaches --lr {settings.lr}; shorten "
                   "--warmup-epochs or give --warmup-frac")
-    # what a resume compares besides the settings: the process count and the schedule they give
+    # what a resume compares besides the settings: the process count, the schedule they
+    # give and the data (its shards' hashes: converted again at the same path, they differ)
     shape = {"world_size": env.world_size, "total_itrs": total_itrs, "warmup": schedule.warmup,
              "data": manifest.fingerprint()}
 
