@@ -27,7 +27,7 @@ CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
 # Settings that shape the data stream: a checkpoint's stream position only replays
 # the same batches when these (and the process count) are unchanged.
 STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "batches_per_run", "rsa_ops", "rsa_min_num_ops",
-                   "rsa_max_num_ops", "fix_padding_quirk", "num_threads")
+                   "rsa_max_num_ops", "fix_padding_quirk")
 # Settings that shape the optimisation schedule. Neither kind may change on resume
 # without --allow-changed-settings.
 SCHEDULE_SETTINGS = ("epochs", "train_itrs", "lr", "weight_decay", "warmup_epochs", "warmup_frac", "no_lr_schedule",
@@ -35,11 +35,13 @@ SCHEDULE_SETTINGS = ("epochs", "train_itrs", "lr", "weight_decay", "warmup_epoch
 
 
 class RunShape(TypedDict):
-    """What a resume compares besides the settings: the process count and the schedule they give."""
+    """What a resume compares besides the settings: the process count, the schedule they
+    give and the data (its shards' hashes: converted again at the same path, they differ)."""
 
     world_size: int
     total_itrs: int  # iterations in all
     warmup: int  # warmup iterations
+    data: str  # `Manifest.fingerprint()`
 
 
 @dataclasses.dataclass
@@ -137,11 +139,12 @@ def resume_changes(ckpt: TrainCheckpoint, settings: TrainSettings, shape: RunSha
     stream, and the schedule they give (`shape`), one `what: old -> new` line each; and
     whether the checkpoint's data-stream positions still apply."""
     before, now = ckpt.settings, settings_dict(settings)
-    was: dict[str, int] = {"world_size": len(ckpt.data), **ckpt.schedule}
-    is_now: dict[str, int] = dict(shape)
+    was: dict[str, Any] = {"world_size": len(ckpt.data), **ckpt.schedule}
+    is_now: dict[str, Any] = dict(shape)
     changes = [f"--{k.replace('_', '-')}: {before.get(k)} -> {now[k]}"
                for k in (*SCHEDULE_SETTINGS, *STREAM_SETTINGS) if str(before.get(k)) != str(now[k])]
-    names = {"world_size": "processes", "total_itrs": "iterations in all", "warmup": "warmup iterations"}
+    names = {"world_size": "processes", "total_itrs": "iterations in all", "warmup": "warmup iterations",
+             "data": "the shards at --data (converted again; fingerprint)"}
     changes += [f"{name}: {was[k]} -> {is_now[k]}" for k, name in names.items() if k in was and was[k] != is_now[k]]
     same_stream = was["world_size"] == shape["world_size"] and all(
         str(before.get(k)) == str(now[k]) for k in STREAM_SETTINGS)

@@ -37,12 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from commfor_fast import __version__
-from commfor_fast.checkpoint import (RunShape, TrainCheckpoint, checkpoint_due, find_start, remove_stale_temporaries,
+from commfor_fast.checkpoint import (RunShape, TrainCheckpoint, checkpoint_due, checkpoints_in, find_start,
+                                     remove_stale_temporaries,
                                      resume_changes, save_atomic, write_checkpoint)
 from commfor_fast.distributed import (Dist, all_gather, amp_dtype, data_parallel, resolve_device, setup_distributed,
                                       teardown_distributed)
 from commfor_fast.errors import UserError
-from commfor_fast.fileio import check_writable
+from commfor_fast.fileio import check_writable, output_errors
 from commfor_fast.metrics import accuracy, average_precision
 from commfor_fast.model import (CommForDetector, clean_state_dict, create_detector, detector_from_checkpoint,
                                 load_detector, read_checkpoint)
@@ -86,13 +87,15 @@ def train(settings: TrainSettings) -> Path:
         itrs_per_epoch = iters_per_epoch(manifest.sets[train_set].num_samples, settings.batch_size, env.world_size)
         schedule = LRSchedule.from_settings(settings, itrs_per_epoch)
         warn_long_warmup(schedule, settings, log)
-        shape = RunShape(world_size=env.world_size, total_itrs=schedule.total, warmup=schedule.warmup)
+        shape = RunShape(world_size=env.world_size, total_itrs=schedule.total, warmup=schedule.warmup,
+                         data=manifest.fingerprint())
 
         # -- model: rank 0's choice of checkpoint, a released detector, or scratch (no download on resume)
         start, resuming = find_start(out, settings, env)
         ckpt, ckpt_format = None, None
         if start is not None:  # resume (our checkpoint in --out), or --ckpt
-            ckpt = read_checkpoint(Path(start), trust=settings.trust_checkpoint)
+            ckpt = read_checkpoint(Path(start), trust=settings.trust_checkpoint,
+                                   older=checkpoints_in(out)[:-1] if resuming else None)
             model, ckpt_format = detector_from_checkpoint(ckpt, Path(start))
             if settings.freeze_backbone and not resuming:
                 model.set_freeze_backbone(True)
@@ -349,7 +352,8 @@ def save_final(model: CommForDetector, out: Path, *, settings: TrainSettings, ma
     if not env.is_main:
         return final
     save_atomic(clean_state_dict(model), final)
-    model.save_pretrained(out / "final")
+    with output_errors(out / "final"):  # a full disk: one line (safetensors raises no OSError)
+        model.save_pretrained(out / "final")
     validations = [r for r in log.records() if "val_loss" in r]  # this run's, across resumes
     write_model_card(out / "final", model_args=model.model_args, timm_name=model.timm_name, settings=settings,
                      manifest=manifest, train_set=train_set, schedule=dict(shape),

@@ -153,7 +153,8 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     assert names == ["ckpt-000000018.pt", "ckpt-000000024.pt"]  # epoch ends at 9, 18; every 8; keep 2
     ckpt = torch.load(run / names[-1], weights_only=False)
     assert {"model", "model_args", "optimizer", "scaler", "epoch", "itr", "schedule", "data", "settings"} <= set(ckpt)
-    assert ckpt["schedule"] == {"world_size": 1, "total_itrs": 24, "warmup": 2}
+    assert ckpt["schedule"] == {"world_size": 1, "total_itrs": 24, "warmup": 2,
+                                "data": Manifest.load(settings.data).fingerprint()}
     assert ckpt["itr"] == 24 and len(ckpt["data"]) == 1
     from commfor_fast.model import load_detector
 
