@@ -3,7 +3,9 @@
 Each command fills one settings dataclass and makes one library call; the library
 never imports typer. Every default comes from the settings dataclasses (`_fill`
 builds the settings from the command's parameters), never typed twice. Booleans are
-`--flag/--no-flag` switches. `UserError` becomes one `error: ...` line and exit
+`--flag/--no-flag` switches; choices are `Literal` types, checked at parse time.
+`flags.py` reads the original's underscore spellings and answers its retired flags.
+`UserError`, like any usage error, becomes one `error: ...` line and exit
 code 2. Heavy modules (torch, DALI, datasets) are imported inside the commands so
 that `--help` is instant.
 """
@@ -20,9 +22,12 @@ from commfor_fast import __version__
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import OUTPUT_ERRNOS, output_error
-from commfor_fast.settings import BenchSettings, DemoSettings, EvalSettings, PredictSettings, TrainSettings
+from commfor_fast.flags import FlagsGroup, command
+from commfor_fast.settings import AMP_SPELLINGS, DEMO_QUICK, AmpDtype, BenchSettings, CheckMode, DemoSettings, \
+    EvalSettings, Loader, LRScheduleKind, ModelSize, PredictSettings, ScoresFormat, TrainSettings
 
 app = typer.Typer(
+    cls=FlagsGroup,
     name="commfor-fast",
     help="Community Forensics fake-image detectors: convert data to shards, train, evaluate, predict, benchmark.",
     no_args_is_help=True,
@@ -40,6 +45,20 @@ def _fill(cls: type[S], values: dict[str, Any]) -> S:
     """An instance of the settings dataclass `cls` from a command's parameters (by field name)."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _amp_spelling(value: str) -> str:
+    """`--amp-dtype`: torch's names (float16, bfloat16) read as fp16 and bf16."""
+    return AMP_SPELLINGS.get(value, value)
+
+
+def _model_given(ckpt: Optional[Path], hf_model: Optional[str]) -> None:
+    """Refuse a command that scores images without a detector to score them with."""
+    if ckpt is None and hf_model is None:
+        raise UserError("no model given: pass --ckpt FILE (a local checkpoint) or --hf-model ID (a Hugging Face "
+                        "model id such as OwensLab/commfor-model-384, or a save_pretrained folder)")
+
+
 TRUST_HELP = ("Allow full unpickling of --ckpt when it holds more than tensors. DANGEROUS: unpickling runs any "
               "code stored in the file, so use it only for checkpoints from a source you trust.")
 
@@ -62,7 +81,7 @@ EXECUTOR_HELP = ("DALI: a pipeline option NAME=VALUE, one flag each (pipelines/e
                  "stream_policy, concurrency, resize_minibatch_size, hw_decoder_load.")
 
 
-@app.command()
+@command(app)
 def predict(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: from training, the original's, or a plain state dict.")] = PredictSettings.ckpt,
@@ -83,6 +102,7 @@ def predict(
     \b
         commfor-fast predict photo.jpg ./images --hf-model OwensLab/commfor-model-384 --out scores.csv
     """
+    call(_model_given, ckpt, hf_model)
     settings = _fill(PredictSettings, locals())
     from commfor_fast.predict import format_predictions
     from commfor_fast.predict import predict as run_predict
@@ -96,16 +116,16 @@ def predict(
                    + (f" ({failed} file(s) could not be read: see their error column)" if failed else ""), err=True)
 
 
-@app.command()
+@command(app)
 def train(
     data: Annotated[Path, typer.Option(help="A `commfor-fast convert` output folder (trains on train/ or all/, validates on val/).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, final model, metrics.jsonl. Resumes from the newest checkpoint there.", show_default=False)],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = TrainSettings.device,
-    loader: Annotated[str, typer.Option(help="dali, or reference (the PIL executor, to compare).")] = TrainSettings.loader,
+    loader: Annotated[Loader, typer.Option(help="dali, or reference (the PIL executor, to compare).")] = TrainSettings.loader,
     num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = TrainSettings.num_threads,
     executor: Annotated[Optional[list[str]], typer.Option(metavar="NAME=VALUE", help=EXECUTOR_HELP, show_default=False)] = TrainSettings.executor,
     batches_per_run: Annotated[int, typer.Option(help="DALI: training batches per pipeline run (shares DALI's fixed cost per run).")] = TrainSettings.batches_per_run,
-    model_size: Annotated[str, typer.Option(help="small or tiny.")] = TrainSettings.model_size,
+    model_size: Annotated[ModelSize, typer.Option(help="small or tiny.")] = TrainSettings.model_size,
     input_size: Annotated[int, typer.Option(help="384 or 224.")] = TrainSettings.input_size,
     patch_size: Annotated[int, typer.Option(help="16 or 32.")] = TrainSettings.patch_size,
     freeze_backbone: Annotated[bool, typer.Option(help="Train only the head.")] = TrainSettings.freeze_backbone,
@@ -123,10 +143,10 @@ def train(
     warmup_epochs: Annotated[float, typer.Option(help="Linear warmup length in epochs (fractions allowed).")] = TrainSettings.warmup_epochs,
     warmup_frac: Annotated[float, typer.Option(help="Warmup as a fraction of all iterations; overrides --warmup-epochs when > 0.")] = TrainSettings.warmup_frac,
     no_lr_schedule: Annotated[bool, typer.Option("--no-lr-schedule/--lr-decay", help="Constant lr after warmup (no cosine decay).")] = TrainSettings.no_lr_schedule,
-    lr_schedule: Annotated[str, typer.Option(help="original: the cosine stepped as the original steps it (each iteration after warmup and again at each epoch end; it need not end at lr x 1e-3); per-iteration: one step per iteration, ending exactly at lr x 1e-3.")] = TrainSettings.lr_schedule,
+    lr_schedule: Annotated[LRScheduleKind, typer.Option(help="original: the cosine stepped as the original steps it (each iteration after warmup and again at each epoch end; it need not end at lr x 1e-3); per-iteration: one step per iteration, ending exactly at lr x 1e-3.")] = TrainSettings.lr_schedule,
     grad_clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = TrainSettings.grad_clip,
-    use_amp: Annotated[bool, typer.Option(help="Mixed precision.")] = TrainSettings.use_amp,
-    amp_dtype: Annotated[str, typer.Option(help="fp16 (with a grad scaler) or bf16.")] = TrainSettings.amp_dtype,
+    use_amp: Annotated[Optional[bool], typer.Option("--use-amp/--no-use-amp", help="Mixed precision with --amp-dtype. Default: on for CUDA (fp16 with a grad scaler: the original's recipe), off on the CPU.", show_default=False)] = TrainSettings.use_amp,
+    amp_dtype: Annotated[AmpDtype, typer.Option(callback=_amp_spelling, help="fp16 (with a grad scaler) or bf16; float16 and bfloat16 are read as these.")] = TrainSettings.amp_dtype,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TrainSettings.compile,
     seed: Annotated[int, typer.Option(help="Seed of the data order, augmentation and initialisation.")] = TrainSettings.seed,
     rsa_ops: Annotated[str, typer.Option(help="Comma list of RandomStateAugmentation ops.", show_default=TrainSettings.rsa_ops.replace(",", ", "))] = TrainSettings.rsa_ops,
@@ -157,7 +177,7 @@ def train(
     call(run_train, settings)
 
 
-@app.command("eval")
+@command(app, "eval")
 def evaluate(
     data: Annotated[Path, typer.Option(help="A `commfor-fast convert` output folder.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Report folder: report.json, per_generator.csv, per_generator.png and .pdf.", show_default=False)],
@@ -167,13 +187,13 @@ def evaluate(
     sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = EvalSettings.sets,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = EvalSettings.device,
     batch_size: Annotated[int, typer.Option(help="Images per process per batch.")] = EvalSettings.batch_size,
-    loader: Annotated[str, typer.Option(help="dali or reference.")] = EvalSettings.loader,
+    loader: Annotated[Loader, typer.Option(help="dali or reference (the PIL executor).")] = EvalSettings.loader,
     num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = EvalSettings.num_threads,
     executor: Annotated[Optional[list[str]], typer.Option(metavar="NAME=VALUE", help=EXECUTOR_HELP, show_default=False)] = EvalSettings.executor,
     use_amp: Annotated[bool, typer.Option(help="Mixed precision.")] = EvalSettings.use_amp,
-    amp_dtype: Annotated[str, typer.Option(help="fp16 or bf16.")] = EvalSettings.amp_dtype,
+    amp_dtype: Annotated[AmpDtype, typer.Option(callback=_amp_spelling, help="fp16 or bf16; float16 and bfloat16 are read as these.")] = EvalSettings.amp_dtype,
     save_scores: Annotated[bool, typer.Option(help="Also write every image's set, key, original name, source, generator, label, logit and score.")] = EvalSettings.save_scores,
-    scores_format: Annotated[str, typer.Option(help="parquet or csv.")] = EvalSettings.scores_format,
+    scores_format: Annotated[ScoresFormat, typer.Option(help="parquet or csv.")] = EvalSettings.scores_format,
     perturb: Annotated[Optional[list[str]], typer.Option("--perturb", metavar="FAMILY=LEVELS", help="Robustness: also score every image perturbed; one flag per family, FAMILY=L1,L2 (any number of levels): jpeg=Q (quality 1-100), blur=SIGMA (px), resize=F (downscale factor in (0, 1]), noise=SIGMA (grey levels); clean is always scored. Adds robustness.csv and a chart per family.", show_default=False)] = EvalSettings.perturb,
     perturb_seed: Annotated[int, typer.Option(help="Seed of the noise perturbation (per sample: the same on every rank and run).")] = EvalSettings.perturb_seed,
 ) -> None:
@@ -186,13 +206,14 @@ def evaluate(
         commfor-fast eval --data /data/commfor-publiceval --hf-model OwensLab/commfor-model-384 --out reports/robust \\
             --perturb jpeg=95,75,50,30 --perturb blur=1,2,4 --perturb resize=0.75,0.5 --perturb noise=5,10
     """
+    call(_model_given, ckpt, hf_model)
     settings = _fill(EvalSettings, locals())
     from commfor_fast.evaluate import evaluate_shards
 
     call(evaluate_shards, settings)
 
 
-@app.command()
+@command(app)
 def convert(
     out: Annotated[Path, typer.Option(help="Output folder: <set>/shard-*.tar (+ .idx), parts/, plan.json, manifest.json (written last). Rerun the same command to resume.", show_default=False)],
     hf_repo: Annotated[Optional[str], typer.Option(help="Hub dataset id (e.g. OwensLab/CommunityForensics), a local folder laid out like the hub repo, or parquet file(s) (a path or a quoted glob).", show_default=False)] = ConvertSettings.hf_repo,
@@ -200,6 +221,7 @@ def convert(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Hugging Face cache for hub downloads (only README.md and the chosen splits' parquet files are fetched).", show_default=False)] = ConvertSettings.cache_dir,
     folder: Annotated[Optional[list[Path]], typer.Option("--folder", help="Local data ROOT laid out as ROOT/<generator or dataset>/<label dir>/<image> (repeatable).", show_default=False)] = None,
     labels: Annotated[str, typer.Option(help="Label folder names and their labels: exactly two, 0 = real and 1 = fake.")] = ConvertSettings.labels,
+    discovery: Annotated[str, typer.Option(help="Which files of a --folder are images. broad: any-case endings (.JPG), .tif, subfolders of label folders, hidden files skipped; original: the original's rule exactly (lower-case .jpg .jpeg .png .bmp .tiff .webp .gif directly in the label folder, hidden files taken).")] = ConvertSettings.discovery,
     overwrite: Annotated[bool, typer.Option(help="Delete a conversion made with other settings in --out and start again.")] = ConvertSettings.overwrite,
     val_frac: Annotated[float, typer.Option(help="Share of samples in the val set (0: one set, `all`).")] = ConvertSettings.val_frac,
     seed: Annotated[int, typer.Option(help="Seed of balancing, the split and the shuffles.")] = ConvertSettings.seed,
@@ -208,7 +230,7 @@ def convert(
     partition_size: Annotated[str, typer.Option(help="Input bytes per unit of work and of resume; each worker holds about 3 x this in memory (lower it with --preresize of small JPEGs).")] = ConvertSettings.partition_size,
     preresize: Annotated[Optional[int], typer.Option(help="Store raw RGB pixels resized to this shorter side (440 for crop 384, 256 for crop 224) instead of the encoded image.", show_default=False)] = ConvertSettings.preresize,
     max_pixels: Annotated[int, typer.Option(help="Reject larger images as decompression bombs.")] = ConvertSettings.max_pixels,
-    check: Annotated[str, typer.Option(help="full: decode all compressed data of every image (PNG inflated, JPEG entropy-decoded; PIL decodes the rest); fast: check only the file structure of verbatim PNG/JPEG (faster, misses damage inside compressed data).")] = ConvertSettings.check,
+    check: Annotated[CheckMode, typer.Option(help="full: decode all compressed data of every image (PNG inflated, JPEG entropy-decoded; PIL decodes the rest); fast: check only the file structure of verbatim PNG/JPEG (faster, misses damage inside compressed data).")] = ConvertSettings.check,
     dali_check: Annotated[bool, typer.Option(help="Also decode every verbatim image with DALI's CPU decoder and reject what it refuses (about one more full decode).")] = ConvertSettings.dali_check,
     workers: Annotated[int, typer.Option(help="Conversion processes (0: one per CPU core, as many as memory allows); each holds about 3 x --partition-size in memory.")] = ConvertSettings.workers,
     num_nodes: Annotated[int, typer.Option(help="Machines converting into the same --out (shared storage).")] = ConvertSettings.num_nodes,
@@ -230,7 +252,7 @@ def convert(
     call(run_convert, settings)
 
 
-@app.command("inspect")
+@command(app, "inspect")
 def inspect_data(
     data: Annotated[Path, typer.Argument(help="A convert output folder.", show_default=False)],
 ) -> None:
@@ -246,7 +268,7 @@ def inspect_data(
     typer.echo("\n".join(call(describe, data)))
 
 
-@app.command()
+@command(app)
 def verify(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="A `commfor-fast convert` output folder.", show_default=False)],
     quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
@@ -272,25 +294,28 @@ def verify(
     typer.echo(f"{checked} shards intact", err=True)
 
 
-@app.command()
+@command(app)
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes its data, shards, run and report.")] = DemoSettings.out,
     device: Annotated[str, typer.Option(help="cpu, cuda (or gpu) or auto.")] = DemoSettings.device,
     fakes_per_generator: Annotated[int, typer.Option(help="Training images per generator (reals matched in number).")] = DemoSettings.fakes_per_generator,
     test_per_source: Annotated[int, typer.Option(help="Held-out images per source.")] = DemoSettings.test_per_source,
-    model_size: Annotated[str, typer.Option(help="small or tiny.")] = DemoSettings.model_size,
+    model_size: Annotated[ModelSize, typer.Option(help="small or tiny.")] = DemoSettings.model_size,
     input_size: Annotated[int, typer.Option(help="224 or 384.")] = DemoSettings.input_size,
     patch_size: Annotated[int, typer.Option(help="16 or 32.")] = DemoSettings.patch_size,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = DemoSettings.batch_size,
     train_itrs: Annotated[int, typer.Option(help="Training iterations.")] = DemoSettings.train_itrs,
     lr: Annotated[float, typer.Option(help="Peak learning rate (training from scratch).")] = DemoSettings.lr,
     num_threads: Annotated[int, typer.Option(help="Loader CPU threads.")] = DemoSettings.num_threads,
-    loader: Annotated[str, typer.Option(help="dali or reference.")] = DemoSettings.loader,
+    loader: Annotated[Loader, typer.Option(help="dali or reference (the PIL executor).")] = DemoSettings.loader,
     seed: Annotated[int, typer.Option(help="Seed of the data, the split and training.")] = DemoSettings.seed,
+    quick: Annotated[bool, typer.Option(help="A short run, a few minutes: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO_QUICK.items()) + ".")] = DemoSettings.quick,
 ) -> None:
     """Run the whole chain on built-in synthetic data.
 
-    Generate, convert, train, evaluate and report, offline.
+    Generate, convert, train, evaluate and report, offline. A rerun with the same
+    settings resumes: it keeps the data and shards and goes on training from the
+    newest checkpoint; other settings start afresh.
 
     Example:
 
@@ -303,7 +328,7 @@ def demo(
     call(run_demo, settings)
 
 
-@app.command()
+@command(app)
 def bench(
     out: Annotated[Path, typer.Option(help="Folder for the benchmark data, BENCH.md and bench.png.")] = BenchSettings.out,
     quick: Annotated[bool, typer.Option(help="A reduced set: a few minutes on 2 CPU cores.")] = BenchSettings.quick,

@@ -66,9 +66,13 @@ def amp_dtype(name: str) -> torch.dtype:
     return AMP_DTYPES[name]
 
 
-def setup_distributed(device: torch.device) -> Dist:
-    """Initialise the process group under torchrun (NCCL on GPU, gloo on CPU)."""
-    env = Dist.from_env()
+def setup_distributed(device: torch.device, env: Dist | None = None) -> Dist:
+    """Initialise the process group under torchrun (NCCL on GPU, gloo on CPU).
+
+    `env` is the caller's `Dist.from_env()` (read once, before the device was
+    chosen); without it the environment is read here.
+    """
+    env = Dist.from_env() if env is None else env
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if env.world_size > 1 and not dist.is_initialized():
@@ -76,10 +80,24 @@ def setup_distributed(device: torch.device) -> Dist:
     return env
 
 
-def teardown_distributed(env: Dist) -> None:
+def teardown_distributed(env: Dist, wait: bool = True) -> None:
+    """Leave the process group; with `wait`, after every rank got here.
+
+    After a failure pass `wait=False`: the other ranks may never reach the barrier,
+    and this rank must exit for torchrun to stop them.
+    """
     if env.world_size > 1 and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def data_parallel(model: torch.nn.Module, env: Dist, device: torch.device) -> torch.nn.Module:
+    """`model` wrapped in DistributedDataParallel under torchrun (as it is in a single process)."""
+    if env.world_size == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[env.local_rank] if device.type == "cuda" else None)
 
 
 def all_gather(obj: Any, env: Dist) -> list[Any]:

@@ -34,9 +34,10 @@ import torch
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write, check_writable
 from commfor_fast.metrics import EvalReport, evaluate
-from commfor_fast.pipelines.perturb import CLEAN, CLEAN_LEVEL, Level, parse_perturbations
+from commfor_fast.pipelines.perturb import CLEAN, CLEAN_LEVEL, Level, check_sides, parse_perturbations
 from commfor_fast.progress import Progress
-from commfor_fast.shards import META_EXT, Manifest, ShardReader, sample_key
+from commfor_fast.safetext import spreadsheet_safe_columns
+from commfor_fast.shards import META_EXT, Manifest, ShardReader, check_generator_ids, sample_key
 from commfor_fast.sources import sample_origin
 from commfor_fast.settings import EvalSettings
 from commfor_fast.distributed import Dist, all_gather, amp_dtype, resolve_device, setup_distributed, teardown_distributed
@@ -148,7 +149,7 @@ def write_scores(scores: Scores, manifest: Manifest, data: Path, path: Path,
         if path.suffix == ".csv":
             import pyarrow.csv as pacsv
 
-            pacsv.write_csv(table, f)
+            pacsv.write_csv(spreadsheet_safe_columns(table), f)
         else:
             import pyarrow.parquet as pq
 
@@ -257,6 +258,8 @@ def _check(settings: EvalSettings) -> _Inputs:
     device = resolve_device(settings.device, env.local_rank)
     manifest = Manifest.load(settings.data)
     set_names = _set_names(manifest, settings.sets, settings.data)
+    check_sides(levels, [size for name in set_names for size in manifest.sets[name].resolutions], manifest.preresize,
+                settings.loader)
     if env.is_main:
         check_writable(Path(settings.out), "--out")
     return _Inputs(levels, device, autocast_dtype, manifest, set_names)
@@ -353,6 +356,7 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
         return None  # type: ignore[return-value]
     for scores in per_level:  # every level: every image once (all levels come from the same batches)
         _check_exactly_once(scores, manifest=inputs.manifest, set_names=inputs.set_names)
+    check_generator_ids(per_level[0].generator_ids, inputs.manifest, settings.data)
     return _write(settings, inputs, per_level, info, timing)
 
 

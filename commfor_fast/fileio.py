@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +26,50 @@ from commfor_fast.errors import UserError
 OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
-def output_error(path: Path | str, exc: OSError) -> UserError:
-    """The one-line error for an output write that failed for lack of space or permission."""
+# How errors of native writers (safetensors' Rust, torch's C++) that do not keep the OSError name its code.
+_NATIVE_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def output_error(path: Path | str | None, exc: OSError) -> UserError:
+    """The one-line error for an output write that failed for lack of space or permission;
+    `path` may be None when the failed call did not say which file (a plain `write`)."""
     fix = ("free some space there or choose another output folder" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
            else "choose an output folder you can write to")
-    return UserError(f"cannot write {path}: {exc.strerror or exc}; {fix}")
+    where = f"cannot write {path}" if path is not None else "cannot write an output file"
+    return UserError(f"{where}: {exc.strerror or exc}; {fix}")
+
+
+def output_cause(exc: BaseException) -> OSError | None:
+    """The failure for lack of space or permission behind `exc`, or None.
+
+    torch.save raises a RuntimeError whose context is the OSError of the file's
+    write; safetensors names the code only in its message ("os error 28"). Both are
+    found here, so any writer's full disk is one line (`output_error`)."""
+    seen: set[int] = set()
+    chained: BaseException | None = exc
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        if isinstance(chained, OSError) and chained.errno in OUTPUT_ERRNOS:
+            return chained
+        found = _NATIVE_OS_ERROR.search(str(chained))
+        code = int(found.group(1)) if found else None
+        if code in OUTPUT_ERRNOS:
+            return OSError(code, os.strerror(code))
+        chained = chained.__cause__ or chained.__context__
+    return None
+
+
+@contextmanager
+def output_errors(path: Path | str) -> Iterator[None]:
+    """Turn a failure for lack of space or permission while writing `path` (by any
+    writer, `output_cause`) into the one-line `output_error`."""
+    try:
+        yield
+    except Exception as exc:
+        cause = output_cause(exc)
+        if cause is None or isinstance(exc, UserError):
+            raise
+        raise output_error(path, cause) from None
 
 
 @contextmanager
@@ -38,15 +78,13 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, mode.replace("w", "x")) as f:
+        with output_errors(path), open(tmp, mode.replace("w", "x")) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as exc:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:
-            raise output_error(path, exc) from None
         raise
 
 

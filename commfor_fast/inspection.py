@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from commfor_fast.convert.merge import balance_lines, format_bias_warnings, human_bytes, label_table
+from commfor_fast.safetext import printable
 from commfor_fast.shards import CARD_NAME, FORMAT_VERSION, RAW_EXT, Manifest
 
 TOP_RESOLUTIONS = 5  # most frequent resolutions listed
@@ -50,4 +51,4 @@ def describe(folder: Path | str) -> list[str]:
     lines += balance_lines(m.balance, m.settings["val_frac"])
     warnings = list(dict.fromkeys(m.warnings + format_bias_warnings(m.sets)))
     lines += [f"warning: {w}" for w in warnings]
-    return lines
+    return [printable(line) for line in lines]  # names from the data may hold escape codes or newlines

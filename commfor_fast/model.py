@@ -261,6 +261,7 @@ def load_detector(
         )
     if hf_model is not None:
         model = _load_from_hub(hf_model)
+        check_finite(model, f"--hf-model {hf_model}")
         info: dict[str, Any] = {"source": "hf", "hf_model": hf_model, "format": "hf"}
     else:
         model, fmt = _load_checkpoint(Path(ckpt), trust_checkpoint)
@@ -308,14 +309,28 @@ def _is_torch_file(path: Path) -> bool:
     return any(head.startswith(h) for h in _TORCH_HEADERS)
 
 
-def read_checkpoint(path: Path, trust: bool = False) -> Any:
+def read_checkpoint(path: Path, trust: bool = False, older: list[Path] | None = None) -> Any:
     """`torch.load` the file with tensors and plain containers only.
 
     Full unpickling runs whatever code the file names, so it happens only with `trust`
     (`--trust-checkpoint`); without it a file holding other Python objects is a
     `UserError` that says so. A file that is no `torch.save` output at all (random
-    bytes, a truncated archive) is a `UserError` too.
+    bytes, a truncated archive) is a `UserError` too. `older` is given when `path` is
+    the newest checkpoint of a run folder being resumed (not a `--ckpt`): the older
+    checkpoints there, the last of which the error then offers instead.
     """
+    try:
+        return _read_checkpoint(path, trust)
+    except UserError as exc:
+        if older is None:
+            raise
+        why = str(exc).removeprefix(f"--ckpt {path}: ").split("; ")[0]
+        fix = (f"delete it to resume from the checkpoint before it, {older[-1].name}" if older else
+               "delete it to start the run again")
+        raise UserError(f"{path}: the newest checkpoint of this run cannot be resumed from ({why}); {fix}") from None
+
+
+def _read_checkpoint(path: Path, trust: bool) -> Any:
     if path.is_dir():
         raise UserError(f"--ckpt {path}: is a folder; for a folder written by save_pretrained "
                         f"use --hf-model {path}, else give the checkpoint file (.pt)")
@@ -373,7 +388,17 @@ def detector_from_checkpoint(obj: Any, path: Path) -> tuple[CommForDetector, str
             f"--ckpt {path}: the weights do not fit a {model.timm_name} detector: "
             f"{' '.join(str(exc).split())[:600]}; give a checkpoint of a CommForDetector"
         ) from None
+    check_finite(model, f"--ckpt {path}")
     return model, fmt
+
+
+def check_finite(model: nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run): every score would be NaN,
+    which reads as the verdict "real" and breaks the metrics. `source` names the flag."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{source}: the weight {name} holds NaN or infinite values (a training run that "
+                            f"diverged?); give a checkpoint saved before that, or retrain with a lower --lr")
 
 
 def infer_model_args(state_dict: Mapping[str, torch.Tensor], path: Path | str) -> dict[str, Any]:

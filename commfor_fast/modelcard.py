@@ -7,15 +7,18 @@ metrics and how to load it. The folder can be pushed to the Hub as it is.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCardData
 
 from commfor_fast import __version__
+from commfor_fast.fileio import atomic_write
 from commfor_fast.imageio import RESIZE_FOR_CROP
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from commfor_fast.safetext import printable
 from commfor_fast.settings import TrainSettings
 from commfor_fast.shards import Manifest
 
@@ -24,6 +27,16 @@ CARD_NAME = "README.md"
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _code(text: object) -> str:
+    """`text` (a path or a command line, which may hold anything) as a Markdown code span
+    that survives in a table cell: printable, fenced by more backticks than it holds in
+    a row, its `|` escaped (GitHub's tables split on `|` even inside code spans)."""
+    body = printable(str(text)).replace("|", "\\|")
+    fence = "`" * (max(map(len, re.findall("`+", body)), default=0) + 1)
+    pad = " " if body[:1] == "`" or body[-1:] == "`" else ""
+    return f"{fence}{pad}{body}{pad}{fence}"
 
 
 def model_card(*, model_args: dict[str, Any], timm_name: str, settings: TrainSettings, manifest: Manifest,
@@ -45,8 +58,8 @@ def model_card(*, model_args: dict[str, Any], timm_name: str, settings: TrainSet
     n_fake = sum(c.get("1", 0) for c in counts.values())
     n_generators = sum(1 for c in counts.values() if c.get("1", 0))
     n_real_sources = sum(1 for c in counts.values() if c.get("0", 0))
-    start = (f"the detector {settings.hf_model}" if settings.hf_model else
-             f"the checkpoint {settings.ckpt}" if settings.ckpt else
+    start = (f"the detector {_code(settings.hf_model)}" if settings.hf_model else
+             f"the checkpoint {_code(settings.ckpt)}" if settings.ckpt else
              f"the ImageNet weights of `{timm_name}`" if settings.pretrained else "random initialisation")
     meta = ModelCardData(library_name="commfor-fast", pipeline_tag="image-classification",
                          tags=["ai-generated-image-detection", "community-forensics", "vision-transformer", "timm"],
@@ -71,7 +84,7 @@ def model_card(*, model_args: dict[str, Any], timm_name: str, settings: TrainSet
                         f"(each {settings.rsa_min_num_ops} to {settings.rsa_max_num_ops} times)",
         "frozen backbone": str(model_args["freeze_backbone"]).lower(),
         "seed": str(settings.seed),
-        "command": f"`{settings.command}`",
+        "command": _code(settings.command),
     }
     table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
     return f"""---
@@ -94,8 +107,8 @@ normalised with mean {IMAGENET_MEAN} and std {IMAGENET_STD}. `commfor-fast predi
 
 ## Training data
 
-`{settings.data}` (set `{train_set}`): {n_real + n_fake} images, {n_real} real and {n_fake} fake, from
-{n_real_sources} real source(s) and {n_generators} generator(s); converted by `{manifest.command}`.
+{_code(settings.data)} (set `{train_set}`): {n_real + n_fake} images, {n_real} real and {n_fake} fake, from
+{n_real_sources} real source(s) and {n_generators} generator(s); converted by {_code(manifest.command)}.
 
 ## Training settings
 
@@ -126,5 +139,6 @@ commfor-fast train --data SHARDS --out RUN --hf-model PATH_OR_HUB_ID   # fine-tu
 def write_model_card(folder: Path, **card: Any) -> Path:
     """Write `model_card(**card)` as `folder/README.md` (replacing the mixin's generic card)."""
     path = Path(folder) / CARD_NAME
-    path.write_text(model_card(**card))
+    with atomic_write(path, "w") as f:
+        f.write(model_card(**card))
     return path

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import torch
 
+from commfor_fast.sources.units import escape_name
 from commfor_fast.distributed import resolve_device
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import OUTPUT_ERRNOS, check_writable, output_error
@@ -34,6 +35,7 @@ from commfor_fast.model import load_detector
 from commfor_fast.pipelines.preprocess import normalise
 from commfor_fast.pipelines.reference import eval_image
 from commfor_fast.progress import Progress
+from commfor_fast.safetext import printable, spreadsheet_safe
 from commfor_fast.settings import PredictSettings
 from commfor_fast.shards import write_json_atomic
 
@@ -174,7 +176,8 @@ def predict(settings: PredictSettings) -> list[Prediction]:
                     writer.write(rows)
                 results += rows
                 progress.update(len(rows))
-        folders = [Prediction(str(folder), None, None, None, reason) for folder, reason in found.unreadable.items()]
+        folders = [Prediction(escape_name(str(folder)), None, None, None, escape_name(reason))
+                   for folder, reason in found.unreadable.items()]
         if writer is not None:
             writer.write(folders)
         results += folders
@@ -191,10 +194,17 @@ def _rows(batch: list[Path], inputs: list[torch.Tensor | str], scored: Iterator[
     for path, x in zip(batch, inputs):
         if isinstance(x, torch.Tensor):
             z, p = next(scored)
-            rows.append(Prediction(str(path), z, p, "fake" if p > threshold else "real", None))
+            rows.append(Prediction(escape_name(str(path)), z, p, "fake" if p > threshold else "real", None))
         else:
-            rows.append(Prediction(str(path), None, None, None, x))
+            rows.append(Prediction(escape_name(str(path)), None, None, None, escape_name(x)))
     return rows
+
+
+def _csv_cell(value: float | str | None) -> float | str:
+    """A value for the CSV: empty for None, text escaped against spreadsheet formulas."""
+    if value is None:
+        return ""
+    return spreadsheet_safe(value) if isinstance(value, str) else value
 
 
 class PredictionWriter:
@@ -210,16 +220,23 @@ class PredictionWriter:
         self.file: IO[str] | None = None
         self.csv: csv.DictWriter | None = None
         self.rows_written = 0
+        self.created = False  # whether this run opened `out` for writing (only then may a failure remove it)
+        self.whole = 0  # bytes of the file up to the last whole row
         if self.suffix in STREAMED_SUFFIXES:
             with self._failures():
-                self.file = open(out, "w", newline="")
+                self.file = open(out, "w", newline="", encoding="utf-8")
+                self.created = True
                 if self.suffix == ".csv":
                     self.csv = csv.DictWriter(self.file, fieldnames=[f.name for f in fields(Prediction)])
                     self.csv.writeheader()
                     self.file.flush()
+                self.whole = self.file.tell()
 
     @contextmanager
     def _failures(self) -> Iterator[None]:
+        """On a failed write: close the file, then remove it if this run created it and
+        wrote no row, else cut it back to its last whole row (a full disk may have taken
+        half of one). A file this run could not open is left as it was."""
         try:
             yield
         except OSError as exc:
@@ -227,8 +244,11 @@ class PredictionWriter:
                 with suppress(OSError):
                     self.file.close()
                 self.file = None
-            if not self.rows_written:
+            if self.created and not self.rows_written:
                 self.out.unlink(missing_ok=True)
+            elif self.created:
+                with suppress(OSError):
+                    os.truncate(self.out, self.whole)
             if exc.errno in OUTPUT_ERRNOS:
                 raise output_error(self.out, exc) from None
             raise
@@ -240,10 +260,11 @@ class PredictionWriter:
         with self._failures():
             for row in map(asdict, rows):
                 if self.csv is not None:
-                    self.csv.writerow({k: "" if v is None else v for k, v in row.items()})
+                    self.csv.writerow({k: _csv_cell(v) for k, v in row.items()})
                 else:
                     self.file.write(json.dumps(row) + "\n")
             self.file.flush()
+            self.whole = self.file.tell()
         self.rows_written += len(rows)
 
     def close(self) -> None:
@@ -264,13 +285,14 @@ def write_predictions(predictions: list[Prediction], out: Path, model_info: dict
 
 def format_predictions(predictions: list[Prediction]) -> str:
     """A console table: path, logit, P(fake), verdict (or the error), and a count line."""
-    width = max([len("path"), *(len(p.path) for p in predictions)])
+    paths = [printable(p.path) for p in predictions]  # no escape codes or newlines from file names
+    width = max([len("path"), *map(len, paths)])
     lines = [f"{'path':<{width}}  {'logit':>8}  {'P(fake)':>8}  verdict"]
-    for p in predictions:
+    for path, p in zip(paths, predictions):
         if p.error is None:
-            lines.append(f"{p.path:<{width}}  {p.logit:>8.4f}  {p.prob_fake:>8.4f}  {p.verdict}")
+            lines.append(f"{path:<{width}}  {p.logit:>8.4f}  {p.prob_fake:>8.4f}  {p.verdict}")
         else:
-            lines.append(f"{p.path:<{width}}  {'n/a':>8}  {'n/a':>8}  error: {p.error}")
+            lines.append(f"{path:<{width}}  {'n/a':>8}  {'n/a':>8}  error: {printable(p.error)}")
     n_fake = sum(p.verdict == "fake" for p in predictions)
     n_err = sum(p.error is not None for p in predictions)
     lines.append(f"{len(predictions)} files: {n_fake} fake, {len(predictions) - n_fake - n_err} real, "

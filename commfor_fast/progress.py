@@ -3,7 +3,8 @@
 Logs and CI capture stderr without a terminal, where a redrawn bar turns into noise,
 so there the same figures (count, rate, MB/s, ETA) are printed as one line every
 `every_s` seconds (or never, with `every_s=None`, for callers that print their own
-periodic lines, as training does).
+periodic lines, as training does: `with_eta` gives those lines the ETA the bar
+would show).
 """
 
 from __future__ import annotations
@@ -67,23 +68,39 @@ class Progress:
             self._last = now
             print(self.line(), file=sys.stderr, flush=True)
 
+    def _rate(self) -> float:
+        """Items per second since the start (items done before a resume not counted)."""
+        return (self.count - self._initial) / max(time.monotonic() - self._start, 1e-9)
+
+    def eta(self) -> str | None:
+        """Time left at the rate so far, as H:MM:SS; None without a total or a rate yet."""
+        rate = self._rate()
+        if not self.total or rate <= 0:
+            return None
+        return _eta(max(self.total - self.count, 0) / rate)
+
+    def with_eta(self, line: str) -> str:
+        """`line` with `| ETA H:MM:SS` appended when one can be estimated (for a caller's
+        own periodic lines where no bar shows it)."""
+        eta = self.eta()
+        return line if eta is None else f"{line} | ETA {eta}"
+
     def _mb_per_s(self) -> float:
         return self.nbytes / 1e6 / max(time.monotonic() - self._start, 1e-9)
 
     def line(self) -> str:
         """The current state as one line (also used for the final summary)."""
-        elapsed = max(time.monotonic() - self._start, 1e-9)
-        rate = (self.count - self._initial) / elapsed
         parts = [f"{self.desc}: {self.count}"]
         if self.total:
             parts[0] += f"/{self.total} {self.unit} ({100 * self.count / self.total:.0f}%)"
         else:
             parts[0] += f" {self.unit}"
-        parts.append(f"{rate:.1f} {self.unit}/s")
+        parts.append(f"{self._rate():.1f} {self.unit}/s")
         if self.nbytes:
             parts.append(f"{self._mb_per_s():.1f} MB/s")
-        if self.total and rate > 0:
-            parts.append(f"ETA {_eta((self.total - self.count) / rate)}")
+        eta = self.eta()
+        if eta is not None:
+            parts.append(f"ETA {eta}")
         return ", ".join(parts)
 
     def close(self) -> None:

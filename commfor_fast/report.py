@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from commfor_fast.fileio import atomic_write
 from commfor_fast.metrics import EVAL, EvalReport, GeneratorMetrics, format_metric, metrics_of
+from commfor_fast.safetext import printable, spreadsheet_safe
 
 REPORT_JSON = "report.json"
 GENERATOR_CSV = "per_generator.csv"
@@ -33,21 +34,15 @@ BAR_CHART_MAX = 300
 ROW_INCHES = 0.3
 WORST_LABELLED = 10
 NAME_WIDTH = 44
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula
 
 
 def short_name(name: str, width: int = NAME_WIDTH) -> str:
-    """Shorten in the middle: generator ids differ at both ends (org/..., ...-v2)."""
+    """Printable (`safetext.printable`), shortened in the middle: generator ids differ at both ends (org/..., ...-v2)."""
+    name = printable(name)
     if len(name) <= width:
         return name
     head = (width - 3) // 2
     return name[:head] + "..." + name[len(name) - (width - 3 - head):]
-
-
-def spreadsheet_safe(text: str) -> str:
-    """`text` for a CSV cell: a leading `'` where a spreadsheet would read a formula
-    (=, +, -, @, tab, carriage return), so a hostile generator name cannot run one."""
-    return "'" + text if text[:1] in FORMULA_STARTS else text
 
 
 def _by_ap(generators: list[GeneratorMetrics]) -> list[GeneratorMetrics]:

@@ -2,24 +2,36 @@
 
 They live apart from the code that runs them so the CLI can read their defaults
 without importing torch or DALI (`--help` stays instant); the CLI takes every default
-from here. Every run records its settings: checkpoints and metrics.jsonl for
-training, report.json for evaluation.
+from here. Every run records its settings: training in every checkpoint and the wandb
+run (`settings_dict`) and in the model card, evaluation in report.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.pipelines.ops import DEFAULT_OPS
 
+# The choices of the string settings, as types: the CLI lists them in --help and shell
+# completion and refuses anything else at parse time, before torch or DALI is imported.
+Loader = Literal["dali", "reference"]  # `pipelines.loader.LOADERS`
+ModelSize = Literal["small", "tiny"]
+LRScheduleKind = Literal["original", "per-iteration"]
+ScoresFormat = Literal["parquet", "csv"]
+CheckMode = Literal["full", "fast"]  # `convert --check`
+AmpDtype = Literal["fp16", "bf16", "float16", "bfloat16"]  # fp16 or bf16, or torch's names for them ...
+AMP_SPELLINGS = {"float16": "fp16", "bfloat16": "bf16"}  # ... read as these
+
 
 @dataclass
 class TrainSettings:
-    """Everything a training run depends on; recorded in every checkpoint and log."""
+    """Everything a training run depends on; recorded in every checkpoint, the wandb run and the model card."""
 
     # data and output
     data: Path  # a `commfor-fast convert` output folder (trains on `train` or `all`, validates on `val`)
@@ -51,7 +63,9 @@ class TrainSettings:
     no_lr_schedule: bool = False  # constant lr (after warmup)
     lr_schedule: str = "original"  # "original" (its cosine stepping) or "per-iteration" (ends exactly at the floor)
     grad_clip: float = 1.0
-    use_amp: bool = False
+    # None (the default): the original's precision on CUDA, fp16 autocast with a grad scaler (the original
+    # trains no other way), fp32 on the CPU; True / False decide either way (`resolve_precision`)
+    use_amp: bool | None = None
     amp_dtype: str = "fp16"  # "fp16" (with a grad scaler) or "bf16"
     compile: bool = False  # torch.compile the model
     seed: int = 42
@@ -72,6 +86,20 @@ class TrainSettings:
     wandb_project: str | None = None  # log to Weights & Biases (key from WANDB_API_KEY)
     wandb_run_name: str | None = None
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
+
+
+def resolve_precision(s: TrainSettings) -> TrainSettings:
+    """`s` with `use_amp` decided for its resolved device (`s.device`, "cuda" or "cpu"):
+    when unset, on for CUDA (with the default --amp-dtype fp16 that is the original's
+    recipe) and off on the CPU, where fp16 autocast is slow and nothing to reproduce."""
+    if s.use_amp is not None:
+        return s
+    return dataclasses.replace(s, use_amp=s.device == "cuda")
+
+
+def settings_dict(settings: TrainSettings) -> dict[str, Any]:
+    """The settings as a run records them (checkpoints, wandb's config): paths as strings."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
 
 
 @dataclass
@@ -131,6 +159,11 @@ class DemoSettings:
     num_threads: int = 2
     loader: str = "dali"
     seed: int = 0
+    quick: bool = False  # the sizes of DEMO_QUICK instead: the whole chain in a few minutes
+
+
+# What `demo --quick` changes (explicit values of these are refused with --quick).
+DEMO_QUICK = {"fakes_per_generator": 16, "test_per_source": 8, "train_itrs": 60}
 
 
 @dataclass

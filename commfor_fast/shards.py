@@ -29,10 +29,14 @@ to scan a tar at start-up. `ShardReader` gives random access through the same in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import stat
 import struct
 import threading
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -103,12 +107,27 @@ def format_index(samples: list[list[Member]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def not_regular(path: Path) -> str | None:
+    """Why `path` cannot be read as a file without blocking: missing, or a FIFO, a device
+    or a folder in its place (opening a FIFO waits for a writer forever); None if it can."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None if stat.S_ISREG(mode) else "not a regular file (a FIFO, device or folder is in its place)"
+
+
 def read_index(path: Path) -> list[dict[str, Member]]:
     """Parse a v1.2 index: for each sample, its members by extension."""
+    problem = not_regular(path)
+    if problem:
+        raise UserError(f"shard index {path}: {problem}; re-run the convert command recorded in {MANIFEST_NAME}")
     try:
         lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read shard index {path}: {exc.strerror}; re-run `commfor-fast convert`") from None
+    except (OSError, ValueError) as exc:  # ValueError: bytes that are not UTF-8
+        raise UserError(f"cannot read shard index {path}: {exc}; re-run `commfor-fast convert`") from None
     header = lines[0].split() if lines else []
     if len(header) != 2 or header[0] != INDEX_VERSION:
         raise UserError(f"{path} is not a DALI {INDEX_VERSION} index; re-run `commfor-fast convert`")
@@ -120,9 +139,12 @@ def read_index(path: Path) -> list[dict[str, Member]]:
         members = {}
         for i in range(0, len(fields), 4):
             ext, off, size, name = fields[i : i + 4]
+            if not (off.isdigit() and size.isdigit()):  # a damaged line: offsets and sizes are whole numbers
+                raise UserError(f"{path}: damaged index line {len(samples) + 2} ({line[:80]!r}); re-run the "
+                                f"convert command recorded in {MANIFEST_NAME} (it redoes the damaged partitions)")
             members[ext] = Member(ext, int(off), int(size), name)
         samples.append(members)
-    if len(samples) != int(header[1]):
+    if not header[1].isdigit() or len(samples) != int(header[1]):
         raise UserError(f"{path}: header says {header[1]} samples, found {len(samples)}")
     return samples
 
@@ -184,19 +206,26 @@ class Manifest:
             return "train", ("val" if "val" in self.sets else None)
         return "all", None
 
+    def fingerprint(self) -> str:
+        """A short hash of the shards' bytes (every shard's sha256, set by set): data
+        converted again at the same path, from other sources or settings, has another."""
+        digest = hashlib.sha256()
+        for name, info in sorted(self.sets.items()):
+            digest.update(name.encode())
+            for shard in info.shards:
+                digest.update(shard.sha256.encode())
+        return digest.hexdigest()[:16]
+
     # -- (de)serialisation
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Manifest:
-        data = dict(data)
-        data["sets"] = {
-            name: SetInfo(**{**s, "shards": [ShardInfo(**sh) for sh in s["shards"]]})
-            for name, s in data["sets"].items()
-        }
-        return cls(**data)
+    def from_json(cls, data: Any) -> Manifest:
+        """The manifest in parsed JSON; keys it does not know (a later release's) are
+        ignored, a missing or mistyped key is a `ValueError` naming it."""
+        return _typed(data, cls, "")
 
     def save(self, folder: Path) -> Path:
         """Write `manifest.json` atomically (a reader never sees half a manifest)."""
@@ -215,14 +244,80 @@ class Manifest:
             )
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # JSONDecodeError and bytes that are not UTF-8 are ValueErrors
             raise UserError(f"{path} is unreadable ({exc}); re-run `commfor-fast convert`") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a manifest (its JSON is a {type(data).__name__}, not an object); re-run "
+                            "the convert command that made the folder")
         if data.get("format") != FORMAT_NAME or data.get("format_version") != FORMAT_VERSION:
             raise UserError(
                 f"{path} is not a {FORMAT_NAME} v{FORMAT_VERSION} manifest "
                 f"(found {data.get('format')} v{data.get('format_version')}); re-convert with this version"
             )
-        return cls.from_json(data)
+        try:
+            return cls.from_json(data)
+        except ValueError as exc:
+            raise UserError(f"{path}: {exc}; re-run the convert command that made the folder (it rebuilds "
+                            f"{MANIFEST_NAME})") from None
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` (parsed JSON) checked against the type `hint`, dataclasses built on the way.
+
+    Raises `ValueError` naming the key path (`sets.all.shards[3].bytes`) of the first
+    value of the wrong type or dataclass field that is missing; unknown keys of a
+    dataclass are dropped."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where or 'the manifest'} is a {type(value).__name__}, not an object")
+        hints = typing.get_type_hints(hint)
+        given = {}
+        for f in dataclasses.fields(hint):
+            key = f"{where}.{f.name}" if where else f.name
+            if f.name in value:
+                given[f.name] = _typed(value[f.name], hints[f.name], key)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"the key {key} is missing")
+        return hint(**given)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _typed(value, option, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where} is {json.dumps(value)[:40]}, not {' or '.join(_json_name(a) for a in args)}")
+    if hint is Any:
+        return value
+    if origin is list and isinstance(value, list):
+        return [_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        return {k: _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    plain = origin or hint
+    if plain in (list, dict) or not isinstance(value, plain) or (plain is int and isinstance(value, bool)):
+        raise ValueError(f"{where} is {json.dumps(value)[:40]}, not {_json_name(hint)}")
+    return value
+
+
+def _json_name(hint: Any) -> str:
+    """How a type reads in an error about JSON: an integer, an object, a list, ..."""
+    plain = typing.get_origin(hint) or hint
+    return {int: "an integer", str: "a string", list: "a list", dict: "an object", float: "a number",
+            type(None): "null"}.get(plain, getattr(plain, "__name__", str(plain)))
+
+
+def other_conversion(folder: Path) -> str:
+    """What the conversion in `folder` is, to say why it is not this one: one of an older
+    (or newer) shard format, named by the version its manifest records, else one of
+    other settings or sources."""
+    try:
+        recorded = json.loads((folder / MANIFEST_NAME).read_text()).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded is not None and recorded != FORMAT_VERSION:
+        return (f"shards written by an earlier or later commfor-fast, in format v{recorded} (this version reads "
+                f"and writes v{FORMAT_VERSION}), so they must be converted again")
+    return "a conversion with other settings or other source files"
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
@@ -254,20 +349,33 @@ def check_shard_files(root: Path | str, info: SetInfo) -> None:
     shards. Raises `UserError` naming the first damaged file.
     """
     root = Path(root)
+    problem = set_problem(info)
+    if problem:
+        raise UserError(f"{root / MANIFEST_NAME}: {problem}. Re-run the convert command recorded in it (it "
+                        f"rebuilds {MANIFEST_NAME} from the partitions' records)")
     for shard in info.shards:
         found = shard_file_problem(root, shard)
         if found:
             raise damaged_shard(root, *found)
 
 
+def set_problem(info: SetInfo) -> str | None:
+    """What disagrees within a set's record in the manifest: its sample count and the sum
+    of its shards' counts (loaders index samples by both); None if they agree."""
+    listed = sum(shard.num_samples for shard in info.shards)
+    if info.num_samples != listed:
+        return f"a set of {info.num_samples} samples, but its shards hold {listed}"
+    return None
+
+
 def shard_file_problem(root: Path, shard: ShardInfo) -> tuple[Path, str] | None:
     """The damaged file of one shard (tar or index) and what is wrong, by the checks of
     `check_shard_files`; None if both look as the manifest says."""
     tar, index = root / shard.tar, root / shard.index
-    try:
-        size = tar.stat().st_size
-    except FileNotFoundError:
-        return tar, "missing"
+    problem = not_regular(tar)
+    if problem:
+        return tar, problem
+    size = tar.stat().st_size
     if size != shard.bytes:
         return tar, f"{size} bytes, but {MANIFEST_NAME} lists {shard.bytes}"
     problem = _index_problem(index, shard)
@@ -276,13 +384,16 @@ def shard_file_problem(root: Path, shard: ShardInfo) -> tuple[Path, str] | None:
 
 def _index_problem(index: Path, shard: ShardInfo) -> str | None:
     """What is wrong with a shard's index, judged by its first and last line; None if nothing."""
+    problem = not_regular(index)
+    if problem:
+        return problem
     try:
         with open(index, "rb") as f:
             head = f.read(64).split(b"\n", 1)[0].split()
             f.seek(max(f.seek(0, os.SEEK_END) - INDEX_TAIL_BYTES, 0))
             tail = f.read()
-    except FileNotFoundError:
-        return "missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
     if head != [INDEX_VERSION.encode(), str(shard.num_samples).encode()]:
         first = b" ".join(head)[:40].decode(errors="replace")
         return f"not a DALI {INDEX_VERSION} index of {shard.num_samples} samples (its first line is {first!r})"
@@ -300,7 +411,61 @@ def _index_problem(index: Path, shard: ShardInfo) -> str | None:
     return None
 
 
+def check_generator_ids(generator_ids: Any, manifest: Manifest, root: Path | str) -> None:
+    """Refuse scored samples whose `.ids` generator id is not an index of the manifest's
+    generators (a damaged record that `ShardReader` cannot judge without the manifest)."""
+    bad = [int(g) for g in generator_ids if not 0 <= int(g) < len(manifest.generators)]
+    if bad:
+        raise DataError(f"{root}: a sample's .ids record holds the generator id {bad[0]}, but {MANIFEST_NAME} "
+                        f"names {len(manifest.generators)} generators. The shards were damaged after conversion: "
+                        f"run `commfor-fast verify {root}` to list every damaged shard, then re-run the convert "
+                        f"command recorded in its {MANIFEST_NAME}")
+
+
 # -------------------------------------------------------------------------- reader
+
+
+class DataError(UserError):
+    """A sample in the shards cannot be used at training or evaluation time (damaged after conversion)."""
+
+
+def open_input(path: Path) -> Any:
+    """Open a file of the shard folder for reading; a refusal (permissions) is a one-line
+    `DataError` about reading it, not advice about the output folder."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}; give this user read permission on the data "
+                        f"folder (or re-run the convert command recorded in its {MANIFEST_NAME})") from None
+
+
+MAX_STORED_SIDE = 1 << 20  # longer than any side `convert` lets through (its pixel limit)
+
+
+def sample_ids_problem(members: dict[str, bytes], key: str) -> str | None:
+    """What is wrong with a sample's `.ids` record (and its pre-resized pixels, which the
+    record describes); None if it can be used. Damage here would otherwise surface as a
+    DALI slice error, an IndexError of the generator table or a wrong sample number."""
+    from commfor_fast.imageio import BadImage, decode_raw
+
+    try:
+        ids = unpack_ids(members[IDS_EXT])
+    except struct.error:
+        return f"its .ids record has {len(members[IDS_EXT])} bytes, not {_IDS.size}"
+    if ids.label not in (0, 1):
+        return f"its .ids record holds the label {ids.label}"
+    if sample_key(ids.sample_number) != key:
+        return f"its .ids record names sample {ids.sample_number}, its key is {key}"
+    if ids.generator_id < 0:
+        return f"its .ids record holds the generator id {ids.generator_id}"
+    if not (0 < ids.height <= MAX_STORED_SIDE and 0 < ids.width <= MAX_STORED_SIDE):
+        return f"its .ids record holds the image size {ids.height}x{ids.width}"
+    if RAW_EXT in members:
+        try:
+            decode_raw(members[RAW_EXT], ids.height, ids.width)
+        except BadImage as exc:
+            return f"its pixels do not match its .ids record ({exc})"
+    return None
 
 
 def shard_range(num_samples: int, shard_id: int, num_shards: int) -> tuple[int, int]:
@@ -355,11 +520,18 @@ class ShardReader:
             with self._opening:
                 f = self._files.get(shard_no)
                 if f is None:
-                    f = self._files[shard_no] = open(self.root / self.info.shards[shard_no].tar, "rb")
+                    f = self._files[shard_no] = open_input(self.root / self.info.shards[shard_no].tar)
         out = {}
         for ext, m in members.items():
             if exts is None or ext in exts:
                 out[ext] = os.pread(f.fileno(), m.size, m.offset)
+        if IDS_EXT in out:
+            key = next(iter(members.values())).filename.split(".", 1)[0]
+            problem = sample_ids_problem(out, key)
+            if problem:
+                raise DataError(f"sample {key} in {self.info.shards[shard_no].tar}: {problem}. The shards were "
+                                f"damaged after conversion: run `commfor-fast verify {self.root}` to list every "
+                                f"damaged shard, then re-run the convert command recorded in its {MANIFEST_NAME}")
         return out
 
     def close(self) -> None:

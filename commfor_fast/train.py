@@ -3,33 +3,32 @@
 Single process:   commfor-fast train --data SHARDS --out RUN [--device cpu] ...
 torchrun:         torchrun --nproc_per_node=8 -m commfor_fast train --data SHARDS --out RUN ...
 
-The file reads top to bottom: settings, distributed set-up, data, model, optimizer
-and schedule, resume, the loop, teardown. The defaults are the reference recipe
-(SPEC section 5): AdamW (lr 2e-5, weight decay 1e-2), BCE-with-logits, gradient
-clipping at 1.0, linear warmup then cosine annealing towards lr * 1e-3 stepped as the
-original steps it (`LRSchedule`; `--lr-schedule per-iteration` ends exactly at the
-floor instead), mixed precision with a grad scaler for fp16, per-rank batch size, a
-checkpoint every epoch keeping the newest N.
+`train()` reads top to bottom: settings, the torchrun environment, data, model
+(resume, a checkpoint's weights, a released detector or scratch), optimizer,
+stream, compile, DDP, the loop, the final model, and a teardown that runs whatever
+happened; the helpers it calls follow it, in the order it calls them. The defaults
+are the reference recipe (SPEC section 5): AdamW (lr 2e-5, weight decay 1e-2),
+BCE-with-logits, gradient clipping at 1.0, linear warmup then cosine annealing
+towards lr * 1e-3 stepped as the original steps it (`schedule.py`; `--lr-schedule
+per-iteration` ends exactly at the floor instead), mixed precision with a grad scaler
+for fp16, per-rank batch size, a checkpoint every epoch keeping the newest N.
 
-Resume is exact: a checkpoint holds the model, optimizer, grad scaler, iteration (the
-schedule is a function of it), the schedule's shape and every rank's data-stream
-position, so a run killed mid-epoch and resumed sees the same batches as one that
-never stopped. Settings that shape the schedule or the stream (and the process count)
-may not change on resume without `--allow-changed-settings`, which prints each change
-(the streams then restart from their seeds when the stream changed). Rank 0 picks the
-checkpoint and tells the others, so every rank resumes from the same one. `--ckpt`
-with the original's checkpoints or a plain state dict, and `--hf-model` (a released
-detector), start from their weights with a new optimizer and schedule.
+Resume is exact: a checkpoint (`checkpoint.py`) holds the model, optimizer, grad
+scaler, iteration (the schedule is a function of it), the schedule's shape and every
+rank's data-stream position, so a run killed mid-epoch and resumed sees the same
+batches as one that never stopped. Settings that shape the schedule or the stream
+(and the process count) may not change on resume without `--allow-changed-settings`,
+which prints each change (the streams then restart from their seeds when the stream
+changed). Rank 0 picks the checkpoint and tells the others, so every rank resumes
+from the same one. `--ckpt` with the original's checkpoints or a plain state dict,
+and `--hf-model` (a released detector), start from their weights with a new
+optimizer and schedule. Only rank 0 prints, logs (`runlog.py`) and saves.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import re
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,34 +37,152 @@ import torch
 import torch.nn.functional as F
 
 from commfor_fast import __version__
-from commfor_fast.distributed import (Dist, all_gather, amp_dtype, broadcast, resolve_device, setup_distributed,
+from commfor_fast.checkpoint import (RunShape, TrainCheckpoint, checkpoint_due, checkpoints_in, find_start,
+                                     remove_stale_temporaries,
+                                     resume_changes, save_atomic, write_checkpoint)
+from commfor_fast.distributed import (Dist, all_gather, amp_dtype, data_parallel, resolve_device, setup_distributed,
                                       teardown_distributed)
 from commfor_fast.errors import UserError
-from commfor_fast.fileio import atomic_write, check_writable
+from commfor_fast.fileio import check_writable, output_errors
+from commfor_fast.metrics import accuracy, average_precision
+from commfor_fast.model import (CommForDetector, clean_state_dict, create_detector, detector_from_checkpoint,
+                                load_detector, read_checkpoint)
+from commfor_fast.modelcard import write_model_card
+from commfor_fast.pipelines.loader import LOADERS, TrainStream, create_eval_loader, create_train_stream, iters_per_epoch
 from commfor_fast.pipelines.plan import RSAConfig
-from commfor_fast.progress import Progress
-from commfor_fast.settings import TrainSettings
+from commfor_fast.pipelines.synthetic import SyntheticStream
+from commfor_fast.runlog import MetricsLog, Throughput
+from commfor_fast.schedule import LR_SCHEDULES, LRSchedule
+from commfor_fast.settings import TrainSettings, resolve_precision, settings_dict
 from commfor_fast.shards import Manifest
 
-CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
+
+def train(settings: TrainSettings) -> Path:
+    """Train a detector; returns the path of the final model (a plain state dict)."""
+    # -- settings, checked before any work
+    check_settings(settings)
+    rsa = RSAConfig.from_flags(settings.rsa_ops, settings.rsa_min_num_ops, settings.rsa_max_num_ops,
+                               settings.fix_padding_quirk)
+
+    # -- the torchrun environment, read once: this process's rank, device and seed
+    env = Dist.from_env()
+    device = resolve_device(settings.device, env.local_rank)
+    settings = resolve_precision(dataclasses.replace(settings, device=device.type))
+    setup_distributed(device, env)
+    seed = settings.seed + env.rank  # torch's and numpy's own draws per rank (DDP starts all from rank 0's weights)
+    out = Path(settings.out)
+    log: MetricsLog | None = None
+    stream: TrainStream | None = None
+    completed = False
+    try:
+        manifest = Manifest.load(settings.data)
+        if env.is_main:
+            prepare_run_folder(out, settings)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        log = MetricsLog(settings, env)
+
+        # -- data: the sets, iterations per epoch and the schedule they give
+        train_set, val_set = pick_sets(manifest, settings, log)
+        itrs_per_epoch = iters_per_epoch(manifest.sets[train_set].num_samples, settings.batch_size, env.world_size)
+        schedule = LRSchedule.from_settings(settings, itrs_per_epoch)
+        warn_long_warmup(schedule, settings, log)
+        shape = RunShape(world_size=env.world_size, total_itrs=schedule.total, warmup=schedule.warmup,
+                         data=manifest.fingerprint())
+
+        # -- model: rank 0's choice of checkpoint, a released detector, or scratch (no download on resume)
+        start, resuming = find_start(out, settings, env)
+        ckpt, ckpt_format = None, None
+        if start is not None:  # resume (our checkpoint in --out), or --ckpt
+            ckpt = read_checkpoint(Path(start), trust=settings.trust_checkpoint,
+                                   older=checkpoints_in(out)[:-1] if resuming else None)
+            model, ckpt_format = detector_from_checkpoint(ckpt, Path(start))
+            if settings.freeze_backbone and not resuming:
+                model.set_freeze_backbone(True)
+        elif settings.hf_model is not None:  # fine-tune a released detector
+            model, _ = load_detector(hf_model=settings.hf_model)
+            model.set_freeze_backbone(settings.freeze_backbone)
+            log.print(f"fine-tuning {settings.hf_model}: its weights, a new optimizer and schedule")
+        else:  # scratch: a new head on timm's ImageNet weights (random ones with --no-pretrained)
+            model = create_detector(model_size=settings.model_size, input_size=settings.input_size,
+                                    patch_size=settings.patch_size, freeze_backbone=settings.freeze_backbone,
+                                    pretrained=settings.pretrained, pretrained_path=settings.pretrained_path)
+        note_model_shape(model, settings, start or settings.hf_model, log)
+        model.train().to(device)
+
+        # -- optimizer and mixed precision; our checkpoints also restore them, the iteration and the streams
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        autocast_dtype = amp_dtype(settings.amp_dtype)
+        scaler = torch.amp.GradScaler(device.type, enabled=settings.use_amp and autocast_dtype == torch.float16)
+        itr, data_state = start_from_checkpoint(ckpt, ckpt_format, start, resuming, settings=settings, shape=shape,
+                                                env=env, optimizer=optimizer, scaler=scaler, log=log)
+        del ckpt
+        scheduler = schedule.scheduler(optimizer, settings.lr, settings.weight_decay, itr)
+
+        # -- the training stream, from this rank's saved position on resume
+        stream = create_stream(settings, manifest, train_set, crop=model.input_size, rsa=rsa, env=env, device=device,
+                               state=data_state)
+
+        # -- compile, DDP
+        net = data_parallel(torch.compile(model) if settings.compile else model, env, device)
+
+        # -- the loop
+        log.print(f"training {model.model_args} on {manifest.sets[train_set].num_samples} images ({train_set}), "
+                  f"{env.world_size} process(es) x batch {settings.batch_size}, {itrs_per_epoch} iterations per epoch, "
+                  f"{schedule.total} in all (warmup {schedule.warmup}, {schedule.kind} lr schedule), loader "
+                  f"{settings.loader}, device {device}")
+        window = Throughput()
+        log.start_progress(schedule.total, itr)
+        while itr < schedule.total:
+            # fetch (the wait is what the data stream costs the loop)
+            t0 = time.perf_counter()
+            batch = next(stream)
+            window.data_wait += time.perf_counter() - t0
+            # forward, backward, clip, step; then the lr of the next iteration
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=settings.use_amp):
+                logits = net(batch.images).float().squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits, batch.labels.to(device, non_blocking=True))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            lr = scheduler.get_last_lr()[0]  # the lr this iteration used
+            scheduler.step()
+            itr += 1
+            window.images += batch.images.shape[0] * env.world_size
+            log.step()
+            # log: every --log-every iterations and the last
+            if itr % settings.log_every == 0 or itr == schedule.total:
+                log.iteration(itr, (itr - 1) // itrs_per_epoch, schedule.total, loss, lr, window, device)
+                window.restart()
+            # epoch end: validate; checkpoint at epoch ends, every --ckpt-every iterations and the last
+            epoch_end = itr % itrs_per_epoch == 0
+            if epoch_end and val_set is not None:
+                started = time.perf_counter()
+                log.validation(itr, itr // itrs_per_epoch - 1, validate(model, settings, manifest, val_set, env=env,
+                                                                        device=device), time.perf_counter() - started)
+            if checkpoint_due(itr, total_itrs=schedule.total, per_epoch=itrs_per_epoch, settings=settings):
+                save_checkpoint(out, itr, model=model, optimizer=optimizer, scaler=scaler, stream=stream,
+                                shape=shape, per_epoch=itrs_per_epoch, settings=settings, env=env, log=log)
+            if epoch_end:  # the throughput window starts after validation and saving
+                window.restart()
+
+        # -- the final model, as a plain state dict and a save_pretrained folder
+        final = save_final(model, out, settings=settings, manifest=manifest, train_set=train_set, shape=shape,
+                           env=env, log=log)
+        completed = True
+        return final
+    finally:  # whatever happened: the stream, the run log (and wandb), the process group
+        close_run(stream, log, env, completed)
 
 
-# ----------------------------------------------------------------- small helpers
-
-# Settings that shape the data stream: a checkpoint's stream position only replays
-# the same batches when these (and the process count) are unchanged.
-STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "batches_per_run", "rsa_ops", "rsa_min_num_ops",
-                   "rsa_max_num_ops", "fix_padding_quirk", "num_threads")
-# Settings that shape the optimisation schedule. Neither kind may change on resume
-# without --allow-changed-settings.
-SCHEDULE_SETTINGS = ("epochs", "train_itrs", "lr", "weight_decay", "warmup_epochs", "warmup_frac", "no_lr_schedule",
-                     "lr_schedule")
-
+# ------------------------------------------------------- the helpers, in order of use
 
 def check_settings(s: TrainSettings) -> None:
     """Reject impossible values before any work starts (one clear line each)."""
-    from commfor_fast.pipelines.loader import ENGINES
-
     positive = {"--batch-size": s.batch_size, "--epochs": s.epochs, "--log-every": s.log_every,
                 "--num-threads": s.num_threads, "--batches-per-run": s.batches_per_run}
     for flag, value in positive.items():
@@ -83,8 +200,8 @@ def check_settings(s: TrainSettings) -> None:
                         "be below 1 (-1 disables it), the epochs >= 0")
     if s.lr_schedule not in LR_SCHEDULES:
         raise UserError(f"--lr-schedule {s.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
-    if s.loader not in ENGINES:
-        raise UserError(f"--loader {s.loader!r}: choose one of {', '.join(ENGINES)}")
+    if s.loader not in LOADERS:
+        raise UserError(f"--loader {s.loader!r}: choose one of {', '.join(LOADERS)}")
     if s.hf_model is not None and (s.ckpt is not None or s.pretrained_path is not None):
         raise UserError(f"--hf-model {s.hf_model}: give it alone, without --ckpt or --pretrained-path "
                         "(each names the weights to start from)")
@@ -102,511 +219,155 @@ def _verify_hashes(data: Path) -> None:
                         "Re-run the convert command recorded in its manifest.json to redo them")
 
 
-LR_SCHEDULES = ("original", "per-iteration")
+def prepare_run_folder(out: Path, settings: TrainSettings) -> None:
+    """Rank 0, before any work: `--out` writable, the shards' hashes (`--verify-hashes`),
+    no temporaries of writes killed midway."""
+    check_writable(out, "--out")
+    if settings.verify_hashes:
+        _verify_hashes(settings.data)
+    remove_stale_temporaries(out)
 
 
-@dataclasses.dataclass(frozen=True)
-class LRSchedule:
-    """The lr multiplier of every iteration, a pure function of the (0-based) iteration.
-
-    Being a pure function makes resume exact: the lr after a resume is the
-    uninterrupted run's. `warmup` is `round(warmup_frac * total)` or
-    `round(warmup_epochs * per_epoch)`, as the original rounds it.
-
-    "original" (the default) gives the lr the original's loop gives (SPEC section 5):
-    it counts iterations from k = 1, sets `lr * (k + 1) / warmup` before iteration k
-    while `k < warmup`, and runs torch's `CosineAnnealingLR(T_max = epochs * per_epoch
-    - warmup, eta_min = lr * final_ratio)`, stepped after every iteration with
-    `k > warmup` and once more at every epoch end (with `--train-itrs`, epochs =
-    ceil(total / per_epoch)). Before iteration k the scheduler has thus stepped
-    `t = max(k - 1 - warmup, 0) + (k - 1) // per_epoch` times. torch's step is
-    recursive (it rescales the distance of the current lr from eta_min), so the
-    epoch-end steps taken during the warmup leave a scale `c(t_peak)` behind, where
-    `t_peak` is the step count when the lr was last set to the peak and
-    `c(u) = 1 + cos(pi u / T_max)`: the lr is `eta_min + (lr - eta_min) c(t) / c(t_peak)`
-    until torch's first additive step (the step to `T_max + 1 (mod 2 T_max)`, past
-    the floor), after which it is the plain `eta_min + (lr - eta_min) c(t) / 2`. So
-    the original need not end at the floor: its scheduler takes T_max + epochs steps,
-    so without `--train-itrs` the last iteration runs `epochs - 2` steps past the floor
-    (the cosine rises again; negligible with thousands of iterations per epoch), and
-    with a `--train-itrs` that is not a multiple of the epoch it stops short of it.
-    T_max below 1 (a warmup as long as the run, where the original divides by zero)
-    counts as 1.
-
-    "per-iteration": warmup `(itr + 1) / warmup` for `itr < warmup`, then one cosine
-    step per iteration from 1 down to `final_ratio`, which it reaches at the end of
-    the run. `constant` (`--no-lr-schedule`) keeps 1 after the warmup in both.
-    """
-
-    kind: str  # one of LR_SCHEDULES
-    total: int  # iterations the run trains
-    per_epoch: int  # iterations per epoch
-    warmup: int  # warmup iterations
-    constant: bool
-    final_ratio: float = 1e-3
-
-    @classmethod
-    def from_settings(cls, settings: TrainSettings, per_epoch: int) -> LRSchedule:
-        use_itrs = settings.train_itrs is not None and settings.train_itrs > 0
-        total = settings.train_itrs if use_itrs else settings.epochs * per_epoch
-        warmup = round(settings.warmup_frac * total if settings.warmup_frac > 0 else settings.warmup_epochs * per_epoch)
-        return cls(settings.lr_schedule, total, per_epoch, warmup, settings.no_lr_schedule)
-
-    def factor(self, itr: int) -> float:
-        """Multiplier of the base lr at iteration `itr` (0-based)."""
-        if self.kind == "original":
-            if itr + 1 < self.warmup:
-                return (itr + 2) / self.warmup
-            return 1.0 if self.constant else self._original_cosine(itr + 1)
-        if itr < self.warmup:
-            return (itr + 1) / self.warmup
-        if self.constant:
-            return 1.0
-        progress = min((itr - self.warmup) / max(self.total - self.warmup, 1), 1.0)
-        return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    def _original_cosine(self, k: int) -> float:
-        """The original's lr factor at its iteration k >= warmup (1-based)."""
-        t_max = max(math.ceil(self.total / self.per_epoch) * self.per_epoch - self.warmup, 1)
-
-        def c(u: int) -> float:
-            return 1 + math.cos(math.pi * u / t_max)
-
-        t = max(k - 1 - self.warmup, 0) + (k - 1) // self.per_epoch
-        # the step count when the lr was last the peak: set at k = warmup - 1, or at construction
-        peak, scale = max(self.warmup - 2, 0) // self.per_epoch, 1.0
-        if t == peak:
-            return 1.0
-        if (peak - t_max) % (2 * t_max) == 0:  # c(peak) = 0: torch's next step adds instead of rescaling
-            peak, scale = peak + 1, 1 + (1 - math.cos(math.pi / t_max)) / 2
-        first_add = peak + 1 + (t_max - peak) % (2 * t_max)
-        d = c(t) / 2 if t >= first_add else scale * c(t) / c(peak)
-        return self.final_ratio + (1 - self.final_ratio) * d
-
-
-def checkpoints_in(folder: Path) -> list[Path]:
-    """Checkpoint files in `folder`, oldest first."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if CKPT_PATTERN.match(p.name))
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through `fileio.atomic_write`: a kill never leaves half a checkpoint."""
-    with atomic_write(path) as f:
-        torch.save(obj, f)
-
-
-def settings_dict(settings: TrainSettings) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
-
-
-def resume_changes(ckpt: dict[str, Any], settings: TrainSettings, shape: dict[str, int]) -> tuple[list[str], bool]:
-    """What changed since our checkpoint `ckpt` among the settings that shape the schedule
-    or the data stream, and the schedule they give (`shape`: process count, iterations
-    in all, warmup iterations), one `what: old -> new` line each; and whether the
-    checkpoint's data-stream positions still apply."""
-    before, now = ckpt.get("settings", {}), settings_dict(settings)
-    was = {"world_size": len(ckpt.get("data") or []), **(ckpt.get("schedule") or {})}
-    changes = [f"--{k.replace('_', '-')}: {before.get(k)} -> {now[k]}"
-               for k in (*SCHEDULE_SETTINGS, *STREAM_SETTINGS) if str(before.get(k)) != str(now[k])]
-    names = {"world_size": "processes", "total_itrs": "iterations in all", "warmup": "warmup iterations"}
-    changes += [f"{name}: {was[k]} -> {shape[k]}" for k, name in names.items()
-                if k in was and was[k] != shape[k]]
-    same_stream = was["world_size"] == shape["world_size"] and all(
-        str(before.get(k)) == str(now[k]) for k in STREAM_SETTINGS)
-    return changes, same_stream
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-class MetricsLog:
-    """Rank 0's log: console lines, `metrics.jsonl` in the run folder, optional wandb.
-
-    On a terminal the loop's progress is a live bar (iteration, ETA, and the figures
-    of the latest log record); elsewhere one line per `--log-every` iterations.
-    """
-
-    def __init__(self, settings: TrainSettings, env: Dist) -> None:
-        self.enabled = env.is_main
-        self.wandb = None
-        self.progress: Progress | None = None
-        if not self.enabled:
-            return
-        self.file = open(settings.out / "metrics.jsonl", "a")
-        if settings.wandb_project:
-            import wandb
-
-            # One wandb run per training run: a resumed run continues the same one.
-            id_file = settings.out / "wandb-run-id"
-            run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
-            id_file.write_text(run_id)
-            self.wandb = wandb.init(project=settings.wandb_project, name=settings.wandb_run_name, id=run_id,
-                                    resume="allow", config=settings_dict(settings), dir=str(settings.out))
-
-    def drop_after(self, itr: int) -> None:
-        """Resuming at `itr`: drop the records of later iterations, which the run now repeats,
-        so metrics.jsonl holds each iteration once."""
-        if not self.enabled:
-            return
-        self.file.close()
-        path = Path(self.file.name)
-        lines = path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if _record_itr(line) <= itr]
-        if len(kept) != len(lines):
-            with atomic_write(path, "w") as f:
-                f.writelines(kept)
-        self.file = open(path, "a")
-
-    def print(self, line: str) -> None:
-        if self.progress is not None:
-            self.progress.write(line)
-        elif self.enabled:
-            print(line, flush=True)
-
-    def start_progress(self, total_itrs: int, done: int) -> None:
-        """The bar of the loop, from iteration `done` (a resumed run) to `total_itrs`."""
-        self.progress = Progress(total_itrs, "train", unit="itr", every_s=None, enabled=self.enabled,
-                                 initial=done)
-
-    def step(self) -> None:
-        """One iteration done."""
-        if self.progress is not None:
-            self.progress.update()
-
-    def status(self, line: str, short: str) -> None:
-        """The figures of a log record: `short` after a live bar, else `line` printed."""
-        if self.progress is not None and self.progress.live:
-            self.progress.postfix(short)
-        else:
-            self.print(line)
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if k != "itr"}, step=record["itr"])
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every record in `metrics.jsonl`, including those of the runs this one resumed
-        (a line cut short by a kill is skipped)."""
-        records = []
-        for line in Path(self.file.name).read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
-            self.progress = None
-        if self.enabled:
-            self.file.close()
-            if self.wandb is not None:
-                self.wandb.finish()
-
-
-def _record_itr(line: str) -> int:
-    """The iteration of one metrics.jsonl line; a line cut short by a kill counts as the last."""
-    try:
-        return int(json.loads(line)["itr"])
-    except (ValueError, KeyError, TypeError):
-        return 2**62
-
-
-def remove_stale_temporaries(out: Path) -> None:
-    """Delete the temporary files that checkpoint writes killed midway left in `out`
-    (`fileio.atomic_write` names them `.ckpt-*.tmp`, `.model.pt.*.tmp`)."""
-    for path in [*out.glob(".ckpt-*.tmp"), *out.glob(".model.pt.*.tmp")]:
-        path.unlink(missing_ok=True)
-
-
-def host_peak_mb() -> float:
-    """This process's peak resident memory in MiB, for the log.
-
-    Read from /proc (VmHWM) where it exists: `getrusage` also counts the memory of
-    the process this one was forked from before `exec`, which inflates it for any
-    process started by a large parent (a benchmark driver, a launcher).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class SyntheticStream:
-    """The same random batch, already on the device, forever: the loop's upper bound
-    (`--synthetic-data`), to measure how close the real pipeline gets to it."""
-
-    def __init__(self, batch_size: int, crop: int, device: torch.device) -> None:
-        from commfor_fast.pipelines.loader import Batch
-
-        g = torch.Generator().manual_seed(0)
-        self.batch = Batch(torch.randn(batch_size, 3, crop, crop, generator=g).to(device),
-                           (torch.arange(batch_size) % 2).float(), torch.zeros(batch_size, dtype=torch.int64),
-                           torch.arange(batch_size))
-
-    def __next__(self) -> Any:
-        return self.batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"engine": "synthetic"}
-
-    def close(self) -> None:
-        self.batch = None
-
-
-# ----------------------------------------------------------------------- the run
-
-
-def train(settings: TrainSettings) -> Path:
-    """Train a detector; returns the path of the final model (a plain state dict)."""
-    # -- settings and distributed set-up
-    check_settings(settings)
-    rsa = RSAConfig.from_flags(settings.rsa_ops, settings.rsa_min_num_ops, settings.rsa_max_num_ops,
-                               settings.fix_padding_quirk)
-    env = Dist.from_env()
-    device = resolve_device(settings.device, env.local_rank)
-    settings = dataclasses.replace(settings, device=device.type)
-    env = setup_distributed(device)
-    manifest = Manifest.load(settings.data)
-    out = Path(settings.out)
-    if env.is_main:
-        check_writable(out, "--out")  # before any work: checkpoints and the model must be writable
-        if settings.verify_hashes:
-            _verify_hashes(settings.data)
-        remove_stale_temporaries(out)
-    torch.manual_seed(settings.seed + env.rank)
-    np.random.seed(settings.seed + env.rank)
-    log = MetricsLog(settings, env)
-
-    # -- data sizes and schedule
-    from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream, iters_per_epoch
-
+def pick_sets(manifest: Manifest, settings: TrainSettings, log: MetricsLog) -> tuple[str, str | None]:
+    """The set to train on and the one to validate on (None: no validation, as asked or
+    for want of validation images)."""
     train_set, val_set = manifest.training_sets()
     if val_set is not None and manifest.sets[val_set].num_samples == 0:
         val_set = None
     if settings.validate and val_set is None:
         log.print(f"note: {settings.data} has no validation images (convert with --val-frac > 0); "
                   "no validation will run")
-    itrs_per_epoch = iters_per_epoch(manifest.sets[train_set].num_samples, settings.batch_size, env.world_size)
-    schedule = LRSchedule.from_settings(settings, itrs_per_epoch)
-    total_itrs = schedule.total
-    if schedule.warmup > total_itrs:
+    return train_set, val_set if settings.validate else None
+
+
+def warn_long_warmup(schedule: LRSchedule, settings: TrainSettings, log: MetricsLog) -> None:
+    """A warmup longer than the run never reaches `--lr`: say so and how to fix it."""
+    if schedule.warmup > schedule.total:
         log.print(f"warning: the warmup ({schedule.warmup} iterations, --warmup-epochs {settings.warmup_epochs}) is "
-                  f"longer than the whole run ({total_itrs}): the lr never reaches --lr {settings.lr}; shorten "
+                  f"longer than the whole run ({schedule.total}): the lr never reaches --lr {settings.lr}; shorten "
                   "--warmup-epochs or give --warmup-frac")
-    # what a resume compares besides the settings: the process count and the schedule they give
-    shape = {"world_size": env.world_size, "total_itrs": total_itrs, "warmup": schedule.warmup}
 
-    # -- model: from rank 0's choice of checkpoint (never needs the ImageNet download)
-    from commfor_fast.model import clean_state_dict, create_detector, detector_from_checkpoint, load_detector, \
-        read_checkpoint
 
-    newest = checkpoints_in(out)[-1] if env.is_main and checkpoints_in(out) else None
-    start, resuming = broadcast((newest or settings.ckpt, newest is not None), env)
-    if settings.resume and not resuming:
-        raise UserError(f"--resume: no checkpoint (ckpt-*.pt) in {out} to resume from")
-    ckpt: Any = None
-    if start is not None:
-        ckpt = read_checkpoint(Path(start), trust=settings.trust_checkpoint)
-        model, ckpt_format = detector_from_checkpoint(ckpt, Path(start))
-        if settings.freeze_backbone and not resuming:
-            model.set_freeze_backbone(True)
-    elif settings.hf_model is not None:  # fine-tuning a released detector
-        model, _ = load_detector(hf_model=settings.hf_model)
-        model.set_freeze_backbone(settings.freeze_backbone)
-        start = settings.hf_model
-        log.print(f"fine-tuning {settings.hf_model}: its weights, a new optimizer and schedule")
-    else:
-        model = create_detector(model_size=settings.model_size, input_size=settings.input_size,
-                                patch_size=settings.patch_size, freeze_backbone=settings.freeze_backbone,
-                                pretrained=settings.pretrained, pretrained_path=settings.pretrained_path)
-    if start is not None and (model.model_size, model.input_size, model.patch_size) != \
+def note_model_shape(model: CommForDetector, settings: TrainSettings, source: Path | str | None,
+                     log: MetricsLog) -> None:
+    """A model started from weights (`source`) has their shape, whatever the shape flags say: say so."""
+    if source is not None and (model.model_size, model.input_size, model.patch_size) != \
             (settings.model_size, settings.input_size, settings.patch_size):
-        log.print(f"note: model shape taken from {start}: {model.model_args}")
-    model.train().to(device)
-    crop = model.input_size
+        log.print(f"note: model shape taken from {source}: {model.model_args}")
 
-    # -- optimizer, mixed precision
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    autocast_dtype = amp_dtype(settings.amp_dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=settings.use_amp and autocast_dtype == torch.float16)
 
-    # -- resume: everything from our own checkpoints (unless settings that shape the
-    # schedule or the stream changed without --allow-changed-settings); only weights otherwise
-    itr, data_state = 0, None
-    full_resume = ckpt is not None and ckpt_format == "commfor-fast" and (
-        resuming or not settings.only_load_model_weights)
-    if full_resume:
-        changes, same_stream = resume_changes(ckpt, settings, shape)
-        if changes and not settings.allow_changed_settings:
-            raise UserError(
-                f"{start} was written with other settings ({'; '.join(changes)}); rerun with the same ones, "
-                "or add --allow-changed-settings to go on with these"
-                + ("" if resuming else ", or --only-load-model-weights to start a new schedule from its weights"))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        itr = int(ckpt["itr"])
-        for change in changes:
-            log.print(f"note: changed since {start}: {change}")
-        states = ckpt.get("data") or []
-        if same_stream:
-            data_state = states[env.rank]
-        else:
-            log.print(f"note: the data streams restart from their seeds (the stream settings changed since {start})")
-        if resuming:
-            log.drop_after(itr)
-        log.print(f"resumed from {start} at iteration {itr}")
-    elif ckpt is not None:
+def start_from_checkpoint(ckpt: Any, ckpt_format: str | None, start: Path | None, resuming: bool, *,
+                          settings: TrainSettings, shape: RunShape, env: Dist, optimizer: torch.optim.Optimizer,
+                          scaler: torch.amp.GradScaler, log: MetricsLog) -> tuple[int, dict[str, Any] | None]:
+    """The iteration to start at and this rank's stream position (None: the stream starts
+    from its seed), from the checkpoint loaded from `start` (None: none, iteration 0).
+
+    Our checkpoints resume everything (unless `--only-load-model-weights` with `--ckpt`):
+    optimizer, grad scaler, iteration and, when the stream settings are unchanged, the
+    streams; settings that shape the schedule or the stream may change only with
+    `--allow-changed-settings`. Other formats gave their weights only (already loaded).
+    """
+    if ckpt is None or start is None:
+        return 0, None
+    if ckpt_format != "commfor-fast" or (settings.only_load_model_weights and not resuming):
         log.print(f"starting from the weights of {start} ({ckpt_format} format): new optimizer and schedule")
-    del ckpt
-    # The schedule is a function of the iteration: on resume it continues at `itr`, with
-    # the lr and weight decay of these settings.
-    for group in optimizer.param_groups:
-        group["initial_lr"], group["weight_decay"] = settings.lr, settings.weight_decay
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor, last_epoch=itr - 1)
+        return 0, None
+    record = TrainCheckpoint.from_dict(ckpt, start)
+    changes, same_stream = resume_changes(record, settings, shape)
+    if changes and not settings.allow_changed_settings:
+        raise UserError(
+            f"{start} was written with other settings ({'; '.join(changes)}); rerun with the same ones, "
+            "or add --allow-changed-settings to go on with these"
+            + ("" if resuming else ", or --only-load-model-weights to start a new schedule from its weights"))
+    optimizer.load_state_dict(record.optimizer)
+    scaler.load_state_dict(record.scaler)
+    for change in changes:
+        log.print(f"note: changed since {start}: {change}")
+    data_state = record.data[env.rank] if same_stream else None
+    if not same_stream:
+        log.print(f"note: the data streams restart from their seeds (the stream settings changed since {start})")
+    if resuming:
+        log.drop_after(record.itr)
+    log.print(f"resumed from {start} at iteration {record.itr}")
+    return record.itr, data_state
 
+
+def create_stream(settings: TrainSettings, manifest: Manifest, train_set: str, *, crop: int, rsa: RSAConfig,
+                  env: Dist, device: torch.device, state: dict[str, Any] | None) -> TrainStream:
+    """This rank's training stream from `state` (None: from its seed), or the synthetic one."""
     if settings.synthetic_data:
-        stream = SyntheticStream(settings.batch_size, crop, device)
-    else:
-        stream = create_train_stream(
-            settings.loader, settings.data, manifest, train_set, device=device, batch_size=settings.batch_size,
-            crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank, world_size=env.world_size,
-            num_threads=settings.num_threads, batches_per_run=settings.batches_per_run, state=data_state,
-        )
+        return SyntheticStream(settings.batch_size, crop, device)
+    return create_train_stream(settings.loader, settings.data, manifest, train_set, device=device,
+                               batch_size=settings.batch_size, crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank,
+                               world_size=env.world_size, num_threads=settings.num_threads,
+                               batches_per_run=settings.batches_per_run, state=state)
 
-    # -- compile and DDP
-    net: torch.nn.Module = model
-    if settings.compile:
-        net = torch.compile(net)
-    if env.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[env.local_rank] if device.type == "cuda" else None)
 
-    # -- helpers used by the loop
-    def save_checkpoint() -> None:
-        if settings.ckpt_keep_count == 0:
-            return
-        states = all_gather(stream.state_dict(), env)
-        if not env.is_main:
-            return
-        path = out / f"ckpt-{itr:09d}.pt"
-        save_atomic({
-            "model": clean_state_dict(model), "model_args": model.model_args,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": itr // itrs_per_epoch, "itr": itr, "schedule": shape,
-            "data": states, "settings": settings_dict(settings), "version": __version__,
-        }, path)
-        kept = checkpoints_in(out)
-        if settings.ckpt_keep_count >= 0:
-            for old in kept[: max(len(kept) - settings.ckpt_keep_count, 0)]:
-                old.unlink()
-        log.print(f"saved {path}")
+def validate(model: CommForDetector, settings: TrainSettings, manifest: Manifest, val_set: str, *, env: Dist,
+             device: torch.device) -> dict[str, Any]:
+    """Loss, accuracy and AP on `val_set`, over every rank's part (gathered on every rank):
+    `val_loss`, `val_acc`, `val_ap` and `val_n`, the images scored. Leaves `model` in training mode."""
+    loader = create_eval_loader(settings.loader, settings.data, manifest, val_set, device=device,
+                                batch_size=settings.batch_size, crop=model.input_size, rank=env.rank,
+                                world_size=env.world_size, num_threads=settings.num_threads)
+    model.eval()
+    labels, logits = [], []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype(settings.amp_dtype),
+                                                enabled=settings.use_amp):
+        for batch in loader:
+            labels.append(batch.labels)
+            logits.append(model(batch.images).float().squeeze(1).cpu())
+    loader.close()
+    model.train()
+    parts = all_gather((torch.cat(labels) if labels else torch.zeros(0),
+                        torch.cat(logits) if logits else torch.zeros(0)), env)
+    y = torch.cat([p[0] for p in parts])
+    z = torch.cat([p[1] for p in parts])
+    scores = torch.sigmoid(z).numpy()
+    return {"val_loss": F.binary_cross_entropy_with_logits(z, y).item(), "val_acc": accuracy(y.numpy(), scores),
+            "val_ap": average_precision(y.numpy(), scores), "val_n": int(y.numel())}
 
-    def validate(epoch: int) -> None:
-        from commfor_fast.metrics import accuracy, average_precision
 
-        started = time.perf_counter()
-        loader = create_eval_loader(settings.loader, settings.data, manifest, val_set, device=device,
-                                    batch_size=settings.batch_size, crop=crop, rank=env.rank,
-                                    world_size=env.world_size, num_threads=settings.num_threads)
-        model.eval()
-        labels, logits = [], []
-        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=settings.use_amp):
-            for batch in loader:
-                labels.append(batch.labels)
-                logits.append(model(batch.images).float().squeeze(1).cpu())
-        loader.close()
-        model.train()
-        parts = all_gather((torch.cat(labels) if labels else torch.zeros(0),
-                            torch.cat(logits) if logits else torch.zeros(0)), env)
-        y = torch.cat([p[0] for p in parts])
-        z = torch.cat([p[1] for p in parts])
-        loss = F.binary_cross_entropy_with_logits(z, y).item()
-        scores = torch.sigmoid(z).numpy()
-        record = {"itr": itr, "epoch": epoch, "val_loss": loss, "val_acc": accuracy(y.numpy(), scores),
-                  "val_ap": average_precision(y.numpy(), scores), "val_n": int(y.numel())}
-        log.log(record)
-        log.print(f"epoch {epoch} validation: loss {fmt(loss)}, acc {fmt(record['val_acc'])}, "
-                  f"AP {fmt(record['val_ap'])} on {record['val_n']} images "
-                  f"({time.perf_counter() - started:.0f} s)")
+def save_checkpoint(out: Path, itr: int, *, model: CommForDetector, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, stream: TrainStream, shape: RunShape,
+                    per_epoch: int, settings: TrainSettings, env: Dist, log: MetricsLog) -> None:
+    """Every rank's stream position gathered to rank 0, which writes the checkpoint after
+    iteration `itr` and keeps the newest `--ckpt-keep-count`."""
+    states = all_gather(stream.state_dict(), env)
+    if not env.is_main:
+        return
+    record = TrainCheckpoint(model=clean_state_dict(model), model_args=model.model_args,
+                             optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), epoch=itr // per_epoch,
+                             itr=itr, schedule=shape, data=states, settings=settings_dict(settings),
+                             version=__version__)
+    log.print(f"saved {write_checkpoint(out, record, settings.ckpt_keep_count)}")
 
-    # -- the loop
-    log.print(f"training {model.model_args} on {manifest.sets[train_set].num_samples} images ({train_set}), "
-              f"{env.world_size} process(es) x batch {settings.batch_size}, {itrs_per_epoch} iterations per epoch, "
-              f"{total_itrs} in all (warmup {schedule.warmup}, {schedule.kind} lr schedule), "
-              f"loader {settings.loader}, device {device}")
-    window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
-    log.start_progress(total_itrs, itr)
-    while itr < total_itrs:
-        t0 = time.perf_counter()
-        batch = next(stream)
-        data_wait += time.perf_counter() - t0
 
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=settings.use_amp):
-            logits = net(batch.images).float().squeeze(1)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels.to(device, non_blocking=True))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        lr = scheduler.get_last_lr()[0]  # the lr this iteration used
-        scheduler.step()
-        itr += 1
-        window_images += batch.images.shape[0] * env.world_size
-        log.step()
-
-        if itr % settings.log_every == 0 or itr == total_itrs:
-            elapsed = time.perf_counter() - window_start
-            record = {"itr": itr, "epoch": (itr - 1) // itrs_per_epoch, "loss": loss.item(),
-                      "lr": lr, "images_per_s": window_images / elapsed,
-                      "data_wait": data_wait / elapsed, "host_peak_mb": host_peak_mb()}
-            if device.type == "cuda":
-                record["gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            log.log(record)
-            figures = (f"loss {record['loss']:.4f} | lr {record['lr']:.2e} | {record['images_per_s']:.1f} img/s | "
-                       f"data wait {100 * record['data_wait']:.0f}%")
-            log.status(f"itr {itr}/{total_itrs} | epoch {record['epoch']} | {figures}", figures)
-            window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
-
-        epoch_end = itr % itrs_per_epoch == 0
-        if epoch_end and settings.validate and val_set is not None:
-            validate(itr // itrs_per_epoch - 1)
-        if epoch_end or itr == total_itrs or (settings.ckpt_every and itr % settings.ckpt_every == 0):
-            save_checkpoint()
-        if epoch_end:  # the throughput window starts after validation and saving
-            window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
-
-    # -- teardown: the final model as a plain state dict (the original's format) and
-    # as a `save_pretrained` folder with a model card, that `--hf-model` and
-    # `from_pretrained` accept
+def save_final(model: CommForDetector, out: Path, *, settings: TrainSettings, manifest: Manifest, train_set: str,
+               shape: RunShape, env: Dist, log: MetricsLog) -> Path:
+    """Rank 0 writes the final model as a plain state dict (`model.pt`, the original's
+    format, returned on every rank) and as a `save_pretrained` folder with a model card
+    (`final/`), which `--hf-model` and `from_pretrained` accept."""
     final = out / "model.pt"
-    if env.is_main:
-        from commfor_fast.modelcard import write_model_card
-
-        save_atomic(clean_state_dict(model), final)
+    if not env.is_main:
+        return final
+    save_atomic(clean_state_dict(model), final)
+    with output_errors(out / "final"):  # a full disk: one line (safetensors raises no OSError)
         model.save_pretrained(out / "final")
-        validations = [r for r in log.records() if "val_loss" in r]  # this run's, across resumes
-        write_model_card(out / "final", model_args=model.model_args, timm_name=model.timm_name, settings=settings,
-                         manifest=manifest, train_set=train_set, schedule=shape,
-                         validation=validations[-1] if validations else None)
-        log.print(f"final model: {final} (and {out / 'final'} for from_pretrained)")
-    stream.close()
-    log.close()
-    teardown_distributed(env)
+    validations = [r for r in log.records() if "val_loss" in r]  # this run's, across resumes
+    write_model_card(out / "final", model_args=model.model_args, timm_name=model.timm_name, settings=settings,
+                     manifest=manifest, train_set=train_set, schedule=dict(shape),
+                     validation=validations[-1] if validations else None)
+    log.print(f"final model: {final} (and {out / 'final'} for from_pretrained)")
     return final
+
+
+def close_run(stream: TrainStream | None, log: MetricsLog | None, env: Dist,
+              completed: bool) -> None:
+    """The teardown, after a finished run or a failure: the stream, the run log and wandb,
+    and the process group (without waiting for the other ranks after a failure)."""
+    if stream is not None:
+        stream.close()
+    if log is not None:
+        log.close()
+    teardown_distributed(env, wait=completed)

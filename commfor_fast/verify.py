@@ -17,10 +17,9 @@ from pathlib import Path
 
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import sha256_file
-from commfor_fast.imageio import BadImage, decode_raw
 from commfor_fast.progress import Progress
-from commfor_fast.shards import (IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, Manifest, ShardInfo, read_index,
-                                 shard_file_problem, unpack_ids)
+from commfor_fast.shards import (IDS_EXT, LABEL_EXT, MANIFEST_NAME, META_EXT, Manifest, ShardInfo, read_index,
+                                 sample_ids_problem, set_problem, shard_file_problem, unpack_ids)
 
 
 @dataclass(frozen=True)
@@ -37,22 +36,18 @@ def _sample_problem(members: dict[str, bytes], key: str, generators: list[str]) 
     if missing or len(members) != 4:
         return f"sample {key}: members {sorted(members)} (expected an image, cls, ids and json)"
     try:
-        ids = unpack_ids(members[IDS_EXT])
         label = int(members[LABEL_EXT])
         meta = json.loads(members[META_EXT])
-    except ValueError as exc:  # struct.error, json.JSONDecodeError and bad ints are ValueErrors
-        return f"sample {key}: unreadable cls/ids/json ({exc})"
+    except ValueError as exc:  # json.JSONDecodeError and bad ints are ValueErrors
+        return f"sample {key}: unreadable cls/json ({exc})"
+    problem = sample_ids_problem(members, key)  # what the loaders check too: number, size, pixels
+    if problem:
+        return f"sample {key}: {problem}"
+    ids = unpack_ids(members[IDS_EXT])
     if not ids.label == label == meta.get("label"):
         return f"sample {key}: labels disagree (ids {ids.label}, cls {label}, json {meta.get('label')})"
-    if f"{ids.sample_number:010d}" != key:
-        return f"sample {key}: ids names sample {ids.sample_number}"
-    if not 0 <= ids.generator_id < len(generators) or generators[ids.generator_id] != meta.get("generator"):
+    if not ids.generator_id < len(generators) or generators[ids.generator_id] != meta.get("generator"):
         return f"sample {key}: generator id {ids.generator_id} is not {meta.get('generator')!r}"
-    if RAW_EXT in members:
-        try:
-            decode_raw(members[RAW_EXT], ids.height, ids.width)
-        except BadImage as exc:
-            return f"sample {key}: {exc}"
     return None
 
 
@@ -62,7 +57,10 @@ def _shard_problem(root: Path, shard: ShardInfo, generators: list[str]) -> str |
     found = shard_file_problem(root, shard)
     if found:
         return f"{found[0].name}: {found[1]}"
-    problem = None if sha256_file(tar) == shard.sha256 else "sha256 differs from manifest.json (bytes changed)"
+    try:
+        problem = None if sha256_file(tar) == shard.sha256 else "sha256 differs from manifest.json (bytes changed)"
+    except OSError as exc:
+        return f"{tar.name}: cannot be read ({exc.strerror or exc})"
     try:
         samples = read_index(root / shard.index)
     except UserError as exc:
@@ -88,7 +86,8 @@ def verify_shards(data: Path, progress: bool = True) -> tuple[int, list[Damage]]
     """Check every shard of a convert output folder; returns (shards checked, damaged ones)."""
     manifest = Manifest.load(data)
     shards = [shard for info in manifest.sets.values() for shard in info.shards]
-    damaged = []
+    damaged = [Damage(MANIFEST_NAME, f"set {name}: {problem}") for name, info in manifest.sets.items()
+               if (problem := set_problem(info))]
     with Progress(len(shards), "verify", unit="shard", enabled=progress) as bar:
         for shard in shards:
             problem = _shard_problem(Path(data), shard, manifest.generators)

@@ -10,6 +10,7 @@ from conftest import write_folder_tree
 from typer.testing import CliRunner
 
 from commfor_fast.cli import app
+from commfor_fast.convert.settings import labels_hint
 from commfor_fast.demo.hf_replica import SCHEMA
 from commfor_fast.shards import Manifest
 
@@ -59,6 +60,27 @@ def test_unknown_label_folder(tmp_path):
                       "gen/synthetic", "not a label folder", "--labels")
 
 
+def test_the_label_hint_guesses_the_label_by_name(tmp_path):
+    root = write_folder_tree(tmp_path / "root", {"gen": {"real": ("png",), "fake": ("png",)}})
+    result = convert_cli("--folder", str(root), "--labels", "0_real:0,1_fake:1", "--out", str(tmp_path / "out"))
+    assert_user_error(result, "gen/fake", "e.g. --labels 0_real:0,fake:1)")  # the fake folder is met first
+    root = write_folder_tree(tmp_path / "reals", {"gen": {"real": ("png",)}})
+    result = convert_cli("--folder", str(root), "--labels", "0_real:0,1_fake:1", "--out", str(tmp_path / "out"))
+    assert_user_error(result, "gen/real", "e.g. --labels real:0,1_fake:1)")
+    assert "0_real:0,real:1" not in result.stderr
+
+
+@pytest.mark.parametrize("folder, hint", [
+    ("real", "--labels real:0,fake:1"),
+    ("Real_Images", "--labels Real_Images:0,fake:1"),
+    ("ai-generated", "--labels real:0,ai-generated:1"),
+    ("misc", "--labels misc:0,fake:1 if it holds real images, --labels real:0,misc:1 if fake"),
+    ("real_vs_fake", "--labels real_vs_fake:0,fake:1 if it holds real images, --labels real:0,real_vs_fake:1 if fake"),
+])
+def test_labels_hint(folder, hint):
+    assert labels_hint({"real": 0, "fake": 1}, folder) == hint
+
+
 def test_unknown_split(tmp_path, hf_replica):
     assert_user_error(convert_cli("--hf-repo", str(hf_replica), "--hf-split", "Systematic+Bogus", "--out",
                                   str(tmp_path / "out")), "'Bogus'", "Systematic, Manual, PublicEval")
@@ -79,7 +101,7 @@ def test_empty_result(tmp_path):
     ("--labels", "real:0", "exactly two"),
     ("--shard-size", "lots", "--shard-size 'lots'"),
     ("--val-frac", "1.5", "--val-frac 1.5"),
-    ("--check", "thorough", "--check 'thorough'"),
+    ("--check", "thorough", "'thorough' is not one of 'full', 'fast'"),
     ("--node-rank", "3", "--node-rank 3"),
     ("--preresize", "64", "--preresize 64: the pipelines can only use 440 (crop 384) or 256 (crop 224)"),
 ])
@@ -104,7 +126,7 @@ def test_hub_id_downloads_only_the_readme_and_the_chosen_splits(tmp_path, hf_rep
     assert calls[1]["allow_patterns"] == ["README.md", "data/manual/*.parquet", "data/publicEval/*.parquet"]
     manifest = Manifest.load(tmp_path / "out")
     assert list(manifest.sources[0]["splits"]) == ["Manual", "PublicEval"]
-    assert manifest.sets["train"].num_samples + manifest.sets["val"].num_samples == 13  # 8 + 5 rows, 0 corrupt
+    assert manifest.sets["all"].num_samples == 13  # 8 + 5 rows, 0 corrupt; no val set: floor(13 x 0.01) = 0
 
 
 def test_hub_errors_become_user_errors(tmp_path, monkeypatch):

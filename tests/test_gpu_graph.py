@@ -16,6 +16,7 @@ from nvidia.dali import fn, pipeline_def
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.pipelines.dali import create_eval_pipeline, create_train_pipeline, missing_gpu_ops, operator_census
+from commfor_fast.pipelines.perturb import parse_perturbations
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.source import ShardSource
 from commfor_fast.shards import Manifest
@@ -81,3 +82,26 @@ def test_census_counts_every_instance() -> None:
     census = operator_census(_graph_with_a_cpu_only_op())
     assert census[("random__Uniform", "cpu")] == 1 and sum(census.values()) == 2
     assert np.all([device in ("cpu", "gpu") for _, device in census])
+
+
+def _gpu_slices_with_gpu_window(pipe) -> list[str]:
+    """GPU slices whose anchor or shape input is on the GPU: DALI must copy it to the
+    host before it can launch the slice, a sync every run. (Reads the traced graph's
+    private op list, like `operator_census`.)"""
+    pipe._build_graph()
+    return [op._op.schema_name for op in pipe._ops
+            if getattr(op._op, "schema_name", "") == "Slice" and op._op.device == "gpu"
+            and any(node.device == "gpu" for node in op.inputs[1:])]
+
+
+@pytest.mark.parametrize("graph", ["train", "eval-perturbed"])
+def test_gpu_slices_read_their_window_from_the_host(sources: dict[str, ShardSource], graph: str) -> None:
+    source = sources["verbatim"]
+    if graph == "train":
+        pipe = create_train_pipeline(source, device="gpu", device_id=0, batch_size=2, crop=224, rsa=RSAConfig(),
+                                     seed=0)
+    else:  # the noise field slices a ramp of GPU constants
+        pipe = create_eval_pipeline(source, device="gpu", device_id=0, batch_size=2, crop=224,
+                                    levels=parse_perturbations(["noise=5", "jpeg=50"]))
+    assert _gpu_slices_with_gpu_window(pipe) == []
+    pipe.source.close()

@@ -2,6 +2,7 @@
 
 One module per benchmark (converter, pipelines, host cost of the GPU configuration,
 training loop, DALI's filters against PIL's), shared timing and tables in `common`,
-generated data in `data`, and `run_all` composing them. Each module also runs alone:
-`python -m commfor_fast.bench.<name> --help`.
+generated data in `data` (which uses `common`), and `run_all` composing them. Each
+module also runs alone: `python -m commfor_fast.bench.<name> --help` (`script` holds
+the command line the pipeline, host and training benchmarks share).
 """

@@ -13,7 +13,6 @@ bound (a real pipeline faster than synthetic batches, `train_bench`).
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import resource
@@ -22,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 # (slowest - fastest) / median of one figure's repeats above this: the machine was busy.
 SPREAD_LIMIT = 0.25
@@ -140,20 +138,3 @@ def markdown_table(rows: list[dict[str, object]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def bench_main(doc: str, title: str, run: Callable[[dict[str, Path], bool, int], list[dict[str, object]]],
-               columns: list[str]) -> None:
-    """The command line shared by the pipeline and training benchmarks."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a reduced set")
-    parser.add_argument("--shards", type=Path, nargs="*", help="convert output folders (default: generated)")
-    parser.add_argument("--work", type=Path, default=Path("bench-output/data"), help="where generated data goes")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per engine")
-    args = parser.parse_args()
-    from commfor_fast.bench.data import bench_shards
-
-    shards = {p.name: p for p in args.shards} if args.shards else bench_shards(args.work, quick=args.quick)
-    rows = run(shards, args.quick, args.threads)
-    print(f"# {title} ({machine()})\n")
-    print(markdown_table(rows, columns))

@@ -42,8 +42,8 @@ def write_sources(root: Path, n_images: int, seed: int = 0, size: int = SIZE) ->
 
 
 def bench_shards(work: Path, quick: bool, tiny: bool = False) -> dict[str, Path]:
-    """{label: convert output} for the pipeline and training benchmarks; `tiny` makes
-    16 images of 480 px (a dry run of the scripts, not a measurement)."""
+    """{label: convert output} for the pipeline, host and training benchmarks; `tiny`
+    makes 16 images of 480 px (a dry run of the scripts, not a measurement)."""
     from commfor_fast.convert.run import convert
     from commfor_fast.convert.settings import ConvertSettings
 

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from commfor_fast.bench.common import bench_main, check_spread, cpu_seconds, measure
+from commfor_fast.bench.common import check_spread, cpu_seconds, measure
+from commfor_fast.bench.script import bench_main
 from commfor_fast.pipelines.dali import create_pipeline, create_train_pipeline, operator_census
 from commfor_fast.pipelines.dali_loader import DaliTrainStream
 from commfor_fast.pipelines.executor import ExecutorOptions

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from commfor_fast.bench.common import Timing, bench_main, measure
+from commfor_fast.bench.common import Timing, measure
+from commfor_fast.bench.script import bench_main
 from commfor_fast.pipelines.loader import create_eval_loader, create_train_stream
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.settings import TrainSettings

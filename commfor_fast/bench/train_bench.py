@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from commfor_fast.bench.common import bench_main, check_spread, say, warn
+from commfor_fast.bench.common import check_spread, say, warn
+from commfor_fast.bench.script import bench_main
 
 COLUMNS = ["model", "data", "loader", "compile", "img/s", "% of bound", "data wait %", "peak RSS MB",
            "GPU peak MB"]

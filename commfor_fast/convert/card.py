@@ -6,12 +6,15 @@ sample). The card declares the columns (`dataset_info.features`, every stored im
 format a column of its own, empty where a sample has another format) and the splits
 (`configs`), so `datasets.load_dataset(OUT)` reads the folder and it can be pushed to
 the hub as it is. Sets map to splits as `SPLIT_NAMES` says (`all` is a reserved split
-name in `datasets`).
+name in `datasets`). The card's YAML is written here; `datasets`, when installed, checks
+that it reads the features back unchanged.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 from commfor_fast.fileio import atomic_write
 from commfor_fast.shards import CARD_NAME, IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, RAW_HEADER_BYTES, Manifest
@@ -19,16 +22,33 @@ from commfor_fast.shards import CARD_NAME, IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT
 SPLIT_NAMES = {"train": "train", "val": "validation", "all": "train"}  # set -> split
 
 
-def _features(manifest: Manifest):
-    """The columns of a sample: its key, every stored image format, cls, ids, json."""
-    from datasets import Features, Image, Json, List, Value
-
+def _features(manifest: Manifest) -> list[dict[str, Any]]:
+    """The columns of a sample as the card's YAML lists them: its key, every stored
+    image format, cls, ids, json."""
     stored = sorted({ext for info in manifest.sets.values() for ext in info.stored})
-    columns = {"__key__": Value("string")}
+    columns: list[dict[str, Any]] = [{"name": "__key__", "dtype": "string"}]
     for ext in stored:
-        columns[ext] = List(List(List(Value("uint8")))) if ext == RAW_EXT else Image()
-    columns.update({LABEL_EXT: Value("int64"), IDS_EXT: Value("binary"), META_EXT: Json()})
-    return Features(columns)
+        columns.append({"name": ext, "list": {"list": {"list": "uint8"}}} if ext == RAW_EXT
+                       else {"name": ext, "dtype": "image"})
+    columns += [{"name": LABEL_EXT, "dtype": "int64"}, {"name": IDS_EXT, "dtype": "binary"},
+                {"name": META_EXT, "dtype": "json"}]
+    return columns
+
+
+def _validated(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`features`, after `datasets` has parsed them back as it will when loading the
+    folder; without `datasets` (a GPU machine's image may lack it), unchecked, with a
+    warning on stderr."""
+    try:
+        from datasets import Features
+    except ImportError:
+        print("warning: the datasets package is missing: the dataset card is written without checking its "
+              "features with datasets; pip install datasets to check them", file=sys.stderr, flush=True)
+        return features
+    parsed = Features._from_yaml_list(features)._to_yaml_list()  # how `datasets` reads a card's features
+    if parsed != features:
+        raise RuntimeError(f"datasets reads the card's features as {parsed}, not {features}")
+    return features
 
 
 def _body(manifest: Manifest) -> str:
@@ -70,15 +90,12 @@ commfor-fast {manifest.package_version}: `{manifest.command}`.
 
 def write_dataset_card(out: Path, manifest: Manifest) -> Path:
     """Write `OUT/README.md` (YAML `configs` + `dataset_info`, then a short description)."""
-    from datasets import DatasetInfo
-    from datasets.info import DatasetInfosDict
-    from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCardData
 
-    data = DatasetCardData(tags=["webdataset", "image-classification", "ai-generated-image-detection"])
     data_files = [{"split": SPLIT_NAMES[name], "path": f"{name}/*.tar"} for name in manifest.sets]
-    MetadataConfigs({"default": {"data_files": data_files}}).to_dataset_card_data(data)
-    DatasetInfosDict({"default": DatasetInfo(features=_features(manifest))}).to_dataset_card_data(data)
+    data = DatasetCardData(tags=["webdataset", "image-classification", "ai-generated-image-detection"],
+                           configs=[{"config_name": "default", "data_files": data_files}],
+                           dataset_info={"features": _validated(_features(manifest))})
     path = Path(out) / CARD_NAME
     with atomic_write(path, "w") as f:
         f.write(f"---\n{data.to_yaml()}\n---\n{_body(manifest)}")

@@ -22,7 +22,7 @@ from typing import Any
 
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import is_temporary, sha256_file
-from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, read_index, write_json_atomic
+from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, other_conversion, read_index, write_json_atomic
 
 PLAN_NAME = "plan.json"
 PARTS_DIR = "parts"
@@ -47,14 +47,10 @@ def _recorded_fingerprint(plan_file: Path) -> str | None:
         return None
 
 
-def prepare_out(out: Path, plan_record: dict[str, Any], set_names: tuple[str, ...], overwrite: bool) -> None:
-    """Make sure `out` holds this plan's conversion (or nothing), then record the plan.
-
-    A folder without plan.json must be empty (but for temporary files of an
-    interrupted write, e.g. another node's plan.json): nothing that `convert` did not
-    write is ever deleted. Several nodes may start at once: plan.json is written
-    before any folder, and a node that finds the same plan there deletes nothing.
-    """
+def check_out(out: Path, plan_record: dict[str, Any], overwrite: bool) -> str | None:
+    """Refuse an `out` that this plan may not write into (a file, a folder of other
+    files, another conversion without `overwrite`); returns the fingerprint of the
+    conversion there, or None. Writes nothing: `--dry-run` asks it too."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     plan_file = out / PLAN_NAME
@@ -64,13 +60,26 @@ def prepare_out(out: Path, plan_record: dict[str, Any], set_names: tuple[str, ..
         if previous is None:
             raise UserError(f"--out {out} is not empty and holds no {PLAN_NAME}, so it is not from "
                             "`commfor-fast convert`; give an empty or new folder")
+    if previous not in (None, plan_record["fingerprint"]) and not overwrite:
+        raise UserError(f"--out {out} holds {other_conversion(out)}; use a new --out folder, or pass --overwrite "
+                        "to delete it and start again")
+    return previous
+
+
+def prepare_out(out: Path, plan_record: dict[str, Any], set_names: tuple[str, ...], overwrite: bool) -> None:
+    """Make sure `out` holds this plan's conversion (or nothing), then record the plan.
+
+    A folder without plan.json must be empty (but for temporary files of an
+    interrupted write, e.g. another node's plan.json): nothing that `convert` did not
+    write is ever deleted. Several nodes may start at once: plan.json is written
+    before any folder, and a node that finds the same plan there deletes nothing.
+    """
+    plan_file = out / PLAN_NAME
+    previous = check_out(out, plan_record, overwrite)
     if previous == plan_record["fingerprint"]:
         _make_dirs(out, set_names)
         return
     if previous is not None:
-        if not overwrite:
-            raise UserError(f"--out {out} holds a conversion with other settings or other source files; "
-                            "use a new --out folder, or pass --overwrite to delete it and start again")
         strangers = sorted(p.name for p in out.iterdir()
                            if p.name not in _ours(set_names) and not is_temporary(p.name))
         if strangers:

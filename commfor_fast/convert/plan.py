@@ -7,8 +7,8 @@ every rerun computes the same one without talking to the others:
    generator of every row and the unit's byte size.
 2. Balance local reals against the fakes (`balance.py`).
 3. Split samples (not units) into `train` and `val` with a seeded permutation
-   (`val` gets `floor(n * val_frac)` samples, at least one); without a split the one
-   set is called `all`.
+   (`val` gets `floor(n * val_frac)` samples, as the original; none for n < 100 at
+   the default 0.01); without a split the one set is called `all`.
 4. Shuffle the units (seeded) and pack them greedily into *partitions* of up to
    `--partition-size` bytes. A partition is the unit of work, of parallelism across
    processes and nodes, and of resume: it is converted in memory, and its shards are
@@ -126,10 +126,15 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 
 
 def split_sets(num_samples: int, val_frac: float, seed: int) -> tuple[tuple[str, ...], np.ndarray]:
-    """Set names and, per sample (in scan order), the index of its set."""
-    if val_frac == 0:
+    """Set names and, per sample (in scan order), the index of its set.
+
+    `val` gets floor(n x val_frac) samples, as the original counts them; when that is 0
+    (n < 100 at the default 0.01) there is no validation set, as in the original, and
+    the one set is called `all`.
+    """
+    num_val = math.floor(num_samples * val_frac)
+    if num_val == 0:
         return UNSPLIT_SETS, np.zeros(num_samples, dtype=np.int8)
-    num_val = max(1, math.floor(num_samples * val_frac)) if num_samples >= 2 else 0
     which = np.zeros(num_samples, dtype=np.int8)
     which[_rng(seed, SPLIT_STREAM).permutation(num_samples)[:num_val]] = 1
     return SPLIT_SETS, which

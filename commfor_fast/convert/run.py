@@ -24,18 +24,19 @@ import shlex
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable
 from pathlib import Path
 
 from commfor_fast.convert.card import write_dataset_card
 from commfor_fast.convert.merge import dry_run_lines, merge, summary_lines
-from commfor_fast.convert.parts import clear_partition, prepare_out, read_marker
+from commfor_fast.convert.parts import check_out, clear_partition, prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, inputs_sha256, run_in_pool
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import check_writable
 from commfor_fast.progress import Progress
-from commfor_fast.shards import MANIFEST_NAME, Manifest
+from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, Manifest
 
 POLL_S = 0.2  # how often the main process collects progress from the workers
 WORKER_DIED = ("a conversion worker died (out of memory?): rerun the same command to resume; "
@@ -106,6 +107,23 @@ def _finished(out: Path, task: PartitionTask, fingerprint: str, sources: tuple[t
     return not verify_hashes or marker.get("inputs_sha256") == inputs_sha256(task, sources)
 
 
+def _same_data(a: Manifest, b: Manifest) -> bool:
+    """Whether two manifests describe the same shards (the command line that made them may differ)."""
+    return (a.to_json()["sets"], a.generators, a.preresize, a.seed) == (b.to_json()["sets"], b.generators,
+                                                                       b.preresize, b.seed)
+
+
+def _recorded_manifest(out: Path, log: Callable[[str], None]) -> Manifest | None:
+    """The manifest.json of `out` if there is one and it reads; None otherwise."""
+    if not (out / MANIFEST_NAME).is_file():
+        return None
+    try:
+        return Manifest.load(out)
+    except UserError as exc:  # damaged after the fact: the partitions checked out, so it is rebuilt from them
+        log(f"{out / MANIFEST_NAME} is unreadable: rebuilding it from the partitions, which check out ({exc})")
+        return None
+
+
 def convert(settings: ConvertSettings, command: str | None = None) -> Manifest | None:
     """Convert the sources into shards under `settings.out`.
 
@@ -132,6 +150,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     log(f"plan: {sum(plan.set_sizes.values())} samples ({sizes}) of {plan.scanned_samples} found, "
         f"{len(plan.generators)} generator(s), {len(plan.partitions)} partition(s)")
     if settings.dry_run:
+        check_out(settings.out, plan.record(), settings.overwrite)  # what the real run would refuse at once
         print("\n".join(dry_run_lines(plan, settings, limits)), flush=True)
         return None
 
@@ -146,14 +165,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
             log(f"note: {unhashed} partition(s) were converted without --verify-hashes, so no hash of their "
                 "sources was recorded: converting them again")
     pending = [t for t in mine if not _finished(out, t, plan.fingerprint, sources, settings.verify_hashes)]
-    if not pending and (out / MANIFEST_NAME).is_file():
-        try:
-            manifest = Manifest.load(out)
-        except UserError:  # damaged after the fact: the partitions checked out, so it is rebuilt from them
-            log(f"{out / MANIFEST_NAME} is unreadable: rebuilding it from the partitions, which check out")
-        else:
-            log(f"{out} is complete already")
-            return manifest
+    recorded = _recorded_manifest(out, log) if not pending else None
     if pending:
         (out / MANIFEST_NAME).unlink(missing_ok=True)  # no longer complete
         node = f"node {settings.node_rank}/{settings.num_nodes}: " if settings.num_nodes > 1 else ""
@@ -182,6 +194,14 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
             "The last node to finish writes manifest.json (re-running this command also does)")
         return None
     manifest = merge(plan, markers, settings, command if command is not None else shlex.join(sys.argv))
+    if recorded is not None and _same_data(recorded, manifest):
+        if (out / CARD_NAME).is_file():
+            log(f"{out} is complete already")
+            return recorded
+        log(f"{out / CARD_NAME} is missing: writing it again")
+        manifest = recorded  # keep the manifest as it was made
+    elif recorded is not None:
+        log(f"{out / MANIFEST_NAME} disagrees with the partitions' records (edited or damaged): rebuilding it")
     write_dataset_card(out, manifest)
     manifest.save(out)
     for warning in manifest.warnings:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from commfor_fast.sources.folders import DISCOVERY_RULES
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import DEFAULT_MAX_PIXELS, RESIZE_FOR_CROP
 
@@ -32,6 +33,9 @@ class ConvertSettings:
     cache_dir: Path | None = None  # Hugging Face cache for hub downloads (like the original's --cache_dir)
     folders: list[Path] = field(default_factory=list)  # roots laid out as ROOT/<generator>/<label dir>/<image>
     labels: str = "real:0,fake:1"  # label folder name -> label (exactly two; 0 = real, 1 = fake)
+    # which files of a --folder are images: "broad" or "original" (sources/folders.py); not among
+    # OUTPUT_SETTINGS: the fingerprint sees it through the files found
+    discovery: str = "broad"
     # --- output
     out: Path = Path("shards")
     overwrite: bool = False  # replace a finished or partial conversion made with other settings
@@ -101,6 +105,31 @@ def parse_labels(value: str) -> dict[str, int]:
     if len(mapping) != 2 or set(mapping.values()) != {0, 1}:
         raise UserError(f"--labels {value!r}: needs exactly two names with the values 0 and 1; {fix}")
     return mapping
+
+
+# Words in a label folder's name that say which label it holds (the hint of `labels_hint`).
+_LABEL_WORDS = {0: {"real", "reals", "genuine", "authentic", "natural", "nature", "pristine", "original"},
+                1: {"fake", "fakes", "synthetic", "generated", "gen", "ai", "synth", "forged", "deepfake"}}
+
+
+def labels_hint(labels: dict[str, int], folder: str) -> str:
+    """The `--labels` that would take the label folder `folder` in, for an error message.
+
+    `folder` replaces the name of the label its words say (`0_real` or `real_images`
+    -> 0, `fake` or `generated` -> 1); with no such word, or words of both, both
+    choices are shown, each with what it means.
+    """
+    words = set(re.split(r"[^a-z]+", folder.lower()))
+    guessed = [label for label, known in _LABEL_WORDS.items() if words & known]
+
+    def taking(label: int) -> str:
+        kept = {name: value for name, value in labels.items() if value != label}
+        return ",".join(f"{name}:{value}" for name, value in sorted({**kept, folder: label}.items(),
+                                                                      key=lambda item: item[1]))
+
+    if len(guessed) == 1:
+        return f"--labels {taking(guessed[0])}"
+    return f"--labels {taking(0)} if it holds real images, --labels {taking(1)} if fake"
 
 
 # A worker holds its partition's stored samples plus decoded images: about this many
@@ -195,6 +224,8 @@ def check_settings(s: ConvertSettings) -> Limits:
                         "they resize to first; pick the one for your --input-size, or leave --preresize out")
     if s.max_pixels < 1:
         raise UserError(f"--max-pixels {s.max_pixels}: must be positive; the default is {DEFAULT_MAX_PIXELS}")
+    if s.discovery not in DISCOVERY_RULES:
+        raise UserError(f"--discovery {s.discovery!r}: choose one of {', '.join(DISCOVERY_RULES)}")
     if s.check not in CHECK_MODES:
         raise UserError(f"--check {s.check!r}: choose one of {', '.join(CHECK_MODES)}")
     if s.workers < 0:

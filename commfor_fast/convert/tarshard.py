@@ -16,6 +16,7 @@ renames keep every visible file whole.
 from __future__ import annotations
 
 import hashlib
+import sys
 import tarfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -53,7 +54,13 @@ class ShardWriter:
         self._samples: list[list[Member]] = []
 
     def _write(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except BaseException:
+            # End the atomic write with this error: it removes the temporary tar and
+            # turns a full disk into a one-line error naming the tar.
+            self._tar.__exit__(*sys.exc_info())
+            raise
         self._sha.update(data)
         self._offset += len(data)
 

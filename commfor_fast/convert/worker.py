@@ -31,7 +31,9 @@ from commfor_fast.convert.check import check_data, check_structure
 from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
 from commfor_fast.convert.tarshard import ShardWriter, member_bytes
-from commfor_fast.imageio import BadImage, ImageInfo, check_image, encode_png, encode_raw, resize_shorter
+from commfor_fast.convert.watchdog import exit_with_parent
+from commfor_fast.imageio import (BadImage, ImageInfo, check_image, check_pixels, encode_png, encode_raw,
+                                  resize_shorter, resized_shape)
 from commfor_fast.shards import IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, SampleIds, ShardInfo, pack_ids, sample_key
 from commfor_fast.sources import SourceKind, get_source_kind
 from commfor_fast.sources.units import Unit
@@ -84,7 +86,8 @@ def store_image(data: bytes, config: WorkerConfig) -> Stored:
         info = (check_structure if config.check == "fast" else check_data)(data, config.max_pixels)
     if info is None:
         info, rgb = check_image(data, config.max_pixels)
-        if config.preresize is not None:
+        if config.preresize is not None:  # the stored size is limited too: 4000 x 2 px would become 512000 x 256
+            check_pixels(*resized_shape(rgb.height, rgb.width, config.preresize)[::-1], config.max_pixels)
             small = resize_shorter(rgb, config.preresize)
             return Stored(info, RAW_EXT, encode_raw(small), small.height, small.width)
         if info.normalise_reason:
@@ -228,6 +231,7 @@ def init_pool_worker(config: WorkerConfig, progress: Queue, parent: int) -> None
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _POOL_STATE.update(config=config, progress=progress, parent=parent)
+    exit_with_parent(parent)  # idle or busy, a worker ends when `convert` is killed
 
 
 def _report(n: int, nbytes: int) -> None:

@@ -10,26 +10,41 @@
    RandomStateAugmentation (CPU backend unless --device cuda).
 4. Evaluate on PublicEval and print the per-generator report.
 
-The same command with `--device cuda` and larger sizes is a smoke test on a GPU box.
+The same command with `--device cuda` and larger sizes is a smoke test on a GPU box;
+`--quick` (`settings.DEMO_QUICK`) is the chain in a few minutes.
+
+A rerun with the same settings resumes: the settings are recorded in `demo.json`
+first, the rendered data is kept once complete, convert finds its shards finished and
+training goes on from its newest checkpoint (only the report is made again). Other
+settings, or an output folder without the record, start afresh.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from commfor_fast.demo import synth
 from commfor_fast.demo.hf_replica import write_hf_replica
+from commfor_fast.errors import UserError
 from commfor_fast.metrics import EvalReport
 from commfor_fast.progress import Progress
-from commfor_fast.settings import DemoSettings
+from commfor_fast.settings import DEMO_QUICK, DemoSettings
 
 # Which generators go to which hub split (like the real dataset's subsets).
 SPLITS = {"Systematic": ("demo/gan-tconv", "demo/gan-upsample-nn", "demo/latdiff-vae"),
           "Manual": ("demo/pixdiff-cascade", "demo/vq-autoregressive")}
 HF_REAL, FOLDER_REAL = "demo-scans", "demo-photos"
+RECORD = "demo.json"  # the settings of the demo in an output folder, written before its work
+OUTPUTS = ("data", "shards", "test-shards", "run", "report")  # what the demo writes in it
+DATA_DONE = "complete"  # in data/: written once every image is
+# Settings that do not change what the demo writes (quick: its sizes are recorded): a rerun with other values resumes.
+NOT_RECORDED = ("out", "device", "quick")
 
 
 def _row(img: synth.DemoImage, split: str) -> dict:
@@ -74,21 +89,66 @@ def write_demo_data(root: Path, fakes_per_generator: int, test_per_source: int, 
     return hf, folders
 
 
+def quick_sized(settings: DemoSettings) -> DemoSettings:
+    """`settings` with the sizes of `DEMO_QUICK` when `quick` is set (refused if one of them
+    was changed too: which one should win is not clear)."""
+    if not settings.quick:
+        return settings
+    defaults = DemoSettings()
+    changed = [name for name in DEMO_QUICK if getattr(settings, name) != getattr(defaults, name)]
+    if changed:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in changed)
+        raise UserError(f"--quick sets {flags} itself; give either --quick or {flags}")
+    return dataclasses.replace(settings, **DEMO_QUICK)
+
+
+def _record(settings: DemoSettings) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_RECORDED}
+
+
+def prepare_out(out: Path, settings: DemoSettings) -> bool:
+    """Keep the demo in `out` when it was made with these settings (returns True: resume);
+    else remove its outputs, saying why, and record these settings (returns False)."""
+    record = _record(settings)
+    try:
+        before = json.loads((out / RECORD).read_text())
+    except (OSError, ValueError):
+        before = None
+    if before == record:
+        return True
+    if before is not None:
+        changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in record.items() if before.get(k) != v)
+        print(f"the demo in {out} was made with other settings ({changed}): starting afresh", flush=True)
+    for name in OUTPUTS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return False
+
+
 def run_demo(settings: DemoSettings) -> EvalReport:
-    """Generate, convert, train, evaluate; prints where everything went."""
+    """Generate, convert, train, evaluate (resuming a demo with the same settings in
+    `settings.out`); prints where everything went."""
     from commfor_fast.convert.run import convert
     from commfor_fast.convert.settings import ConvertSettings
     from commfor_fast.evaluate import evaluate_shards
     from commfor_fast.settings import EvalSettings, TrainSettings
     from commfor_fast.train import train
 
+    settings = quick_sized(settings)
     out = Path(settings.out)
-    for previous in (out / "run", out / "report"):  # a rerun trains and reports afresh
-        shutil.rmtree(previous, ignore_errors=True)
+    resuming = prepare_out(out, settings)
+    shutil.rmtree(out / "report", ignore_errors=True)  # the report is always made again
     started = time.perf_counter()
-    print(f"[1/4] rendering demo images into {out / 'data'}", flush=True)
-    hf, folders = write_demo_data(out / "data", settings.fakes_per_generator, settings.test_per_source,
-                                  settings.seed)
+    data = out / "data"
+    if resuming and (data / DATA_DONE).is_file():
+        print(f"[1/4] the demo images in {data} are complete: kept", flush=True)
+        hf, folders = data / "hf", data / "folders"
+    else:
+        print(f"[1/4] rendering demo images into {data}", flush=True)
+        shutil.rmtree(data, ignore_errors=True)
+        hf, folders = write_demo_data(data, settings.fakes_per_generator, settings.test_per_source, settings.seed)
+        (data / DATA_DONE).write_text("")
 
     print("[2/4] converting: HF replica (Systematic+Manual) + local real folder -> train/val shards; "
           "PublicEval -> test shards", flush=True)

@@ -14,4 +14,5 @@ batches of a converted set to PyTorch through one executor, chosen with `--loade
 - `loader`: the factories that build the loader `--loader` names (backends imported lazily);
 - `dali_loader`, `reference_loader`: the two loaders, for single process or torchrun;
 - `damaged`: naming the damaged sample behind a decoding failure.
+- `synthetic`: the stream of `train --synthetic-data` (one batch, the loop's upper bound).
 """

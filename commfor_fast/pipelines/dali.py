@@ -43,6 +43,9 @@ from commfor_fast.shards import SampleIds
 HEAD_DTYPES = {"images": types.UINT8, "ids": types.INT32, "first_size": types.FLOAT, "crop_start": types.INT32,
                "crop_shape": types.INT32}
 STAGE_DTYPES = (types.BOOL, types.FLOAT)
+# Share of the JPEGs that the mixed decoder hands to the hardware decoder (A100, H100);
+# None keeps DALI's default (0.65). The GPU check sets it to measure 0, 0.65 and 1.
+HW_DECODER_LOAD: float | None = None
 
 
 def _slot(img, one, args, r: int, interp):
@@ -57,7 +60,7 @@ def _slot(img, one, args, r: int, interp):
     matrix, mask, size = args[r:r + 2, 0:3], args[r:r + 2, 3:6], args[r, 6:8]
     inside = fn.warp_affine(one, matrix=mask, size=size, fill_value=0, interp_type=types.INTERP_NN)
     img = fn.warp_affine(img, matrix=matrix, size=size, interp_type=types.INTERP_LINEAR) * inside
-    img = fn.erase(img, anchor=args[r, 9:17], shape=args[r + 1, 9:17], axis_names="HW", fill_value=args[r, 8])
+    img = fn.erase(img, anchor=args[r, 9:17], shape=args[r + 1, 9:17], axis_names="HW", fill_value=args[r, 8:9])  # 1-D, as the GPU erase takes it
     return fn.resize(img, size=args[r + 1, 6:8], interp_type=interp, antialias=True)
 
 
@@ -95,7 +98,9 @@ def _decode(images, raw: bool, device: str, options: ExecutorOptions):
     if raw:
         images = fn.reshape(images, layout="HWC")
         return images.gpu() if device == "gpu" else images
-    hw = options.decoder_kwargs() if device == "gpu" else {}
+    # The option, else the module's setting (the GPU check's jpeg-hw step sets HW_DECODER_LOAD).
+    load = HW_DECODER_LOAD if options.hw_decoder_load is None else options.hw_decoder_load
+    hw = {} if load is None or device != "gpu" else {"hw_decoder_load": load}
     return fn.decoders.image(images, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
                              adjust_orientation=False, jpeg_fancy_upsampling=True, **hw)
 

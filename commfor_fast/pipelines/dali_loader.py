@@ -23,6 +23,7 @@ from commfor_fast.pipelines.damaged import decode_failure
 from commfor_fast.pipelines.executor import ExecutorOptions
 from commfor_fast.pipelines.perturb import Level
 from commfor_fast.pipelines.plan import RSAConfig
+from commfor_fast.pipelines.retire import RetiredRuns
 from commfor_fast.shards import Manifest, shard_range
 
 
@@ -60,6 +61,7 @@ class DaliTrainStream:
             batches_per_run=batches_per_run, start_run=run, options=options,
         )
         self._run: dict[str, torch.Tensor] | None = None
+        self._retired = RetiredRuns.for_device(device)  # DALI's buffers outlive torch's use of them
         try:
             self._iter = DALIGenericIterator([self.pipe], ["images", "ids"], size=-1)  # runs the first batches
         except RuntimeError as exc:
@@ -70,6 +72,7 @@ class DaliTrainStream:
 
     def __next__(self) -> Batch:
         if self._run is None or self._next == self.per_run:
+            self._retired.retire(self._run)
             try:
                 self._run = next(self._iter)[0]
                 self.pipe.source.consumed += 1
@@ -88,6 +91,7 @@ class DaliTrainStream:
         """Stop the pipeline now (from this thread), not whenever garbage collection runs."""
         if self.pipe is not None:
             self.pipe.source.close()
+        self._retired.release_all()
         self._iter = self.pipe = self._run = None
         gc.collect()
 

@@ -16,13 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from commfor_fast.errors import UserError
 from commfor_fast.imageio import BadImage, check_image, decode_raw
-from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, sample_key, unpack_ids
-
-
-class DataError(UserError):
-    """A sample in the shards cannot be decoded at training or evaluation time."""
+from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, DataError, Manifest, ShardReader, sample_key, unpack_ids
 
 
 def damaged_sample(number: int, shard: str, reason: str) -> DataError:

@@ -79,9 +79,6 @@ class ExecutorOptions:
     def resize_kwargs(self) -> dict[str, Any]:
         return {} if self.resize_minibatch_size is None else {"minibatch_size": self.resize_minibatch_size}
 
-    def decoder_kwargs(self) -> dict[str, Any]:
-        return {} if self.hw_decoder_load is None else {"hw_decoder_load": self.hw_decoder_load}
-
 
 def _enum(kind: Any, name: str, flag: str) -> Any:
     try:

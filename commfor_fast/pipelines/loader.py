@@ -13,7 +13,7 @@ still trains and evaluates with `--loader reference`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -23,12 +23,12 @@ from commfor_fast.pipelines.executor import ExecutorOptions
 from commfor_fast.pipelines.perturb import Level
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.source import iters_per_epoch
+from commfor_fast.settings import Loader
 from commfor_fast.shards import Manifest, check_shard_files
 
-LOADERS = ("dali", "reference")
-ENGINES = LOADERS  # train.py's name for LOADERS, until it imports LOADERS
+LOADERS: tuple[str, ...] = get_args(Loader)
 # Batch and iters_per_epoch are imported from here by train.py and the synthetic stream.
-__all__ = ["LOADERS", "ENGINES", "Batch", "EvalLoader", "TrainStream", "create_eval_loader", "create_train_stream",
+__all__ = ["LOADERS", "Batch", "EvalLoader", "TrainStream", "create_eval_loader", "create_train_stream",
            "iters_per_epoch"]
 
 

@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from commfor_fast.errors import UserError
+from commfor_fast.pipelines.resampling import resize_renormalised
 
 FLAG = "--perturb"
 CLEAN = "clean"
@@ -228,8 +229,7 @@ def _resize_dali(img: Any, factor: float, inputs: GraphInputs) -> Any:
     m, half, scale = round(factor * _RESIZE_SCALE), _RESIZE_SCALE // 2, _RESIZE_SCALE
     down_h = dmath.max((height * m + half) // scale, 1)
     down_w = dmath.max((width * m + half) // scale, 1)
-    small = fn.resize(img, size=fn.cast(fn.stack(down_h, down_w), dtype=types.FLOAT),
-                      interp_type=types.INTERP_LINEAR, antialias=True)
+    small = resize_renormalised(img, fn.cast(fn.stack(down_h, down_w), dtype=types.FLOAT))  # PIL's borders
     return fn.resize(small, size=fn.cast(fn.stack(height, width), dtype=types.FLOAT),
                      interp_type=types.INTERP_LINEAR, antialias=True)
 
@@ -244,8 +244,9 @@ def _noise_field_dali(inputs: GraphInputs) -> Any:
     key = _on(_dali_mix(_u32(_seed_mixed(inputs.seed)) ^ ids[2]), device)  # noise_key, per sample
     ramp = types.Constant(np.arange(MAX_SIDE, dtype=np.uint32), device=device)
     height, width = fn.cast(inputs.ids[3], dtype=types.INT32), fn.cast(inputs.ids[4], dtype=types.INT32)
-    ys = fn.expand_dims(fn.slice(ramp, 0, fn.stack(height), axes=[0]), axes=[1, 2])  # (H, 1, 1)
-    xs = fn.expand_dims(fn.slice(ramp, 0, fn.stack(width), axes=[0]), axes=[0, 2])  # (1, W, 1)
+    start = types.Constant(np.zeros(1, np.int32), device="cpu")  # a GPU anchor would cost a host sync
+    ys = fn.expand_dims(fn.slice(ramp, start, fn.stack(height), axes=[0]), axes=[1, 2])  # (H, 1, 1)
+    xs = fn.expand_dims(fn.slice(ramp, start, fn.stack(width), axes=[0]), axes=[0, 2])  # (1, W, 1)
     rows = _dali_mix(_dali_mix(ys + _u32(_ROW_OFFSET)) ^ key)
     cells = xs * _u32(3) + types.Constant(np.arange(3, dtype=np.uint32).reshape(1, 1, 3), device=device)
     u = []
@@ -282,9 +283,12 @@ def _quality(text: str) -> float:
 
 
 def _positive(upper: float) -> Callable[[str], float]:
+    """A parser of levels in [SMALLEST_LEVEL, upper]: smaller ones are degenerate (a blur
+    sigma of 1e-200 squares to 0 and turns the image black, and none of them changes a
+    pixel)."""
     def check(text: str) -> float:
         value = _number(text)
-        if not 0 < value <= upper:
+        if not SMALLEST_LEVEL <= value <= upper:
             raise ValueError(text)
         return value
 
@@ -298,6 +302,7 @@ def _factor(text: str) -> float:
     return round(value * _RESIZE_SCALE) / _RESIZE_SCALE
 
 
+SMALLEST_LEVEL = 0.01  # the least blur or noise sigma accepted
 BLUR_MAX_SIGMA = 16.0
 NOISE_MAX_SIGMA = 255.0
 ReferenceFn = Callable[[np.ndarray, float, int, int], np.ndarray]
@@ -325,7 +330,7 @@ FAMILIES: dict[str, Family] = {
         "RSA's JPEG op; DALI: jpeg_compression_distortion, libjpeg on the CPU, DALI's CUDA codec on the GPU)",
         _jpeg_reference, _jpeg_dali),
     "blur": Family(
-        "Gaussian blur sigma (px)", f"numbers above 0, at most {BLUR_MAX_SIGMA:g} (0 is the clean level)",
+        "Gaussian blur sigma (px)", f"numbers above 0 (from {SMALLEST_LEVEL:g}), at most {BLUR_MAX_SIGMA:g} (0 is the clean level)",
         "blur=1,2,4", _positive(BLUR_MAX_SIGMA), "higher",
         "Gaussian blur with sigma s pixels: separable kernel exp(-x^2 / 2s^2), normalised, 2 * ceil(3s) + 1 taps, "
         "borders mirrored without repeating the edge pixel (reflect-101), rounded to nearest",
@@ -337,7 +342,7 @@ FAMILIES: dict[str, Family] = {
         "to H x W with bilinear",
         _resize_reference, _resize_dali),
     "noise": Family(
-        "Gaussian noise sigma (grey levels)", f"numbers above 0, at most {NOISE_MAX_SIGMA:g} (0 is the clean level)",
+        "Gaussian noise sigma (grey levels)", f"numbers above 0 (from {SMALLEST_LEVEL:g}), at most {NOISE_MAX_SIGMA:g} (0 is the clean level)",
         "noise=5,10", _positive(NOISE_MAX_SIGMA), "higher",
         "add sigma * z per pixel and channel, z standard normal from a counter-based hash of (seed, sample number, "
         "pixel, channel) (identical on every rank and run), rounded to nearest (halves away from zero), clipped to "
@@ -384,12 +389,27 @@ def parse_perturbations(specs: Sequence[str] | None) -> tuple[Level, ...]:
             except ValueError:
                 raise UserError(f"{FLAG} {spec!r}: {text!r} is not a {name} level; {name} levels are "
                                 f"{family.allowed}, e.g. {FLAG} {family.example}") from None
-        if len(set(parsed)) != len(parsed):
-            raise UserError(f"{FLAG} {spec!r}: a level is given twice; list each {name} level once, "
-                            f"e.g. {FLAG} {family.example}")
+        labels = [Level(name, value).label for value in parsed]  # names the report's rows and files
+        if len(set(labels)) != len(labels):
+            twice = next(label for label in labels if labels.count(label) > 1)
+            raise UserError(f"{FLAG} {spec!r}: a level is given twice ({twice}: levels are told apart by 6 "
+                            f"significant digits); list each {name} level once, e.g. {FLAG} {family.example}")
         harsh_last = sorted(parsed, reverse=family.harsher_when == "lower")
         levels += [Level(name, value) for value in harsh_last]
     return tuple(levels)
+
+
+def check_sides(levels: Sequence[Level], resolutions: Sequence[str], preresize: int | None, loader: str) -> None:
+    """Refuse `noise` levels on the DALI loader when an image (`WxH` from the manifest's
+    resolutions, scaled to the stored size when pre-resized) has a side longer than the
+    noise field's coordinates reach (`MAX_SIDE`)."""
+    if loader != "dali" or not any(level.family == "noise" for level in levels):
+        return
+    for size in resolutions:
+        short, long = sorted(int(side) for side in size.split("x"))
+        if (long * preresize // max(short, 1) if preresize else long) > MAX_SIDE:
+            raise UserError(f"{FLAG} noise: the data holds an image of {size} px, longer than the {MAX_SIDE} px "
+                            f"the DALI loader's noise reaches; use --loader reference, or convert with --preresize")
 
 
 def apply_reference(level: Level, arr: np.ndarray, sample_number: int, seed: int) -> np.ndarray:

@@ -1,10 +1,18 @@
 """The local folder source kind: `ROOT/<generator or dataset>/<label dir>/<image>`, one unit per image file.
 
 The generator name is the folder above the label folder; label folders are mapped by
-`--labels`, and images may sit in subfolders of a label folder. Extensions are
-matched case-insensitively (the original only matched lower case and silently
-missed `IMG_0001.JPG`). Hidden files and folders (names starting with ".") are
-skipped at every level.
+`--labels`. Which files are images is the `--discovery` rule:
+
+- `broad` (the default): images may sit in subfolders of a label folder, endings are
+  matched in any case (`IMG_0001.JPG`), `.tif` counts as `.tiff`, and hidden files and
+  folders (names starting with ".") are skipped at every level.
+- `original`: the original's rule exactly: only files directly in a label folder whose
+  names end in one of `ORIGINAL_EXTENSIONS` in lower case; hidden files and folders
+  are taken like any other.
+
+Both rules see the same tree, and the difference is counted: under `broad` a line
+says how many images the original would not have seen (and how many hidden images it
+would have taken); under `original`, how many images `broad` would add.
 
 Symlinks: a generator or label folder may be a link to anywhere (datasets are often
 linked into a root). Below a label folder, every path is resolved to its real path
@@ -26,7 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import SOURCE_EXTENSIONS
@@ -40,14 +48,36 @@ BALANCED = True  # extra local data: balancing limits its reals
 
 IGNORED_EXAMPLES = 10  # how many ignored files the manifest names
 NAMED_IN_WARNINGS = 3  # how many skipped links or unreadable folders a warning line names
+BROAD, ORIGINAL = "broad", "original"
+DISCOVERY_RULES = (BROAD, ORIGINAL)
+ORIGINAL_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".webp", ".gif")  # matched in lower case only
+
+
+def broad_takes(rel: str) -> bool:
+    """The `broad` rule for a file at `rel` (its path below the label folder): an image
+    ending in any case, at any depth, nothing hidden on the way."""
+    return Path(rel).suffix.lower() in SOURCE_EXTENSIONS and not any(p.startswith(".") for p in rel.split("/"))
+
+
+def original_takes(rel: str) -> bool:
+    """The original's rule: directly in the label folder, an image ending in lower case."""
+    return "/" not in rel and rel.endswith(ORIGINAL_EXTENSIONS)
+
+
+RULES: dict[str, Callable[[str], bool]] = {BROAD: broad_takes, ORIGINAL: original_takes}
 
 
 class _Walk:
     """What walking one root found besides images: what was skipped, and why."""
 
-    def __init__(self, root: Path, seen: set[str]) -> None:
+    def __init__(self, root: Path, seen: set[str], discovery: str) -> None:
         self.root = root
         self.seen = seen  # real paths of the files taken already, across all roots
+        self.discovery = discovery
+        self.takes = RULES[discovery]
+        self.other_rule = RULES[ORIGINAL if discovery == BROAD else BROAD]
+        self.extra: list[str] = []  # images this rule takes and the other rule does not
+        self.missed: list[str] = []  # images the other rule takes and this one does not
         self.ignored: list[str] = []  # not images, hidden, or reached a second time
         self.links: list[str] = []  # links that loop or leave their label folder
         self.unreadable: list[str] = []  # folders that cannot be listed
@@ -65,8 +95,13 @@ class _Walk:
             self.unreadable.append(f"{self.rel(folder) or '.'}/ ({exc.strerror or exc})")
             return []
 
+    def hidden_skipped(self, name: str) -> bool:
+        """Whether the rule skips hidden files and folders (names starting with ".")."""
+        return self.discovery == BROAD and name.startswith(".")
+
     def files(self, label_dir: os.DirEntry) -> list[os.DirEntry]:
-        """Every file inside the real tree of `label_dir`, in sorted path order."""
+        """The images the rule takes inside the real tree of `label_dir`, in sorted path
+        order; every other file is noted as ignored."""
         base = os.path.realpath(label_dir.path)
         files: list[os.DirEntry] = []
         walked = {base}
@@ -75,8 +110,11 @@ class _Walk:
             here = os.path.realpath(directory)
             for entry in self.entries(directory):
                 is_dir = entry.is_dir()
-                if entry.name.startswith("."):
+                below = Path(entry.path).relative_to(label_dir.path).as_posix()
+                if self.hidden_skipped(entry.name):
                     self.ignored.append(self.rel(entry.path) + ("/" if is_dir else ""))
+                    if not is_dir and self.other_rule(below):
+                        self.missed.append(self.rel(entry.path))
                     continue
                 real = os.path.realpath(entry.path)
                 if entry.is_symlink() and not real.startswith(base + os.sep):
@@ -91,18 +129,39 @@ class _Walk:
                         walk(entry.path)
                 elif not entry.is_file():  # a broken symlink, a socket...
                     self.ignored.append(self.rel(entry.path))
-                elif real in self.seen:
-                    self.ignored.append(self.rel(entry.path))
-                    self.repeats += 1
+                elif self.takes(below):
+                    if not self.other_rule(below):
+                        self.extra.append(self.rel(entry.path))
+                    self.take(entry, real, files)
                 else:
-                    self.seen.add(real)
-                    files.append(entry)
+                    self.ignored.append(self.rel(entry.path))
+                    if self.other_rule(below):
+                        self.missed.append(self.rel(entry.path))
 
         walk(label_dir.path)
         return files
 
+    def take(self, entry: os.DirEntry, real: str, files: list[os.DirEntry]) -> None:
+        """Keep an image unless its real file was taken already (through another link or root)."""
+        if real in self.seen:
+            self.ignored.append(self.rel(entry.path))
+            self.repeats += 1
+        else:
+            self.seen.add(real)
+            files.append(entry)
+
     def warnings(self, root: Path) -> list[str]:
         lines = []
+        if self.discovery == BROAD and (self.extra or self.missed):
+            lines.append(f"--folder {root}: {len(self.extra)} image(s) the original would not have seen (upper-case "
+                         f"or .tif endings, or in subfolders of a label folder) and {len(self.missed)} hidden "
+                         f"image(s) it would have taken, e.g. {', '.join((self.extra + self.missed)[:NAMED_IN_WARNINGS])}"
+                         f"; --discovery original reproduces its rule")
+        if self.discovery == ORIGINAL and (self.extra or self.missed):
+            lines.append(f"--folder {root}: the original's rule (--discovery original) leaves out {len(self.missed)} "
+                         f"image(s) with upper-case or .tif endings or in subfolders of a label folder and takes "
+                         f"{len(self.extra)} hidden one(s), e.g. {', '.join((self.missed + self.extra)[:NAMED_IN_WARNINGS])}"
+                         f"; --discovery broad takes the first and skips the second")
         if self.ignored:
             lines.append(f"--folder {root}: ignored {len(self.ignored)} file(s) or folder(s) that are not images "
                          f"in the layout ROOT/<generator>/<label>/<image>, are hidden, or were reached a second "
@@ -120,8 +179,9 @@ class _Walk:
 
 
 def scan_folder(root: Path, labels: dict[str, int], source_index: int,
-                seen: set[str] | None = None) -> tuple[Source, list[Unit]]:
-    """One unit per image under `root`; raises `UserError` for a bad layout.
+                seen: set[str] | None = None, discovery: str = BROAD) -> tuple[Source, list[Unit]]:
+    """One unit per image under `root` by the `discovery` rule (module docstring);
+    raises `UserError` for a bad layout.
 
     `seen` holds the real paths of files taken from earlier roots (updated here), so
     a file reached from two roots is stored once.
@@ -130,32 +190,30 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int,
     if not root.is_dir():
         raise UserError(f"--folder {root}: no such folder; give a folder laid out as ROOT/<generator>/<label>/<image>")
     root = root.absolute()
-    found = _Walk(root, set() if seen is None else seen)
+    found = _Walk(root, set() if seen is None else seen, discovery)
     units: list[Unit] = []
     datasets: dict[str, dict[str, int]] = {}
     for gen in found.entries(str(root)):
         gen_name = escape_name(gen.name)
-        if not gen.is_dir() or gen.name.startswith("."):
+        if not gen.is_dir() or found.hidden_skipped(gen.name):
             found.ignored.append(gen_name)
             continue
         for label_dir in found.entries(gen.path):
             rel = f"{gen_name}/{escape_name(label_dir.name)}"
-            if not label_dir.is_dir() or label_dir.name.startswith("."):
+            if not label_dir.is_dir() or found.hidden_skipped(label_dir.name):
                 found.ignored.append(rel)
                 continue
             if label_dir.name not in labels:
-                real = next(name for name, value in labels.items() if value == 0)
+                from commfor_fast.convert.settings import labels_hint  # the converter's, only for this error
+
                 raise UserError(
                     f"--folder {root}: the folder {rel} is not a label folder; --labels "
                     f"{','.join(f'{k}:{v}' for k, v in labels.items())} knows only {', '.join(labels)}. "
-                    f"Rename it, move it out, or name it in --labels (e.g. --labels {real}:0,{escape_name(label_dir.name)}:1)"
+                    f"Rename it, move it out, or name it in --labels (e.g. {labels_hint(labels, escape_name(label_dir.name))})"
                 )
             label = labels[label_dir.name]
             for entry in found.files(label_dir):
                 name = found.rel(entry.path)
-                if Path(entry.name).suffix.lower() not in SOURCE_EXTENSIONS:
-                    found.ignored.append(name)
-                    continue
                 units.append(Unit(source=source_index, path=entry.path, name=name, row_group=-1, first_row=0,
                                   nbytes=entry.stat().st_size, labels=(label,), generators=(gen_name,)))
                 counts = datasets.setdefault(gen_name, {"0": 0, "1": 0})
@@ -163,6 +221,11 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int,
     if not units and found.repeats:
         raise UserError(f"--folder {root}: every image in it was reached already through another --folder (the "
                         "same files); give each folder once")
+    if not units and discovery == ORIGINAL:
+        raise UserError(f"--folder {root}: holds no images by the original's rule (--discovery original: "
+                        f"{', '.join(ORIGINAL_EXTENSIONS)} in lower case, directly in ROOT/<generator>/<label>/); "
+                        f"point to the folder above the generator folders, or use --discovery broad "
+                        f"({len(found.missed)} image(s) there)")
     if not units:
         raise UserError(f"--folder {root}: holds no images ({', '.join(SOURCE_EXTENSIONS)}, any case) in the layout "
                         "ROOT/<generator>/<label>/<image>; point to the folder above the generator folders")
@@ -172,6 +235,8 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int,
         "datasets": datasets, "ignored_files": len(found.ignored),
         "ignored_examples": found.ignored[:IGNORED_EXAMPLES],
         "skipped_links": found.links, "unreadable_folders": found.unreadable,
+        "discovery": discovery, "images_only_this_rule_takes": len(found.extra),
+        "images_only_the_other_rule_takes": len(found.missed),
     }
     return Source(kind=KIND, given=given, root=str(root), summary=summary, warnings=found.warnings(root)), units
 
@@ -179,7 +244,8 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int,
 def scan(settings: ConvertSettings, limits: Limits, first_index: int) -> list[tuple[Source, list[Unit]]]:
     """Every `--folder` root, in the order given; a file reached from two roots is taken once."""
     seen: set[str] = set()  # real paths of the files taken: each is stored once, whichever root reaches it
-    return [scan_folder(folder, limits.labels, first_index + i, seen) for i, folder in enumerate(settings.folders)]
+    return [scan_folder(folder, limits.labels, first_index + i, seen, settings.discovery)
+            for i, folder in enumerate(settings.folders)]
 
 
 def read(unit: Unit, given: str, root: str) -> Iterator[tuple[bytes | str, dict[str, Any]]]:

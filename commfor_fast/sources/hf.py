@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from commfor_fast.errors import UserError
+from commfor_fast.sources.columns import carried_columns, read_labels
 from commfor_fast.sources.units import Source, Unit, escape_name
 
 if TYPE_CHECKING:
@@ -179,11 +180,8 @@ def scan_hf(repo: str, split: str | None, cache_dir: Path | None, source_index: 
                 columns = pf.read(columns=list(PLAN_COLUMNS))
             except (OSError, pa.ArrowException) as exc:
                 raise UserError(f"{path}: cannot read its label/model_name columns ({exc}); re-download it") from None
-            labels = columns.column("label").to_pylist()
+            labels = read_labels(path, columns.column("label"))
             generators = columns.column("model_name").to_pylist()
-            bad = next((i for i, v in enumerate(labels) if v not in (0, 1)), None)
-            if bad is not None:
-                raise UserError(f"{path}#row {bad}: label {labels[bad]!r}; labels must be 0 (real) or 1 (fake)")
             start = 0
             name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
             for rg in range(pf.metadata.num_row_groups):
@@ -217,7 +215,7 @@ def read(unit: Unit, given: str, root: str) -> Iterator[tuple[bytes | str, dict[
     its metadata: where it came from, then every column but the image."""
     try:
         pf = pq.ParquetFile(unit.path)
-        columns = [IMAGE_COLUMN] + [c for c in META_COLUMNS if c in pf.schema_arrow.names]
+        columns = [IMAGE_COLUMN, *carried_columns(pf.schema_arrow, META_COLUMNS)]
         table = pf.read_row_group(unit.row_group, columns=columns).to_pydict()
     except (OSError, pa.ArrowException) as exc:
         for _ in range(unit.num_rows):
