@@ -52,13 +52,6 @@ def _amp_spelling(value: str) -> str:
     return AMP_SPELLINGS.get(value, value)
 
 
-def _model_given(ckpt: Optional[Path], hf_model: Optional[str]) -> None:
-    """Refuse a command that scores images without a detector to score them with."""
-    if ckpt is None and hf_model is None:
-        raise UserError("no model given: pass --ckpt FILE (a local checkpoint) or --hf-model ID (a Hugging Face "
-                        "model id such as OwensLab/commfor-model-384, or a save_pretrained folder)")
-
-
 TRUST_HELP = ("Allow full unpickling of --ckpt when it holds more than tensors. DANGEROUS: unpickling runs any "
               "code stored in the file, so use it only for checkpoints from a source you trust.")
 
@@ -102,7 +95,6 @@ def predict(
     \b
         commfor-fast predict photo.jpg ./images --hf-model OwensLab/commfor-model-384 --out scores.csv
     """
-    call(_model_given, ckpt, hf_model)
     settings = _fill(PredictSettings, locals())
     from commfor_fast.predict import format_predictions
     from commfor_fast.predict import predict as run_predict
@@ -206,7 +198,6 @@ def evaluate(
         commfor-fast eval --data /data/commfor-publiceval --hf-model OwensLab/commfor-model-384 --out reports/robust \\
             --perturb jpeg=95,75,50,30 --perturb blur=1,2,4 --perturb resize=0.75,0.5 --perturb noise=5,10
     """
-    call(_model_given, ckpt, hf_model)
     settings = _fill(EvalSettings, locals())
     from commfor_fast.evaluate import evaluate_shards
 

@@ -254,11 +254,11 @@ def load_detector(
     Returns the model on `map_location` and an info dict: `source` ("checkpoint" or
     "hf"), `path` / `hf_model`, `format` and `model_args`.
     """
-    if (ckpt is None) == (hf_model is None):
-        raise UserError(
-            f"--ckpt {ckpt} / --hf-model {hf_model}: give exactly one of them (a local "
-            f"checkpoint file, or a Hugging Face model id such as OwensLab/commfor-model-384)"
-        )
+    if ckpt is None and hf_model is None:
+        raise UserError("no model given: pass --ckpt FILE (a local checkpoint) or --hf-model ID (a Hugging Face "
+                        "model id such as OwensLab/commfor-model-384, or a save_pretrained folder)")
+    if ckpt is not None and hf_model is not None:
+        raise UserError(f"--ckpt {ckpt} / --hf-model {hf_model}: give one of them, not both")
     if hf_model is not None:
         model = _load_from_hub(hf_model)
         check_finite(model, f"--hf-model {hf_model}")
