@@ -69,6 +69,11 @@ def root(
     """Community Forensics, fed at GPU speed."""
 
 
+EXECUTOR_HELP = ("DALI: a pipeline option NAME=VALUE, one flag each (pipelines/executor.py): source_workers (processes "
+                 "preparing batches out of --num-threads; default half), source_prefetch, prefetch_queue_depth, "
+                 "stream_policy, concurrency, resize_minibatch_size, hw_decoder_load.")
+
+
 @command(app)
 def predict(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
@@ -110,6 +115,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (this rank's GPU) or cuda:N.")] = TrainSettings.device,
     loader: Annotated[Loader, typer.Option(help="dali, or reference (the PIL executor, to compare).")] = TrainSettings.loader,
     num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = TrainSettings.num_threads,
+    executor: Annotated[Optional[list[str]], typer.Option(metavar="NAME=VALUE", help=EXECUTOR_HELP, show_default=False)] = TrainSettings.executor,
     batches_per_run: Annotated[int, typer.Option(help="DALI: training batches per pipeline run (shares DALI's fixed cost per run).")] = TrainSettings.batches_per_run,
     model_size: Annotated[ModelSize, typer.Option(help="small or tiny.")] = TrainSettings.model_size,
     input_size: Annotated[int, typer.Option(help="384 or 224.")] = TrainSettings.input_size,
@@ -175,6 +181,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Images per process per batch.")] = EvalSettings.batch_size,
     loader: Annotated[Loader, typer.Option(help="dali or reference (the PIL executor).")] = EvalSettings.loader,
     num_threads: Annotated[int, typer.Option("--num-threads", "--cpus-per-gpu", help="Loader CPU threads per process.")] = EvalSettings.num_threads,
+    executor: Annotated[Optional[list[str]], typer.Option(metavar="NAME=VALUE", help=EXECUTOR_HELP, show_default=False)] = EvalSettings.executor,
     use_amp: Annotated[bool, typer.Option(help="Mixed precision.")] = EvalSettings.use_amp,
     amp_dtype: Annotated[AmpDtype, typer.Option(callback=_amp_spelling, help="fp16 or bf16; float16 and bfloat16 are read as these.")] = EvalSettings.amp_dtype,
     save_scores: Annotated[bool, typer.Option(help="Also write every image's set, key, original name, source, generator, label, logit and score.")] = EvalSettings.save_scores,

@@ -278,6 +278,7 @@ def _announce(settings: EvalSettings, inputs: _Inputs, model: CommForDetector) -
 def _score(model: CommForDetector, settings: EvalSettings, inputs: _Inputs, env: Dist,
            timing: PassTiming) -> list[Scores]:
     """This rank's part of every chosen set, scored at every level: one `Scores` per level."""
+    from commfor_fast.pipelines.executor import ExecutorOptions
     from commfor_fast.pipelines.loader import create_eval_loader
 
     n_levels = max(len(inputs.levels), 1)
@@ -290,6 +291,7 @@ def _score(model: CommForDetector, settings: EvalSettings, inputs: _Inputs, env:
                 settings.loader, settings.data, inputs.manifest, name, device=inputs.device,
                 batch_size=settings.batch_size, crop=model.input_size, rank=env.rank, world_size=env.world_size,
                 num_threads=settings.num_threads, levels=inputs.levels, seed=settings.perturb_seed,
+                executor=ExecutorOptions.from_flags(settings.executor),
             )
             try:
                 per_set.append(score_batches(model, loader, name, device=inputs.device,

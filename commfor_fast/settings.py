@@ -39,6 +39,7 @@ class TrainSettings:
     loader: str = "dali"  # "dali" or "reference" (the PIL executor, for comparison)
     num_threads: int = 4  # CPU threads per process for the loader (the original's --cpus-per-gpu)
     batches_per_run: int = 4  # DALI: training batches per pipeline run, sharing DALI's fixed cost per run
+    executor: list[str] | None = None  # DALI pipeline options NAME=VALUE (pipelines/executor.py); None: defaults
     device: str = "auto"  # "cuda", "cpu", or "auto": cuda when a GPU is visible
     # model
     model_size: str = "small"
@@ -115,6 +116,7 @@ class EvalSettings:
     batch_size: int = 128  # per process
     loader: str = "dali"  # "dali" or "reference"
     num_threads: int = 4
+    executor: list[str] | None = None  # DALI pipeline options NAME=VALUE (pipelines/executor.py); None: defaults
     use_amp: bool = False
     amp_dtype: str = "fp16"
     save_scores: bool = False  # also write every image's set, key, original name, source, label, logit and score

@@ -48,9 +48,26 @@ def test_a_real_pipeline_faster_than_its_synthetic_bound_is_a_warning(monkeypatc
     monkeypatch.setattr(train_bench, "_train_once", fake_train_once)
     monkeypatch.setattr(train_bench.torch.cuda, "is_available", lambda: False)
     rows = train_bench.run({"png-1024 preresized": tmp_path}, quick=True)
-    assert [round(r["% of bound"]) for r in rows] == [100, 80, 120]
+    assert [round(r["% of bound"]) for r in rows] == [100, 80, 80, 120]
+    assert rows[2]["data"] == "png-1024 preresized, no source workers"  # before and after, in one run
     warnings = common.warnings_markdown()
     assert "loader reference: 6 img/s is faster than its synthetic bound (5)" in warnings
     assert "loader dali" not in warnings
     assert "bench: training ViT-Ti/16 384 fp32 b4 on png-1024 preresized, loader dali: 8 iterations" in \
         capsys.readouterr().err
+
+
+def test_the_host_table_names_every_host_figure() -> None:
+    """results.json's host keys each get a row saying what they measure (figures made up)."""
+    from commfor_fast.bench import host_bench
+
+    keys = ["plan_us_per_image", "plan_us_per_image_batch_128", "source_us_per_image", "graph_ops_per_iteration",
+            "graph_fixed_ms_per_image", "graph_fixed_ms_per_image_batch_128", "graph_real_plans_us_per_image",
+            "training_thread_us_per_image", "training_thread_us_per_image_no_workers",
+            "training_thread_cpu_us_per_image", "training_thread_cpu_us_per_image_no_workers",
+            "host_cpu_ms_per_image", "host_cpu_ms_per_image_no_workers"]
+    figures = {k: 1.0 for k in keys} | {"pipeline_batch": 512, "thread_bench_batch": 32,
+                                        "thread_bench_batches_per_run": 4}
+    rows = host_bench.rows(figures)
+    assert [r["figure"] for r in rows] == keys
+    assert "2 source workers + 2 DALI threads, batch 32 x 4 per run" in rows[7]["what"]

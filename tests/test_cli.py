@@ -270,7 +270,7 @@ def test_metavars_are_not_python_types(name: str) -> None:
     flat = " ".join(runner.invoke(app, [name, "--help"]).output.split())
     for param in _commands()[name].params:
         if param.param_type_name == "option" and not param.is_flag:
-            assert param.metavar in ("PATH", "INTEGER", "FLOAT", "TEXT", "FAMILY=LEVELS") or \
+            assert param.metavar in ("PATH", "INTEGER", "FLOAT", "TEXT", "FAMILY=LEVELS", "NAME=VALUE") or \
                 param.metavar.startswith("["), (param.name, param.metavar)
             assert f"{param.opts[-1]} {param.metavar}" in flat
 

@@ -16,6 +16,7 @@ from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.pipelines.batch import EvalLoader, TrainStream
 from commfor_fast.pipelines.damaged import DataError
+from commfor_fast.pipelines.executor import ExecutorOptions
 from commfor_fast.pipelines.loader import LOADERS, create_eval_loader, create_train_stream
 from commfor_fast.pipelines.source import iters_per_epoch
 from commfor_fast.pipelines.plan import RSAConfig
@@ -43,6 +44,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _kwargs(**extra: object) -> dict:
     return dict(device=torch.device("cpu"), batch_size=4, crop=CROP, num_threads=1, **extra)
+
+
+def _workers(loader: str, workers: int) -> dict:
+    """DALI with `workers` batch-preparing processes out of a budget of workers + 1 threads."""
+    return {"num_threads": workers + 1, "executor": ExecutorOptions(source_workers=workers)} if workers else {}
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -163,9 +169,10 @@ def test_iters_per_epoch_refuses_too_small_sets() -> None:
         iters_per_epoch(10, 8, 2)
 
 
-@pytest.mark.parametrize("loader", LOADERS)
-def test_damaged_sample_is_named(data: Path, tmp_path: Path, loader: str) -> None:
-    """A sample damaged after conversion stops the run with its key and shard."""
+@pytest.mark.parametrize("loader, workers", [("dali", 0), ("dali", 1), ("reference", 0)])
+def test_damaged_sample_is_named(data: Path, tmp_path: Path, loader: str, workers: int) -> None:
+    """A sample damaged after conversion stops the run with its key and shard, also when
+    DALI's workers prepared the batch."""
     damaged = tmp_path / "shards"
     shutil.copytree(data, damaged)
     manifest = Manifest.load(damaged)
@@ -177,7 +184,8 @@ def test_damaged_sample_is_named(data: Path, tmp_path: Path, loader: str) -> Non
         f.write(b"\0" * min(image.size, 64))
     key = image.filename.split(".")[0]
     with pytest.raises(DataError, match=f"sample {key} in {shard.tar}"):
-        for _ in create_eval_loader(loader, damaged, manifest, "all", **_kwargs(rank=0, world_size=1)):
+        for _ in create_eval_loader(loader, damaged, manifest, "all",
+                                    **{**_kwargs(rank=0, world_size=1), **_workers(loader, workers)}):
             pass
 
 
@@ -222,3 +230,71 @@ def test_an_unknown_loader_is_refused_naming_the_flag(data: Path) -> None:
 
     with pytest.raises(UserError, match="--loader 'pil': choose one of dali, reference"):
         create_eval_loader("pil", data, Manifest.load(data), "all", **_kwargs(rank=0, world_size=1))
+
+
+def test_workers_prepare_the_batches_the_training_thread_would(data: Path) -> None:
+    """DALI's worker processes make the very batches the training thread makes (batch k
+    is a function of (seed, rank, k)), resume exactly mid-run, and the training
+    thread reads no shard to get them; evaluation with robustness levels too."""
+    from commfor_fast.pipelines.perturb import parse_perturbations
+
+    manifest = Manifest.load(data)
+
+    def batches(workers: int, state: dict | None = None, n: int = 5):
+        stream = create_train_stream("dali", data, manifest, "all", rsa=RSAConfig(), seed=3, state=state,
+                                     batches_per_run=2,
+                                     **{**_kwargs(rank=1, world_size=2), **_workers("dali", workers)})
+        try:
+            return [next(stream) for _ in range(n)], stream.pipe.source
+        finally:
+            stream.close()
+
+    inline, _ = batches(0)
+    parallel, source = batches(1)
+    assert source.consumed == 3 and source._reader is None  # 3 runs taken, no shard opened in this process
+    resumed, _ = batches(1, state={"loader": "dali", "batches": 3}, n=2)
+    for a, b in zip(inline, parallel, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.sample_numbers, b.sample_numbers)
+    for a, b in zip(inline[3:], resumed):
+        assert torch.equal(a.images, b.images) and torch.equal(a.sample_numbers, b.sample_numbers)
+
+    levels = parse_perturbations(["jpeg=50", "noise=0.05"])
+
+    def passes(workers: int) -> list:
+        return list(create_eval_loader("dali", data, manifest, "all", levels=levels, seed=1,
+                                       **{**_kwargs(rank=0, world_size=1), **_workers("dali", workers)}))
+
+    inline_eval, parallel_eval = passes(0), passes(1)
+    assert sum(len(b.sample_numbers) for b in parallel_eval) == N_IMAGES  # every sample once, the last batch short
+    for a, b in zip(inline_eval, parallel_eval, strict=True):
+        assert torch.equal(a.sample_numbers, b.sample_numbers)
+        assert all(torch.equal(x, y) for x, y in zip(a.levels, b.levels, strict=True))
+
+
+def test_the_thread_budget_is_split_between_dali_and_the_workers() -> None:
+    from commfor_fast.errors import UserError
+
+    assert ExecutorOptions().split(4) == (2, 2)  # the default: half each
+    assert ExecutorOptions().split(1) == (1, 0)  # no room for a worker: the training thread prepares batches
+    assert ExecutorOptions(source_workers=3).split(4) == (1, 3)
+    with pytest.raises(UserError, match="--source-workers 4: choose 0 to 3"):
+        ExecutorOptions(source_workers=4).split(4)
+    with pytest.raises(UserError, match="--stream-policy 'fast': choose one of single, per_backend"):
+        ExecutorOptions(stream_policy="fast").pipeline_kwargs()
+    flags = ExecutorOptions.from_flags(["source_workers=1", "prefetch_queue_depth=3", "hw_decoder_load=0.7"])
+    assert flags == ExecutorOptions(source_workers=1, prefetch_queue_depth=3, hw_decoder_load=0.7)
+    with pytest.raises(UserError, match="--executor 'workers=2': use NAME=VALUE with NAME one of source_workers"):
+        ExecutorOptions.from_flags(["workers=2"])
+    with pytest.raises(UserError, match="--executor 'source_prefetch=two': source_prefetch takes int"):
+        ExecutorOptions.from_flags(["source_prefetch=two"])
+
+
+def test_executor_options_reach_the_pipeline(data: Path) -> None:
+    from commfor_fast.pipelines.dali import create_eval_pipeline
+    from commfor_fast.pipelines.source import ShardSource
+
+    source = ShardSource.from_manifest(data, Manifest.load(data), "all")
+    options = ExecutorOptions.from_flags(["source_workers=2", "prefetch_queue_depth=3", "concurrency=backend"])
+    pipe = create_eval_pipeline(source, device="cpu", batch_size=4, crop=CROP, num_threads=3, options=options)
+    assert (pipe.num_threads, pipe.py_num_workers, pipe.prefetch_queue_depth) == (1, 2, 3)
+    pipe.source.close()

@@ -2,7 +2,9 @@
 
 Each configuration runs `commfor-fast train` in its own process on the same shards:
 the DALI loader from pre-resized and from JPEG shards, the reference loader, and
-`--synthetic-data` (one fixed batch already on the device: the loop's upper bound).
+`--synthetic-data` (one fixed batch already on the device: the loop's upper bound),
+and DALI from pre-resized shards with its batches prepared by the training thread
+(`--executor source_workers=0`: before the source workers), all in one run.
 Images/s is the median over logging windows after the first (warm-up, compile);
 data wait is the share of step time spent waiting for the next batch.
 
@@ -71,6 +73,9 @@ def run(shards: dict[str, Path], quick: bool, threads: int = 2, reference: bool 
     for name, folder in shards.items():
         if "preresized" in name or "jpeg" in name:
             configs.append((name, folder, ["--loader", "dali"]))
+        if "preresized" in name:  # before the source workers: the training thread prepares the batches
+            configs.append((f"{name}, no source workers", folder, ["--loader", "dali", "--executor",
+                                                                    "source_workers=0"]))
     if reference:
         preresized = next(n for n in shards if "preresized" in n)
         configs.append((preresized, shards[preresized], ["--loader", "reference"]))

@@ -35,8 +35,8 @@ from commfor_fast.pipelines.perturb import GraphInputs, Level, apply_dali
 from commfor_fast.pipelines.plan import Plan, RSAConfig
 from commfor_fast.pipelines.slots import SLOTS_PER_STAGE, graph_stages
 from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_preresize
-from commfor_fast.pipelines.source import BatchSource, ShardSource, eval_batch_indices, eval_planner, \
-    runs_of, train_batch_indices, train_planner
+from commfor_fast.pipelines.executor import ExecutorOptions
+from commfor_fast.pipelines.source import BatchSource, EvalOrder, EvalPlanner, ShardSource, TrainOrder, TrainPlanner
 from commfor_fast.shards import SampleIds
 
 # dtypes of the external source's outputs: the head, then (used, args) per stage.
@@ -80,22 +80,33 @@ def _stage(img, one, used, args):
     return img
 
 
-def _inputs(source: BatchSource, stages: int):
-    """The external source's outputs: the head fields by name, and each stage's two."""
+def _inputs(source: BatchSource, stages: int, options: ExecutorOptions, workers: int):
+    """The external source's outputs: the head fields by name, and each stage's two.
+
+    With `workers`, DALI's worker processes call `source` (parallel mode); either way
+    DALI takes the arrays without a copy (the source keeps them alive, `BatchSource`)."""
     dtypes = [HEAD_DTYPES[name] for name in source.head] + list(STAGE_DTYPES) * stages
-    outs = fn.external_source(source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes)
+    parallel = {"parallel": True, "prefetch_queue_depth": options.source_prefetch} if workers else {}
+    outs = fn.external_source(source=source, num_outputs=len(dtypes), batch=True, batch_info=True, dtype=dtypes,
+                              no_copy=True, **parallel)
     head, rest = dict(zip(source.head, outs)), outs[len(source.head):]
     return head, [rest[2 * k: 2 * k + 2] for k in range(stages)]
 
 
-def _decode(images, raw: bool, device: str):
+def _decode(images, raw: bool, device: str, options: ExecutorOptions):
     """uint8 HWC RGB on the pipeline's device, decoded like PIL (no EXIF rotation)."""
     if raw:
         images = fn.reshape(images, layout="HWC")
         return images.gpu() if device == "gpu" else images
-    hw = {} if HW_DECODER_LOAD is None or device != "gpu" else {"hw_decoder_load": HW_DECODER_LOAD}
+    # The option, else the module's setting (the GPU check's jpeg-hw step sets HW_DECODER_LOAD).
+    load = HW_DECODER_LOAD if options.hw_decoder_load is None else options.hw_decoder_load
+    hw = {} if load is None or device != "gpu" else {"hw_decoder_load": load}
     return fn.decoders.image(images, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
                              adjust_orientation=False, jpeg_fancy_upsampling=True, **hw)
+
+
+def _first_resize(img, size, options: ExecutorOptions):
+    return fn.resize(img, size=size, interp_type=types.INTERP_LINEAR, antialias=True, **options.resize_kwargs())
 
 
 def _normalise(img):
@@ -104,11 +115,12 @@ def _normalise(img):
 
 
 @pipeline_def(enable_conditionals=True)
-def _graph(source: BatchSource, stages: int, raw: bool, device: str, normalise: bool):
-    head, stage_inputs = _inputs(source, stages)
-    img = _decode(head["images"], raw, device)
+def _graph(source: BatchSource, options: ExecutorOptions, workers: int, stages: int, raw: bool, device: str,
+           normalise: bool):
+    head, stage_inputs = _inputs(source, stages, options, workers)
+    img = _decode(head["images"], raw, device, options)
     if not raw:
-        img = fn.resize(img, size=head["first_size"], interp_type=types.INTERP_LINEAR, antialias=True)
+        img = _first_resize(img, head["first_size"], options)
     if stage_inputs:
         one = types.Constant(np.ones((1, 1, 1), np.uint8), device=device, layout="HWC")
         for used, args in stage_inputs:
@@ -118,39 +130,48 @@ def _graph(source: BatchSource, stages: int, raw: bool, device: str, normalise: 
 
 
 @pipeline_def
-def _levels_graph(source: BatchSource, raw: bool, device: str, normalise: bool, levels: tuple[Level, ...],
-                  seed: int):
+def _levels_graph(source: BatchSource, options: ExecutorOptions, workers: int, raw: bool, device: str,
+                  normalise: bool, levels: tuple[Level, ...], seed: int):
     """The evaluation graph with perturbations (`perturb.py`): one decode, then per level
     perturb -> first resize -> centre crop -> normalise; one output per level, then the ids."""
-    head, _ = _inputs(source, 0)
-    decoded = _decode(head["images"], raw, device)
+    head, _ = _inputs(source, 0, options, workers)
+    decoded = _decode(head["images"], raw, device, options)
     inputs = GraphInputs(head["ids"], device, seed)  # one for all levels: they share what they can
     outputs = []
     for level in levels:
         img = apply_dali(level, decoded, inputs)
         if not raw:
-            img = fn.resize(img, size=head["first_size"], interp_type=types.INTERP_LINEAR, antialias=True)
+            img = _first_resize(img, head["first_size"], options)
         img = fn.slice(img, start=head["crop_start"], shape=head["crop_shape"], axes=[0, 1])
         outputs.append(_normalise(img) if normalise else img)
     return (*outputs, head["ids"])
 
 
 def create_pipeline(source: BatchSource, *, stages: int, device: str, batch_size: int, num_threads: int = 4,
-                    device_id: int | None = None, normalise: bool = True, prefetch_queue_depth: int = 2) -> Pipeline:
+                    device_id: int | None = None, normalise: bool = True,
+                    options: ExecutorOptions = ExecutorOptions(source_workers=0)) -> Pipeline:
     """The graph over any `BatchSource` (the training and evaluation factories below
     make theirs; benchmarks make one that draws samples with replacement)."""
     return _build(_graph, source, (stages, source.raw, device, normalise), device=device, batch_size=batch_size,
-                  num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
+                  num_threads=num_threads, device_id=device_id, options=options)
 
 
 def _build(graph: Callable[..., Pipeline], source: BatchSource, graph_args: tuple, *, device: str, batch_size: int,
-           num_threads: int, device_id: int | None, prefetch_queue_depth: int) -> Pipeline:
-    """A pipeline of `graph(source, *graph_args)` on `device`; it keeps its `source`."""
+           num_threads: int, device_id: int | None, options: ExecutorOptions) -> Pipeline:
+    """A pipeline of `graph(source, options, workers, *graph_args)` on `device`, its
+    `num_threads` split between DALI and the source's workers (`ExecutorOptions.split`);
+    it keeps its `source`."""
     if device not in ("gpu", "cpu"):
         raise UserError(f"pipeline device {device!r}: use 'gpu' or 'cpu'")
-    pipe = graph(source, *graph_args, batch_size=batch_size, num_threads=num_threads,
-                 device_id=None if device == "cpu" else (device_id or 0), prefetch_queue_depth=prefetch_queue_depth,
-                 exec_dynamic=True)
+    threads, workers = options.split(num_threads)
+    # In this process: DALI reads the source's arrays until their run is consumed (the
+    # pipeline's queue and one run either side); reading threads as DALI has. Workers
+    # read with one thread each (they are the parallelism).
+    source.prepare(read_threads=1 if workers else threads, keep=0 if workers else options.prefetch_queue_depth + 2)
+    pipe = graph(source, options, workers, *graph_args, batch_size=batch_size,
+                 num_threads=threads, device_id=None if device == "cpu" else (device_id or 0),
+                 prefetch_queue_depth=options.prefetch_queue_depth, exec_dynamic=True,
+                 py_num_workers=max(workers, 1), py_start_method="spawn", **options.pipeline_kwargs())
     pipe.source = source
     return pipe
 
@@ -169,7 +190,7 @@ def create_train_pipeline(
     device_id: int | None = None,
     plans: Callable[[SampleIds, int, int], Plan] | None = None,
     normalise: bool = True,
-    prefetch_queue_depth: int = 2,
+    options: ExecutorOptions = ExecutorOptions(source_workers=0),
     batches_per_run: int = 1,
     start_run: int = 0,
 ) -> Pipeline:
@@ -178,21 +199,20 @@ def create_train_pipeline(
     Outputs per sample: float32 CHW image (uint8 HWC with `normalise=False`) and the
     int32[5] ids record. One run of the pipeline holds `batches_per_run` consecutive
     training batches of `batch_size` from this rank's seeded stream
-    (`source.train_batch_indices`), planned together from (seed, rank, run number):
-    DALI's fixed cost per run is shared by all of them, and `start_run` resumes
-    exactly. `plans(ids, h, w)` replaces the random plans (tests inject parameters).
-    The pipeline's `source` remembers the last runs' sample numbers.
+    (`source.TrainOrder`), planned together from (seed, rank, run number): DALI's
+    fixed cost per run is shared by all of them, and `start_run` resumes exactly.
+    `plans(ids, h, w)` replaces the random plans (tests inject parameters; with
+    source workers, it must be picklable). `options` says how the pipeline runs
+    (`executor.py`); by default the calling thread prepares the batches. The
+    pipeline's `source` names the samples of the runs around the one it is at.
     """
     check_preresize(source.preresize, crop)
     stages = graph_stages(rsa)
-    batches = train_batch_indices(source.num_samples, batch_size, shard_id, num_shards, seed,
-                                  start_run * batches_per_run)
-    runs = runs_of(batches, batches_per_run)
-    plan = train_planner(rsa, crop, source.preresize is not None, seed, shard_id, stages, plans)
-    host = BatchSource(source, runs, plan, stages, read_threads=num_threads, first_batch=start_run)
+    order = TrainOrder(source.num_samples, batch_size, shard_id, num_shards, seed, batches_per_run, start_run)
+    plan = TrainPlanner(rsa, crop, source.preresize is not None, seed, shard_id, stages, plans)
+    host = BatchSource(source, order, plan, stages)
     return create_pipeline(host, stages=stages, device=device, batch_size=batch_size * batches_per_run,
-                           num_threads=num_threads, device_id=device_id, normalise=normalise,
-                           prefetch_queue_depth=prefetch_queue_depth)
+                           num_threads=num_threads, device_id=device_id, normalise=normalise, options=options)
 
 
 def create_eval_pipeline(
@@ -206,7 +226,7 @@ def create_eval_pipeline(
     num_threads: int = 4,
     device_id: int | None = None,
     normalise: bool = True,
-    prefetch_queue_depth: int = 2,
+    options: ExecutorOptions = ExecutorOptions(source_workers=0),
     levels: tuple[Level, ...] = (),
     seed: int = 0,
 ) -> Pipeline:
@@ -221,15 +241,13 @@ def create_eval_pipeline(
     the same decode (`seed` seeds the noise), then the ids.
     """
     check_preresize(source.preresize, crop)
-    batches = eval_batch_indices(source.num_samples, batch_size, shard_id, num_shards)
-    host = BatchSource(source, batches, eval_planner(crop, source.preresize is not None), 0,
-                       read_threads=num_threads)
+    order = EvalOrder(source.num_samples, batch_size, shard_id, num_shards)
+    host = BatchSource(source, order, EvalPlanner(crop, source.preresize is not None), 0)
     if not levels:
         return create_pipeline(host, stages=0, device=device, batch_size=batch_size, num_threads=num_threads,
-                               device_id=device_id, normalise=normalise, prefetch_queue_depth=prefetch_queue_depth)
+                               device_id=device_id, normalise=normalise, options=options)
     return _build(_levels_graph, host, (host.raw, device, normalise, tuple(levels), seed), device=device,
-                  batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                  prefetch_queue_depth=prefetch_queue_depth)
+                  batch_size=batch_size, num_threads=num_threads, device_id=device_id, options=options)
 
 
 def operator_census(pipe: Pipeline) -> Counter[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """The DALI loaders: training batches and evaluation passes from the DALI pipelines (`dali.py`).
 
 Training reads an endless shuffled stream in the order `source.train_batch_indices`
-gives, the same as the reference loader's. Each DALI pipeline run yields
+gives, the same as the reference loader's. The batches are prepared off the training
+thread, in DALI's worker processes (`executor.py`), when the thread budget allows. Each DALI pipeline run yields
 `batches_per_run` batches; run r is a pure function of (seed, rank, r), so a resumed
 stream restarts at the run holding its next batch. Evaluation reads each rank's
 contiguous part of the set once, the last batch short. A decoding failure names the
@@ -19,6 +20,7 @@ import torch
 
 from commfor_fast.pipelines.batch import Batch, to_batch
 from commfor_fast.pipelines.damaged import decode_failure
+from commfor_fast.pipelines.executor import ExecutorOptions
 from commfor_fast.pipelines.perturb import Level
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.retire import RetiredRuns
@@ -41,7 +43,8 @@ class DaliTrainStream:
 
     def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
                  crop: int, rsa: RSAConfig, seed: int, rank: int, world_size: int, num_threads: int,
-                 batches_per_run: int = 1, state: dict[str, Any] | None = None) -> None:
+                 batches_per_run: int = 1, state: dict[str, Any] | None = None,
+                 options: ExecutorOptions = ExecutorOptions()) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         from commfor_fast.pipelines.dali import create_train_pipeline
@@ -55,7 +58,7 @@ class DaliTrainStream:
         self.pipe = create_train_pipeline(
             ShardSource.from_manifest(root, manifest, set_name), device=dali_device, batch_size=batch_size, crop=crop,
             rsa=rsa, seed=seed, shard_id=rank, num_shards=world_size, num_threads=num_threads, device_id=device_id,
-            batches_per_run=batches_per_run, start_run=run,
+            batches_per_run=batches_per_run, start_run=run, options=options,
         )
         self._run: dict[str, torch.Tensor] | None = None
         self._retired = RetiredRuns.for_device(device)  # DALI's buffers outlive torch's use of them
@@ -72,6 +75,7 @@ class DaliTrainStream:
             self._retired.retire(self._run)
             try:
                 self._run = next(self._iter)[0]
+                self.pipe.source.consumed += 1
             except RuntimeError as exc:
                 raise decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
             self._next = self._next % self.per_run
@@ -98,13 +102,13 @@ class DaliEvalLoader:
 
     def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
                  crop: int, rank: int, world_size: int, num_threads: int, levels: tuple[Level, ...] = (),
-                 seed: int = 0) -> None:
+                 seed: int = 0, options: ExecutorOptions = ExecutorOptions()) -> None:
         from commfor_fast.pipelines.source import ShardSource
 
         self.root, self.manifest, self.set_name = Path(root), manifest, set_name
         self.device, self.batch_size, self.crop = device, batch_size, crop
         self.rank, self.world_size, self.num_threads = rank, world_size, num_threads
-        self.levels, self.seed = tuple(levels), seed
+        self.levels, self.seed, self.options = tuple(levels), seed, options
         start, end = shard_range(manifest.sets[set_name].num_samples, rank, world_size)
         self.num_samples = end - start
         self.source = ShardSource.from_manifest(root, manifest, set_name)
@@ -123,12 +127,13 @@ class DaliEvalLoader:
         dali_device, device_id = _dali_device(self.device)
         pipe = create_eval_pipeline(self.source, device=dali_device, batch_size=self.batch_size, crop=self.crop,
                                     shard_id=self.rank, num_shards=self.world_size, num_threads=self.num_threads,
-                                    device_id=device_id, levels=self.levels, seed=self.seed)
+                                    device_id=device_id, levels=self.levels, seed=self.seed, options=self.options)
         names = [f"level{i}" for i in range(len(self.levels))] or ["images"]
         try:  # the iterator runs the first batches already
             iterator = DALIGenericIterator([pipe], [*names, "ids"], size=-1,
                                            last_batch_policy=LastBatchPolicy.PARTIAL)
             for out in iterator:
+                pipe.source.consumed += 1
                 images = tuple(out[0][name] for name in names)
                 yield to_batch(images[0], out[0]["ids"], images if self.levels else ())
         except RuntimeError as exc:

@@ -19,6 +19,7 @@ import torch
 
 from commfor_fast.errors import UserError
 from commfor_fast.pipelines.batch import Batch, EvalLoader, TrainStream
+from commfor_fast.pipelines.executor import ExecutorOptions
 from commfor_fast.pipelines.perturb import Level
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.source import iters_per_epoch
@@ -37,8 +38,8 @@ def _unknown(loader: str) -> UserError:
 
 def create_train_stream(loader: str, root: Path, manifest: Manifest, set_name: str, *, device: torch.device,
                         batch_size: int, crop: int, rsa: RSAConfig, seed: int, rank: int, world_size: int,
-                        num_threads: int, batches_per_run: int = 1,
-                        state: dict[str, Any] | None = None) -> TrainStream:
+                        num_threads: int, batches_per_run: int = 1, state: dict[str, Any] | None = None,
+                        executor: ExecutorOptions = ExecutorOptions()) -> TrainStream:
     """An endless training stream of `loader` ("dali" or "reference").
 
     Args:
@@ -48,6 +49,8 @@ def create_train_stream(loader: str, root: Path, manifest: Manifest, set_name: s
         batches_per_run: DALI: training batches per pipeline run (shares DALI's fixed
             cost per run; part of the stream, like the seed).
         state: a `state_dict()` of an earlier stream with the same settings, to resume.
+        executor: DALI: how the pipeline runs (`executor.py`: the thread budget's split
+            into DALI threads and batch-preparing workers, queues, executor options).
     """
     check_shard_files(root, manifest.sets[set_name])
     if loader == "dali":
@@ -55,7 +58,7 @@ def create_train_stream(loader: str, root: Path, manifest: Manifest, set_name: s
 
         return DaliTrainStream(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop, rsa=rsa,
                                seed=seed, rank=rank, world_size=world_size, num_threads=num_threads,
-                               batches_per_run=batches_per_run, state=state)
+                               batches_per_run=batches_per_run, state=state, options=executor)
     if loader == "reference":
         from commfor_fast.pipelines.reference_loader import ReferenceTrainStream
 
@@ -67,7 +70,8 @@ def create_train_stream(loader: str, root: Path, manifest: Manifest, set_name: s
 
 def create_eval_loader(loader: str, root: Path, manifest: Manifest, set_name: str, *, device: torch.device,
                        batch_size: int, crop: int, rank: int, world_size: int, num_threads: int,
-                       levels: tuple[Level, ...] = (), seed: int = 0) -> EvalLoader:
+                       levels: tuple[Level, ...] = (), seed: int = 0,
+                       executor: ExecutorOptions = ExecutorOptions()) -> EvalLoader:
     """One pass over this rank's contiguous part of a set, with `loader` ("dali" or "reference").
 
     Args:
@@ -75,13 +79,15 @@ def create_eval_loader(loader: str, root: Path, manifest: Manifest, set_name: st
             clean first); every batch then holds the images at each level (`Batch.levels`),
             all made from one read and one decode of each image.
         seed: seeds the noise perturbation (per sample number, so the same on every rank).
+        executor: DALI: how the pipeline runs (as for `create_train_stream`).
     """
     check_shard_files(root, manifest.sets[set_name])
     if loader == "dali":
         from commfor_fast.pipelines.dali_loader import DaliEvalLoader
 
         return DaliEvalLoader(root, manifest, set_name, device=device, batch_size=batch_size, crop=crop, rank=rank,
-                              world_size=world_size, num_threads=num_threads, levels=levels, seed=seed)
+                              world_size=world_size, num_threads=num_threads, levels=levels, seed=seed,
+                              options=executor)
     if loader == "reference":
         from commfor_fast.pipelines.reference_loader import ReferenceEvalLoader
 
