@@ -43,11 +43,13 @@ from commfor_fast.checkpoint import (RunShape, TrainCheckpoint, checkpoint_due, 
 from commfor_fast.distributed import (Dist, all_gather, amp_dtype, data_parallel, resolve_device, setup_distributed,
                                       teardown_distributed)
 from commfor_fast.errors import UserError
+from commfor_fast.evaluate import gather_scores, score_batches
 from commfor_fast.fileio import check_writable, output_errors
 from commfor_fast.metrics import accuracy, average_precision
 from commfor_fast.model import (CommForDetector, clean_state_dict, create_detector, detector_from_checkpoint,
                                 load_detector, read_checkpoint)
 from commfor_fast.modelcard import write_model_card
+from commfor_fast.pipelines.executor import ExecutorOptions
 from commfor_fast.pipelines.loader import LOADERS, TrainStream, create_eval_loader, create_train_stream, iters_per_epoch
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.synthetic import SyntheticStream
@@ -300,7 +302,8 @@ def create_stream(settings: TrainSettings, manifest: Manifest, train_set: str, *
     return create_train_stream(settings.loader, settings.data, manifest, train_set, device=device,
                                batch_size=settings.batch_size, crop=crop, rsa=rsa, seed=settings.seed, rank=env.rank,
                                world_size=env.world_size, num_threads=settings.num_threads,
-                               batches_per_run=settings.batches_per_run, state=state)
+                               batches_per_run=settings.batches_per_run, state=state,
+                               executor=ExecutorOptions.from_flags(settings.executor))
 
 
 def validate(model: CommForDetector, settings: TrainSettings, manifest: Manifest, val_set: str, *, env: Dist,
@@ -309,21 +312,18 @@ def validate(model: CommForDetector, settings: TrainSettings, manifest: Manifest
     `val_loss`, `val_acc`, `val_ap` and `val_n`, the images scored. Leaves `model` in training mode."""
     loader = create_eval_loader(settings.loader, settings.data, manifest, val_set, device=device,
                                 batch_size=settings.batch_size, crop=model.input_size, rank=env.rank,
-                                world_size=env.world_size, num_threads=settings.num_threads)
+                                world_size=env.world_size, num_threads=settings.num_threads,
+                                executor=ExecutorOptions.from_flags(settings.executor))
     model.eval()
-    labels, logits = [], []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype(settings.amp_dtype),
-                                                enabled=settings.use_amp):
-        for batch in loader:
-            labels.append(batch.labels)
-            logits.append(model(batch.images).float().squeeze(1).cpu())
-    loader.close()
-    model.train()
-    parts = all_gather((torch.cat(labels) if labels else torch.zeros(0),
-                        torch.cat(logits) if logits else torch.zeros(0)), env)
-    y = torch.cat([p[0] for p in parts])
-    z = torch.cat([p[1] for p in parts])
-    scores = torch.sigmoid(z).numpy()
+    try:
+        mine = score_batches(model, loader, val_set, device=device, autocast_dtype=amp_dtype(settings.amp_dtype),
+                             use_amp=bool(settings.use_amp))
+    finally:
+        loader.close()
+        model.train()
+    gathered = gather_scores(mine, env)[0]  # a collective: every rank gets every image
+    z, y = torch.from_numpy(gathered.logits), torch.from_numpy(gathered.labels)
+    scores = torch.sigmoid(z).numpy()  # torch's float32 sigmoid, as the loop's own metrics
     return {"val_loss": F.binary_cross_entropy_with_logits(z, y).item(), "val_acc": accuracy(y.numpy(), scores),
             "val_ap": average_precision(y.numpy(), scores), "val_n": int(y.numel())}
 
