@@ -181,8 +181,10 @@ def test_bad_checkpoints_name_the_file(tiny: CommForDetector, tmp_path: Path) ->
     torch.save(broken, tmp_path / "broken.pt")
     with pytest.raises(UserError, match="broken.pt: the weights do not fit"):
         load_detector(ckpt=tmp_path / "broken.pt")
-    with pytest.raises(UserError, match="give exactly one"):
+    with pytest.raises(UserError, match="^no model given: pass --ckpt FILE"):
         load_detector()
+    with pytest.raises(UserError, match="give one of them, not both"):
+        load_detector(ckpt=tmp_path / "broken.pt", hf_model="OwensLab/commfor-model-384")
 
 
 class _RunsCode:

@@ -148,7 +148,7 @@ def test_bad_settings_are_user_errors(ckpt: Path, images: Path, tmp_path: Path) 
         (PredictSettings(paths=[images], ckpt=ckpt, out=tmp_path / "x.xlsx"), "end the file name with .csv, .jsonl or .json"),
         (PredictSettings(paths=[images], ckpt=ckpt, batch_size=0), "--batch-size 0"),
         (PredictSettings(paths=[images], ckpt=ckpt, device="tpu"), "--device 'tpu'"),
-        (PredictSettings(paths=[images]), "give exactly one"),
+        (PredictSettings(paths=[images]), "no model given"),
     ]
     for settings, message in cases:
         with pytest.raises(UserError, match=message):
