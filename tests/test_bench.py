@@ -45,7 +45,7 @@ def test_a_real_pipeline_faster_than_its_synthetic_bound_is_a_warning(monkeypatc
         key = next(k for k in speeds if k in flags)
         return {"img/s": speeds[key], "data wait %": 1.0, "peak RSS MB": 1.0, "GPU peak MB": None}
 
-    monkeypatch.setattr(train_bench, "_train_once", fake_train_once)
+    monkeypatch.setattr(train_bench, "train_once", fake_train_once)
     monkeypatch.setattr(train_bench.torch.cuda, "is_available", lambda: False)
     rows = train_bench.run({"png-1024 preresized": tmp_path}, quick=True)
     assert [round(r["% of bound"]) for r in rows] == [100, 80, 80, 120]

@@ -457,11 +457,11 @@ def training(ctx: Context) -> dict[str, Any]:
     from commfor_fast.bench import train_bench
 
     s = ctx.sizes
-    label, flags, _, _ = train_bench._model_args(ctx.gpu, quick=True)
+    label, flags, _, _ = train_bench.model_args_for(ctx.gpu, quick=True)
     rows = {}
     for data_label, extra in (("synthetic (bound)", ["--synthetic-data"]), ("preresized", ["--loader", "dali"])):
         with DeviceSampler() as sampler:
-            figures = train_bench._train_once(ctx.shards()["preresized"], flags + extra, s.train_itrs, s.train_window,
+            figures = train_bench.train_once(ctx.shards()["preresized"], flags + extra, s.train_itrs, s.train_window,
                                               ctx.device.type, s.threads, f"{label} {data_label}")
         rows[data_label] = {**figures, **sampler.figures()}
     bound = rows["synthetic (bound)"]["img/s"]

@@ -30,7 +30,7 @@ COLUMNS = ["model", "data", "loader", "compile", "img/s", "% of bound", "data wa
            "GPU peak MB"]
 
 
-def _model_args(gpu: bool, quick: bool) -> tuple[str, list[str], int, int]:
+def model_args_for(gpu: bool, quick: bool) -> tuple[str, list[str], int, int]:
     """(label, train flags, iterations, log window) for this machine."""
     if gpu:
         itrs = 60 if quick else 300
@@ -40,8 +40,10 @@ def _model_args(gpu: bool, quick: bool) -> tuple[str, list[str], int, int]:
     return "ViT-Ti/16 384 fp32 b4", ["--model-size", "tiny", "--patch-size", "16", "--batch-size", "4"], itrs, 2
 
 
-def _train_once(data: Path, flags: list[str], itrs: int, window: int, device: str, threads: int,
+def train_once(data: Path, flags: list[str], itrs: int, window: int, device: str, threads: int,
                 label: str) -> dict[str, float]:
+    """One training run of `commfor-fast train` in a child process; its throughput figures.
+    Public: the GPU check's training step runs the same."""
     with tempfile.TemporaryDirectory() as run:
         cmd = [sys.executable, "-m", "commfor_fast", "train", "--data", str(data), "--out", run, "--device", device,
                "--input-size", "384", "--no-pretrained", "--train-itrs", str(itrs), "--log-every", str(window),
@@ -67,7 +69,7 @@ def run(shards: dict[str, Path], quick: bool, threads: int = 2, reference: bool 
     the given shard folders."""
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
-    label, flags, itrs, window = _model_args(gpu, quick)
+    label, flags, itrs, window = model_args_for(gpu, quick)
     any_shards = next(iter(shards.values()))
     configs = [("synthetic (bound)", any_shards, ["--synthetic-data"])]
     for name, folder in shards.items():
@@ -88,7 +90,7 @@ def run(shards: dict[str, Path], quick: bool, threads: int = 2, reference: bool 
             loader = "-" if "--synthetic-data" in extra else extra[extra.index("--loader") + 1]
             what = f"training {label} on {data_label}, loader {loader}{', compiled' if use_compile else ''}"
             say(f"{what}: {itrs} iterations")
-            figures = _train_once(folder, flags + extra, itrs, window, device, threads, what)
+            figures = train_once(folder, flags + extra, itrs, window, device, threads, what)
             say(f"{what}: {figures['img/s']:.2f} img/s")
             bound = bound or figures["img/s"]
             if figures["img/s"] > bound:
