@@ -20,13 +20,12 @@ per family, `scores_<family>_<level>.FORMAT` with --save-scores).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import torch
@@ -39,14 +38,14 @@ from commfor_fast.progress import Progress
 from commfor_fast.safetext import spreadsheet_safe_columns
 from commfor_fast.shards import META_EXT, Manifest, ShardReader, check_generator_ids, sample_key
 from commfor_fast.sources import sample_origin
-from commfor_fast.settings import EvalSettings
+from commfor_fast.settings import EvalSettings, ScoresFormat, settings_dict
 from commfor_fast.distributed import Dist, all_gather, amp_dtype, resolve_device, setup_distributed, teardown_distributed
 
 if TYPE_CHECKING:
     from commfor_fast.model import CommForDetector
     from commfor_fast.pipelines.loader import Batch
 
-SCORE_FORMATS = ("parquet", "csv")
+SCORE_FORMATS: tuple[str, ...] = get_args(ScoresFormat)
 # The array fields of `Scores` and their dtypes (those of `Batch` and of the float32 logits),
 # so that an empty share (a rank without images of a set) concatenates without changing them.
 ARRAYS = {"numbers": np.int64, "generator_ids": np.int64, "labels": np.float32, "logits": np.float32}
@@ -239,6 +238,7 @@ class _Inputs:
     """What `_check` found usable: the levels, the device, the data and the sets to score."""
 
     levels: tuple[Level, ...]  # clean first; empty without --perturb
+    env: Dist  # the torchrun environment, read once
     device: torch.device
     autocast_dtype: torch.dtype
     manifest: Manifest
@@ -262,7 +262,7 @@ def _check(settings: EvalSettings) -> _Inputs:
                 settings.loader)
     if env.is_main:
         check_writable(Path(settings.out), "--out")
-    return _Inputs(levels, device, autocast_dtype, manifest, set_names)
+    return _Inputs(levels, env, device, autocast_dtype, manifest, set_names)
 
 
 def _announce(settings: EvalSettings, inputs: _Inputs, model: CommForDetector) -> None:
@@ -312,9 +312,8 @@ def _write(settings: EvalSettings, inputs: _Inputs, per_level: list[Scores], inf
     manifest, levels, out = inputs.manifest, inputs.levels, Path(settings.out)
     clean = per_level[0]
     report = evaluate(clean.labels, clean.probabilities, clean.generator_ids, manifest.generators)
-    settings_record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}
     meta = {"model": info, "data": str(settings.data), "sets": inputs.set_names, "command": settings.command,
-            "settings": settings_record}
+            "settings": settings_dict(settings)}
     robust = [robustness.level_metrics(level, s.labels, s.probabilities, s.generator_ids, manifest.generators)
               for level, s in zip(levels, per_level)]
     sections = {}
@@ -344,7 +343,7 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
     from commfor_fast.model import load_detector
 
     inputs = _check(settings)
-    env = setup_distributed(inputs.device)
+    env = setup_distributed(inputs.device, inputs.env)
     model, info = load_detector(ckpt=settings.ckpt, hf_model=settings.hf_model, map_location=inputs.device,
                                 trust_checkpoint=settings.trust_checkpoint)
     if env.is_main:

@@ -97,8 +97,9 @@ def resolve_precision(s: TrainSettings) -> TrainSettings:
     return dataclasses.replace(s, use_amp=s.device == "cuda")
 
 
-def settings_dict(settings: TrainSettings) -> dict[str, Any]:
-    """The settings as a run records them (checkpoints, wandb's config): paths as strings."""
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """A command's settings dataclass as a run records them (checkpoints, wandb's config,
+    report.json): paths as strings."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
 
 

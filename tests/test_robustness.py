@@ -295,7 +295,7 @@ def _simulate_two_ranks(monkeypatch: pytest.MonkeyPatch, settings: EvalSettings,
             return [obj]
         return [obj, kept[0]]
 
-    monkeypatch.setattr(evaluate_module, "setup_distributed", lambda device: Dist.from_env())
+    monkeypatch.setattr(evaluate_module, "setup_distributed", lambda device, env: env)
     monkeypatch.setattr(evaluate_module, "teardown_distributed", lambda env: None)
     monkeypatch.setattr(evaluate_module, "all_gather", gather)
     monkeypatch.setenv("WORLD_SIZE", "2")

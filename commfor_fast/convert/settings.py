@@ -14,13 +14,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from commfor_fast.sources.folders import DISCOVERY_RULES
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import DEFAULT_MAX_PIXELS, RESIZE_FOR_CROP
+from commfor_fast.settings import CheckMode
 
-CHECK_MODES = ("full", "fast")
+CHECK_MODES: tuple[str, ...] = get_args(CheckMode)
 
 
 @dataclass
