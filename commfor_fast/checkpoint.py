@@ -28,10 +28,11 @@ CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
 # the same batches when these (and the process count) are unchanged.
 STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "batches_per_run", "rsa_ops", "rsa_min_num_ops",
                    "rsa_max_num_ops", "fix_padding_quirk")
-# Settings that shape the optimisation schedule. Neither kind may change on resume
-# without --allow-changed-settings.
+# Settings that shape the optimisation: its schedule and its precision (as resolved for
+# the device: an fp32 run must not go on in fp16 unnoticed). Neither kind may change on
+# resume without --allow-changed-settings.
 SCHEDULE_SETTINGS = ("epochs", "train_itrs", "lr", "weight_decay", "warmup_epochs", "warmup_frac", "no_lr_schedule",
-                     "lr_schedule")
+                     "lr_schedule", "use_amp", "amp_dtype")
 
 
 class RunShape(TypedDict):

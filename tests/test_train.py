@@ -369,6 +369,16 @@ def test_resume_changes_count_processes_and_stream_settings(easy: Path, tmp_path
     assert changes == ["--seed: 0 -> 7"] and not same_stream
 
 
+def test_resume_notices_a_change_of_precision(easy: Path, tmp_path: Path) -> None:
+    """An fp32 run resumed where the default is now fp16 (CUDA) is a change to confirm, not silent."""
+    fp32 = _settings(easy, tmp_path, train_itrs=10, use_amp=False)
+    shape = {"world_size": 1, "total_itrs": 10, "warmup": 1}
+    ckpt = TrainCheckpoint(model={}, model_args={}, optimizer={}, scaler={}, epoch=0, itr=5, schedule=shape,
+                           data=[{}], settings=settings_dict(fp32), version="")
+    changes, same_stream = resume_changes(ckpt, dataclasses.replace(fp32, use_amp=True), shape)
+    assert changes == ["--use-amp: False -> True"] and same_stream
+
+
 def test_warmup_longer_than_the_run_is_warned(easy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     train(_settings(easy, tmp_path / "run", train_itrs=2, warmup_frac=-1, warmup_epochs=1, validate=False))
     assert "warning: the warmup (9 iterations, --warmup-epochs 1) is longer than the whole run (2)" in \
