@@ -277,9 +277,9 @@ def test_the_thread_budget_is_split_between_dali_and_the_workers() -> None:
     assert ExecutorOptions().split(4) == (2, 2)  # the default: half each
     assert ExecutorOptions().split(1) == (1, 0)  # no room for a worker: the training thread prepares batches
     assert ExecutorOptions(source_workers=3).split(4) == (1, 3)
-    with pytest.raises(UserError, match="--source-workers 4: choose 0 to 3"):
+    with pytest.raises(UserError, match="--executor source_workers=4: choose 0 to 3"):
         ExecutorOptions(source_workers=4).split(4)
-    with pytest.raises(UserError, match="--stream-policy 'fast': choose one of single, per_backend"):
+    with pytest.raises(UserError, match="--executor stream_policy=fast: choose one of single, per_backend"):
         ExecutorOptions(stream_policy="fast").pipeline_kwargs()
     flags = ExecutorOptions.from_flags(["source_workers=1", "prefetch_queue_depth=3", "hw_decoder_load=0.7"])
     assert flags == ExecutorOptions(source_workers=1, prefetch_queue_depth=3, hw_decoder_load=0.7)

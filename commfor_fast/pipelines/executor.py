@@ -61,7 +61,7 @@ class ExecutorOptions:
             raise UserError(f"--num-threads {num_threads}: the DALI loader needs at least 1")
         workers = num_threads // 2 if self.source_workers is None else self.source_workers
         if not 0 <= workers < num_threads:
-            raise UserError(f"--source-workers {workers}: choose 0 to {num_threads - 1} "
+            raise UserError(f"--executor source_workers={workers}: choose 0 to {num_threads - 1} "
                             f"(--num-threads {num_threads} also holds DALI's own threads)")
         return num_threads - workers, workers
 
@@ -71,17 +71,17 @@ class ExecutorOptions:
 
         kwargs: dict[str, Any] = {}
         if self.stream_policy is not None:
-            kwargs["stream_policy"] = _enum(StreamPolicy, self.stream_policy, "--stream-policy")
+            kwargs["stream_policy"] = _enum(StreamPolicy, self.stream_policy, "stream_policy")
         if self.concurrency is not None:
-            kwargs["concurrency"] = _enum(OperatorConcurrency, self.concurrency, "--concurrency")
+            kwargs["concurrency"] = _enum(OperatorConcurrency, self.concurrency, "concurrency")
         return kwargs
 
     def resize_kwargs(self) -> dict[str, Any]:
         return {} if self.resize_minibatch_size is None else {"minibatch_size": self.resize_minibatch_size}
 
 
-def _enum(kind: Any, name: str, flag: str) -> Any:
+def _enum(kind: Any, name: str, option: str) -> Any:
     try:
         return kind[name.upper()]
     except KeyError:
-        raise UserError(f"{flag} {name!r}: choose one of {', '.join(m.name.lower() for m in kind)}") from None
+        raise UserError(f"--executor {option}={name}: choose one of {', '.join(m.name.lower() for m in kind)}") from None
