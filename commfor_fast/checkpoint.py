@@ -27,7 +27,7 @@ CKPT_PATTERN = re.compile(r"^ckpt-(\d{9})\.pt$")
 # Settings that shape the data stream: a checkpoint's stream position only replays
 # the same batches when these (and the process count) are unchanged.
 STREAM_SETTINGS = ("data", "loader", "batch_size", "seed", "batches_per_run", "rsa_ops", "rsa_min_num_ops",
-                   "rsa_max_num_ops", "fix_padding_quirk")
+                   "rsa_max_num_ops", "fix_padding_quirk", "box_filter")
 # Settings that shape the optimisation: its schedule and its precision (as resolved for
 # the device: an fp32 run must not go on in fp16 unnoticed). Neither kind may change on
 # resume without --allow-changed-settings.

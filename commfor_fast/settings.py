@@ -25,6 +25,7 @@ ModelSize = Literal["small", "tiny"]
 LRScheduleKind = Literal["original", "per-iteration"]
 ScoresFormat = Literal["parquet", "csv"]
 CheckMode = Literal["full", "fast"]  # `convert --check`
+BoxFilter = Literal["built", "standin"]  # `pipelines.plan.BOX_FILTERS`
 AmpDtype = Literal["fp16", "bf16", "float16", "bfloat16"]  # fp16 or bf16, or torch's names for them ...
 AMP_SPELLINGS = {"float16": "fp16", "bfloat16": "bf16"}  # ... read as these
 
@@ -74,6 +75,9 @@ class TrainSettings:
     rsa_min_num_ops: str = "0"
     rsa_max_num_ops: str = "2"
     fix_padding_quirk: bool = False
+    # PIL's box filter in the DALI graph: "built" from DALI operators (PIL's result but at
+    # window-edge ties), or "standin", one Gaussian resize (fewer operators, further off)
+    box_filter: BoxFilter = "built"
     verify_hashes: bool = False  # sha256 of every shard against the manifest before training (sizes are always checked)
     # checkpoints and logging
     ckpt_every: int = 0  # also checkpoint every N iterations (0: only at epoch ends)

@@ -64,7 +64,7 @@ def train(settings: TrainSettings) -> Path:
     # -- settings, checked before any work
     check_settings(settings)
     rsa = RSAConfig.from_flags(settings.rsa_ops, settings.rsa_min_num_ops, settings.rsa_max_num_ops,
-                               settings.fix_padding_quirk)
+                               settings.fix_padding_quirk, settings.box_filter)
 
     # -- the torchrun environment, read once: this process's rank, device and seed
     env = Dist.from_env()

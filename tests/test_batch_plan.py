@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 from commfor_fast.pipelines.batch_plan import draw_train_slots
-from commfor_fast.pipelines.ops import OPS, Crop, Flip, Jpeg, trace_sizes
+from commfor_fast.pipelines.ops import OPS, Crop, Flip, Interp, Jpeg, ResizedCrop, trace_sizes
 from commfor_fast.pipelines.plan import Plan, PlanEntry, RSAConfig, train_plan
-from commfor_fast.pipelines.slots import DALI_NN, SLOTS_PER_STAGE, Slots, graph_stages, lower_plans
+from commfor_fast.pipelines.resampling import box_regions
+from commfor_fast.pipelines.slots import BOX_BUILT, DALI_GAUSSIAN, DALI_LINEAR, DALI_NN, REGIONS, SLOTS_PER_STAGE, \
+    Slots, graph_stages, lower_plans
 
 N = 4000
 # Critical values at alpha = 1e-6: each case makes a few hundred comparisons.
@@ -48,7 +50,7 @@ def _sample_draw(config: RSAConfig, sizes: list[tuple[int, int]], crop: int, pre
     plans = [train_plan(rng, config, *sizes[i % len(sizes)], crop, preresized) for i in range(n)]
     first = np.array([p.resize.out_size(p.height, p.width) if p.resize else (p.height, p.width) for p in plans])
     boxes = np.array([(p.crop.top, p.crop.left, p.crop.height, p.crop.width) for p in plans])
-    return first, lower_plans(plans, graph_stages(config)), boxes
+    return first, lower_plans(plans, graph_stages(config), config.built_box), boxes
 
 
 def _read(first: np.ndarray, slots: Slots) -> dict[str, np.ndarray]:
@@ -158,7 +160,7 @@ def _check_invariants(first: np.ndarray, slots: Slots, crop_boxes: np.ndarray, c
     assert not slots.jpeg.reshape(by_stage.shape)[:, :-1].any(), "JPEGs sit at a stage's last slot"
     assert used.shape[0] == SLOTS_PER_STAGE * graph_stages(config)
     empty = Slots.empty(slots.stages, used.shape[1])
-    for f in fields(Slots):
+    for f in [f for f in fields(Slots) if f.name != "built_box"]:
         free = ~slots.jpeg if f.name in ("jpeg", "quality") else ~slots.geom
         assert np.array_equal(getattr(slots, f.name)[free], getattr(empty, f.name)[free]), f.name
     h, w = first[:, 0].astype(np.float32), first[:, 1].astype(np.float32)
@@ -306,7 +308,7 @@ def _assert_same_slots(config: RSAConfig, u: float) -> None:
         stages = graph_stages(config)
         draw = draw_train_slots(ConstantRng(u), config, sizes[:, 0], sizes[:, 1], 384, preresized, stages)
         plans = [train_plan(ConstantRng(u), config, h, w, 384, preresized) for h, w in EXACT_SIZES]
-        ref = lower_plans(plans, stages)
+        ref = lower_plans(plans, stages, config.built_box)
         assert draw.crop.tolist() == [[p.crop.top, p.crop.left, p.crop.height, p.crop.width] for p in plans]
         for f in fields(Slots):
             got, want = getattr(draw.slots, f.name), getattr(ref, f.name)
@@ -314,3 +316,19 @@ def _assert_same_slots(config: RSAConfig, u: float) -> None:
                 np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=f.name)
             else:
                 assert np.array_equal(got, want), (f.name, preresized)
+
+
+def test_box_resizes_are_marked_for_the_built_filter() -> None:
+    """`--box-filter built` (the default): PIL-box resizes get BOX_BUILT and their regions
+    (where at most two pixels share a window); `standin` the Gaussian; other filters
+    and same-size resizes are untouched."""
+    steps = [ResizedCrop(0, 0, 300, 280, 240, 224, Interp.BOX), ResizedCrop(0, 0, 300, 280, 240, 224, Interp.BILINEAR),
+             ResizedCrop(0, 0, 300, 280, 120, 112, Interp.BOX), ResizedCrop(0, 0, 240, 224, 240, 224, Interp.BOX)]
+    plans = [Plan(300, 280, None, (PlanEntry("rrc", (s,)),), Crop(0, 0, s.out_height, s.out_width)) for s in steps]
+    built, standin = (lower_plans(plans, 1, built_box) for built_box in (True, False))
+    assert built.interp[0].tolist() == [BOX_BUILT, DALI_LINEAR, DALI_GAUSSIAN, DALI_NN]
+    assert standin.interp[0].tolist() == [DALI_GAUSSIAN, DALI_LINEAR, DALI_GAUSSIAN, DALI_NN]
+    assert np.array_equal(built.regions[0, 0], box_regions(300, 280, 240, 224)[0])
+    assert not built.regions[0, 1:].any() and not standin.regions.any()
+    args = built.stage(0)[1]
+    assert np.array_equal(args[0, 0, REGIONS], built.regions[0, 0])

@@ -10,7 +10,7 @@ from PIL import Image
 from commfor_fast.demo import synth
 from commfor_fast.pipelines.dali import missing_gpu_ops, operator_census
 from commfor_fast.pipelines.perturb import apply_reference, downscaled_size, parse_perturbations
-from commfor_fast.pipelines.resampling import box_by_nearest, resize_renormalised
+from commfor_fast.pipelines.resampling import box_from_regions, box_regions, resize_renormalised
 
 # (box height, box width) -> output: RandomResizedCrop-like shrinks (factors 0.72-0.98) and one enlargement.
 SIZES = [((300, 400), (217, 289)), ((257, 343), (200, 266)), ((320, 240), (298, 224)), ((311, 290), (240, 224)),
@@ -33,7 +33,8 @@ def _run(graph, feeds: dict[str, list[np.ndarray]]) -> list[np.ndarray]:  # type
 
 
 def _box_graph():  # type: ignore[no-untyped-def]
-    return box_by_nearest(fn.external_source(name="images", layout="HWC"), fn.external_source(name="sizes"))
+    return box_from_regions(fn.external_source(name="images", layout="HWC"), fn.external_source(name="regions"),
+                            fn.external_source(name="sizes"))
 
 
 def _gaussian_graph():  # type: ignore[no-untyped-def]
@@ -47,12 +48,14 @@ def _box_cases() -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
     image = _image(0, 336, 400)
     boxes = [np.ascontiguousarray(image[:h, :w]) for (h, w), _ in SIZES]
     refs = [np.asarray(Image.fromarray(b).resize(out[::-1], Image.BOX)) for b, (_, out) in zip(boxes, SIZES)]
-    return {"images": boxes, "sizes": [np.array(out, np.float32) for _, out in SIZES]}, refs
+    regions = box_regions(*np.array([(*shape, *out) for shape, out in SIZES]).T)
+    return {"images": boxes, "sizes": [np.array(out, np.float32) for _, out in SIZES], "regions": list(regions)}, refs
 
 
 def test_box_from_nearest_neighbour_pairs_is_pils_box_filter() -> None:
     feeds, refs = _box_cases()
     built = [np.abs(a.astype(int) - r) for a, r in zip(_run(_box_graph, feeds), refs)]
+    del feeds["regions"]
     single = np.concatenate([np.abs(a.astype(int) - r).ravel() for a, r in zip(_run(_gaussian_graph, feeds), refs)])
     # Exact where no pixel centre falls exactly on a window edge (the first and last
     # sizes); elsewhere those rows and columns are PIL's double rounding's call
@@ -98,12 +101,15 @@ def test_robustness_resize_level_runs_the_renormalised_downscale() -> None:
     assert worst <= 2, worst  # measured 2 (was up to 19 with DALI's clamping downscale)
 
 
-@pytest.mark.parametrize("builder", [box_by_nearest, resize_renormalised])
-def test_the_builds_have_gpu_implementations(builder) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("box", [True, False])
+def test_the_builds_have_gpu_implementations(box: bool) -> None:
     @pipeline_def(batch_size=2, num_threads=1, device_id=0)
     def graph():  # type: ignore[no-untyped-def]
         img = fn.external_source(name="images", layout="HWC", dtype=types.UINT8).gpu()
-        return builder(img, fn.external_source(name="sizes", dtype=types.FLOAT))
+        size = fn.external_source(name="sizes", dtype=types.FLOAT)
+        if box:
+            return box_from_regions(img, fn.external_source(name="regions", dtype=types.FLOAT), size)
+        return resize_renormalised(img, size)
 
     census = operator_census(graph())
     assert missing_gpu_ops(census) == [] and ("Resize", "gpu") in census, census

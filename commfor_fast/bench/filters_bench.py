@@ -15,7 +15,7 @@ channels), pooled and summarised as mean, 99th and 99.9th percentile and maximum
    min_filter and mag_filter are chosen by the 99.9th percentile pooled over every
    image and confirmed as one resize; the stand-ins the training graph uses
    (`slots.DALI_FILTERS`, antialias on) are reported per image set.
-2. PIL's box filter built from DALI operators (`box_by_nearest`): exact in exact
+2. PIL's box filter built from DALI operators (`resampling.box_from_regions`): exact in exact
    arithmetic for factors above 1/2, measured against PIL like the single filters.
 3. The robustness perturbation `resize=f` (`perturb.py`; f = 0.1 to 0.75 on whole
    images) in DALI against its PIL definition, alone and through the evaluation chain
@@ -58,7 +58,7 @@ from commfor_fast.pipelines.perturb import GraphInputs, apply_dali, apply_refere
     parse_perturbations
 from commfor_fast.pipelines.plan import eval_plan
 from commfor_fast.pipelines.reference import PIL_FILTERS, eval_image
-from commfor_fast.pipelines.resampling import box_by_nearest
+from commfor_fast.pipelines.resampling import box_from_regions, box_regions
 from commfor_fast.pipelines.slots import DALI_FILTERS as DALI_FILTERS_USED
 
 DALI_FILTERS = ("INTERP_NN", "INTERP_LINEAR", "INTERP_CUBIC", "INTERP_LANCZOS3", "INTERP_TRIANGULAR",
@@ -207,17 +207,23 @@ def _resize_graph(choice: Choice):  # type: ignore[no-untyped-def]
 
 
 def _box_graph():  # type: ignore[no-untyped-def]
-    return box_by_nearest(fn.external_source(name="images", layout="HWC"), fn.external_source(name="sizes"))
+    return box_from_regions(fn.external_source(name="images", layout="HWC"), fn.external_source(name="regions"),
+                            fn.external_source(name="sizes"))
 
 
 def _sizes(boxes: list[np.ndarray], cases: list[Case]) -> dict[str, list[np.ndarray]]:
     return {"images": boxes, "sizes": [np.array(c.out, np.float32) for c in cases]}
 
 
+def _box_feeds(boxes: list[np.ndarray], cases: list[Case]) -> dict[str, list[np.ndarray]]:
+    regions = box_regions(*np.array([(*b.shape[:2], *c.out) for b, c in zip(boxes, cases)]).T)
+    return {**_sizes(boxes, cases), "regions": list(regions)}
+
+
 def dali_resize(boxes: list[np.ndarray], cases: list[Case], choice: Choice | None) -> list[np.ndarray]:
-    """The boxes resized by DALI's CPU backend with `choice`, or by `box_by_nearest` (None)."""
+    """The boxes resized by DALI's CPU backend with `choice`, or by the built box filter (None)."""
     if choice is None:
-        return run_dali(_box_graph, _sizes(boxes, cases))[0]
+        return run_dali(_box_graph, _box_feeds(boxes, cases))[0]
     return run_dali(_resize_graph, _sizes(boxes, cases), choice)[0]
 
 

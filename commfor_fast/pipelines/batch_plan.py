@@ -160,7 +160,7 @@ def draw_train_slots(rng: np.random.Generator, config: RSAConfig, heights: np.nd
         d = specs[i].batch(rng, a, crop, rules.get(i))
         rounds[b, k], geom[b, k], jpeg[b, k] = d.rounds, d.geometry is not None, d.jpeg is not None
         draws.append((a, d))
-    slots = Slots.empty(stages, batch)
+    slots = Slots.empty(stages, batch, config.built_box)
     if steps:
         first_pos = _first_positions(rounds, geom, jpeg, len(slots.geom))
         for a, d in draws:

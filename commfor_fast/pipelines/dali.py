@@ -15,8 +15,9 @@ Robustness evaluation (`eval --perturb`) uses a second evaluation graph: one dec
 then a branch per level (`pipelines/perturb.py`: the perturbation, then the usual first
 resize, centre crop and normalisation), one output per level.
 
-Measured differences to the PIL reference (tests/test_parity.py): PIL's Hamming and
-box filters have no DALI twin (stand-ins in `slots.DALI_FILTERS`), resampling rounds
+Measured differences to the PIL reference (tests/test_parity.py): PIL's Hamming
+filter has no DALI twin (a stand-in in `slots.DALI_FILTERS`), its box filter is built
+from DALI operators (`resampling.box_from_regions`, or a stand-in), resampling rounds
 differently by about a grey level, and DALI's JPEG codec on the GPU (nvJPEG) is not
 bit-exact with libjpeg.
 """
@@ -33,7 +34,8 @@ from nvidia.dali.pipeline import Pipeline
 from commfor_fast.errors import UserError
 from commfor_fast.pipelines.perturb import GraphInputs, Level, apply_dali
 from commfor_fast.pipelines.plan import Plan, RSAConfig
-from commfor_fast.pipelines.slots import SLOTS_PER_STAGE, graph_stages
+from commfor_fast.pipelines.resampling import box_from_regions
+from commfor_fast.pipelines.slots import BOX_BUILT, REGIONS, SLOTS_PER_STAGE, graph_stages
 from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_preresize
 from commfor_fast.pipelines.executor import ExecutorOptions
 from commfor_fast.pipelines.source import BatchSource, EvalOrder, EvalPlanner, ShardSource, TrainOrder, TrainPlanner
@@ -48,9 +50,10 @@ STAGE_DTYPES = (types.BOOL, types.FLOAT)
 HW_DECODER_LOAD: float | None = None
 
 
-def _slot(img, one, args, r: int, interp):
+def _slot(img, one, args, r: int, interp, code=None):
     """One geometric slot from its rows `r`, `r + 1` of the stage's `args`: warp -> erase
-    -> resize.
+    -> resize with the DALI filter `interp`, or, where the filter `code` is given and
+    BOX_BUILT, with PIL's box filter built from DALI operators.
 
     PIL fills only where the sample point itself falls outside the image and clamps
     the bilinear neighbours at the border; DALI's fill mode also blends the fill into
@@ -61,19 +64,27 @@ def _slot(img, one, args, r: int, interp):
     inside = fn.warp_affine(one, matrix=mask, size=size, fill_value=0, interp_type=types.INTERP_NN)
     img = fn.warp_affine(img, matrix=matrix, size=size, interp_type=types.INTERP_LINEAR) * inside
     img = fn.erase(img, anchor=args[r, 9:17], shape=args[r + 1, 9:17], axis_names="HW", fill_value=args[r, 8:9])  # 1-D, as the GPU erase takes it
-    return fn.resize(img, size=args[r + 1, 6:8], interp_type=interp, antialias=True)
+    size = args[r + 1, 6:8]
+    if code is None:
+        return fn.resize(img, size=size, interp_type=interp, antialias=True)
+    if code == BOX_BUILT:  # a per-sample split
+        img = box_from_regions(img, args[r, REGIONS], size)
+    else:
+        img = fn.resize(img, size=size, interp_type=interp, antialias=True)
+    return img
 
 
-def _stage(img, one, used, args):
+def _stage(img, one, used, args, built_box: bool):
     """One RSA stage, for the samples that use it: its slots, then JPEG where the
-    quality (`slots.Slots.stage`'s last row) is not 0. Everything is sliced from
+    quality (`slots.Slots.stage`'s last row) is not 0; with `built_box`, the slots
+    split off the samples that resize with PIL's box filter. Everything is sliced from
     `args` inside the branch, so a stage costs the whole batch only the splits of
     `img`, `args` and `one` and the merge."""
     if used:
         codes = fn.cast(args[-1, 0:SLOTS_PER_STAGE + 1], dtype=types.INT32)
         interps = fn.cast(codes[0:SLOTS_PER_STAGE], dtype=types.INTERP_TYPE)  # no float -> enum cast
         for s in range(SLOTS_PER_STAGE):
-            img = _slot(img, one, args, 2 * s, interps[s])
+            img = _slot(img, one, args, 2 * s, interps[s], codes[s] if built_box else None)
         quality = codes[SLOTS_PER_STAGE]
         if quality:
             img = fn.jpeg_compression_distortion(img, quality=quality)
@@ -116,7 +127,7 @@ def _normalise(img):
 
 @pipeline_def(enable_conditionals=True)
 def _graph(source: BatchSource, options: ExecutorOptions, workers: int, stages: int, raw: bool, device: str,
-           normalise: bool):
+           normalise: bool, built_box: bool):
     head, stage_inputs = _inputs(source, stages, options, workers)
     img = _decode(head["images"], raw, device, options)
     if not raw:
@@ -124,7 +135,7 @@ def _graph(source: BatchSource, options: ExecutorOptions, workers: int, stages: 
     if stage_inputs:
         one = types.Constant(np.ones((1, 1, 1), np.uint8), device=device, layout="HWC")
         for used, args in stage_inputs:
-            img = _stage(img, one, used, args)
+            img = _stage(img, one, used, args, built_box)
     img = fn.slice(img, start=head["crop_start"], shape=head["crop_shape"], axes=[0, 1])
     return (_normalise(img) if normalise else img), head["ids"]
 
@@ -149,11 +160,12 @@ def _levels_graph(source: BatchSource, options: ExecutorOptions, workers: int, r
 
 def create_pipeline(source: BatchSource, *, stages: int, device: str, batch_size: int, num_threads: int = 4,
                     device_id: int | None = None, normalise: bool = True,
-                    options: ExecutorOptions = ExecutorOptions(source_workers=0)) -> Pipeline:
+                    options: ExecutorOptions = ExecutorOptions(source_workers=0), built_box: bool = False) -> Pipeline:
     """The graph over any `BatchSource` (the training and evaluation factories below
-    make theirs; benchmarks make one that draws samples with replacement)."""
-    return _build(_graph, source, (stages, source.raw, device, normalise), device=device, batch_size=batch_size,
-                  num_threads=num_threads, device_id=device_id, options=options)
+    make theirs; benchmarks make one that draws samples with replacement); `built_box`
+    for sources whose slots use `--box-filter built`."""
+    return _build(_graph, source, (stages, source.raw, device, normalise, built_box), device=device,
+                  batch_size=batch_size, num_threads=num_threads, device_id=device_id, options=options)
 
 
 def _build(graph: Callable[..., Pipeline], source: BatchSource, graph_args: tuple, *, device: str, batch_size: int,
@@ -212,7 +224,8 @@ def create_train_pipeline(
     plan = TrainPlanner(rsa, crop, source.preresize is not None, seed, shard_id, stages, plans)
     host = BatchSource(source, order, plan, stages)
     return create_pipeline(host, stages=stages, device=device, batch_size=batch_size * batches_per_run,
-                           num_threads=num_threads, device_id=device_id, normalise=normalise, options=options)
+                           num_threads=num_threads, device_id=device_id, normalise=normalise, options=options,
+                           built_box=rsa.built_box)
 
 
 def create_eval_pipeline(

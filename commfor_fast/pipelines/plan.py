@@ -14,7 +14,7 @@ both executors; tests can build them by hand instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, get_args
 
 import numpy as np
 
@@ -22,6 +22,10 @@ from commfor_fast.errors import UserError
 from commfor_fast.imageio import resized_shape
 from commfor_fast.pipelines.ops import DEFAULT_OPS, OPS, Crop, Interp, Resize, Step, trace_sizes
 from commfor_fast.pipelines.preprocess import center_crop_offsets, resize_size
+from commfor_fast.settings import BoxFilter
+
+
+BOX_FILTERS: tuple[str, ...] = get_args(BoxFilter)
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,11 @@ class RSAConfig:
     # The original resizes RandomPadding's output to (old W, old H), transposing
     # non-square images; True resizes back to (old H, old W) instead.
     fix_padding_quirk: bool = False
+    # How the DALI graph does PIL's box filter (RandomResizedCrop draws it for 1 in 6
+    # resizes): "built", `resampling.box_from_regions` (PIL's result but at window-edge
+    # ties), or "standin", one Gaussian resize (slots.DALI_FILTERS: 30 operators per slot
+    # fewer, further from PIL). The reference executor is PIL itself.
+    box_filter: str = "built"
 
     def __post_init__(self) -> None:
         unknown = [o for o in self.ops if o not in OPS]
@@ -46,6 +55,8 @@ class RSAConfig:
             if lo < 0 or hi < lo:
                 raise UserError(f"--rsa-min-num-ops/--rsa-max-num-ops: {name} has min {lo}, max {hi}; "
                                 "counts must satisfy 0 <= min <= max")
+        if self.box_filter not in BOX_FILTERS:
+            raise UserError(f"--box-filter {self.box_filter}: choose one of {', '.join(BOX_FILTERS)}")
 
     @classmethod
     def from_flags(
@@ -54,6 +65,7 @@ class RSAConfig:
         min_num_ops: str | int = 0,
         max_num_ops: str | int = 2,
         fix_padding_quirk: bool = False,
+        box_filter: str = "built",
     ) -> RSAConfig:
         """Parse the original's `--rsa_ops`, `--rsa_min_num_ops`, `--rsa_max_num_ops`.
 
@@ -63,12 +75,17 @@ class RSAConfig:
         names = tuple(o.strip() for o in ops.split(",") if o.strip()) if isinstance(ops, str) else tuple(ops)
         lo = _counts("--rsa-min-num-ops", min_num_ops, len(names))
         hi = _counts("--rsa-max-num-ops", max_num_ops, len(names))
-        return cls(names, lo, hi, fix_padding_quirk)
+        return cls(names, lo, hi, fix_padding_quirk, box_filter)
 
     @property
     def max_steps(self) -> int:
         """The most primitive steps RSA can produce for one image."""
         return sum(hi * OPS[op].max_steps for op, hi in zip(self.ops, self.max_counts))
+
+    @property
+    def built_box(self) -> bool:
+        """Whether the DALI graph builds PIL's box filter (`box_filter`)."""
+        return self.box_filter == "built"
 
     @property
     def max_jpegs(self) -> int:

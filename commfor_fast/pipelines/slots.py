@@ -41,6 +41,7 @@ import numpy as np
 from commfor_fast.pipelines.ops import INTERPS, Affine, Crop, Erase, Flip, Interp, Jpeg, Pad, Resize, ResizedCrop, Step, \
     affine_matrices
 from commfor_fast.pipelines.plan import Plan, RSAConfig
+from commfor_fast.pipelines.resampling import BOX_REGION_COLUMNS, box_regions, covers_box
 
 # DALI's DALIInterpType values (nvidia.dali.types), kept here so the host side needs no DALI import.
 DALI_NN, DALI_LINEAR, DALI_CUBIC, DALI_LANCZOS3, DALI_TRIANGULAR, DALI_GAUSSIAN = range(6)
@@ -49,8 +50,10 @@ DALI_NN, DALI_LINEAR, DALI_CUBIC, DALI_LANCZOS3, DALI_TRIANGULAR, DALI_GAUSSIAN 
 # Hamming and box have no DALI twin: the stand-ins are the closest single filters
 # measured at RSA's scales (commfor_fast/bench/filters_bench.py, real photos: 99.9th
 # percentile of the difference to PIL, shrinking / enlarging: Hamming 5 / 6 grey levels;
-# box 37 / 4, nothing in DALI is closer when shrinking, `resampling.box_by_nearest` gets
-# 8 / 0 at 54 operators per resize; the others 1 / 1 and nearest 18 / 3 at pixel-edge ties).
+# box 37 / 4, nothing in DALI is closer when shrinking; the others 1 / 1 and nearest
+# 18 / 3 at pixel-edge ties). By default (`--box-filter built`, `RSAConfig.box_filter`)
+# `resampling.box_from_regions` (8 / 0) replaces the box stand-in where it applies,
+# marked BOX_BUILT; `--box-filter standin` keeps the stand-in.
 DALI_FILTERS: dict[Interp, tuple[int, int]] = {
     Interp.NEAREST: (DALI_NN, DALI_NN),
     Interp.BILINEAR: (DALI_LINEAR, DALI_LINEAR),
@@ -60,10 +63,12 @@ DALI_FILTERS: dict[Interp, tuple[int, int]] = {
     Interp.BOX: (DALI_GAUSSIAN, DALI_NN),
 }
 
+BOX_BUILT = 6  # not a DALI filter: the slot resizes with `resampling.box_from_regions`
 MAX_BOXES = 4  # padding paints four borders
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
 SLOTS_PER_STAGE = 3
 
+_BOX = INTERPS.index(Interp.BOX)
 _SHRINK = np.array([DALI_FILTERS[i][0] for i in INTERPS], np.int32)
 _ENLARGE = np.array([DALI_FILTERS[i][1] for i in INTERPS], np.int32)
 
@@ -92,7 +97,8 @@ class Slots:
     `warp_affine` convention); `mask` is the same map scaled so the input is 1 x 1,
     which makes a nearest-neighbour warp of a 1 x 1 image of ones PIL's inside test.
     Boxes are (y, x) anchors and (h, w) shapes, four per sample. `jpeg` and `quality`
-    are set only at a stage's last slot.
+    are set only at a stage's last slot. With `built_box`, resizes that PIL does with
+    its box filter get the filter BOX_BUILT and their `regions` (`resampling.box_regions`).
     """
 
     geom: np.ndarray  # bool
@@ -106,9 +112,11 @@ class Slots:
     interp: np.ndarray  # int32, DALI filter
     jpeg: np.ndarray  # bool
     quality: np.ndarray  # int32
+    regions: np.ndarray  # float32 (BOX_REGION_COLUMNS,)
+    built_box: bool = False
 
     @classmethod
-    def empty(cls, stages: int, batch: int) -> Slots:
+    def empty(cls, stages: int, batch: int, built_box: bool = False) -> Slots:
         """All slots unused: no stage runs."""
         p, b = stages * SLOTS_PER_STAGE, batch
         return cls(
@@ -117,6 +125,7 @@ class Slots:
             anchors=np.zeros((p, b, 2 * MAX_BOXES), np.float32), shapes=np.zeros((p, b, 2 * MAX_BOXES), np.float32),
             fill=np.zeros((p, b), np.float32), size=np.ones((p, b, 2), np.float32),
             interp=np.zeros((p, b), np.int32), jpeg=np.zeros((p, b), bool), quality=np.full((p, b), 100, np.int32),
+            regions=np.zeros((p, b, BOX_REGION_COLUMNS), np.float32), built_box=built_box,
         )
 
     @property
@@ -135,23 +144,25 @@ class Slots:
             rows[:, :, 0:3], rows[:, :, 3:6] = self.matrix[p], self.mask[p]
             rows[:, 0, 6:8], rows[:, 0, 8], rows[:, 0, 9:17] = self.warp_size[p], self.fill[p], self.anchors[p]
             rows[:, 1, 6:8], rows[:, 1, 9:17] = self.size[p], self.shapes[p]
+            rows[:, 0, REGIONS] = self.regions[p]
             args[:, -1, s] = self.interp[p]
         last = lo + SLOTS_PER_STAGE - 1
         args[:, -1, SLOTS_PER_STAGE] = np.where(self.jpeg[last], self.quality[last], 0)
         return self.geom[lo].copy(), args
 
 
-# The packed arguments of one sample at one stage: two rows of 17 floats per slot, so
+# The packed arguments of one sample at one stage: two rows of 35 floats per slot, so
 # each operator argument is one slice (a 2 x 3 matrix is the first three columns of
 # both rows), and a last row of the slots' DALI filters and the JPEG quality (0: no
 # JPEG). Slot s, rows 2s and 2s + 1:
-#     row 2s:     matrix[0] 0:3, mask[0] 3:6, warp_size 6:8, fill 8, anchors 9:17
-#     row 2s + 1: matrix[1] 0:3, mask[1] 3:6, size 6:8, (unused) 8, shapes 9:17
+#     row 2s:     matrix[0] 0:3, mask[0] 3:6, warp_size 6:8, fill 8, anchors 9:17, regions 17:35
+#     row 2s + 1: matrix[1] 0:3, mask[1] 3:6, size 6:8, (unused) 8, shapes 9:17, (unused) 17:35
 #     row 6:      interp of slots 0, 1, 2 at 0:3, quality at 3
 # The graph slices them inside the stage's branch, where only the samples that use the
 # stage pay; a typed input per field would need a conditional split each, paid by the
 # whole batch at every stage (measured: most of the stages' fixed cost).
-ARGS_WIDTH = 17
+REGIONS = slice(17, 17 + BOX_REGION_COLUMNS)
+ARGS_WIDTH = REGIONS.stop
 ARGS_ROWS = 2 * SLOTS_PER_STAGE + 1
 
 
@@ -183,6 +194,12 @@ def set_geometry(slots: Slots, p: np.ndarray | int, b: np.ndarray | int, h: np.n
     slots.fill[p, b] = fill
     slots.size[p, b] = np.stack([rh, rw], 1)
     slots.interp[p, b] = dali_filters(interp, wh, ww, rh, rw)
+    if slots.built_box:
+        built = (np.equal(interp, _BOX) & covers_box(wh, ww, rh, rw)
+                 & ~(np.equal(wh, rh) & np.equal(ww, rw)))  # the same size stays a nearest-neighbour copy
+        if built.any():
+            slots.interp[p[built], b[built]] = BOX_BUILT
+            slots.regions[p[built], b[built]] = box_regions(wh[built], ww[built], rh[built], rw[built])
     return np.ones(n, bool)
 
 
@@ -327,11 +344,11 @@ def _(step: Jpeg, slots: Slots, p: Ints, b: Ints, h: Ints, w: Ints) -> np.ndarra
     return np.ones(np.shape(np.atleast_1d(p)), bool)
 
 
-def lower_plans(plans: list[Plan], stages: int) -> Slots:
+def lower_plans(plans: list[Plan], stages: int, built_box: bool = False) -> Slots:
     """Slots for per-sample plans (their RSA steps; first resize and crop are separate),
     placed as the module docstring says. Raises ValueError when a plan needs more
     than `stages` stages."""
-    slots = Slots.empty(stages, len(plans))
+    slots = Slots.empty(stages, len(plans), built_box)
     firsts = [plan.resize.out_size(plan.height, plan.width) if plan.resize else (plan.height, plan.width)
               for plan in plans]
     for i, (plan, (h, w)) in enumerate(zip(plans, firsts)):

@@ -232,12 +232,12 @@ class BatchSource:
         self._kept.clear()
 
 
-def _per_sample(ids: np.ndarray, plan_of: PlanFn, stages: int) -> tuple[np.ndarray, np.ndarray, Slots]:
+def _per_sample(ids: np.ndarray, plan_of: PlanFn, stages: int, built_box: bool) -> tuple[np.ndarray, np.ndarray, Slots]:
     """First sizes, crops and slots from one `Plan` per sample."""
     plans = [plan_of(SampleIds(*(int(v) for v in row)), int(row[3]), int(row[4])) for row in ids]
     first = [p.resize.out_size(p.height, p.width) if p.resize else (p.height, p.width) for p in plans]
     crops = [(p.crop.top, p.crop.left, p.crop.height, p.crop.width) for p in plans]
-    return np.array(first, np.int32), np.array(crops, np.int32), lower_plans(plans, stages)
+    return np.array(first, np.int32), np.array(crops, np.int32), lower_plans(plans, stages, built_box)
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ class TrainPlanner:
 
     def __call__(self, ids: np.ndarray, batch_no: int) -> tuple[np.ndarray, np.ndarray, Slots]:
         if self.plans is not None:
-            return _per_sample(ids, self.plans, self.stages)
+            return _per_sample(ids, self.plans, self.stages, self.rsa.built_box)
         rng = np.random.default_rng([self.seed, self.rank, batch_no])
         draw = draw_train_slots(rng, self.rsa, ids[:, 3], ids[:, 4], self.crop, self.preresized, self.stages)
         return draw.first_size, draw.crop, draw.slots
