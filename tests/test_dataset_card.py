@@ -141,6 +141,11 @@ def test_a_hub_source_gives_its_license_and_is_named_as_source_dataset(tmp_path:
     assert front["license"] == "cc-by-nc-sa-4.0"
     assert front["source_datasets"] == ["OwensLab/CommunityForensics-Small"]
     assert str(tmp_path) not in (tmp_path / "out" / CARD_NAME).read_text()
+    # parquet files given by path, beside a README.md that is no hub card: licence unknown
+    (snapshot / "README.md").write_text("---\nlicense: [cc-by\n---\nnotes\n")
+    write_dataset_card(tmp_path / "out", _manifest(["a"], [{**hub, "repo": str(snapshot / "*.parquet")}]))
+    front = _front_matter(tmp_path / "out")
+    assert front["license"] == "unknown" and "source_datasets" not in front
 
 
 def test_portable_commands_and_paths() -> None:

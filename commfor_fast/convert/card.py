@@ -85,9 +85,13 @@ def _source_licenses(source: dict[str, Any]) -> list[str]:
     card = Path(str(source.get("root", ""))) / CARD_NAME
     if source.get("kind") != "hf" or not card.is_file():
         return [UNKNOWN_LICENSE]
+    import yaml
     from huggingface_hub import DatasetCard
 
-    found = DatasetCard.load(card).data.license
+    try:
+        found = DatasetCard.load(card).data.license
+    except yaml.YAMLError:  # front matter that is not YAML: a README.md beside parquet files, not a hub card
+        return [UNKNOWN_LICENSE]
     return [found] if isinstance(found, str) else [str(name) for name in found or []] or [UNKNOWN_LICENSE]
 
 
