@@ -4,6 +4,7 @@ An output folder of `commfor-fast convert` holds:
 
     manifest.json                      written last: its presence means "complete"
     README.md                          a dataset card: `datasets.load_dataset(OUT)` reads the folder
+    generators.csv                     every generator (id, name, images per label and set)
     train/shard-00000-000.tar          WebDataset tar files (one folder per set:
     train/shard-00000-000.tar.idx      `train` and `val`, or `all` without a split),
                                        named by partition and shard within it
@@ -48,6 +49,7 @@ FORMAT_NAME = "commfor-fast-shards"
 FORMAT_VERSION = 2  # 2: pre-resized pixels as `.npy` (were headerless `.rgb`); a dataset card
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"  # the dataset card for Hugging Face `datasets` (convert/card.py)
+GENERATORS_NAME = "generators.csv"  # every generator with its counts, beside the card (convert/card.py)
 INDEX_VERSION = "v1.2"
 INDEX_SUFFIX = ".idx"
 

@@ -26,18 +26,25 @@ from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb, 
 from commfor_fast.shards import RAW_EXT, RAW_HEADER_BYTES, Manifest, unpack_ids
 
 
-def source_bytes(meta: dict) -> bytes:
+def source_root(meta: dict, manifest: Manifest) -> Path:
+    """Where a sample's source lies: its metadata names the folder (no local paths), the
+    manifest's sources locate it."""
+    name = meta["repo"] if meta["source"] == "hf" else meta["root"]
+    return next(Path(s["root"]) for s in manifest.sources if Path(s["root"]).name == name)
+
+
+def source_bytes(meta: dict, manifest: Manifest) -> bytes:
     """The original bytes of a sample, read back from its source."""
     if meta["source"] == "hf":
-        table = pq.read_table(Path(meta["repo"]) / meta["file"], columns=["image_data"])
+        table = pq.read_table(source_root(meta, manifest) / meta["file"], columns=["image_data"])
         return table.column("image_data")[meta["row"]].as_py()
-    return (Path(meta["root"]) / meta["path"]).read_bytes()
+    return (source_root(meta, manifest) / meta["path"]).read_bytes()
 
 
-def identity(meta: dict) -> str:
+def identity(meta: dict, manifest: Manifest) -> str:
     if meta["source"] == "hf":
-        return f"{Path(meta['repo']) / meta['file']}#row {meta['row']}"
-    return str(Path(meta["root"]) / meta["path"])
+        return f"{source_root(meta, manifest) / meta['file']}#row {meta['row']}"
+    return str(source_root(meta, manifest) / meta["path"])
 
 
 def expected_sources(hf_replica: Path, roots: list[Path], splits: tuple[str, ...]) -> set[str]:
@@ -61,7 +68,7 @@ def samples(converted: Path) -> dict[str, list[tuple[str, dict[str, bytes]]]]:
 
 
 def test_every_sample_exactly_once(manifest, samples, hf_replica, folder_tree, extra_real):
-    stored = [identity(json.loads(m["json"])) for s in samples.values() for _, m in s]
+    stored = [identity(json.loads(m["json"]), manifest) for s in samples.values() for _, m in s]
     rejected = [r["item"] for r in manifest.rejects]
     everything = expected_sources(hf_replica, [folder_tree, extra_real], ("Systematic", "Manual"))
     assert len(stored) == len(set(stored)), "a sample is stored twice"
@@ -111,7 +118,7 @@ def test_labels_ids_metadata_and_bytes_round_trip(manifest, samples):
             assert ids.label == meta["label"] and ids.sample_number == int(key)
             assert ids.generator_id == gen_ids[meta["generator"]]
             assert (ids.height, ids.width) == (meta["decoded"]["height"], meta["decoded"]["width"])
-            original = source_bytes(meta)
+            original = source_bytes(meta, manifest)
             if "normalised" in meta:
                 normalised += 1
                 assert image_ext == "png"
@@ -211,7 +218,7 @@ def test_preresize_stores_resized_raw_pixels(tmp_path, folder_tree, convert_into
         meta, ids = json.loads(m["json"]), unpack_ids(m["ids"])
         assert min(ids.height, ids.width) == 256
         assert (meta["stored"]["height"], meta["stored"]["width"]) == (ids.height, ids.width)
-        expected = encode_raw(resize_shorter(decode_rgb(source_bytes(meta)), 256))
+        expected = encode_raw(resize_shorter(decode_rgb(source_bytes(meta, manifest)), 256))
         assert m[RAW_EXT] == expected
         pixels = decode_raw(m[RAW_EXT], ids.height, ids.width)
         assert pixels.shape == (ids.height, ids.width, 3)
@@ -219,7 +226,7 @@ def test_preresize_stores_resized_raw_pixels(tmp_path, folder_tree, convert_into
         header_bytes = 10 + int.from_bytes(m[RAW_EXT][8:10], "little")  # magic, version, length, text
         assert header_bytes == RAW_HEADER_BYTES  # the same for every image: DALI skips it as a constant
         assert (meta["decoded"]["width"], meta["decoded"]["height"]) == Image.open(
-            io.BytesIO(source_bytes(meta))).size
+            io.BytesIO(source_bytes(meta, manifest))).size
 
 
 def test_fast_check_gives_the_same_shards(tmp_path, converted, hf_replica, folder_tree, extra_real, convert_into):

@@ -22,7 +22,8 @@ from typing import Any
 
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import is_temporary, sha256_file
-from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, other_conversion, read_index, write_json_atomic
+from commfor_fast.shards import (CARD_NAME, GENERATORS_NAME, MANIFEST_NAME, other_conversion, read_index,
+                                 write_json_atomic)
 
 PLAN_NAME = "plan.json"
 PARTS_DIR = "parts"
@@ -37,7 +38,7 @@ def shard_path(out: Path, set_name: str, partition: int, number: int) -> Path:
 
 
 def _ours(set_names: tuple[str, ...]) -> set[str]:
-    return {PLAN_NAME, PARTS_DIR, MANIFEST_NAME, CARD_NAME, "train", "val", "all", *set_names}
+    return {PLAN_NAME, PARTS_DIR, MANIFEST_NAME, CARD_NAME, GENERATORS_NAME, "train", "val", "all", *set_names}
 
 
 def _recorded_fingerprint(plan_file: Path) -> str | None:

@@ -35,6 +35,7 @@ from commfor_fast.convert.settings import ConvertSettings, check_settings, resol
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, inputs_sha256, run_in_pool
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import check_writable
+from commfor_fast.portable import portable_command
 from commfor_fast.progress import Progress
 from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, Manifest
 
@@ -193,7 +194,8 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
         log(f"this node is done; {missing} of {len(markers)} partitions of other nodes are not finished yet. "
             "The last node to finish writes manifest.json (re-running this command also does)")
         return None
-    manifest = merge(plan, markers, settings, command if command is not None else shlex.join(sys.argv))
+    typed = portable_command(command if command is not None else shlex.join(sys.argv))  # as users type it
+    manifest = merge(plan, markers, settings, typed)
     if recorded is not None and _same_data(recorded, manifest):
         if (out / CARD_NAME).is_file():
             log(f"{out} is complete already")

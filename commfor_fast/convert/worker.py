@@ -32,6 +32,7 @@ from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
 from commfor_fast.convert.tarshard import ShardWriter, member_bytes
 from commfor_fast.convert.watchdog import exit_with_parent
+from commfor_fast.portable import portable_source_meta
 from commfor_fast.imageio import (BadImage, ImageInfo, check_image, check_pixels, encode_png, encode_raw,
                                   resize_shorter, resized_shape)
 from commfor_fast.shards import IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, SampleIds, ShardInfo, pack_ids, sample_key
@@ -128,7 +129,7 @@ def _sample(unit: Unit, row: int, ref: SampleRef, stored: Stored, source_meta: d
             config: WorkerConfig) -> _Sample:
     """The four tar members of one sample: image, cls, ids, json."""
     info, label, generator = stored.info, unit.labels[row], unit.generators[row]
-    meta = {"generator": generator, "label": label, "set": ref.set_name, **source_meta,
+    meta = {"generator": generator, "label": label, "set": ref.set_name, **portable_source_meta(source_meta),
             "decoded": {"format": info.format, "mode": info.mode, "width": info.width, "height": info.height}}
     if stored.ext == RAW_EXT:
         meta["stored"] = {"height": stored.height, "width": stored.width, "format": "npy uint8 HWC"}
