@@ -37,6 +37,7 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import check_writable
 from commfor_fast.progress import Progress
 from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, Manifest
+from commfor_fast.threads import map_threads
 
 POLL_S = 0.2  # how often the main process collects progress from the workers
 WORKER_DIED = ("a conversion worker died (out of memory?): rerun the same command to resume; "
@@ -164,7 +165,14 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
         if unhashed:
             log(f"note: {unhashed} partition(s) were converted without --verify-hashes, so no hash of their "
                 "sources was recorded: converting them again")
-    pending = [t for t in mine if not _finished(out, t, plan.fingerprint, sources, settings.verify_hashes)]
+    # With --verify-hashes this re-reads every finished shard and source byte: on `--workers` threads
+    # (sha256 and reads release the GIL), with a bar; without it only indexes are parsed.
+    threads = limits.workers if settings.verify_hashes else 1
+    with Progress(len(mine), "check finished partitions", unit="partition",
+                  enabled=settings.verify_hashes and not settings.quiet) as bar:
+        finished = map_threads(lambda t: _finished(out, t, plan.fingerprint, sources, settings.verify_hashes),
+                               mine, threads, bar)
+    pending = [t for t, done in zip(mine, finished) if not done]
     recorded = _recorded_manifest(out, log) if not pending else None
     if pending:
         (out / MANIFEST_NAME).unlink(missing_ok=True)  # no longer complete

