@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import image_bytes, read_all_samples
 
+from commfor_fast.convert.listing import LISTING_NAME
 from commfor_fast.convert.parts import PLAN_NAME, marker_path
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import is_temporary
@@ -25,10 +26,11 @@ SETTINGS = {"val_frac": 0.2, "seed": 5}
 
 def snapshot(out: Path) -> dict[str, str]:
     """sha256 of every file in a conversion folder; the manifest without command and settings, the
-    markers without the source hash that only `--verify-hashes` records."""
+    markers without the source hash that only `--verify-hashes` records; not the folder listing
+    (a cache of the scan, holding the folders' ctimes)."""
     files = {}
     for path in sorted(out.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.name != LISTING_NAME:
             data = path.read_bytes()
             if path.name == MANIFEST_NAME:
                 manifest = json.loads(data)

@@ -9,19 +9,24 @@ that pass the image checks.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from commfor_fast.convert.listing import LISTING_NAME
 from commfor_fast.distributed import COLLECTIVE_TIMEOUT, Dist, setup_distributed
 from commfor_fast.errors import UserError
 from commfor_fast.progress import Progress
-from commfor_fast.shards import Manifest
+from commfor_fast.shards import MANIFEST_NAME, Manifest
+from commfor_fast.sources import folders
+from commfor_fast.sources.folders import RACY_NS
 from commfor_fast.threads import map_threads
 from commfor_fast.verify import verify_for_training, verify_shards
-from tests.conftest import run_convert
+from tests.conftest import FOLDER_LAYOUT, run_convert, write_folder_tree
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -146,3 +151,85 @@ def test_convert_verify_hashes_checks_partitions_on_threads(folder_tree: Path, t
                         real(fn, items, threads, bar))
     manifest = run_convert(out, folders=[folder_tree], balance=False, val_frac=0, verify_hashes=True, workers=2)
     assert seen == [2] and manifest is not None
+
+
+# ------------------------------------------------------------------ the folder scan, recorded once (25.5)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A fresh copy of the folder layout, old enough for its folders' stamps to be trusted."""
+    root = write_folder_tree(tmp_path / "local", FOLDER_LAYOUT)
+    time.sleep(2 * RACY_NS / 1e9)
+    return root
+
+
+def _count_walks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    listed: list[str] = []
+    real = folders._Walk.entries
+    monkeypatch.setattr(folders._Walk, "entries", lambda self, folder: listed.append(folder) or real(self, folder))
+    return listed
+
+
+def _data(manifest: Manifest) -> tuple:
+    return manifest.to_json()["sets"], manifest.generators, manifest.sources
+
+
+def test_a_rerun_reads_the_listing_instead_of_walking(tree: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    first = run_convert(out, folders=[tree], seed=1)
+    assert (out / LISTING_NAME).is_file()
+    (out / MANIFEST_NAME).unlink()  # the rerun must rebuild it, from the recorded scan
+    listed = _count_walks(monkeypatch)
+    again = run_convert(out, folders=[tree], seed=1)
+    assert listed == [] and first is not None and again is not None
+    assert _data(again) == _data(first)
+    # another node (a fresh output folder given the listing) plans the same without walking
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(out / "plan.json", other / "plan.json")
+    shutil.copy(out / LISTING_NAME, other / LISTING_NAME)
+    assert _data(run_convert(other, folders=[tree], seed=1)) == _data(first) and listed == []
+
+
+def test_a_changed_folder_is_walked_again(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    run_convert(out, folders=[tree], seed=1)
+    shutil.copy(tree / "coco-extra" / "real" / "img002.png", tree / "coco-extra" / "real" / "img100.png")
+    listed = _count_walks(monkeypatch)
+    capsys.readouterr()
+    with pytest.raises(UserError, match="holds a conversion with other settings or other source files"):
+        run_convert(out, folders=[tree], seed=1, dry_run=True, quiet=False)
+    assert listed  # the label folder's ctime changed: everything is walked again
+    assert "plan: 17 samples (all 17) of 17 found" in capsys.readouterr().err  # 16 before
+
+
+def test_a_damaged_listing_or_other_settings_mean_a_new_walk(tree: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    first = run_convert(out, folders=[tree], seed=1)
+    (out / LISTING_NAME).write_bytes(b"\x1f\x8b not gzip")
+    listed = _count_walks(monkeypatch)
+    assert _data(run_convert(out, folders=[tree], seed=1)) == _data(first)
+    assert listed
+    listed.clear()
+    with pytest.raises(UserError, match="other settings or other source files"):  # it finds fewer images
+        run_convert(out, folders=[tree], seed=1, discovery="original", dry_run=True)
+    assert listed  # another discovery rule finds other files: never the recorded scan
+
+
+def test_the_walk_resolves_real_paths_of_links_only(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tree / "coco-extra" / "real" / "link.png").symlink_to(tree / "ffhq-extra" / "real" / "img000.png")
+    resolved: list[str] = []
+    real = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p, **kw: resolved.append(str(p)) or real(p, **kw))
+    source, units = folders.scan_folder(tree, {"real": 0, "fake": 1}, 0)
+    label_folders = 4  # coco-extra/real, ffhq-extra/real, mygan/fake, mygan/real: base and walk each
+    assert len(resolved) == 2 * label_folders + 1 and resolved.count(str(tree / "coco-extra" / "real" / "link.png"))
+    assert len(units) == 16  # the link's image is taken once, in its own folder
+    # the folder changed just now is never trusted; the others are stamped with their ctime
+    changed = str(tree / "coco-extra" / "real")
+    assert source.stamps[changed] == -1 and all(v > 0 for k, v in source.stamps.items() if k != changed)
+    assert len(source.stamps) == 1 + 3 + label_folders  # the root, its datasets, their label folders

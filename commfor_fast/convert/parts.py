@@ -1,6 +1,7 @@
 """The files of a conversion folder besides the shards: plan.json and the per-partition done-markers.
 
     OUT/plan.json                  the plan's fingerprint, written before any shard
+    OUT/listing.json.gz            the folder scan, for reruns and other nodes (`listing.py`)
     OUT/parts/part-00003.json      partition 3 is done: its shards, stats and rejects
     OUT/<set>/shard-00003-001.tar  shard 1 of partition 3 in that set (+ .tar.idx)
 
@@ -20,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from commfor_fast.convert.listing import LISTING_NAME
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import is_temporary, sha256_file
 from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, other_conversion, read_index, write_json_atomic
@@ -37,7 +39,7 @@ def shard_path(out: Path, set_name: str, partition: int, number: int) -> Path:
 
 
 def _ours(set_names: tuple[str, ...]) -> set[str]:
-    return {PLAN_NAME, PARTS_DIR, MANIFEST_NAME, CARD_NAME, "train", "val", "all", *set_names}
+    return {PLAN_NAME, LISTING_NAME, PARTS_DIR, MANIFEST_NAME, CARD_NAME, "train", "val", "all", *set_names}
 
 
 def _recorded_fingerprint(plan_file: Path) -> str | None:

@@ -1,9 +1,11 @@
 """`convert`: plan, convert this node's unfinished partitions in parallel, then merge.
 
 Every run, first or resumed, on any node, does the same steps:
-1. check the settings and scan the sources; compute the plan and its fingerprint;
+1. check the settings and scan the sources (the folders' scan is read from
+   OUT/listing.json.gz when none of them changed, `listing.py`); compute the plan and
+   its fingerprint;
 2. record the plan in OUT/plan.json (a different plan there is refused unless
-   `--overwrite`);
+   `--overwrite`) and a fresh folder scan in OUT/listing.json.gz;
 3. find this node's partitions (`p % num_nodes == node_rank`) without a valid
    done-marker, delete what they left and convert them in `--workers` processes;
 4. when every partition of every node has its marker, write manifest.json.
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from commfor_fast.convert.card import write_dataset_card
+from commfor_fast.convert.listing import write_listing
 from commfor_fast.convert.merge import dry_run_lines, merge, summary_lines
 from commfor_fast.convert.parts import check_out, clear_partition, prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
@@ -142,8 +145,8 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
         if not settings.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    sources, units = scan_sources(settings, limits)
-    plan = make_plan(settings, limits, sources, units)
+    sources, units, listing = scan_sources(settings, limits)
+    plan = make_plan(settings, limits, sources, units, listing)
     printed = plan.warnings()
     for warning in printed:
         log(f"warning: {warning}")
@@ -157,6 +160,8 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
 
     out = settings.out
     prepare_out(out, plan.record(), plan.set_names, settings.overwrite)
+    if plan.listing is not None:  # a fresh folder scan: reruns and other nodes read it instead of walking
+        write_listing(out, plan.listing)
     mine = [t for t in plan.partitions if t.index % settings.num_nodes == settings.node_rank]
     sources = tuple((s.kind, s.given, s.root) for s in plan.sources)
     if settings.verify_hashes:
