@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from commfor_fast.convert.listing import LISTING_NAME
+from commfor_fast.convert.parts import clear_partitions
+from commfor_fast.convert.run import convert
+from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.distributed import COLLECTIVE_TIMEOUT, Dist, setup_distributed
 from commfor_fast.errors import UserError
 from commfor_fast.progress import Progress
@@ -233,3 +236,45 @@ def test_the_walk_resolves_real_paths_of_links_only(tree: Path, monkeypatch: pyt
     changed = str(tree / "coco-extra" / "real")
     assert source.stamps[changed] == -1 and all(v > 0 for k, v in source.stamps.items() if k != changed)
     assert len(source.stamps) == 1 + 3 + label_folders  # the root, its datasets, their label folders
+
+
+# ------------------------------------------------------------------ smaller scaling points (25.9)
+
+
+def test_clearing_partitions_lists_each_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    names = {"parts": [], "train": [], "val": []}
+    for p in range(12):
+        names["parts"] += [f"part-{p:05d}.json", f".part-{p:05d}.json.{p:032x}.tmp"]
+        for set_name in ("train", "val"):
+            names[set_name] += [f"shard-{p:05d}-{n:03d}.tar{ext}" for n in range(3) for ext in ("", ".idx")]
+            names[set_name].append(f".shard-{p:05d}-003.tar.{p:032x}.tmp")
+    names["train"] += [".shard-00002-000.tar", "notes.txt"]  # not ours: a hidden file that is no temporary
+    for folder, files in names.items():
+        (out / folder).mkdir(parents=True)
+        for name in files:
+            (out / folder / name).write_bytes(b"x")
+    listed: list[str] = []
+    real = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: listed.append(str(path)) or real(path))
+    clear_partitions(out, [2, 10], ("train", "val"))
+    assert len(listed) == 3  # parts, train, val: once each, for any number of partitions
+    left = {folder: sorted(p.name for p in (out / folder).iterdir()) for folder in names}
+    for folder, files in names.items():
+        gone = [n for n in files if "-00002" in n or "-00010" in n]
+        assert left[folder] == sorted(set(files) - set(gone) | ({".shard-00002-000.tar"} & set(files)))
+    assert len(left["parts"]) == 20 and len(left["train"]) == 10 * 7 + 2
+
+
+def test_the_manifest_names_every_node(tmp_path: Path, folder_tree: Path) -> None:
+    def node(rank: int, command: str) -> Manifest | None:
+        return convert(ConvertSettings(out=tmp_path / "out", folders=[folder_tree], quiet=True, workers=1,
+                                       partition_size="60KB", num_nodes=3, node_rank=rank), command=command)
+
+    assert node(2, "third") is None and node(0, "first") is None
+    manifest = node(1, "second")  # the last node merges
+    assert manifest is not None
+    assert [(n["node_rank"], n["command"], n["partitions"][:1]) for n in manifest.nodes] == [
+        (0, "first", [0]), (1, "second", [1]), (2, "third", [2])]
+    assert all(n["host"] and n["workers"] == 1 and n["num_nodes"] == 3 for n in manifest.nodes)
+    assert Manifest.load(tmp_path / "out").nodes == manifest.nodes

@@ -1,12 +1,14 @@
 """Merging the partitions' done-markers into `manifest.json`; the warnings, summary and dry-run lines.
 
-Markers are merged in partition order, so the manifest depends only on the plan and
-the data, never on which node or process finished first. The manifest is written
+Markers are merged in partition order, so the manifest's data depends only on the
+plan and the data, never on which node or process finished first; its `nodes` say
+which node (rank, host, workers, command line) converted which partitions. The manifest is written
 last (atomically): its presence means the whole conversion is complete.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from commfor_fast import __version__
@@ -56,6 +58,18 @@ def format_bias_warnings(sets: dict[str, SetInfo]) -> list[str]:
     return warnings
 
 
+def node_records(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every node that converted partitions, in order of node rank: its host, workers and
+    command line as its markers recorded them, and which partitions it converted (one
+    record per distinct node, so a rerun on another machine shows as well)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for marker in markers:
+        node = marker.get("node") or {}
+        record = nodes.setdefault(json.dumps(node, sort_keys=True), {**node, "partitions": []})
+        record["partitions"].append(marker["partition"])
+    return sorted(nodes.values(), key=lambda n: (n.get("node_rank", -1), n["partitions"]))
+
+
 def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: ConvertSettings, command: str) -> Manifest:
     """The manifest of a complete conversion from the plan and every partition's marker."""
     sets: dict[str, SetInfo] = {}
@@ -92,6 +106,7 @@ def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: Convert
         rejects=[reject for marker in markers for reject in marker["rejects"]],
         normalised=dict(sorted(normalised.items())),
         warnings=warnings,
+        nodes=node_records(markers),
     )
 
 

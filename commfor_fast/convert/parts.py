@@ -17,7 +17,9 @@ datasets, so it is refused unless `--overwrite` is given.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,22 +105,29 @@ def _make_dirs(out: Path, set_names: tuple[str, ...]) -> None:
         (out / set_name).mkdir(exist_ok=True)
 
 
-def _left_by(name: str, prefix: str) -> bool:
-    """Whether `name` is a file starting with `prefix`, or `atomic_write`'s temporary file of one."""
-    return name.startswith(prefix) or (is_temporary(name) and name[1:].startswith(prefix))
+def _partition_of(name: str, kind: str) -> int | None:
+    """The partition whose `kind` file ("shard" or "part") `name` is, or whose
+    `atomic_write` temporary file it is; None for any other name."""
+    if is_temporary(name):
+        name = name[1:]
+    if not name.startswith(f"{kind}-"):
+        return None
+    number = name[len(kind) + 1:].split("-" if kind == "shard" else ".", 1)[0]
+    return int(number) if number.isdigit() else None
 
 
-def clear_partition(out: Path, partition: int, set_names: tuple[str, ...]) -> None:
-    """Delete everything a partition may have left (marker, shards, temporary files)."""
-    marker = marker_path(out, partition)
-    for path in marker.parent.iterdir():
-        if _left_by(path.name, marker.name):
-            path.unlink()
-    prefix = f"shard-{partition:05d}-"
-    for set_name in set_names:
-        for path in (out / set_name).iterdir():
-            if _left_by(path.name, prefix):
-                path.unlink()
+def clear_partitions(out: Path, partitions: Iterable[int], set_names: tuple[str, ...]) -> None:
+    """Delete everything the given partitions may have left (markers, shards, temporary files).
+
+    Each folder is listed once, whatever the number of partitions: clearing them one
+    by one would list every shard of the set once per partition.
+    """
+    doomed = set(partitions)
+    for folder, kind in [(out / PARTS_DIR, "part"), *((out / name, "shard") for name in set_names)]:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if _partition_of(entry.name, kind) in doomed:
+                    os.unlink(entry.path)
 
 
 def read_marker(out: Path, partition: int, fingerprint: str, *, check_index: bool,

@@ -8,7 +8,9 @@ Every run, first or resumed, on any node, does the same steps:
    `--overwrite`) and a fresh folder scan in OUT/listing.json.gz;
 3. find this node's partitions (`p % num_nodes == node_rank`) without a valid
    done-marker, delete what they left and convert them in `--workers` processes;
-4. when every partition of every node has its marker, write manifest.json.
+4. when every partition of every node has its marker, write manifest.json (a node
+   that finishes while others are still converting says so, and exits 0); it names
+   every node that converted partitions (`merge.node_records`).
 So resuming after a kill, or finishing on another machine, is running the same
 command again. That includes a worker process killed on its own (the kernel's OOM
 killer): the run stops with an error saying so instead of waiting for the lost
@@ -23,6 +25,7 @@ import multiprocessing as mp
 import os
 import queue
 import shlex
+import socket
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -32,7 +35,7 @@ from pathlib import Path
 from commfor_fast.convert.card import write_dataset_card
 from commfor_fast.convert.listing import write_listing
 from commfor_fast.convert.merge import dry_run_lines, merge, summary_lines
-from commfor_fast.convert.parts import check_out, clear_partition, prepare_out, read_marker
+from commfor_fast.convert.parts import check_out, clear_partitions, prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, inputs_sha256, run_in_pool
@@ -137,6 +140,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     recorded in the manifest (default: this process's command line).
     """
     limits = check_settings(settings)
+    command = command if command is not None else shlex.join(sys.argv)
     settings = resolve_sources(settings)  # the same data gives the same plan, however its paths are typed
     if not settings.dry_run:  # before scanning: a folder that cannot be written is known now
         check_writable(settings.out, "--out")
@@ -183,19 +187,21 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
         (out / MANIFEST_NAME).unlink(missing_ok=True)  # no longer complete
         node = f"node {settings.node_rank}/{settings.num_nodes}: " if settings.num_nodes > 1 else ""
         log(f"{node}converting {len(pending)} of {len(mine)} partition(s) ({len(mine) - len(pending)} done before)")
+        clear_partitions(out, [t.index for t in pending], plan.set_names)  # what they left: redone from scratch
         config = WorkerConfig(
             out=out, fingerprint=plan.fingerprint, set_names=plan.set_names, shard_bytes=limits.shard_bytes,
             preresize=settings.preresize, max_pixels=settings.max_pixels, check=settings.check,
             dali_check=settings.dali_check, generator_ids=plan.generator_ids(),
             sources=sources, hash_inputs=settings.verify_hashes,
+            node={"node_rank": settings.node_rank, "num_nodes": settings.num_nodes, "host": socket.gethostname(),
+                  "workers": limits.workers, "command": command},
         )
         with Progress(sum(t.num_samples for t in pending), "convert", enabled=not settings.quiet) as progress:
             try:
                 _run_partitions(pending, config, limits.workers, progress)
             except KeyboardInterrupt:  # Ctrl-C: leave only finished partitions, for the rerun to keep
-                for task in pending:
-                    if read_marker(out, task.index, plan.fingerprint, check_index=False, check_hash=False) is None:
-                        clear_partition(out, task.index, plan.set_names)
+                clear_partitions(out, [t.index for t in pending if read_marker(
+                    out, t.index, plan.fingerprint, check_index=False, check_hash=False) is None], plan.set_names)
                 raise
         log(progress.line())
 
@@ -203,10 +209,12 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
                for t in plan.partitions]
     missing = sum(m is None for m in markers)
     if missing:
-        log(f"this node is done; {missing} of {len(markers)} partitions of other nodes are not finished yet. "
-            "The last node to finish writes manifest.json (re-running this command also does)")
+        # said even with --quiet: exit 0 without a manifest.json needs this line
+        print(f"node {settings.node_rank}/{settings.num_nodes} is done, but manifest.json is not written yet: "
+              f"{missing} of {len(markers)} partitions of other nodes are unfinished; the last node to finish "
+              "writes it (re-running this command also does)", file=sys.stderr, flush=True)
         return None
-    manifest = merge(plan, markers, settings, command if command is not None else shlex.join(sys.argv))
+    manifest = merge(plan, markers, settings, command)
     if recorded is not None and _same_data(recorded, manifest):
         if (out / CARD_NAME).is_file():
             log(f"{out} is complete already")

@@ -7,7 +7,7 @@ needs, so the index costs nothing extra to make and DALI never scans the tar.
 
 Tar and index are written through `fileio.atomic_write`: to temporary dot-files,
 fsync'ed and renamed into place only when complete; a crash leaves only temporary
-files, which resume deletes (`parts.clear_partition`). Output is deterministic, so
+files, which resume deletes (`parts.clear_partitions`). Output is deterministic, so
 two processes converting the same partition (a leftover worker of a killed run, or a
 mistyped --node-rank) write the same bytes; private temporary names and atomic
 renames keep every visible file whole.

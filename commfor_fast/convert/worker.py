@@ -22,13 +22,13 @@ import json
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import Queue
 from typing import Any, NamedTuple
 
 from commfor_fast.convert.check import check_data, check_structure
-from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
+from commfor_fast.convert.parts import shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
 from commfor_fast.convert.tarshard import ShardWriter, member_bytes
 from commfor_fast.convert.watchdog import exit_with_parent
@@ -56,6 +56,7 @@ class WorkerConfig:
     generator_ids: dict[str, int]
     sources: tuple[tuple[str, str, str], ...]  # (kind, as given, root) per source index
     hash_inputs: bool = False  # record the sha256 of the partition's source bytes (--verify-hashes)
+    node: dict[str, Any] = field(default_factory=dict)  # which node converts it, for the manifest's `nodes`
 
 
 class Stored(NamedTuple):
@@ -141,8 +142,8 @@ def _sample(unit: Unit, row: int, ref: SampleRef, stored: Stored, source_meta: d
 
 
 def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report) -> dict[str, Any]:
-    """Convert one partition and write its marker; returns the marker."""
-    clear_partition(config.out, task.index, config.set_names)
+    """Convert one partition and write its marker; returns the marker. The caller has
+    deleted what an earlier try left (`parts.clear_partitions`)."""
     samples: dict[str, list[_Sample]] = {name: [] for name in config.set_names}
     sets = {name: _empty_set() for name in config.set_names}
     rejects: list[dict[str, str]] = []
@@ -177,7 +178,8 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
         items.sort()  # planned order: sample numbers were assigned in the permuted order
         sets[set_name]["shards"] = [asdict(info) for info in _write_shards(items, set_name, task.index, config)]
     marker = {"partition": task.index, "fingerprint": config.fingerprint, "sets": sets, "rejects": rejects,
-              "normalised": normalised, "inputs_sha256": inputs.hexdigest() if inputs is not None else None}
+              "normalised": normalised, "inputs_sha256": inputs.hexdigest() if inputs is not None else None,
+              "node": config.node}
     write_marker(config.out, marker)
     return marker
 
