@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from commfor_fast.convert.listing import LISTING_NAME
-from commfor_fast.convert.parts import clear_partitions
+from commfor_fast.convert.parts import CHECKS_NAME, clear_partitions
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.distributed import COLLECTIVE_TIMEOUT, Dist, setup_distributed
@@ -278,3 +278,48 @@ def test_the_manifest_names_every_node(tmp_path: Path, folder_tree: Path) -> Non
         (0, "first", [0]), (1, "second", [1]), (2, "third", [2])]
     assert all(n["host"] and n["workers"] == 1 and n["num_nodes"] == 3 for n in manifest.nodes)
     assert Manifest.load(tmp_path / "out").nodes == manifest.nodes
+
+
+# ------------------------------------------------------------------ balancing from the images written (23.21)
+
+
+def _written(manifest: Manifest) -> dict[str, int]:
+    counts = {"0": 0, "1": 0}
+    for info in manifest.sets.values():
+        for by_label in info.counts.values():
+            for label, n in by_label.items():
+                counts[label] += n
+    return counts
+
+
+def test_balancing_can_count_only_the_images_that_pass_the_checks(tmp_path: Path, hf_replica: Path,
+                                                                   folder_tree: Path, extra_real: Path) -> None:
+    sources = {"hf_repo": str(hf_replica), "hf_split": "Systematic+Manual", "folders": [folder_tree, extra_real]}
+    # every row counted, as the original does: 24 fakes - 9 HF reals = 15 local reals (test_convert.py),
+    # but 3 fakes (a truncated and a garbage HF image, a truncated local one) and 1 HF real (empty) are
+    # rejected: 23 reals are written against 21 fakes
+    rows = run_convert(tmp_path / "rows", **sources)
+    assert rows is not None and rows.balance["limit"] == 15 and _written(rows) == {"0": 23, "1": 21}
+    # counted after the checks: 21 fakes - 8 HF reals = 13, water-filled over mygan 2, ffhq-extra 3,
+    # coco-extra 6, celeba-extra 8: mygan and ffhq whole, quota ceil((13 - 5) / 2) = 4 for the others
+    checked = run_convert(tmp_path / "checked", **sources, balance_checked=True, workers=2)
+    b = checked.balance
+    assert (b["fakes"], b["hf_reals"], b["limit"], b["unwritten_fakes"], b["unwritten_hf_reals"]) == (21, 8, 13, 3, 1)
+    assert {name: d["kept"] for name, d in b["datasets"].items()} == {
+        "celeba-extra": 4, "coco-extra": 4, "ffhq-extra": 3, "mygan": 2}
+    assert _written(checked) == {"0": 21, "1": 21}  # reals no longer outnumber fakes
+    assert (tmp_path / "checked" / CHECKS_NAME).is_file()
+
+
+def test_the_checks_for_balancing_are_recorded_for_reruns(tmp_path: Path, hf_replica: Path, folder_tree: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from commfor_fast.convert import balance_checks
+
+    sources = {"hf_repo": str(hf_replica), "hf_split": "Systematic+Manual", "folders": [folder_tree]}
+    first = run_convert(tmp_path / "out", **sources, balance_checked=True)
+    monkeypatch.setattr(balance_checks, "_failing_rows", lambda unit: pytest.fail("checked again"))
+    (tmp_path / "out" / MANIFEST_NAME).unlink()
+    again = run_convert(tmp_path / "out", **sources, balance_checked=True)
+    assert again is not None and first is not None and again.balance == first.balance
+    with pytest.raises(UserError, match="other settings"):  # the option changes what is written
+        run_convert(tmp_path / "out", **sources)

@@ -70,8 +70,10 @@ def node_records(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(nodes.values(), key=lambda n: (n.get("node_rank", -1), n["partitions"]))
 
 
-def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: ConvertSettings, command: str) -> Manifest:
-    """The manifest of a complete conversion from the plan and every partition's marker."""
+def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: ConvertSettings, command: str,
+          packed: dict[str, list[ShardInfo]] | None = None) -> Manifest:
+    """The manifest of a complete conversion from the plan and every partition's marker;
+    the shards of a set in `packed` are those (`pack.py`), not the partitions' pieces."""
     sets: dict[str, SetInfo] = {}
     for set_name in plan.set_names:
         info = SetInfo(num_samples=0, shards=[])
@@ -83,6 +85,7 @@ def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: Convert
             _add(info.formats, part["formats"])
             _add(info.resolutions, part["resolutions"])
             _add(info.stored, part["stored"])
+        info.shards = (packed or {}).get(set_name, info.shards)
         info.counts, info.formats, info.resolutions, info.stored = (
             _sorted(info.counts), _sorted(info.formats), _sorted(info.resolutions), _sorted(info.stored))
         sets[set_name] = info
@@ -125,6 +128,9 @@ def balance_lines(b: dict[str, Any] | None, val_frac: float) -> list[str]:
     if kept < available:
         lines.append(f"balance: kept {kept} of {available} local real images (limit {b['limit']} = fakes "
                      f"{b['fakes']} - HF reals {b['hf_reals']}); see manifest.json balance")
+    if b.get("checked"):
+        lines.append(f"balance: counted only images that pass the checks (--balance-checked): "
+                     f"{b['unwritten_fakes']} fake(s) and {b['unwritten_hf_reals']} HF real(s) will be rejected")
     if val_frac == 0:
         lines.append(f"note: with --val-frac 0 (e.g. an evaluation set) local reals are still balanced as for "
                      f"training (kept {kept} of {available}); pass --no-balance to keep them all")

@@ -41,7 +41,7 @@ import numpy as np
 from commfor_fast import __version__
 from commfor_fast.convert.balance import balance_reals, balance_warnings
 from commfor_fast.convert.listing import listing_record, read_listing, recorded_scan
-from commfor_fast.convert.settings import OUTPUT_SETTINGS, ConvertSettings, Limits
+from commfor_fast.convert.settings import ADDED_SETTINGS, OUTPUT_SETTINGS, ConvertSettings, Limits
 from commfor_fast.errors import UserError
 from commfor_fast.shards import FORMAT_VERSION
 from commfor_fast.sources import source_kinds
@@ -125,10 +125,15 @@ def scan_sources(settings: ConvertSettings, limits: Limits) -> tuple[list[Source
 
 
 def fingerprint(settings: ConvertSettings, units: list[Unit]) -> str:
-    """sha256 of the output settings, the shard format version and every unit's name, size and rows."""
+    """sha256 of the output settings, the shard format version and every unit's name, size and rows.
+
+    Settings added after the first release (`ADDED_SETTINGS`) count only when they differ
+    from their default, so a folder converted before they existed keeps its fingerprint.
+    """
     h = hashlib.sha256()
     record = settings.record()
-    outputs = {**{k: record[k] for k in OUTPUT_SETTINGS}, "format_version": FORMAT_VERSION}
+    outputs = {**{k: record[k] for k in OUTPUT_SETTINGS if record[k] != ADDED_SETTINGS.get(k, ...)},
+               "format_version": FORMAT_VERSION}
     h.update(json.dumps(outputs, sort_keys=True).encode())
     for u in units:
         h.update(f"\n{u.source}\t{u.name}\t{u.row_group}\t{u.nbytes}\t{bytes(u.labels).hex()}\t".encode())
@@ -169,9 +174,10 @@ def pack_partitions(units: list[Unit], max_bytes: int, seed: int) -> list[list[i
 
 
 def make_plan(settings: ConvertSettings, limits: Limits, sources: list[Source], scanned: list[Unit],
-              listing: dict[str, Any] | None = None) -> ConversionPlan:
-    """Balance, split, partition and number the scanned units."""
-    units, balance = balance_reals(scanned, sources, settings.balance, settings.seed)
+              listing: dict[str, Any] | None = None, failing: set[tuple[int, int]] | None = None) -> ConversionPlan:
+    """Balance, split, partition and number the scanned units. `failing`: the rows of
+    `scanned` the checks will reject, which balancing does not count (`--balance-checked`)."""
+    units, balance = balance_reals(scanned, sources, settings.balance, settings.seed, failing)
     starts = np.cumsum([0] + [u.num_rows for u in units])
     num_samples = int(starts[-1])
     if num_samples == 0:

@@ -8,7 +8,8 @@ Every run, first or resumed, on any node, does the same steps:
    `--overwrite`) and a fresh folder scan in OUT/listing.json.gz;
 3. find this node's partitions (`p % num_nodes == node_rank`) without a valid
    done-marker, delete what they left and convert them in `--workers` processes;
-4. when every partition of every node has its marker, write manifest.json (a node
+4. when every partition of every node has its marker, pack the partitions' validation
+   samples into full shards (`pack.py`) and write manifest.json (a node
    that finishes while others are still converting says so, and exits 0); it names
    every node that converted partitions (`merge.node_records`).
 So resuming after a kill, or finishing on another machine, is running the same
@@ -32,17 +33,19 @@ from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable
 from pathlib import Path
 
+from commfor_fast.convert.balance_checks import find_failing
 from commfor_fast.convert.card import write_dataset_card
 from commfor_fast.convert.listing import write_listing
+from commfor_fast.convert.pack import pack_validation
 from commfor_fast.convert.merge import dry_run_lines, merge, summary_lines
-from commfor_fast.convert.parts import check_out, clear_partitions, prepare_out, read_marker
+from commfor_fast.convert.parts import CHECKS_NAME, check_out, clear_partitions, prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, inputs_sha256, run_in_pool
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import check_writable
 from commfor_fast.progress import Progress
-from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, Manifest
+from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, Manifest, write_json_atomic
 from commfor_fast.threads import map_threads
 
 POLL_S = 0.2  # how often the main process collects progress from the workers
@@ -150,7 +153,8 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
             print(line, file=sys.stderr, flush=True)
 
     sources, units, listing = scan_sources(settings, limits)
-    plan = make_plan(settings, limits, sources, units, listing)
+    failing, checks = find_failing(settings, limits, sources, units) if settings.balance_checked else (None, None)
+    plan = make_plan(settings, limits, sources, units, listing, failing)
     printed = plan.warnings()
     for warning in printed:
         log(f"warning: {warning}")
@@ -166,6 +170,8 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     prepare_out(out, plan.record(), plan.set_names, settings.overwrite)
     if plan.listing is not None:  # a fresh folder scan: reruns and other nodes read it instead of walking
         write_listing(out, plan.listing)
+    if checks is not None:  # the same for --balance-checked's checks
+        write_json_atomic(out / CHECKS_NAME, checks)
     mine = [t for t in plan.partitions if t.index % settings.num_nodes == settings.node_rank]
     sources = tuple((s.kind, s.given, s.root) for s in plan.sources)
     if settings.verify_hashes:
@@ -214,7 +220,8 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
               f"{missing} of {len(markers)} partitions of other nodes are unfinished; the last node to finish "
               "writes it (re-running this command also does)", file=sys.stderr, flush=True)
         return None
-    manifest = merge(plan, markers, settings, command)
+    packed = pack_validation(out, markers, limits.shard_bytes, recorded, settings.verify_hashes)
+    manifest = merge(plan, markers, settings, command, packed)
     if recorded is not None and _same_data(recorded, manifest):
         if (out / CARD_NAME).is_file():
             log(f"{out} is complete already")

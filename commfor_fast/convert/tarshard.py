@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import tarfile
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -90,3 +91,26 @@ class ShardWriter:
             bytes=self._offset,
             sha256=self._sha.hexdigest(),
         )
+
+
+def write_shards(samples: Iterable[tuple[str, list[tuple[str, bytes]]]], shard_bytes: int,
+                 path_of: Callable[[int], Path], root: Path) -> list[ShardInfo]:
+    """Write (key, members) samples in order into tars `path_of(0)`, `path_of(1)`, ...,
+    starting a new one before a tar would exceed `shard_bytes` (a sample larger than
+    that gets a tar of its own); paths in the `ShardInfo`s are relative to `root`."""
+    shards: list[ShardInfo] = []
+    writer: ShardWriter | None = None
+    size = 0
+    for key, members in samples:
+        nbytes = sum(member_bytes(len(data)) for _, data in members)
+        if writer is not None and size + nbytes > shard_bytes:
+            shards.append(writer.close())
+            writer = None
+        if writer is None:
+            writer = ShardWriter(path_of(len(shards)), root)
+            size = 0
+        writer.add(key, members)
+        size += nbytes
+    if writer is not None:
+        shards.append(writer.close())
+    return shards

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from commfor_fast.convert.check import check_data, check_structure
 from commfor_fast.convert.parts import shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
-from commfor_fast.convert.tarshard import ShardWriter, member_bytes
+from commfor_fast.convert.tarshard import write_shards
 from commfor_fast.convert.watchdog import exit_with_parent
 from commfor_fast.imageio import (BadImage, ImageInfo, check_image, check_pixels, encode_png, encode_raw,
                                   resize_shorter, resized_shape)
@@ -113,7 +113,6 @@ def read_unit(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> Iterator
 class _Sample(NamedTuple):
     number: int
     members: list[tuple[str, bytes]]
-    nbytes: int  # bytes in the tar
 
 
 def _bump(table: dict[str, dict[str, int]], key: str, label: int) -> None:
@@ -138,7 +137,7 @@ def _sample(unit: Unit, row: int, ref: SampleRef, stored: Stored, source_meta: d
     ids = SampleIds(label, config.generator_ids[generator], ref.number, stored.height, stored.width)
     members = [(stored.ext, stored.data), (LABEL_EXT, str(label).encode()), (IDS_EXT, pack_ids(ids)),
                (META_EXT, json.dumps(meta, ensure_ascii=False).encode())]
-    return _Sample(ref.number, members, sum(member_bytes(len(data)) for _, data in members))
+    return _Sample(ref.number, members)
 
 
 def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report) -> dict[str, Any]:
@@ -203,21 +202,8 @@ def inputs_sha256(task: PartitionTask, sources: tuple[tuple[str, str, str], ...]
 
 def _write_shards(items: list[_Sample], set_name: str, partition: int, config: WorkerConfig) -> list[ShardInfo]:
     """Write samples in order, starting a new tar before `--shard-size` would be exceeded."""
-    shards = []
-    writer: ShardWriter | None = None
-    size = 0
-    for sample in items:
-        if writer is not None and size + sample.nbytes > config.shard_bytes:
-            shards.append(writer.close())
-            writer = None
-        if writer is None:
-            writer = ShardWriter(shard_path(config.out, set_name, partition, len(shards)), config.out)
-            size = 0
-        writer.add(sample_key(sample.number), sample.members)
-        size += sample.nbytes
-    if writer is not None:
-        shards.append(writer.close())
-    return shards
+    return write_shards(((sample_key(s.number), s.members) for s in items), config.shard_bytes,
+                        lambda n: shard_path(config.out, set_name, partition, n), config.out)
 
 
 # ------------------------------------------------------------------ process pool plumbing
