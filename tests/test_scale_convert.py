@@ -8,6 +8,7 @@ that pass the image checks.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -24,7 +25,7 @@ from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.distributed import COLLECTIVE_TIMEOUT, Dist, setup_distributed
 from commfor_fast.errors import UserError
 from commfor_fast.progress import Progress
-from commfor_fast.shards import MANIFEST_NAME, Manifest
+from commfor_fast.shards import MANIFEST_NAME, Manifest, ShardInfo, read_index
 from commfor_fast.sources import folders
 from commfor_fast.sources.folders import RACY_NS
 from commfor_fast.threads import map_threads
@@ -323,3 +324,38 @@ def test_the_checks_for_balancing_are_recorded_for_reruns(tmp_path: Path, hf_rep
     assert again is not None and first is not None and again.balance == first.balance
     with pytest.raises(UserError, match="other settings"):  # the option changes what is written
         run_convert(tmp_path / "out", **sources)
+
+
+def _keys(out: Path, shards: list) -> list[str]:
+    return [next(iter(s.values())).filename.split(".")[0] for shard in shards for s in read_index(out / shard.index)]
+
+
+def test_validation_samples_are_packed_into_full_shards(tmp_path: Path, hf_replica: Path, folder_tree: Path) -> None:
+    out = tmp_path / "out"
+    manifest = run_convert(out, hf_repo=str(hf_replica), hf_split="Systematic+Manual", folders=[folder_tree],
+                           val_frac=0.3, shard_size="60KB", partition_size="30KB")
+    markers = [json.loads(p.read_text()) for p in sorted((out / "parts").glob("part-*.json"))]
+    pieces = [ShardInfo(**s) for m in markers for s in m["sets"]["val"]["shards"]]
+    val = manifest.sets["val"].shards
+    assert len(pieces) > len(val) >= 2  # one piece per partition; fewer, fuller packed shards
+    assert sorted(p.name for p in (out / "val").iterdir()) == sorted(
+        n for i in range(len(val)) for n in (f"shard-val-{i:05d}.tar", f"shard-val-{i:05d}.tar.idx"))
+    # the same samples, numbers and order as the pieces, member for member
+    assert _keys(out, val) == _keys(out, pieces) == sorted(_keys(out, pieces))
+    assert sum(s.num_samples for s in val) == manifest.sets["val"].num_samples
+    assert all(s.bytes <= 60_000 for s in val[:-1]) and val[0].bytes > max(p.bytes for p in pieces)
+    assert verify_shards(out, progress=False)[1] == []
+
+
+def test_a_rerun_keeps_packed_shards_and_repacks_lost_ones(tmp_path: Path, folder_tree: Path) -> None:
+    out = tmp_path / "out"
+    settings = {"folders": [folder_tree], "val_frac": 0.3, "shard_size": "30KB", "partition_size": "20KB"}
+    first = run_convert(out, **settings)
+    shards = first.sets["val"].shards
+    stamp = (out / shards[0].tar).stat().st_mtime_ns
+    (out / "README.md").unlink()  # makes the rerun write something: the card
+    assert run_convert(out, **settings).sets["val"].shards == shards
+    assert (out / shards[0].tar).stat().st_mtime_ns == stamp  # kept, not packed again
+    (out / shards[-1].tar).unlink()
+    again = run_convert(out, **settings)
+    assert again.sets["val"].shards == shards and (out / shards[-1].tar).is_file()  # the same bytes again

@@ -64,7 +64,7 @@ ORIGINAL_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".webp", ".gif"
 def broad_takes(rel: str) -> bool:
     """The `broad` rule for a file at `rel` (its path below the label folder): an image
     ending in any case, at any depth, nothing hidden on the way."""
-    return Path(rel).suffix.lower() in SOURCE_EXTENSIONS and not any(p.startswith(".") for p in rel.split("/"))
+    return os.path.splitext(rel)[1].lower() in SOURCE_EXTENSIONS and not any(p.startswith(".") for p in rel.split("/"))
 
 
 def original_takes(rel: str) -> bool:
@@ -80,6 +80,7 @@ class _Walk:
 
     def __init__(self, root: Path, seen: set[str], discovery: str) -> None:
         self.root = root
+        self.prefix = os.path.join(str(root), "")  # the root with one trailing separator
         self.seen = seen  # real paths of the files taken already, across all roots
         self.discovery = discovery
         self.takes = RULES[discovery]
@@ -94,7 +95,8 @@ class _Walk:
         self.stamps: dict[str, int] = {}  # folder listed -> its ctime then (`convert/listing.py`)
 
     def rel(self, path: str) -> str:
-        return escape_name(Path(path).relative_to(self.root).as_posix())
+        # string slicing, not pathlib: this runs for every file (pathlib was most of the walk's time)
+        return escape_name(path[len(self.prefix):] if path.startswith(self.prefix) else "")
 
     def entries(self, folder: str) -> list[os.DirEntry]:
         """The sorted entries of `folder`; none (and a note) when it cannot be listed.
@@ -127,7 +129,7 @@ class _Walk:
             here = os.path.realpath(directory)
             for entry in self.entries(directory):
                 is_dir = entry.is_dir()
-                below = Path(entry.path).relative_to(label_dir.path).as_posix()
+                below = entry.path[len(label_dir.path) + 1:]  # the path below the label folder
                 if self.hidden_skipped(entry.name):
                     self.ignored.append(self.rel(entry.path) + ("/" if is_dir else ""))
                     if not is_dir and self.other_rule(below):
