@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FOLDER_LAYOUT, run_convert, write_folder_tree
 
 from commfor_fast.convert.listing import LISTING_NAME
 from commfor_fast.convert.parts import CHECKS_NAME, clear_partitions
@@ -30,7 +31,6 @@ from commfor_fast.sources import folders
 from commfor_fast.sources.folders import RACY_NS
 from commfor_fast.threads import map_threads
 from commfor_fast.verify import verify_for_training, verify_shards
-from tests.conftest import FOLDER_LAYOUT, run_convert, write_folder_tree
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -244,27 +244,28 @@ def test_the_walk_resolves_real_paths_of_links_only(tree: Path, monkeypatch: pyt
 
 def test_clearing_partitions_lists_each_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    names = {"parts": [], "train": [], "val": []}
+    names: dict[str, list[str]] = {"parts": [], "train": [], "parts/val": []}  # val pieces: OUT/parts/val/
     for p in range(12):
         names["parts"] += [f"part-{p:05d}.json", f".part-{p:05d}.json.{p:032x}.tmp"]
-        for set_name in ("train", "val"):
-            names[set_name] += [f"shard-{p:05d}-{n:03d}.tar{ext}" for n in range(3) for ext in ("", ".idx")]
-            names[set_name].append(f".shard-{p:05d}-003.tar.{p:032x}.tmp")
+        for folder in ("train", "parts/val"):
+            names[folder] += [f"shard-{p:05d}-{n:03d}.tar{ext}" for n in range(3) for ext in ("", ".idx")]
+            names[folder].append(f".shard-{p:05d}-003.tar.{p:032x}.tmp")
     names["train"] += [".shard-00002-000.tar", "notes.txt"]  # not ours: a hidden file that is no temporary
     for folder, files in names.items():
-        (out / folder).mkdir(parents=True)
+        (out / folder).mkdir(parents=True, exist_ok=True)
         for name in files:
             (out / folder / name).write_bytes(b"x")
+    (out / "val").mkdir()
     listed: list[str] = []
     real = os.scandir
     monkeypatch.setattr(os, "scandir", lambda path: listed.append(str(path)) or real(path))
     clear_partitions(out, [2, 10], ("train", "val"))
-    assert len(listed) == 3  # parts, train, val: once each, for any number of partitions
-    left = {folder: sorted(p.name for p in (out / folder).iterdir()) for folder in names}
+    assert len(listed) == 4  # parts, train, val, parts/val: once each, for any number of partitions
     for folder, files in names.items():
-        gone = [n for n in files if "-00002" in n or "-00010" in n]
-        assert left[folder] == sorted(set(files) - set(gone) | ({".shard-00002-000.tar"} & set(files)))
-    assert len(left["parts"]) == 20 and len(left["train"]) == 10 * 7 + 2
+        left = sorted(p.name for p in (out / folder).iterdir() if p.is_file())
+        gone = {n for n in files if "-00002" in n or "-00010" in n} - {".shard-00002-000.tar"}
+        assert left == sorted(set(files) - gone)
+        assert len(left) == {"parts": 20, "train": 10 * 7 + 2, "parts/val": 10 * 7}[folder]
 
 
 def test_the_manifest_names_every_node(tmp_path: Path, folder_tree: Path) -> None:

@@ -11,8 +11,10 @@ numbers and their order (partitions in order, each piece in number order) are
 exactly those of the pieces; only where one tar ends and the next begins differs.
 The manifest and the dataset card list the packed shards. A rerun of a complete
 folder keeps packed shards that still check out; otherwise it packs them again, to
-the same bytes. Folders converted before packing existed (pieces in OUT/val/) keep
-their shards as they are.
+the same bytes. A folder whose partitions were converted (all or some) before
+packing existed, with pieces in OUT/val/, is not packed: the manifest lists the
+pieces as before (finish a conversion with the version that started it, or the
+dataset card's `val/*.tar` misses the newer pieces).
 """
 
 from __future__ import annotations
