@@ -65,22 +65,27 @@ def _unit_row(unit: Unit, first: int, root: str) -> list[Any]:
 
 
 def listing_record(settings: ConvertSettings, sources: list[Source], units: list[Unit]) -> dict[str, Any] | None:
-    """What `listing.json.gz` holds for this scan: the recordable sources (a tail of the
-    scan order: the folders) and their units; None when there is none."""
+    """What `listing.json.gz` is written from: the scan settings, the recordable sources
+    (a tail of the scan order: the folders) and all units (`write_listing` takes
+    theirs); None when there is none."""
     first = next((i for i, s in enumerate(sources) if recordable(s)), None)
     if first is None or not all(recordable(s) for s in sources[first:]):
         return None
-    roots = [s.root for s in sources]
-    return {**_key(settings),
-            "sources": [{"kind": s.kind, "given": s.given, "root": s.root, "summary": s.summary,
-                         "warnings": s.warnings, "stamps": s.stamps} for s in sources[first:]],
-            "units": [_unit_row(u, first, roots[u.source]) for u in units if u.source >= first]}
+    return {"key": _key(settings), "first": first, "sources": sources, "units": units}
 
 
 def write_listing(out: Path, record: dict[str, Any]) -> None:
-    """Write the record atomically (several nodes may write the same one at once)."""
-    with atomic_write(out / LISTING_NAME, "wb") as f:
-        f.write(gzip.compress(json.dumps(record, separators=(",", ":")).encode(), compresslevel=1))
+    """Write the listing atomically (several nodes may write the same one at once), one
+    unit at a time: a million units never exist twice in memory."""
+    first, sources = record["first"], record["sources"]
+    head = {**record["key"], "sources": [{"kind": s.kind, "given": s.given, "root": s.root, "summary": s.summary,
+                                          "warnings": s.warnings, "stamps": s.stamps} for s in sources[first:]]}
+    with atomic_write(out / LISTING_NAME, "wb") as raw, gzip.open(raw, "wt", compresslevel=1) as f:
+        f.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"units":[')
+        rows = (_unit_row(u, first, sources[u.source].root) for u in record["units"] if u.source >= first)
+        for i, row in enumerate(rows):
+            f.write(("," if i else "") + json.dumps(row, separators=(",", ":")))
+        f.write("]}")
 
 
 def read_listing(out: Path, settings: ConvertSettings) -> dict[str, Any] | None:
