@@ -218,6 +218,7 @@ def convert(
     val_frac: Annotated[float, typer.Option(help="Share of samples in the val set (0: one set, `all`).")] = ConvertSettings.val_frac,
     seed: Annotated[int, typer.Option(help="Seed of balancing, the split and the shuffles.")] = ConvertSettings.seed,
     balance: Annotated[bool, typer.Option(help="When HF and local data are combined, limit local reals to (all fakes - HF reals), water-filling over datasets.")] = ConvertSettings.balance,
+    balance_checked: Annotated[bool, typer.Option(help="Balance against the fakes and HF reals that pass the image checks (checked once more before planning), not every row as the original counts.")] = ConvertSettings.balance_checked,
     shard_size: Annotated[str, typer.Option(help="Target size of a tar: 512MB, 1GB, 2GiB or bytes.")] = ConvertSettings.shard_size,
     partition_size: Annotated[str, typer.Option(help="Input bytes per unit of work and of resume; each worker holds about 3 x this in memory (lower it with --preresize of small JPEGs).")] = ConvertSettings.partition_size,
     preresize: Annotated[Optional[int], typer.Option(help="Store raw RGB pixels resized to this shorter side (440 for crop 384, 256 for crop 224) instead of the encoded image.", show_default=False)] = ConvertSettings.preresize,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -17,6 +18,12 @@ import torch.distributed as dist
 from commfor_fast.errors import UserError
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# How long a collective may wait for the slowest rank before the job is stopped. NCCL's
+# default (10 minutes) is shorter than work one rank may do alone between collectives:
+# its share of `--verify-hashes` (about 1.1 TB / ranks / hashing rate) or rank 0's
+# writes. A rank that fails exits and torchrun stops the others at once; this only
+# bounds a silent hang.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def setup_distributed(device: torch.device, env: Dist | None = None) -> Dist:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if env.world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return env
 
 

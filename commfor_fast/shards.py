@@ -197,6 +197,7 @@ class Manifest:
     rejects: list[dict[str, str]] = field(default_factory=list)  # {"item", "reason"} (+ "image_name" for HF rows)
     normalised: dict[str, int] = field(default_factory=dict)  # reason -> count (stored as PNG)
     warnings: list[str] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # who converted what (`convert/merge.py`)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 

@@ -57,6 +57,7 @@ from commfor_fast.runlog import MetricsLog, Throughput
 from commfor_fast.schedule import LR_SCHEDULES, LRSchedule
 from commfor_fast.settings import TrainSettings, resolve_precision, settings_dict
 from commfor_fast.shards import Manifest
+from commfor_fast.verify import verify_for_training
 
 
 def train(settings: TrainSettings) -> Path:
@@ -79,7 +80,9 @@ def train(settings: TrainSettings) -> Path:
     try:
         manifest = Manifest.load(settings.data)
         if env.is_main:
-            prepare_run_folder(out, settings)
+            prepare_run_folder(out)
+        if settings.verify_hashes:  # every rank hashes its share of the shards
+            verify_for_training(settings.data, env)
         torch.manual_seed(seed)
         np.random.seed(seed)
         log = MetricsLog(settings, env)
@@ -210,23 +213,9 @@ def check_settings(s: TrainSettings) -> None:
     amp_dtype(s.amp_dtype)
 
 
-def _verify_hashes(data: Path) -> None:
-    """`--verify-hashes`: every shard against the manifest (sha256 and more, see `verify`), before training."""
-    from commfor_fast.verify import verify_shards
-
-    checked, damaged = verify_shards(data)
-    if damaged:
-        raise UserError(f"--verify-hashes: {len(damaged)} of {checked} shards in {data} are damaged, e.g. "
-                        f"{damaged[0].shard}: {damaged[0].problem}; `commfor-fast verify {data}` lists them all. "
-                        "Re-run the convert command recorded in its manifest.json to redo them")
-
-
-def prepare_run_folder(out: Path, settings: TrainSettings) -> None:
-    """Rank 0, before any work: `--out` writable, the shards' hashes (`--verify-hashes`),
-    no temporaries of writes killed midway."""
+def prepare_run_folder(out: Path) -> None:
+    """Rank 0, before any work: `--out` writable, no temporaries of writes killed midway."""
     check_writable(out, "--out")
-    if settings.verify_hashes:
-        _verify_hashes(settings.data)
     remove_stale_temporaries(out)
 
 

@@ -7,19 +7,28 @@ tar; every sample's members agree with one another (the label in `.ids`, `.cls` 
 generator named in `.json`, the size and header of pre-resized pixels). A flipped bit anywhere in a tar
 fails its hash; the other checks say what it hit. Training runs the cheap part
 (sizes) before every run, and the hashes with `--verify-hashes`.
+
+Shards are checked on one thread per core (sha256 and reads release the GIL), and
+under torchrun every rank checks its share (`verify_for_training`).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import sha256_file
 from commfor_fast.progress import Progress
 from commfor_fast.shards import (IDS_EXT, LABEL_EXT, MANIFEST_NAME, META_EXT, Manifest, ShardInfo, read_index,
                                  sample_ids_problem, set_problem, shard_file_problem, unpack_ids)
+from commfor_fast.threads import default_threads, map_threads
+
+if TYPE_CHECKING:
+    from commfor_fast.distributed import Dist
 
 
 @dataclass(frozen=True)
@@ -82,16 +91,46 @@ def _shard_problem(root: Path, shard: ShardInfo, generators: list[str]) -> str |
     return problem
 
 
-def verify_shards(data: Path, progress: bool = True) -> tuple[int, list[Damage]]:
-    """Check every shard of a convert output folder; returns (shards checked, damaged ones)."""
-    manifest = Manifest.load(data)
-    shards = [shard for info in manifest.sets.values() for shard in info.shards]
-    damaged = [Damage(MANIFEST_NAME, f"set {name}: {problem}") for name, info in manifest.sets.items()
-               if (problem := set_problem(info))]
+def check_shards(root: Path, shards: list[ShardInfo], generators: list[str], *, threads: int = 0,
+                 progress: bool = True) -> list[Damage]:
+    """The damaged ones among `shards` of the data folder `root`, in the order given,
+    checked on `threads` threads (0: one per core; `threads.map_threads`)."""
     with Progress(len(shards), "verify", unit="shard", enabled=progress) as bar:
-        for shard in shards:
-            problem = _shard_problem(Path(data), shard, manifest.generators)
-            if problem:
-                damaged.append(Damage(shard.tar, problem))
-            bar.update(1, shard.bytes)
+        problems = map_threads(lambda shard: _shard_problem(root, shard, generators), shards,
+                               threads or default_threads(), bar, nbytes=lambda shard: shard.bytes)
+        if progress and not bar.live:
+            print(bar.line(), file=sys.stderr, flush=True)  # the rate reached: shards/s and MB/s
+    return [Damage(shard.tar, problem) for shard, problem in zip(shards, problems) if problem]
+
+
+def verify_shards(data: Path, progress: bool = True, threads: int = 0, rank: int = 0,
+                  world_size: int = 1) -> tuple[int, list[Damage]]:
+    """Check every shard of a convert output folder; returns (shards checked, damaged ones).
+
+    With `world_size` > 1 this process checks only every `world_size`-th shard from
+    `rank` on (the manifest's set counts are checked by rank 0): several ranks share
+    the work, and `verify_for_training` combines their findings.
+    """
+    manifest = Manifest.load(data)
+    shards = [shard for info in manifest.sets.values() for shard in info.shards][rank::world_size]
+    damaged = [Damage(MANIFEST_NAME, f"set {name}: {problem}") for name, info in manifest.sets.items()
+               if rank == 0 and (problem := set_problem(info))]
+    damaged += check_shards(Path(data), shards, manifest.generators, threads=threads, progress=progress)
     return len(shards), damaged
+
+
+def verify_for_training(data: Path, env: Dist) -> None:
+    """`train --verify-hashes`: every rank checks its share of the shards (`verify_shards`),
+    then all learn what any found; raises the same `UserError` on every rank if a shard
+    is damaged. Called after the process group is up, by every rank: the wait for the
+    slowest share is covered by the process group's timeout (`distributed.COLLECTIVE_TIMEOUT`)."""
+    from commfor_fast.distributed import all_gather
+
+    checked, damaged = verify_shards(data, progress=env.is_main, rank=env.rank, world_size=env.world_size)
+    found = all_gather((checked, damaged), env)
+    checked = sum(n for n, _ in found)
+    damaged = [d for _, part in found for d in part]
+    if damaged:
+        raise UserError(f"--verify-hashes: {len(damaged)} of {checked} shards in {data} are damaged, e.g. "
+                        f"{damaged[0].shard}: {damaged[0].problem}; `commfor-fast verify {data}` lists them all. "
+                        "Re-run the convert command recorded in its manifest.json to redo them")

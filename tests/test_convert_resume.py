@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import image_bytes, read_all_samples
 
+from commfor_fast.convert.listing import LISTING_NAME
 from commfor_fast.convert.parts import PLAN_NAME, marker_path
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import is_temporary
@@ -24,20 +25,23 @@ SETTINGS = {"val_frac": 0.2, "seed": 5}
 
 
 def snapshot(out: Path) -> dict[str, str]:
-    """sha256 of every file in a conversion folder; the manifest without command and settings, the
-    markers without the source hash that only `--verify-hashes` records."""
+    """sha256 of every file in a conversion folder; the manifest without command, settings and
+    nodes, the markers without the node and the source hash that only `--verify-hashes` records;
+    not the folder listing (a cache of the scan, holding the folders' ctimes)."""
     files = {}
     for path in sorted(out.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.name != LISTING_NAME:
             data = path.read_bytes()
             if path.name == MANIFEST_NAME:
                 manifest = json.loads(data)
                 manifest.pop("command")
                 manifest.pop("settings")
+                manifest.pop("nodes")
                 data = json.dumps(manifest, sort_keys=True).encode()
             elif path.parent.name == "parts":
                 marker = json.loads(data)
                 marker.pop("inputs_sha256")
+                marker.pop("node")
                 data = json.dumps(marker, sort_keys=True).encode()
             files[path.relative_to(out).as_posix()] = hashlib.sha256(data).hexdigest()
     return files
@@ -207,13 +211,18 @@ def test_two_workers_give_the_same_folder(tmp_path, reference, hf_replica, folde
 
 def test_two_nodes_then_merge_give_the_same_folder(tmp_path, reference, hf_replica, folder_tree, convert_into, capsys):
     out = tmp_path / "out"
-    assert run_same(out, hf_replica, folder_tree, convert_into, num_nodes=2, node_rank=0, quiet=False) is None
-    assert "The last node to finish writes manifest.json" in capsys.readouterr().err
+    assert run_same(out, hf_replica, folder_tree, convert_into, num_nodes=2, node_rank=0) is None  # quiet
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and said[0].startswith("node 0/2 is done, but manifest.json is not written yet: ")
+    assert said[0].endswith("the last node to finish writes it (re-running this command also does)")
     assert not (out / MANIFEST_NAME).exists()
     assert all(int(p.stem.split("-")[1]) % 2 == 0 for p in (out / "parts").glob("*.json"))
     manifest = run_same(out, hf_replica, folder_tree, convert_into, num_nodes=2, node_rank=1)
     assert manifest is not None
     assert snapshot(out) == reference[1]
+    partitions = len(list((out / "parts").glob("*.json")))  # both nodes are named, each with its partitions
+    assert [(n["node_rank"], n["num_nodes"], n["command"], n["partitions"]) for n in manifest.nodes] == [
+        (0, 2, "pytest", list(range(0, partitions, 2))), (1, 2, "pytest", list(range(1, partitions, 2)))]
 
 
 def test_other_settings_into_the_same_folder_are_refused(tmp_path, hf_replica, folder_tree, convert_into):

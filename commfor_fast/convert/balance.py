@@ -45,8 +45,13 @@ def water_fill(sizes: dict[str, int], limit: int) -> dict[str, int]:
     return dict(sizes)
 
 
-def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,
-                  seed: int) -> tuple[list[Unit], dict[str, Any] | None]:
+def balancing_applies(sources: list[Source], enabled: bool) -> bool:
+    """Whether balancing limits local reals: HF data and local folders combined, and not `--no-balance`."""
+    return enabled and len({get_source_kind(s.kind).BALANCED for s in sources}) == 2
+
+
+def balance_reals(units: list[Unit], sources: list[Source], enabled: bool, seed: int,
+                  failing: set[tuple[int, int]] | None = None) -> tuple[list[Unit], dict[str, Any] | None]:
     """The units that stay after balancing, and the report for the manifest.
 
     The report is None when the sources do not mix HF data with local data (kinds
@@ -56,14 +61,23 @@ def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,
     into the converter's warning).
 
     A unit of a balanced kind is one image, so dropping an image drops its unit.
+
+    `failing` holds (unit position, row) of the images the checks will reject
+    (`--balance-checked`, `balance_checks.py`): those are not counted among the fakes
+    and HF reals. None counts every row, as the original does.
     """
     balanced = [get_source_kind(s.kind).BALANCED for s in sources]
-    if len(set(balanced)) < 2:
+    if not balancing_applies(sources, True):
         return units, None
     if not enabled:
         return units, {"applied": False, "reason": "--no-balance"}
-    fakes = sum(sum(u.labels) for u in units)
-    hf_reals = sum(u.num_rows - sum(u.labels) for u in units if not balanced[u.source])
+    unwritten_fakes = sum(units[i].labels[row] for i, row in failing or ())
+    unwritten_hf_reals = sum(1 for i, row in failing or () if not balanced[units[i].source]
+                             and units[i].labels[row] == REAL)
+    fakes = sum(sum(u.labels) for u in units) - unwritten_fakes
+    hf_reals = sum(u.num_rows - sum(u.labels) for u in units if not balanced[u.source]) - unwritten_hf_reals
+    checked = {} if failing is None else {"checked": True, "unwritten_fakes": unwritten_fakes,
+                                          "unwritten_hf_reals": unwritten_hf_reals}
     limit = fakes - hf_reals
     by_dataset: dict[str, list[int]] = {}
     for i, u in enumerate(units):
@@ -72,7 +86,8 @@ def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,
     local_reals = sum(len(v) for v in by_dataset.values())
     if limit < 0:
         return units, {"applied": False, "reason": REALS_OUTNUMBER_FAKES, "fakes": fakes, "hf_reals": hf_reals,
-                       "limit": limit, "local_reals_available": local_reals, "local_reals_kept": local_reals}
+                       "limit": limit, "local_reals_available": local_reals, "local_reals_kept": local_reals,
+                       **checked}
     quotas = water_fill({name: len(idx) for name, idx in by_dataset.items()}, limit)
     dropped: set[int] = set()
     report = {}
@@ -86,7 +101,7 @@ def balance_reals(units: list[Unit], sources: list[Source], enabled: bool,
     return ([u for i, u in enumerate(units) if i not in dropped],
             {"applied": True, "fakes": fakes, "hf_reals": hf_reals, "limit": limit,
              "local_reals_available": local_reals,
-             "local_reals_kept": sum(quotas.values()), "datasets": report})
+             "local_reals_kept": sum(quotas.values()), "datasets": report, **checked})
 
 
 def balance_warnings(report: dict[str, Any] | None) -> list[str]:

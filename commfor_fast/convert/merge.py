@@ -1,12 +1,14 @@
 """Merging the partitions' done-markers into `manifest.json`; the warnings, summary and dry-run lines.
 
-Markers are merged in partition order, so the manifest depends only on the plan and
-the data, never on which node or process finished first. The manifest is written
+Markers are merged in partition order, so the manifest's data depends only on the
+plan and the data, never on which node or process finished first; its `nodes` say
+which node (rank, host, workers, command line) converted which partitions. The manifest is written
 last (atomically): its presence means the whole conversion is complete.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from commfor_fast import __version__
@@ -56,8 +58,22 @@ def format_bias_warnings(sets: dict[str, SetInfo]) -> list[str]:
     return warnings
 
 
-def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: ConvertSettings, command: str) -> Manifest:
-    """The manifest of a complete conversion from the plan and every partition's marker."""
+def node_records(markers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every node that converted partitions, in order of node rank: its host, workers and
+    command line as its markers recorded them, and which partitions it converted (one
+    record per distinct node, so a rerun on another machine shows as well)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for marker in markers:
+        node = marker.get("node") or {}
+        record = nodes.setdefault(json.dumps(node, sort_keys=True), {**node, "partitions": []})
+        record["partitions"].append(marker["partition"])
+    return sorted(nodes.values(), key=lambda n: (n.get("node_rank", -1), n["partitions"]))
+
+
+def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: ConvertSettings, command: str,
+          packed: dict[str, list[ShardInfo]] | None = None) -> Manifest:
+    """The manifest of a complete conversion from the plan and every partition's marker;
+    the shards of a set in `packed` are those (`pack.py`), not the partitions' pieces."""
     sets: dict[str, SetInfo] = {}
     for set_name in plan.set_names:
         info = SetInfo(num_samples=0, shards=[])
@@ -69,6 +85,7 @@ def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: Convert
             _add(info.formats, part["formats"])
             _add(info.resolutions, part["resolutions"])
             _add(info.stored, part["stored"])
+        info.shards = (packed or {}).get(set_name, info.shards)
         info.counts, info.formats, info.resolutions, info.stored = (
             _sorted(info.counts), _sorted(info.formats), _sorted(info.resolutions), _sorted(info.stored))
         sets[set_name] = info
@@ -92,6 +109,7 @@ def merge(plan: ConversionPlan, markers: list[dict[str, Any]], settings: Convert
         rejects=[reject for marker in markers for reject in marker["rejects"]],
         normalised=dict(sorted(normalised.items())),
         warnings=warnings,
+        nodes=node_records(markers),
     )
 
 
@@ -110,6 +128,9 @@ def balance_lines(b: dict[str, Any] | None, val_frac: float) -> list[str]:
     if kept < available:
         lines.append(f"balance: kept {kept} of {available} local real images (limit {b['limit']} = fakes "
                      f"{b['fakes']} - HF reals {b['hf_reals']}); see manifest.json balance")
+    if b.get("checked"):
+        lines.append(f"balance: counted only images that pass the checks (--balance-checked): "
+                     f"{b['unwritten_fakes']} fake(s) and {b['unwritten_hf_reals']} HF real(s) will be rejected")
     if val_frac == 0:
         lines.append(f"note: with --val-frac 0 (e.g. an evaluation set) local reals are still balanced as for "
                      f"training (kept {kept} of {available}); pass --no-balance to keep them all")

@@ -1,8 +1,12 @@
 """The files of a conversion folder besides the shards: plan.json and the per-partition done-markers.
 
     OUT/plan.json                  the plan's fingerprint, written before any shard
+    OUT/listing.json.gz            the folder scan, for reruns and other nodes (`listing.py`)
+    OUT/balance-checks.json        with --balance-checked: the images balancing does not count
     OUT/parts/part-00003.json      partition 3 is done: its shards, stats and rejects
     OUT/<set>/shard-00003-001.tar  shard 1 of partition 3 in that set (+ .tar.idx)
+    OUT/parts/val/shard-00003-000.tar  partition 3's validation samples, packed with the
+                                   others' into OUT/val/shard-val-00000.tar... (`pack.py`)
 
 A marker is written after all of its partition's shards are durable, so a marker
 whose shards still check out means "done"; anything else of that partition is
@@ -16,17 +20,22 @@ datasets, so it is refused unless `--overwrite` is given.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from commfor_fast.convert.listing import LISTING_NAME
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import is_temporary, sha256_file
-from commfor_fast.shards import (CARD_NAME, GENERATORS_NAME, MANIFEST_NAME, other_conversion, read_index,
+from commfor_fast.shards import (CARD_NAME, GENERATORS_NAME, MANIFEST_NAME, ShardInfo, other_conversion, read_index,
                                  write_json_atomic)
 
 PLAN_NAME = "plan.json"
 PARTS_DIR = "parts"
+CHECKS_NAME = "balance-checks.json"  # `balance_checks.py`
+PACKED_SET = "val"  # its partitions' pieces are packed into full shards (`pack.py`)
 
 
 def marker_path(out: Path, partition: int) -> Path:
@@ -34,11 +43,15 @@ def marker_path(out: Path, partition: int) -> Path:
 
 
 def shard_path(out: Path, set_name: str, partition: int, number: int) -> Path:
-    return out / set_name / f"shard-{partition:05d}-{number:03d}.tar"
+    """Where a partition writes a shard: in its set's folder, or for `val` a piece in
+    OUT/parts/val/ that `pack.py` packs into full shards."""
+    folder = out / PARTS_DIR / set_name if set_name == PACKED_SET else out / set_name
+    return folder / f"shard-{partition:05d}-{number:03d}.tar"
 
 
 def _ours(set_names: tuple[str, ...]) -> set[str]:
-    return {PLAN_NAME, PARTS_DIR, MANIFEST_NAME, CARD_NAME, GENERATORS_NAME, "train", "val", "all", *set_names}
+    return {PLAN_NAME, LISTING_NAME, CHECKS_NAME, PARTS_DIR, MANIFEST_NAME, CARD_NAME, GENERATORS_NAME, "train", "val",
+            "all", *set_names}
 
 
 def _recorded_fingerprint(plan_file: Path) -> str | None:
@@ -100,24 +113,35 @@ def _make_dirs(out: Path, set_names: tuple[str, ...]) -> None:
     (out / PARTS_DIR).mkdir(exist_ok=True)
     for set_name in set_names:
         (out / set_name).mkdir(exist_ok=True)
+        if set_name == PACKED_SET:
+            (out / PARTS_DIR / set_name).mkdir(exist_ok=True)
 
 
-def _left_by(name: str, prefix: str) -> bool:
-    """Whether `name` is a file starting with `prefix`, or `atomic_write`'s temporary file of one."""
-    return name.startswith(prefix) or (is_temporary(name) and name[1:].startswith(prefix))
+def _partition_of(name: str, kind: str) -> int | None:
+    """The partition whose `kind` file ("shard" or "part") `name` is, or whose
+    `atomic_write` temporary file it is; None for any other name."""
+    if is_temporary(name):
+        name = name[1:]
+    if not name.startswith(f"{kind}-"):
+        return None
+    number = name[len(kind) + 1:].split("-" if kind == "shard" else ".", 1)[0]
+    return int(number) if number.isdigit() else None
 
 
-def clear_partition(out: Path, partition: int, set_names: tuple[str, ...]) -> None:
-    """Delete everything a partition may have left (marker, shards, temporary files)."""
-    marker = marker_path(out, partition)
-    for path in marker.parent.iterdir():
-        if _left_by(path.name, marker.name):
-            path.unlink()
-    prefix = f"shard-{partition:05d}-"
-    for set_name in set_names:
-        for path in (out / set_name).iterdir():
-            if _left_by(path.name, prefix):
-                path.unlink()
+def clear_partitions(out: Path, partitions: Iterable[int], set_names: tuple[str, ...]) -> None:
+    """Delete everything the given partitions may have left (markers, shards, temporary files).
+
+    Each folder is listed once, whatever the number of partitions: clearing them one
+    by one would list every shard of the set once per partition.
+    """
+    doomed = set(partitions)
+    shard_folders = [out / name for name in set_names] + [out / PARTS_DIR / name for name in set_names
+                                                          if name == PACKED_SET]
+    for folder, kind in [(out / PARTS_DIR, "part"), *((folder, "shard") for folder in shard_folders)]:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if _partition_of(entry.name, kind) in doomed:
+                    os.unlink(entry.path)
 
 
 def read_marker(out: Path, partition: int, fingerprint: str, *, check_index: bool,
@@ -134,19 +158,23 @@ def read_marker(out: Path, partition: int, fingerprint: str, *, check_index: boo
         return None
     if marker.get("fingerprint") != fingerprint or marker.get("partition") != partition:
         return None
-    for info in (shard for s in marker["sets"].values() for shard in s["shards"]):
-        tar, index = out / info["tar"], out / info["index"]
-        if not tar.is_file() or tar.stat().st_size != info["bytes"] or not index.is_file():
-            return None
-        if check_index:
-            try:
-                if len(read_index(index)) != info["num_samples"]:
-                    return None
-            except UserError:
-                return None
-        if check_hash and sha256_file(tar) != info["sha256"]:
-            return None
-    return marker
+    shards = [ShardInfo(**shard) for s in marker["sets"].values() for shard in s["shards"]]
+    return marker if all(shard_intact(out, s, check_index=check_index, check_hash=check_hash) for s in shards) else None
+
+
+def shard_intact(out: Path, shard: ShardInfo, *, check_index: bool, check_hash: bool) -> bool:
+    """Whether a shard's tar and index exist, the tar with the recorded size; `check_index`
+    also parses the index and counts its samples, `check_hash` also re-hashes the tar."""
+    tar, index = out / shard.tar, out / shard.index
+    if not tar.is_file() or tar.stat().st_size != shard.bytes or not index.is_file():
+        return False
+    if check_index:
+        try:
+            if len(read_index(index)) != shard.num_samples:
+                return False
+        except UserError:
+            return False
+    return not check_hash or sha256_file(tar) == shard.sha256
 
 
 def write_marker(out: Path, marker: dict[str, Any]) -> None:

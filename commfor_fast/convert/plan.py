@@ -4,7 +4,9 @@ The plan is a pure function of the sources and the output settings, so every nod
 every rerun computes the same one without talking to the others:
 
 1. Scan the sources into units (parquet row groups, image files) with the label and
-   generator of every row and the unit's byte size.
+   generator of every row and the unit's byte size (the folders' units are read from
+   `--out`'s listing when their folders did not change since it was recorded,
+   `listing.py`).
 2. Balance local reals against the fakes (`balance.py`).
 3. Split samples (not units) into `train` and `val` with a seeded permutation
    (`val` gets `floor(n * val_frac)` samples, as the original; none for n < 100 at
@@ -38,7 +40,8 @@ import numpy as np
 
 from commfor_fast import __version__
 from commfor_fast.convert.balance import balance_reals, balance_warnings
-from commfor_fast.convert.settings import OUTPUT_SETTINGS, ConvertSettings, Limits
+from commfor_fast.convert.listing import listing_record, read_listing, recorded_scan
+from commfor_fast.convert.settings import ADDED_SETTINGS, OUTPUT_SETTINGS, ConvertSettings, Limits
 from commfor_fast.errors import UserError
 from commfor_fast.shards import FORMAT_VERSION
 from commfor_fast.sources import source_kinds
@@ -83,6 +86,7 @@ class ConversionPlan:
     balance: dict[str, Any] | None
     scanned_samples: int  # before balancing
     fingerprint: str
+    listing: dict[str, Any] | None = None  # the folder scan to record in --out (None: read from there)
 
     def warnings(self) -> list[str]:
         """The warnings known before converting: the sources' and balancing's."""
@@ -97,23 +101,39 @@ class ConversionPlan:
                 "generators": len(self.generators), "package_version": __version__}
 
 
-def scan_sources(settings: ConvertSettings, limits: Limits) -> tuple[list[Source], list[Unit]]:
+def scan_sources(settings: ConvertSettings, limits: Limits) -> tuple[list[Source], list[Unit], dict[str, Any] | None]:
     """Every source's units, kind by kind in the registry's order (`commfor_fast.sources`):
-    HF first, then the folders in the order given."""
+    HF first, then the folders in the order given; and the listing to record (`listing.py`).
+
+    The folders' units come from `--out`'s listing when it holds one of the same
+    folders, none of which changed since; then the listing to record is None.
+    """
+    recorded = read_listing(settings.out, settings)
+    reuse = {source.kind for source in recorded["sources"]} if recorded else set()
     sources: list[Source] = []
     units: list[Unit] = []
     for kind in source_kinds():
+        if kind.KIND in reuse:
+            continue
         for source, found in kind.scan(settings, limits, len(sources)):
             sources.append(source)
             units.extend(found)
-    return sources, units
+    if recorded:
+        more, found = recorded_scan(recorded, len(sources))
+        return sources + more, units + found, None
+    return sources, units, listing_record(settings, sources, units)
 
 
 def fingerprint(settings: ConvertSettings, units: list[Unit]) -> str:
-    """sha256 of the output settings, the shard format version and every unit's name, size and rows."""
+    """sha256 of the output settings, the shard format version and every unit's name, size and rows.
+
+    Settings added after the first release (`ADDED_SETTINGS`) count only when they differ
+    from their default, so a folder converted before they existed keeps its fingerprint.
+    """
     h = hashlib.sha256()
     record = settings.record()
-    outputs = {**{k: record[k] for k in OUTPUT_SETTINGS}, "format_version": FORMAT_VERSION}
+    outputs = {**{k: record[k] for k in OUTPUT_SETTINGS if record[k] != ADDED_SETTINGS.get(k, ...)},
+               "format_version": FORMAT_VERSION}
     h.update(json.dumps(outputs, sort_keys=True).encode())
     for u in units:
         h.update(f"\n{u.source}\t{u.name}\t{u.row_group}\t{u.nbytes}\t{bytes(u.labels).hex()}\t".encode())
@@ -153,10 +173,11 @@ def pack_partitions(units: list[Unit], max_bytes: int, seed: int) -> list[list[i
     return partitions
 
 
-def make_plan(settings: ConvertSettings, limits: Limits, sources: list[Source],
-              scanned: list[Unit]) -> ConversionPlan:
-    """Balance, split, partition and number the scanned units."""
-    units, balance = balance_reals(scanned, sources, settings.balance, settings.seed)
+def make_plan(settings: ConvertSettings, limits: Limits, sources: list[Source], scanned: list[Unit],
+              listing: dict[str, Any] | None = None, failing: set[tuple[int, int]] | None = None) -> ConversionPlan:
+    """Balance, split, partition and number the scanned units. `failing`: the rows of
+    `scanned` the checks will reject, which balancing does not count (`--balance-checked`)."""
+    units, balance = balance_reals(scanned, sources, settings.balance, settings.seed, failing)
     starts = np.cumsum([0] + [u.num_rows for u in units])
     num_samples = int(starts[-1])
     if num_samples == 0:
@@ -194,4 +215,5 @@ def make_plan(settings: ConvertSettings, limits: Limits, sources: list[Source],
         balance=balance,
         scanned_samples=sum(u.num_rows for u in scanned),
         fingerprint=fingerprint(settings, scanned),
+        listing=listing,
     )

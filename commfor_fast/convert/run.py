@@ -1,12 +1,17 @@
 """`convert`: plan, convert this node's unfinished partitions in parallel, then merge.
 
 Every run, first or resumed, on any node, does the same steps:
-1. check the settings and scan the sources; compute the plan and its fingerprint;
+1. check the settings and scan the sources (the folders' scan is read from
+   OUT/listing.json.gz when none of them changed, `listing.py`); compute the plan and
+   its fingerprint;
 2. record the plan in OUT/plan.json (a different plan there is refused unless
-   `--overwrite`);
+   `--overwrite`) and a fresh folder scan in OUT/listing.json.gz;
 3. find this node's partitions (`p % num_nodes == node_rank`) without a valid
    done-marker, delete what they left and convert them in `--workers` processes;
-4. when every partition of every node has its marker, write manifest.json.
+4. when every partition of every node has its marker, pack the partitions' validation
+   samples into full shards (`pack.py`) and write manifest.json (a node
+   that finishes while others are still converting says so, and exits 0); it names
+   every node that converted partitions (`merge.node_records`).
 So resuming after a kill, or finishing on another machine, is running the same
 command again. That includes a worker process killed on its own (the kernel's OOM
 killer): the run stops with an error saying so instead of waiting for the lost
@@ -21,15 +26,19 @@ import multiprocessing as mp
 import os
 import queue
 import shlex
+import socket
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable
 from pathlib import Path
 
+from commfor_fast.convert.balance_checks import find_failing
 from commfor_fast.convert.card import write_dataset_card
+from commfor_fast.convert.listing import write_listing
+from commfor_fast.convert.pack import pack_validation
 from commfor_fast.convert.merge import dry_run_lines, merge, summary_lines
-from commfor_fast.convert.parts import check_out, clear_partition, prepare_out, read_marker
+from commfor_fast.convert.parts import CHECKS_NAME, check_out, clear_partitions, prepare_out, read_marker
 from commfor_fast.convert.plan import PartitionTask, make_plan, scan_sources
 from commfor_fast.convert.settings import ConvertSettings, check_settings, resolve_sources
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, inputs_sha256, run_in_pool
@@ -37,7 +46,8 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import check_writable
 from commfor_fast.portable import portable_command
 from commfor_fast.progress import Progress
-from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, Manifest
+from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, Manifest, write_json_atomic
+from commfor_fast.threads import map_threads
 
 POLL_S = 0.2  # how often the main process collects progress from the workers
 WORKER_DIED = ("a conversion worker died (out of memory?): rerun the same command to resume; "
@@ -134,6 +144,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
     recorded in the manifest (default: this process's command line).
     """
     limits = check_settings(settings)
+    command = portable_command(command if command is not None else shlex.join(sys.argv))  # as users type it
     settings = resolve_sources(settings)  # the same data gives the same plan, however its paths are typed
     if not settings.dry_run:  # before scanning: a folder that cannot be written is known now
         check_writable(settings.out, "--out")
@@ -142,8 +153,9 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
         if not settings.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    sources, units = scan_sources(settings, limits)
-    plan = make_plan(settings, limits, sources, units)
+    sources, units, listing = scan_sources(settings, limits)
+    failing, checks = find_failing(settings, limits, sources, units) if settings.balance_checked else (None, None)
+    plan = make_plan(settings, limits, sources, units, listing, failing)
     printed = plan.warnings()
     for warning in printed:
         log(f"warning: {warning}")
@@ -157,6 +169,10 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
 
     out = settings.out
     prepare_out(out, plan.record(), plan.set_names, settings.overwrite)
+    if plan.listing is not None:  # a fresh folder scan: reruns and other nodes read it instead of walking
+        write_listing(out, plan.listing)
+    if checks is not None:  # the same for --balance-checked's checks
+        write_json_atomic(out / CHECKS_NAME, checks)
     mine = [t for t in plan.partitions if t.index % settings.num_nodes == settings.node_rank]
     sources = tuple((s.kind, s.given, s.root) for s in plan.sources)
     if settings.verify_hashes:
@@ -165,25 +181,34 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
         if unhashed:
             log(f"note: {unhashed} partition(s) were converted without --verify-hashes, so no hash of their "
                 "sources was recorded: converting them again")
-    pending = [t for t in mine if not _finished(out, t, plan.fingerprint, sources, settings.verify_hashes)]
+    # With --verify-hashes this re-reads every finished shard and source byte: on `--workers` threads
+    # (sha256 and reads release the GIL), with a bar; without it only indexes are parsed.
+    threads = limits.workers if settings.verify_hashes else 1
+    with Progress(len(mine), "check finished partitions", unit="partition",
+                  enabled=settings.verify_hashes and not settings.quiet) as bar:
+        finished = map_threads(lambda t: _finished(out, t, plan.fingerprint, sources, settings.verify_hashes),
+                               mine, threads, bar)
+    pending = [t for t, done in zip(mine, finished) if not done]
     recorded = _recorded_manifest(out, log) if not pending else None
     if pending:
         (out / MANIFEST_NAME).unlink(missing_ok=True)  # no longer complete
         node = f"node {settings.node_rank}/{settings.num_nodes}: " if settings.num_nodes > 1 else ""
         log(f"{node}converting {len(pending)} of {len(mine)} partition(s) ({len(mine) - len(pending)} done before)")
+        clear_partitions(out, [t.index for t in pending], plan.set_names)  # what they left: redone from scratch
         config = WorkerConfig(
             out=out, fingerprint=plan.fingerprint, set_names=plan.set_names, shard_bytes=limits.shard_bytes,
             preresize=settings.preresize, max_pixels=settings.max_pixels, check=settings.check,
             dali_check=settings.dali_check, generator_ids=plan.generator_ids(),
             sources=sources, hash_inputs=settings.verify_hashes,
+            node={"node_rank": settings.node_rank, "num_nodes": settings.num_nodes, "host": socket.gethostname(),
+                  "workers": limits.workers, "command": command},
         )
         with Progress(sum(t.num_samples for t in pending), "convert", enabled=not settings.quiet) as progress:
             try:
                 _run_partitions(pending, config, limits.workers, progress)
             except KeyboardInterrupt:  # Ctrl-C: leave only finished partitions, for the rerun to keep
-                for task in pending:
-                    if read_marker(out, task.index, plan.fingerprint, check_index=False, check_hash=False) is None:
-                        clear_partition(out, task.index, plan.set_names)
+                clear_partitions(out, [t.index for t in pending if read_marker(
+                    out, t.index, plan.fingerprint, check_index=False, check_hash=False) is None], plan.set_names)
                 raise
         log(progress.line())
 
@@ -191,11 +216,13 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
                for t in plan.partitions]
     missing = sum(m is None for m in markers)
     if missing:
-        log(f"this node is done; {missing} of {len(markers)} partitions of other nodes are not finished yet. "
-            "The last node to finish writes manifest.json (re-running this command also does)")
+        # said even with --quiet: exit 0 without a manifest.json needs this line
+        print(f"node {settings.node_rank}/{settings.num_nodes} is done, but manifest.json is not written yet: "
+              f"{missing} of {len(markers)} partitions of other nodes are unfinished; the last node to finish "
+              "writes it (re-running this command also does)", file=sys.stderr, flush=True)
         return None
-    typed = portable_command(command if command is not None else shlex.join(sys.argv))  # as users type it
-    manifest = merge(plan, markers, settings, typed)
+    packed = pack_validation(out, markers, limits.shard_bytes, recorded, settings.verify_hashes)
+    manifest = merge(plan, markers, settings, command, packed)
     if recorded is not None and _same_data(recorded, manifest):
         if (out / CARD_NAME).is_file():
             log(f"{out} is complete already")

@@ -44,6 +44,7 @@ class ConvertSettings:
     val_frac: float = 0.01  # share of samples in the `val` set; 0 = one set called `all`
     seed: int = 0
     balance: bool = True  # limit local reals to (all fakes - HF reals) when HF and local data are combined
+    balance_checked: bool = False  # count only fakes and HF reals that pass the image checks (checks them first)
     # --- shard layout
     shard_size: str = "512MB"  # target tar size: "512MB", "1GB", "2GiB" or plain bytes
     partition_size: str = "2GB"  # input bytes per unit of work (memory per worker is about this much)
@@ -74,8 +75,10 @@ def _plain(value: Any) -> Any:
 
 # Settings that change what is written; the rest (where to cache, how many processes,
 # which node) only change how fast it is written, so nodes and reruns may differ there.
-OUTPUT_SETTINGS = ("hf_repo", "hf_split", "folders", "labels", "val_frac", "seed", "balance", "shard_size",
-                   "partition_size", "preresize", "max_pixels", "check", "dali_check")
+OUTPUT_SETTINGS = ("hf_repo", "hf_split", "folders", "labels", "val_frac", "seed", "balance", "balance_checked",
+                   "shard_size", "partition_size", "preresize", "max_pixels", "check", "dali_check")
+# Output settings added later, with the default that writes what earlier versions wrote.
+ADDED_SETTINGS = {"balance_checked": False}
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)

@@ -7,7 +7,7 @@ needs, so the index costs nothing extra to make and DALI never scans the tar.
 
 Tar and index are written through `fileio.atomic_write`: to temporary dot-files,
 fsync'ed and renamed into place only when complete; a crash leaves only temporary
-files, which resume deletes (`parts.clear_partition`). Output is deterministic, so
+files, which resume deletes (`parts.clear_partitions`). Output is deterministic, so
 two processes converting the same partition (a leftover worker of a killed run, or a
 mistyped --node-rank) write the same bytes; private temporary names and atomic
 renames keep every visible file whole.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import tarfile
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -90,3 +91,26 @@ class ShardWriter:
             bytes=self._offset,
             sha256=self._sha.hexdigest(),
         )
+
+
+def write_shards(samples: Iterable[tuple[str, list[tuple[str, bytes]]]], shard_bytes: int,
+                 path_of: Callable[[int], Path], root: Path) -> list[ShardInfo]:
+    """Write (key, members) samples in order into tars `path_of(0)`, `path_of(1)`, ...,
+    starting a new one before a tar would exceed `shard_bytes` (a sample larger than
+    that gets a tar of its own); paths in the `ShardInfo`s are relative to `root`."""
+    shards: list[ShardInfo] = []
+    writer: ShardWriter | None = None
+    size = 0
+    for key, members in samples:
+        nbytes = sum(member_bytes(len(data)) for _, data in members)
+        if writer is not None and size + nbytes > shard_bytes:
+            shards.append(writer.close())
+            writer = None
+        if writer is None:
+            writer = ShardWriter(path_of(len(shards)), root)
+            size = 0
+        writer.add(key, members)
+        size += nbytes
+    if writer is not None:
+        shards.append(writer.close())
+    return shards

@@ -22,15 +22,15 @@ import json
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import Queue
 from typing import Any, NamedTuple
 
 from commfor_fast.convert.check import check_data, check_structure
-from commfor_fast.convert.parts import clear_partition, shard_path, write_marker
+from commfor_fast.convert.parts import shard_path, write_marker
 from commfor_fast.convert.plan import PartitionTask, SampleRef
-from commfor_fast.convert.tarshard import ShardWriter, member_bytes
+from commfor_fast.convert.tarshard import write_shards
 from commfor_fast.convert.watchdog import exit_with_parent
 from commfor_fast.portable import portable_source_meta
 from commfor_fast.imageio import (BadImage, ImageInfo, check_image, check_pixels, encode_png, encode_raw,
@@ -57,6 +57,7 @@ class WorkerConfig:
     generator_ids: dict[str, int]
     sources: tuple[tuple[str, str, str], ...]  # (kind, as given, root) per source index
     hash_inputs: bool = False  # record the sha256 of the partition's source bytes (--verify-hashes)
+    node: dict[str, Any] = field(default_factory=dict)  # which node converts it, for the manifest's `nodes`
 
 
 class Stored(NamedTuple):
@@ -113,7 +114,6 @@ def read_unit(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> Iterator
 class _Sample(NamedTuple):
     number: int
     members: list[tuple[str, bytes]]
-    nbytes: int  # bytes in the tar
 
 
 def _bump(table: dict[str, dict[str, int]], key: str, label: int) -> None:
@@ -138,12 +138,12 @@ def _sample(unit: Unit, row: int, ref: SampleRef, stored: Stored, source_meta: d
     ids = SampleIds(label, config.generator_ids[generator], ref.number, stored.height, stored.width)
     members = [(stored.ext, stored.data), (LABEL_EXT, str(label).encode()), (IDS_EXT, pack_ids(ids)),
                (META_EXT, json.dumps(meta, ensure_ascii=False).encode())]
-    return _Sample(ref.number, members, sum(member_bytes(len(data)) for _, data in members))
+    return _Sample(ref.number, members)
 
 
 def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report) -> dict[str, Any]:
-    """Convert one partition and write its marker; returns the marker."""
-    clear_partition(config.out, task.index, config.set_names)
+    """Convert one partition and write its marker; returns the marker. The caller has
+    deleted what an earlier try left (`parts.clear_partitions`)."""
     samples: dict[str, list[_Sample]] = {name: [] for name in config.set_names}
     sets = {name: _empty_set() for name in config.set_names}
     rejects: list[dict[str, str]] = []
@@ -178,7 +178,8 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
         items.sort()  # planned order: sample numbers were assigned in the permuted order
         sets[set_name]["shards"] = [asdict(info) for info in _write_shards(items, set_name, task.index, config)]
     marker = {"partition": task.index, "fingerprint": config.fingerprint, "sets": sets, "rejects": rejects,
-              "normalised": normalised, "inputs_sha256": inputs.hexdigest() if inputs is not None else None}
+              "normalised": normalised, "inputs_sha256": inputs.hexdigest() if inputs is not None else None,
+              "node": config.node}
     write_marker(config.out, marker)
     return marker
 
@@ -202,21 +203,8 @@ def inputs_sha256(task: PartitionTask, sources: tuple[tuple[str, str, str], ...]
 
 def _write_shards(items: list[_Sample], set_name: str, partition: int, config: WorkerConfig) -> list[ShardInfo]:
     """Write samples in order, starting a new tar before `--shard-size` would be exceeded."""
-    shards = []
-    writer: ShardWriter | None = None
-    size = 0
-    for sample in items:
-        if writer is not None and size + sample.nbytes > config.shard_bytes:
-            shards.append(writer.close())
-            writer = None
-        if writer is None:
-            writer = ShardWriter(shard_path(config.out, set_name, partition, len(shards)), config.out)
-            size = 0
-        writer.add(sample_key(sample.number), sample.members)
-        size += sample.nbytes
-    if writer is not None:
-        shards.append(writer.close())
-    return shards
+    return write_shards(((sample_key(s.number), s.members) for s in items), config.shard_bytes,
+                        lambda n: shard_path(config.out, set_name, partition, n), config.out)
 
 
 # ------------------------------------------------------------------ process pool plumbing

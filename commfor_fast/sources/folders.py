@@ -26,12 +26,17 @@ of `units.escape_name`. An unreadable folder is skipped with a warning naming it
 Nothing is skipped silently: skipped files and folders are counted, a few are named
 in the manifest, and a line is printed.
 
+Each file costs one `stat` (its size): real paths are resolved for links only, and
+each listed folder's ctime is stamped, so that a rerun or another node can take the
+recorded scan instead of walking again while no folder changed (`convert/listing.py`).
+
 Folders hold the extra local data, whose reals balancing limits (`BALANCED`).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -48,6 +53,9 @@ BALANCED = True  # extra local data: balancing limits its reals
 
 IGNORED_EXAMPLES = 10  # how many ignored files the manifest names
 NAMED_IN_WARNINGS = 3  # how many skipped links or unreadable folders a warning line names
+# A folder whose ctime is this close to the scan's start (or later) may have changed
+# within one tick of the file system's clock while it was listed: never trusted.
+RACY_NS = 100_000_000
 BROAD, ORIGINAL = "broad", "original"
 DISCOVERY_RULES = (BROAD, ORIGINAL)
 ORIGINAL_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".webp", ".gif")  # matched in lower case only
@@ -56,7 +64,7 @@ ORIGINAL_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".webp", ".gif"
 def broad_takes(rel: str) -> bool:
     """The `broad` rule for a file at `rel` (its path below the label folder): an image
     ending in any case, at any depth, nothing hidden on the way."""
-    return Path(rel).suffix.lower() in SOURCE_EXTENSIONS and not any(p.startswith(".") for p in rel.split("/"))
+    return os.path.splitext(rel)[1].lower() in SOURCE_EXTENSIONS and not any(p.startswith(".") for p in rel.split("/"))
 
 
 def original_takes(rel: str) -> bool:
@@ -72,6 +80,7 @@ class _Walk:
 
     def __init__(self, root: Path, seen: set[str], discovery: str) -> None:
         self.root = root
+        self.prefix = os.path.join(str(root), "")  # the root with one trailing separator
         self.seen = seen  # real paths of the files taken already, across all roots
         self.discovery = discovery
         self.takes = RULES[discovery]
@@ -82,13 +91,23 @@ class _Walk:
         self.links: list[str] = []  # links that loop or leave their label folder
         self.unreadable: list[str] = []  # folders that cannot be listed
         self.repeats = 0  # files taken already (through another link or root)
+        self.started = time.time_ns()
+        self.stamps: dict[str, int] = {}  # folder listed -> its ctime then (`convert/listing.py`)
 
     def rel(self, path: str) -> str:
-        return escape_name(Path(path).relative_to(self.root).as_posix())
+        # string slicing, not pathlib: this runs for every file (pathlib was most of the walk's time)
+        return escape_name(path[len(self.prefix):] if path.startswith(self.prefix) else "")
 
     def entries(self, folder: str) -> list[os.DirEntry]:
-        """The sorted entries of `folder`; none (and a note) when it cannot be listed."""
+        """The sorted entries of `folder`; none (and a note) when it cannot be listed.
+
+        Its ctime is stamped first, so a change while it is listed shows on the next
+        run; a folder changed at about the time of the scan is marked untrusted (-1).
+        """
+        self.stamps[folder] = -1  # until stamped: a folder that cannot even be stat'ed is never trusted
         try:
+            ctime = os.stat(folder).st_ctime_ns
+            self.stamps[folder] = -1 if ctime >= self.started - RACY_NS else ctime
             with os.scandir(folder) as it:
                 return sorted(it, key=lambda e: e.name)
         except OSError as exc:
@@ -110,13 +129,14 @@ class _Walk:
             here = os.path.realpath(directory)
             for entry in self.entries(directory):
                 is_dir = entry.is_dir()
-                below = Path(entry.path).relative_to(label_dir.path).as_posix()
+                below = entry.path[len(label_dir.path) + 1:]  # the path below the label folder
                 if self.hidden_skipped(entry.name):
                     self.ignored.append(self.rel(entry.path) + ("/" if is_dir else ""))
                     if not is_dir and self.other_rule(below):
                         self.missed.append(self.rel(entry.path))
                     continue
-                real = os.path.realpath(entry.path)
+                # only a link can lead elsewhere: a plain entry's real path is its real folder's
+                real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(here, entry.name)
                 if entry.is_symlink() and not real.startswith(base + os.sep):
                     loops = here == real or here.startswith(real + os.sep)
                     why = "loops" if loops else f"leads out of {self.rel(label_dir.path)}"
@@ -238,7 +258,8 @@ def scan_folder(root: Path, labels: dict[str, int], source_index: int,
         "discovery": discovery, "images_only_this_rule_takes": len(found.extra),
         "images_only_the_other_rule_takes": len(found.missed),
     }
-    return Source(kind=KIND, given=given, root=str(root), summary=summary, warnings=found.warnings(root)), units
+    return (Source(kind=KIND, given=given, root=str(root), summary=summary, warnings=found.warnings(root),
+                   stamps=found.stamps), units)
 
 
 def scan(settings: ConvertSettings, limits: Limits, first_index: int) -> list[tuple[Source, list[Unit]]]:

@@ -54,3 +54,6 @@ class Source:
     root: str  # absolute folder the unit names are relative to
     summary: dict[str, Any] = field(default_factory=dict)  # counts for the manifest
     warnings: list[str] = field(default_factory=list)
+    # folder -> ctime (ns) when the scan listed it, for kinds whose scan a rerun may
+    # reuse while these are unchanged (`convert/listing.py`); -1: changed while listed
+    stamps: dict[str, int] = field(default_factory=dict)
