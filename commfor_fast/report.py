@@ -20,6 +20,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from commfor_fast.console_summary import SCORES, summarise
 from commfor_fast.fileio import atomic_write
 from commfor_fast.metrics import EVAL, EvalReport, GeneratorMetrics, format_metric, metrics_of
 from commfor_fast.safetext import printable, spreadsheet_safe
@@ -87,8 +88,13 @@ def write_report(report: EvalReport, out_dir: Path, meta: Mapping[str, Any] | No
     return paths
 
 
-def format_table(report: EvalReport) -> str:
-    """The report as console text: overall lines, fake generators by AP, real sources."""
+def format_table(report: EvalReport, where: str = f"{GENERATOR_CSV} in the report folder",
+                 whole: bool = False) -> str:
+    """The report as console text: overall lines, fake generators by AP, real sources.
+
+    Up to `console_summary.ALL_ROWS_UP_TO` rows a table is shown whole; longer ones (the
+    real dataset has about 5,000 generators) show the worst and best by AP (real sources:
+    by accuracy), a histogram and `where` the whole table is, unless `whole`."""
     r = report
     columns = metrics_of(EVAL, "per_generator")
     lines = [
@@ -103,15 +109,19 @@ def format_table(report: EvalReport) -> str:
     if fakes:
         header = ("generator (worst AP first)", "n_real", "n_fake", *(m.label for m in columns))
         width = max(min(max(len(g.name) for g in fakes), NAME_WIDTH), len(header[0]))  # the header whole
-        lines += ["", f"{header[0]:<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:])]
-        for g in fakes:
-            cells = (g.n_real, g.n_fake, *(m.fmt(g.values[m.name]) for m in columns))
-            lines.append(f"{short_name(g.name, width):<{width}}  " + "  ".join(f"{c:>9}" for c in cells))
+        rows = [f"{short_name(g.name, width):<{width}}  "
+                + "  ".join(f"{c:>9}" for c in (g.n_real, g.n_fake, *(m.fmt(g.values[m.name]) for m in columns)))
+                for g in fakes]
+        head = f"{header[0]:<{width}}  " + "  ".join(f"{h:>9}" for h in header[1:])
+        lines += ["", *summarise(head, rows, [g.ap for g in fakes], noun="fake generators", value_name="AP",
+                                 scale=SCORES, where=where, whole=whole)]
     if r.real_sources:
-        width = min(max(len(s.name) for s in r.real_sources), NAME_WIDTH)
-        lines += ["", f"{'real source':<{width}}  {'n':>9}  {'acc':>9}"]
-        for s in sorted(r.real_sources, key=lambda s: s.accuracy):
-            lines.append(f"{short_name(s.name, width):<{width}}  {s.n:>9}  {format_metric(s.accuracy):>9}")
+        sources = sorted(r.real_sources, key=lambda s: s.accuracy)
+        width = min(max(len(s.name) for s in sources), NAME_WIDTH)
+        rows = [f"{short_name(s.name, width):<{width}}  {s.n:>9}  {format_metric(s.accuracy):>9}" for s in sources]
+        head = f"{'real source':<{width}}  {'n':>9}  {'acc':>9}"
+        lines += ["", *summarise(head, rows, [s.accuracy for s in sources], noun="real sources",
+                                 value_name="accuracy", scale=SCORES, where=where, whole=whole)]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from commfor_fast.console_summary import ALL_ROWS_UP_TO, SCORE_BINS, SHOWN
 from commfor_fast.metrics import EvalReport, evaluate
 from commfor_fast.report import BAR_CHART_MAX, _bar_chart, _by_ap, axis_start, csv_columns, format_table, plot_report, \
     write_report
@@ -113,12 +114,47 @@ def test_thousands_of_generators_become_a_dot_plot(tmp_path: Path) -> None:
         img.load()
         assert img.size == (2400, 1200)  # fixed size, not one row per generator
         assert np.asarray(img.convert("L")).std() > 10  # something was drawn
-    table = format_table(report)
-    assert len(table.splitlines()) > BAR_CHART_MAX
-    assert max(len(line) for line in table.splitlines()) < 160  # long names shortened
 
 
 def test_chart_of_a_report_without_fakes(tmp_path: Path) -> None:
     report = evaluate(np.array([0, 0]), np.array([0.1, 0.7]), np.array([0, 0]), ["real"])
     with Image.open(plot_report(report, tmp_path / "none.png")[0]) as img:
         img.verify()
+
+
+def test_a_short_table_is_printed_whole() -> None:
+    report = many_generators(ALL_ROWS_UP_TO + 1)
+    lines = format_table(report).splitlines()
+    assert sum(line.startswith("org") for line in lines) == ALL_ROWS_UP_TO
+    assert not any(line.startswith("all ") for line in lines)
+
+
+def test_thousands_of_generators_print_a_summary() -> None:
+    """5,000 fake generators: the worst and best 10 by AP, a histogram, where all are; not 5,000 lines."""
+    report = many_generators(5001)
+    ranked = sorted((g for g in report.generators if g.n_fake), key=lambda g: g.ap)
+    lines = format_table(report).splitlines()
+    assert len(lines) < 60 and max(len(line) for line in lines) < 160  # long names shortened
+    header = lines.index(next(line for line in lines if line.startswith("generator (worst AP first)")))
+    rows = lines[header + 1:header + 2 * SHOWN + 2]
+    ap = 1 + lines[header].split()[4:].index("AP")  # the name column: one word in a row, four in the header
+    assert [float(r.split()[ap]) for r in rows[:SHOWN]] == [round(g.ap, 4) for g in ranked[:SHOWN]]
+    assert rows[SHOWN] == f"  ... {5000 - 2 * SHOWN:,} fake generators not shown (AP {ranked[SHOWN].ap:.4f} to " \
+                          f"{ranked[-SHOWN - 1].ap:.4f}) ..."
+    assert [float(r.split()[ap]) for r in rows[SHOWN + 1:]] == [round(g.ap, 4) for g in ranked[-SHOWN:]]
+    assert lines[header + 2 * SHOWN + 3] == "AP over the 5,000 fake generators:"
+    bars = lines[header + 2 * SHOWN + 4:header + 2 * SHOWN + 4 + SCORE_BINS]
+    assert bars[0].startswith("  0.20-0.28 |") and bars[-1].startswith("  0.92-1.00 |")
+    assert sum(int(b.rsplit(" ", 1)[1].replace(",", "")) for b in bars) == 5000
+    assert sum(0.92 <= g.ap for g in ranked) == int(bars[-1].rsplit(" ", 1)[1].replace(",", ""))
+    assert lines[header + 2 * SHOWN + 4 + SCORE_BINS] == "all 5,000 fake generators: per_generator.csv in the report folder"
+    assert sum(line.startswith("org") for line in format_table(report, whole=True).splitlines()) == 5000
+
+
+def test_generators_without_ap_are_counted_not_ranked() -> None:
+    """Without reals every AP is n/a: the summary says so and still lists worst and best by nothing."""
+    n = ALL_ROWS_UP_TO + 5
+    report = evaluate(np.ones(n, int), np.linspace(0, 1, n), np.arange(n), [f"g{i}" for i in range(n)])
+    lines = format_table(report).splitlines()
+    assert f"AP over the {n} fake generators ({n} n/a, not ranked):" in lines
+    assert f"all {n} fake generators: per_generator.csv in the report folder" in lines
