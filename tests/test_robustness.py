@@ -273,6 +273,7 @@ def test_outputs_hold_every_level(robust_run: tuple[Path, str], data: Path) -> N
     level = next(lv for lv in robust["levels"] if lv["label"] == "blur=1.5")
     assert float(gen0_blur["ap"]) == pytest.approx(next(g["ap"] for g in level["generators"] if g["name"] == "gen0"))
 
+    assert (out / "roc_pr.png").is_file() and (out / "roc_pr.pdf").is_file()  # the clean ROC and PR curves
     for family in ("jpeg", "noise", "blur", "resize"):
         with Image.open(out / f"robustness_{family}.png") as img:
             assert [round(d) for d in img.info["dpi"]] == [CHART_DPI, CHART_DPI]
