@@ -32,9 +32,10 @@ from commfor_fast.report import by_ap, short_name
 
 NAMED_UP_TO = 40  # generators shown as one named row each; beyond, distribution plus extremes
 WORST, BEST = 10, 5  # the labelled extremes of a larger report
-CHART_METRICS = ("ap", "auc", "balanced_accuracy", "accuracy")  # charted when METRICS has them per generator
+# charted when METRICS declares them with a mean over fake generators (in METRICS' order)
+CHART_METRICS = ("ap", "ap_balanced", "auc", "balanced_accuracy", "accuracy")
 ROW_INCHES = 0.17  # one named row: an 8 pt name with room around it
-MARKERS = ("o", "s", "^", "D")
+MARKERS = ("o", "s", "^", "D", "v")
 CHANCE_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # one per distinct chance level
 
 
@@ -91,7 +92,7 @@ def _named_rows(ax: Axes, rows: Sequence[GeneratorMetrics | None], metrics: Sequ
     ax.set_yticks(range(len(rows)), names)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # worst at the top, read first
     _unit_axis(ax)
-    ax.set_xlabel("per generator (fakes vs all reals)", fontsize=FONT_PT, loc="right")
+    ax.set_xlabel("value per fake generator", fontsize=FONT_PT, loc="right")
     style_axes(ax)
 
 

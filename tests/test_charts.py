@@ -58,7 +58,7 @@ def test_generator_chart_files_and_structure(report: EvalReport, tmp_path: Path)
         assert names[:WORST] == [short_name(g.name, 24) for g in ranked[:WORST]]
         assert names[WORST] == f"({n - WORST - BEST:,} more)"
         assert names[WORST + 1:] == [short_name(g.name, 24) for g in ranked[-BEST:]]
-        curves = fig.axes[0].get_lines()
+        curves = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("chance")]
         assert len(curves) == len(chart_metrics())
         assert curves[0].get_xydata()[1:, 0].size == sum(g.values[chart_metrics()[0].name] is not None
                                                          for g in ranked)  # every generator in its distribution
