@@ -247,7 +247,7 @@ def convert(
 @command(app, "inspect")
 def inspect_data(
     data: Annotated[Path, typer.Argument(help="A convert output folder.", show_default=False)],
-    whole: Annotated[bool, typer.Option("--all", help=f"Every generator's counts; by default more than {ALL_ROWS_UP_TO} generators are summarised.")] = False,
+    whole: Annotated[bool, typer.Option("--all/--no-all", help=f"Every generator's counts; by default more than {ALL_ROWS_UP_TO} generators are summarised.")] = False,
 ) -> None:
     """Show what converted shards hold: sets, counts per generator, label and format, format-bias warnings, sizes.
 
