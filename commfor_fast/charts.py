@@ -17,12 +17,19 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from commfor_fast.fileio import atomic_write
+from commfor_fast.report import short_name
 
 COLUMN_INCHES = 3.3  # one column of a two-column paper
 FONT_PT = 8.0  # the smallest text, at COLUMN_INCHES wide
 TITLE_PT = 9.0
 CHART_DPI = 300
 NAME_CHARS = 24  # a generator's name on a chart (shortened in the middle): about 1.4 inches at 8 pt
+
+
+def chart_name(name: str) -> str:
+    """A generator's name as chart text: printable, shortened to `NAME_CHARS` in the middle,
+    its `$` escaped (two of them would start matplotlib's math mode, which can fail to parse)."""
+    return short_name(name, NAME_CHARS).replace("$", r"\$")
 
 
 def column_figure(height: float) -> Figure:

@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from commfor_fast.charts import FONT_PT, NAME_CHARS, TITLE_PT, column_figure, save_chart, style_axes
+from commfor_fast.charts import FONT_PT, TITLE_PT, chart_name, column_figure, save_chart, style_axes
 from commfor_fast.metrics import EvalReport, format_metric
-from commfor_fast.report import by_ap, short_name
+from commfor_fast.report import by_ap
 
 CURVES_NAME = "roc_pr"  # .png and .pdf
 WORST = 3  # generators with their own curves, the worst by AP
@@ -92,7 +92,7 @@ def curves_figure(report: EvalReport, labels: np.ndarray, scores: np.ndarray, ge
         worst = [g for g in by_ap([g for g in report.generators if g.n_fake]) if g.ap is not None][:WORST]
         for g, colour in zip(worst, WORST_COLOURS):
             mine = reals | (labels == 1) & (generator_ids == generator_names.index(g.name))
-            _draw(roc, pr, labels[mine], scores[mine], f"{short_name(g.name, NAME_CHARS)}: AUC "
+            _draw(roc, pr, labels[mine], scores[mine], f"{chart_name(g.name)}: AUC "
                   f"{format_metric(g.values.get('auc'))}, AP {format_metric(g.ap)}", colour, 1.0)
         _draw(roc, pr, labels, scores, f"all images: AUC {format_metric(report.values.get('auc'))}, AP "
               f"{format_metric(report.values.get('ap'))}", "black", 1.8)

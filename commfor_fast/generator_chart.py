@@ -26,9 +26,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from commfor_fast.charts import FONT_PT, NAME_CHARS, TITLE_PT, column_figure, save_chart, style_axes
+from commfor_fast.charts import FONT_PT, TITLE_PT, chart_name, column_figure, save_chart, style_axes
 from commfor_fast.metrics import EVAL, EvalReport, GeneratorMetrics, Metric, format_metric, metrics_of
-from commfor_fast.report import by_ap, short_name
+from commfor_fast.report import by_ap
 
 NAMED_UP_TO = 40  # generators shown as one named row each; beyond, distribution plus extremes
 WORST, BEST = 10, 5  # the labelled extremes of a larger report
@@ -88,7 +88,7 @@ def _named_rows(ax: Axes, rows: Sequence[GeneratorMetrics | None], metrics: Sequ
             continue
         ax.plot([rows[y].values[m.name] for y in ys], ys, linestyle="none", marker=MARKERS[k % len(MARKERS)],  # type: ignore[union-attr]
                 markersize=4, markerfacecolor="none", color=f"C{k}", label=m.label, clip_on=False)
-    names = [f"({hidden:,} more)" if g is None else short_name(g.name, NAME_CHARS) for g in rows]
+    names = [f"({hidden:,} more)" if g is None else chart_name(g.name) for g in rows]
     ax.set_yticks(range(len(rows)), names)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # worst at the top, read first
     _unit_axis(ax)

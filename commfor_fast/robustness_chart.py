@@ -24,10 +24,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from commfor_fast.charts import FONT_PT, NAME_CHARS, TITLE_PT, column_figure, save_chart, style_axes
+from commfor_fast.charts import FONT_PT, TITLE_PT, chart_name, column_figure, save_chart, style_axes
 from commfor_fast.metrics import Summary
 from commfor_fast.pipelines.perturb import CLEAN, FAMILIES
-from commfor_fast.report import short_name
 from commfor_fast.robustness import LevelMetrics
 
 LINES_UP_TO = 40  # generators drawn as a line each; beyond, bands of the spread
@@ -73,7 +72,7 @@ def _draw_worst(ax: Axes, xs: list[int], curves: dict[str, np.ndarray]) -> list[
     worst = sorted(harshest, key=lambda name: curves[name][-1])[:WORST]
     for colour, name in zip(WORST_COLOURS, worst):
         ax.plot(xs, curves[name], color=colour, linewidth=1.2, marker=".",
-                label=f"{short_name(name, NAME_CHARS)}: {curves[name][-1]:.3f}")
+                label=f"{chart_name(name)}: {curves[name][-1]:.3f}")
     return worst
 
 

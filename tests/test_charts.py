@@ -12,10 +12,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 from test_report import many_generators
 
-from commfor_fast.charts import CHART_DPI, COLUMN_INCHES, FONT_PT, legibility_problems
+from commfor_fast.charts import CHART_DPI, COLUMN_INCHES, FONT_PT, chart_name, legibility_problems
 from commfor_fast.generator_chart import BEST, NAMED_UP_TO, WORST, chart_metrics, plot_report, report_figure
-from commfor_fast.metrics import EvalReport
-from commfor_fast.report import by_ap, short_name
+from commfor_fast.metrics import EvalReport, evaluate
+from commfor_fast.report import by_ap
 
 
 @pytest.fixture(scope="module", params=[3, 30, 5000])
@@ -52,12 +52,12 @@ def test_generator_chart_files_and_structure(report: EvalReport, tmp_path: Path)
     names = [t.get_text() for t in named.get_yticklabels()]
     ranked = by_ap([g for g in report.generators if g.n_fake])
     if n <= NAMED_UP_TO:
-        assert len(fig.axes) == 1 and names == [short_name(g.name, 24) for g in ranked]  # every one, worst first
+        assert len(fig.axes) == 1 and names == [chart_name(g.name) for g in ranked]  # every one, worst first
     else:  # the distribution on top, the worst and best by AP named below, the rest counted
         assert len(fig.axes) == 2 and len(names) == WORST + 1 + BEST
-        assert names[:WORST] == [short_name(g.name, 24) for g in ranked[:WORST]]
+        assert names[:WORST] == [chart_name(g.name) for g in ranked[:WORST]]
         assert names[WORST] == f"({n - WORST - BEST:,} more)"
-        assert names[WORST + 1:] == [short_name(g.name, 24) for g in ranked[-BEST:]]
+        assert names[WORST + 1:] == [chart_name(g.name) for g in ranked[-BEST:]]
         curves = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("chance")]
         assert len(curves) == len(chart_metrics())
         assert curves[0].get_xydata()[1:, 0].size == sum(g.values[chart_metrics()[0].name] is not None
@@ -87,3 +87,15 @@ def test_legibility_catches_small_and_cut_off_text() -> None:
     fig.text(0.99, 0.5, "past the right edge", fontsize=3 * FONT_PT)
     problems = legibility_problems(fig)
     assert problems == ["'small at one column' at 6.0 pt", "'past the right edge' cut off at the figure's edge"]
+
+
+def test_dollar_signs_in_names_are_drawn_as_text(tmp_path: Path) -> None:
+    """Two `$` would start matplotlib's math mode (and `$\\frac{$` fails to parse): names are text."""
+    names = ["real", "a$b$c", "$\\frac{$"]
+    report = evaluate(np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.6, 0.7, 0.4, 0.9]), np.array([0, 0, 1, 2, 2]),
+                      names)
+    fig = report_figure(report)
+    assert legibility_problems(fig) == []  # drawn without a math-mode error
+    assert sorted(t.get_text() for t in fig.axes[0].get_yticklabels()) == ["$\\frac{$".replace("$", "\\$"),
+                                                                          "a\\$b\\$c"]
+    plot_report(report, tmp_path / "dollars")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from commfor_fast.charts import CHART_DPI, COLUMN_INCHES, legibility_problems
+from commfor_fast.charts import CHART_DPI, COLUMN_INCHES, chart_name, legibility_problems
 from commfor_fast.curves import RESOLUTION, WORST, curves_figure, pr_points, roc_points, thin, write_curves
 from commfor_fast.metrics import average_precision, evaluate, roc_auc
-from commfor_fast.report import by_ap, short_name
+from commfor_fast.report import by_ap
 
 
 def scored(n_gen: int, per: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -72,7 +72,7 @@ def test_the_chart_reads_at_3_30_and_5000_generators(n_gen: int, tmp_path: Path)
     assert not any(legend.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
     worst = by_ap([g for g in report.generators if g.n_fake])[:WORST]
-    assert [t.split(":")[0] for t in texts[:len(worst)]] == [short_name(g.name, 24) for g in worst]
+    assert [t.split(":")[0] for t in texts[:len(worst)]] == [chart_name(g.name) for g in worst]
     assert texts[len(worst)] == f"all images: AUC {report.auc:.4f}, AP {report.ap:.4f}"
     roc, pr = fig.axes
     chance = next(line for line in roc.get_lines() if line.get_label() == "chance")

@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import commfor_fast.evaluate as evaluate_module
-from commfor_fast.charts import CHART_DPI, COLUMN_INCHES, legibility_problems
+from commfor_fast.charts import CHART_DPI, COLUMN_INCHES, chart_name, legibility_problems
 from commfor_fast.cli import app
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
@@ -28,7 +28,6 @@ from commfor_fast.evaluate import evaluate_shards, gather_scores, score_batches
 from commfor_fast.metrics import METRICS, Metric, accuracy, average_precision, expected_calibration_error, \
     roc_auc, threshold_at_fpr, tpr_at_fpr
 from commfor_fast.model import CommForDetector
-from commfor_fast.report import short_name
 from commfor_fast.pipelines.loader import create_eval_loader
 from commfor_fast.pipelines.perturb import FAMILIES, Level, parse_perturbations
 from commfor_fast.robustness import LevelMetrics, csv_columns, format_table, level_metrics
@@ -74,7 +73,7 @@ def test_the_chart_reads_at_3_30_and_5000_generators(n_gen: int, tmp_path: Path)
     harshest = {g.name: g.ap for g in levels[-1].generators if g.n_fake}
     worst = sorted(harshest, key=harshest.get)[:min(WORST, n_gen)]
     named = [t.get_text() for t in legend.get_texts() if t.get_text().startswith("org")]
-    assert named == [f"{short_name(name, 24)}: {harshest[name]:.3f}" for name in worst]
+    assert named == [f"{chart_name(name)}: {harshest[name]:.3f}" for name in worst]
     lines = [line for line in ax.get_lines() if line.get_color() == "0.55"]  # the thin grey line of a generator
     if n_gen <= LINES_UP_TO:
         assert len(lines) == n_gen - len(worst) and not ax.collections
