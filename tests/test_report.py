@@ -127,3 +127,20 @@ def test_generators_without_ap_are_counted_not_ranked() -> None:
     lines = format_table(report).splitlines()
     assert f"AP over the {n} fake generators ({n} n/a, not ranked):" in lines
     assert f"all {n} fake generators: per_generator.csv in the report folder" in lines
+
+
+def test_many_real_sources_print_a_summary() -> None:
+    """45 real sources (each with a fake generator's images beside it): the worst and best by accuracy."""
+    n = ALL_ROWS_UP_TO + 5
+    gids = np.repeat(np.arange(n), 4)
+    labels = np.tile([0, 0, 1, 1], n)
+    scores = np.tile([0.2, 0.7, 0.9, 0.8], n) * np.repeat(np.linspace(0.5, 1, n), 4)
+    report = evaluate(labels, scores, gids, [f"source{i}" for i in range(n)])
+    lines = format_table(report).splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("real source")))
+    assert lines[header + 1 + SHOWN].startswith(f"  ... {n - 2 * SHOWN} real sources not shown (accuracy ")
+    accuracies = sorted(s.accuracy for s in report.real_sources)
+    shown = [float(line.split()[-1]) for line in lines[header + 1:header + 2 * SHOWN + 2] if line.startswith("source")]
+    assert shown == [round(a, 4) for a in accuracies[:SHOWN] + accuracies[-SHOWN:]]
+    assert f"accuracy over the {n} real sources:" in lines
+    assert lines[-1] == f"all {n} real sources: per_generator.csv in the report folder"
