@@ -143,4 +143,4 @@ def test_many_real_sources_print_a_summary() -> None:
     shown = [float(line.split()[-1]) for line in lines[header + 1:header + 2 * SHOWN + 2] if line.startswith("source")]
     assert shown == [round(a, 4) for a in accuracies[:SHOWN] + accuracies[-SHOWN:]]
     assert f"accuracy over the {n} real sources:" in lines
-    assert lines[-1] == f"all {n} real sources: per_generator.csv in the report folder"
+    assert f"all {n} real sources: per_generator.csv in the report folder" in lines
