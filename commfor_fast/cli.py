@@ -19,6 +19,7 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 import typer
 
 from commfor_fast import __version__
+from commfor_fast.console_summary import ALL_ROWS_UP_TO
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import OUTPUT_ERRNOS, output_error
@@ -248,6 +249,7 @@ def convert(
 @command(app, "inspect")
 def inspect_data(
     data: Annotated[Path, typer.Argument(help="A convert output folder.", show_default=False)],
+    whole: Annotated[bool, typer.Option("--all/--no-all", help=f"Every generator's counts; by default more than {ALL_ROWS_UP_TO} generators are summarised.")] = False,
 ) -> None:
     """Show what converted shards hold: sets, counts per generator, label and format, format-bias warnings, sizes.
 
@@ -258,7 +260,7 @@ def inspect_data(
     """
     from commfor_fast.inspection import describe
 
-    typer.echo("\n".join(call(describe, data)))
+    typer.echo("\n".join(call(describe, data, whole=whole)))
 
 
 @command(app)

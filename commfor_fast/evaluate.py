@@ -307,6 +307,7 @@ def _write(settings: EvalSettings, inputs: _Inputs, per_level: list[Scores], inf
     """Measure every level, write report.json, the CSVs, the charts and (--save-scores) the
     scores, print the tables; returns the clean report."""
     from commfor_fast import robustness
+    from commfor_fast.curves import write_curves
     from commfor_fast.report import format_table, write_report
 
     manifest, levels, out = inputs.manifest, inputs.levels, Path(settings.out)
@@ -320,6 +321,7 @@ def _write(settings: EvalSettings, inputs: _Inputs, per_level: list[Scores], inf
     if levels:
         sections["robustness"] = robustness.report_section(robust, _applied_to(manifest), settings.perturb_seed)
     paths = write_report(report, out, meta, sections)
+    paths.update(write_curves(report, clean.labels, clean.probabilities, clean.generator_ids, manifest.generators, out))
     print(format_table(report))
     if levels:
         paths.update(robustness.write_outputs(robust, out))

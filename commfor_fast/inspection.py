@@ -10,16 +10,19 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from commfor_fast.console_summary import count_table
 from commfor_fast.convert.merge import balance_lines, format_bias_warnings, human_bytes, label_table
 from commfor_fast.safetext import printable
-from commfor_fast.shards import CARD_NAME, FORMAT_VERSION, RAW_EXT, Manifest
+from commfor_fast.shards import CARD_NAME, FORMAT_VERSION, MANIFEST_NAME, RAW_EXT, Manifest
 
 TOP_RESOLUTIONS = 5  # most frequent resolutions listed
 MAX_REJECTS = 3  # rejects listed by name
 
 
-def describe(folder: Path | str) -> list[str]:
-    """The lines `commfor-fast inspect` prints for a convert output folder."""
+def describe(folder: Path | str, whole: bool = False) -> list[str]:
+    """The lines `commfor-fast inspect` prints for a convert output folder: the counts per
+    generator summarised beyond `console_summary.ALL_ROWS_UP_TO` generators (every one
+    with `whole`, `inspect --all`)."""
     folder = Path(folder)
     m = Manifest.load(folder)
     stored = (f"pre-resized to a shorter side of {m.preresize} (uint8 pixels as .{RAW_EXT})" if m.preresize
@@ -34,7 +37,10 @@ def describe(folder: Path | str) -> list[str]:
         lines.append(f"  {name}: {info.num_samples} images in {len(info.shards)} shard(s), "
                      f"{human_bytes(nbytes)}{per_image}")
     sets = m.sets.items()
-    lines += ["", *label_table(f"{len(m.generators)} generator(s)", {n: i.counts for n, i in sets})]
+    counts = {n: i.counts for n, i in sets}
+    lines += ["", *count_table(label_table(f"{len(m.generators)} generator(s)", counts), counts, noun="generators",
+                               where=f"commfor-fast inspect {folder} --all, or {MANIFEST_NAME}'s counts per set",
+                               whole=whole)]
     lines += ["", *label_table("original format", {n: i.formats for n, i in sets})]
     lines += ["", *label_table("stored as", {n: i.stored for n, i in sets})]
     resolutions: Counter[str] = Counter()

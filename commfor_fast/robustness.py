@@ -3,7 +3,8 @@
 `eval --perturb` scores every image at `clean` and at every requested level
 (`pipelines/perturb.py`); this module turns those scores into one `LevelMetrics` per
 level and writes them: the `robustness` section of report.json, robustness.csv (one
-row per generator x family x level), one chart per family and the console table.
+row per generator x family x level), one chart per family (`robustness_chart`) and the
+console table.
 
 Per level, each from that level's scores only: the metrics of `metrics.METRICS` that
 the robustness report carries (accuracy, AP and ROC-AUC as for clean, per generator
@@ -21,15 +22,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from commfor_fast.metrics import ECE_BINS, ROBUSTNESS, Summary, format_metric, measure, metrics_of
 from commfor_fast.pipelines.perturb import CLEAN, FAMILIES, Level
-from commfor_fast.report import axis_start, save_chart, short_name, spreadsheet_safe, write_rows
+from commfor_fast.report import short_name, spreadsheet_safe, write_rows
 
 CSV_NAME = "robustness.csv"
 CHART_PREFIX = "robustness_"  # robustness_<family>.png and .pdf
-WORST_LABELLED = 5
 DEFINITIONS = {
     "accuracy": "threshold 0.5 on P(fake) (fake when above)",
     "ap_auc": "average precision and ROC-AUC; per generator: its fakes vs all real images of that level",
@@ -117,80 +116,10 @@ def format_table(levels: Sequence[LevelMetrics]) -> str:
     return "\n".join(lines)
 
 
-def _nan(values: Sequence[float | None]) -> list[float]:
-    """Undefined values as NaN: a gap in a plotted line."""
-    return [np.nan if v is None else v for v in values]
-
-
-def _ap_curves(steps: Sequence[LevelMetrics]) -> dict[str, list[float | None]]:
-    """AP per level of each fake generator (of the first level) that has an AP at some level."""
-    by_name = [{g.name: g.ap for g in m.generators} for m in steps]
-    curves = {g.name: [aps.get(g.name) for aps in by_name] for g in steps[0].generators if g.n_fake}
-    return {name: ys for name, ys in curves.items() if any(y is not None for y in ys)}
-
-
-def _draw_generators(ax: Any, xs: list[int], curves: dict[str, list[float | None]]) -> list[str]:
-    """Every curve thin and grey but the worst at the harshest level, coloured and named; returns those."""
-    harshest = len(xs) - 1
-    worst = sorted((n for n in curves if curves[n][harshest] is not None), key=lambda n: curves[n][harshest])
-    worst = worst[:WORST_LABELLED]
-    alpha = max(0.08, min(0.5, 8 / len(curves)))
-    others = [n for n in curves if n not in worst]
-    for name in others:
-        ax.plot(xs, _nan(curves[name]), color="0.55", linewidth=0.7, alpha=alpha,
-                label=f"other generators ({len(others)})" if name == others[0] else None)
-    colours = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink"]
-    for colour, name in zip(colours, worst):
-        ys = curves[name]
-        ax.plot(xs, _nan(ys), color=colour, linewidth=1.3, marker=".",
-                label=f"{short_name(name, 34)}: {ys[harshest]:.3f}")
-    return worst
-
-
-def _draw_mean(ax: Any, xs: list[int], means: list[float | None], n_curves: int) -> None:
-    """The mean over generators, bold, with its value at every level."""
-    ax.plot(xs, _nan(means), color="black", linewidth=2.8, marker="o", label=f"mean over {n_curves} generators",
-            zorder=5)
-    for x, v in zip(xs, means):
-        if v is not None:
-            ax.annotate(f"{v:.3f}", (x, v), xytext=(0, 8), textcoords="offset points", ha="center", fontsize=8,
-                        fontweight="bold", zorder=6)
-
-
-def plot_family(levels: Sequence[LevelMetrics], family: str, path: Path) -> tuple[Path, Path]:
-    """AP per fake generator against the level (clean first, then mild to harsh) for one
-    family: a thin line per generator, the mean over generators bold with its values,
-    the worst generators at the harshest level coloured and named. PNG (200 dpi) and PDF."""
-    steps = [m for m in levels if m.family == CLEAN] + [m for m in levels if m.family == family]
-    xs = list(range(len(steps)))
-    curves = _ap_curves(steps)
-    fig = Figure(figsize=(9, 4.8), layout="constrained")
-    ax = fig.add_subplot()
-    worst: list[str] = []
-    if not curves:
-        ax.text(0.5, 0.5, "no AP defined: the test set has no real or no fake images", ha="center", va="center",
-                transform=ax.transAxes)
-    else:
-        worst = _draw_generators(ax, xs, curves)
-        means = [m.mean_ap for m in steps]
-        _draw_mean(ax, xs, means, len(curves))
-        values = [y for ys in curves.values() for y in ys if y is not None] + [v for v in means if v is not None]
-        ax.set_ylim(axis_start(values), 1.02)
-        ax.set_xlim(-0.25, xs[-1] + 0.25)
-        fig.legend(loc="outside right upper", fontsize=7.5,
-                   title=f"worst {len(worst)} at {family}={steps[-1].level:g} (AP)", title_fontsize=8)
-    ax.set_xticks(xs, ["clean"] + [f"{m.level:g}" for m in steps[1:]])
-    ax.set_xlabel(f"{FAMILIES[family].parameter}, mild to harsh")
-    ax.set_ylabel("AP (fakes vs all reals of the level)")
-    ax.grid(alpha=0.3)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.set_title(f"{family}: AP per fake generator (thin), mean bold, worst {len(worst)} in colour", fontsize=10)
-    return save_chart(fig, path)
-
-
 def write_outputs(levels: Sequence[LevelMetrics], out_dir: Path) -> dict[str, Path]:
     """robustness.csv and a chart per family in `out_dir`; returns the paths by kind."""
+    from commfor_fast.robustness_chart import plot_family  # matplotlib only when the outputs are written
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"robustness_csv": write_csv(levels, out_dir / CSV_NAME)}
     for family in dict.fromkeys(m.family for m in levels if m.family != CLEAN):

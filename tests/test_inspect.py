@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pytest
 from conftest import CONVERTED_SETTINGS, write_folder_tree
 from typer.testing import CliRunner
 
 from commfor_fast.cli import app
+from commfor_fast.console_summary import SHOWN
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.shards import Manifest
@@ -94,3 +97,46 @@ def test_dry_run_flag_on_the_command_line(tmp_path, folder_tree):
     assert result.exit_code == 0, result.output
     assert "expected output: at least " in result.stdout and "440 x 440 x 3 bytes per square image" in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+MANY = 45  # generators: more than console_summary.ALL_ROWS_UP_TO
+
+
+@pytest.fixture(scope="module")
+def many_generators(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of 45 generators holding 1 to 3 fake JPEGs each (a real-only dataset too)."""
+    layout = {f"gen{i:02d}": {"fake": ("jpeg",) * (1 + i % 3)} for i in range(MANY)}
+    return write_folder_tree(tmp_path_factory.mktemp("many") / "root", {**layout, "photos": {"real": ("jpeg",) * 4}})
+
+
+def _check_summary(lines: list[str], where: str) -> None:
+    """The per-generator table summarised: the 10 with the fewest images, the 10 with the
+    most, a histogram of images per generator that counts every generator, where all are."""
+    header = next(i for i, line in enumerate(lines) if "(real / fake)" in line and "generator" in line)
+    shown = [re.split(r"\s{2,}", line)[0] for line in lines[header + 1:header + 2 * SHOWN + 2]]
+    assert shown[:SHOWN] == [f"gen{i:02d}" for i in range(0, MANY, 3)][:SHOWN]  # 1 image each, fewest first
+    assert lines[header + 1 + SHOWN] == f"  ... {MANY + 1 - 2 * SHOWN} generators not shown (images 1 to 3) ..."
+    assert all(int(g[3:]) % 3 == 2 for g in shown[SHOWN + 1:-1]) and shown[-1] == "photos"  # 3 images, then 4
+    assert lines[header + 2 * SHOWN + 3:header + 2 * SHOWN + 6] == [
+        f"images over the {MANY + 1} generators:",
+        f"    1 |{'#' * 20:<40} 15",  # the generators with one image: 15 of 46
+        f"  2-4 |{'#' * 40} 31",
+    ]
+    assert f"all {MANY + 1} generators: {where}" in lines
+
+
+def test_inspect_summarises_many_generators(tmp_path, many_generators, convert_into):
+    convert_into(tmp_path / "out", folders=[many_generators], val_frac=0)
+    result = runner.invoke(app, ["inspect", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    _check_summary(lines, f"commfor-fast inspect {tmp_path / 'out'} --all, or manifest.json's counts per set")
+    everything = runner.invoke(app, ["inspect", str(tmp_path / "out"), "--all"]).stdout.splitlines()
+    assert all(any(line.startswith(f"gen{i:02d}  ") for line in everything) for i in range(MANY))
+    assert not any(line.startswith(("  ... ", "all ")) for line in everything)
+
+
+def test_dry_run_summarises_many_generators(tmp_path, many_generators, capsys):
+    settings = ConvertSettings(out=tmp_path / "out", folders=[many_generators], val_frac=0, workers=1, dry_run=True)
+    assert convert(settings, command="pytest") is None
+    _check_summary(capsys.readouterr().out.splitlines(), f"inspect {tmp_path / 'out'} --all after converting")

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from commfor_fast.charts import CHART_DPI, COLUMN_INCHES
+from commfor_fast.console_summary import ALL_ROWS_UP_TO, SCORE_BINS, SHOWN
+from commfor_fast.generator_chart import plot_report
 from commfor_fast.metrics import EvalReport, evaluate
-from commfor_fast.report import BAR_CHART_MAX, _bar_chart, _by_ap, axis_start, csv_columns, format_table, plot_report, \
-    write_report
+from commfor_fast.report import csv_columns, format_table, write_report
 
 
 def few_generators() -> EvalReport:
@@ -57,9 +59,9 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert float(gan["ap"]) == 0.5 and gan["real_accuracy"] == "" and gan["ap_within"] == ""
 
     with Image.open(paths["chart"]) as img:
-        assert [round(d) for d in img.info["dpi"]] == [200, 200]
+        assert [round(d) for d in img.info["dpi"]] == [CHART_DPI, CHART_DPI]
         img.verify()
-        assert img.format == "PNG" and img.width == 2000 and img.height > 300
+        assert img.format == "PNG" and img.width == round(COLUMN_INCHES * CHART_DPI) and img.height > 300
 
 
 def test_table_shows_names_sorted_by_ap_and_na() -> None:
@@ -83,42 +85,62 @@ def test_no_reals_prints_na_everywhere(tmp_path: Path) -> None:
         img.verify()
 
 
-def test_axis_is_scaled_to_the_data() -> None:
-    assert axis_start([0.97, 1.0, 0.99]) == 0.9  # differences near 1 stay visible
-    assert axis_start([0.55, 0.9]) == 0.5
-    assert axis_start([0.01, 1.0]) == 0.0
-
-
-def test_hundred_and_more_generators_get_named_bars_with_values(tmp_path: Path) -> None:
-    report = many_generators(121)
-    generators = _by_ap([g for g in report.generators if g.n_fake])
-    assert len(generators) == 120
-    ax = _bar_chart(report, generators).axes[0]
-    names = [t.get_text() for t in ax.get_yticklabels()]
-    assert len(names) == 120 and names[0].startswith(generators[0].name[:20])  # worst first, every name
-    values = [t.get_text().strip() for t in ax.texts]
-    assert values == [f"{g.ap:.3f}" for g in generators] + [f"{g.accuracy:.3f}" for g in generators]
-    assert ax.get_xlim()[0] == axis_start([v for g in generators for v in (g.ap, g.accuracy)])
-    png, _ = plot_report(report, tmp_path / "many")
-    with Image.open(png) as img:  # one 0.3-inch row per generator at 200 dpi: names at about 22 px
-        assert img.height >= 120 * 0.3 * 200
-
-
-def test_thousands_of_generators_become_a_dot_plot(tmp_path: Path) -> None:
-    report = many_generators(BAR_CHART_MAX + 2)
-    assert report.n_fake_generators == BAR_CHART_MAX + 1
-    png, pdf = plot_report(report, tmp_path / "many.png")
-    assert png == tmp_path / "many.png" and pdf == tmp_path / "many.pdf"
-    with Image.open(png) as img:
-        img.load()
-        assert img.size == (2400, 1200)  # fixed size, not one row per generator
-        assert np.asarray(img.convert("L")).std() > 10  # something was drawn
-    table = format_table(report)
-    assert len(table.splitlines()) > BAR_CHART_MAX
-    assert max(len(line) for line in table.splitlines()) < 160  # long names shortened
-
-
 def test_chart_of_a_report_without_fakes(tmp_path: Path) -> None:
     report = evaluate(np.array([0, 0]), np.array([0.1, 0.7]), np.array([0, 0]), ["real"])
     with Image.open(plot_report(report, tmp_path / "none.png")[0]) as img:
         img.verify()
+
+
+def test_a_short_table_is_printed_whole() -> None:
+    report = many_generators(ALL_ROWS_UP_TO + 1)
+    lines = format_table(report).splitlines()
+    assert sum(line.startswith("org") for line in lines) == ALL_ROWS_UP_TO
+    assert not any(line.startswith("all ") for line in lines)
+
+
+def test_thousands_of_generators_print_a_summary() -> None:
+    """5,000 fake generators: the worst and best 10 by AP, a histogram, where all are; not 5,000 lines."""
+    report = many_generators(5001)
+    ranked = sorted((g for g in report.generators if g.n_fake), key=lambda g: g.ap)
+    lines = format_table(report).splitlines()
+    assert len(lines) < 60 and max(len(line) for line in lines) < 160  # long names shortened
+    header = lines.index(next(line for line in lines if line.startswith("generator (worst AP first)")))
+    rows = lines[header + 1:header + 2 * SHOWN + 2]
+    ap = 1 + lines[header].split()[4:].index("AP")  # the name column: one word in a row, four in the header
+    assert [float(r.split()[ap]) for r in rows[:SHOWN]] == [round(g.ap, 4) for g in ranked[:SHOWN]]
+    assert rows[SHOWN] == f"  ... {5000 - 2 * SHOWN:,} fake generators not shown (AP {ranked[SHOWN].ap:.4f} to " \
+                          f"{ranked[-SHOWN - 1].ap:.4f}) ..."
+    assert [float(r.split()[ap]) for r in rows[SHOWN + 1:]] == [round(g.ap, 4) for g in ranked[-SHOWN:]]
+    assert lines[header + 2 * SHOWN + 3] == "AP over the 5,000 fake generators:"
+    bars = lines[header + 2 * SHOWN + 4:header + 2 * SHOWN + 4 + SCORE_BINS]
+    assert bars[0].startswith("  0.20-0.28 |") and bars[-1].startswith("  0.92-1.00 |")
+    assert sum(int(b.rsplit(" ", 1)[1].replace(",", "")) for b in bars) == 5000
+    assert sum(0.92 <= g.ap for g in ranked) == int(bars[-1].rsplit(" ", 1)[1].replace(",", ""))
+    assert lines[header + 2 * SHOWN + 4 + SCORE_BINS] == "all 5,000 fake generators: per_generator.csv in the report folder"
+    assert sum(line.startswith("org") for line in format_table(report, whole=True).splitlines()) == 5000
+
+
+def test_generators_without_ap_are_counted_not_ranked() -> None:
+    """Without reals every AP is n/a: the summary says so and still lists worst and best by nothing."""
+    n = ALL_ROWS_UP_TO + 5
+    report = evaluate(np.ones(n, int), np.linspace(0, 1, n), np.arange(n), [f"g{i}" for i in range(n)])
+    lines = format_table(report).splitlines()
+    assert f"AP over the {n} fake generators ({n} n/a, not ranked):" in lines
+    assert f"all {n} fake generators: per_generator.csv in the report folder" in lines
+
+
+def test_many_real_sources_print_a_summary() -> None:
+    """45 real sources (each with a fake generator's images beside it): the worst and best by accuracy."""
+    n = ALL_ROWS_UP_TO + 5
+    gids = np.repeat(np.arange(n), 4)
+    labels = np.tile([0, 0, 1, 1], n)
+    scores = np.tile([0.2, 0.7, 0.9, 0.8], n) * np.repeat(np.linspace(0.5, 1, n), 4)
+    report = evaluate(labels, scores, gids, [f"source{i}" for i in range(n)])
+    lines = format_table(report).splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("real source")))
+    assert lines[header + 1 + SHOWN].startswith(f"  ... {n - 2 * SHOWN} real sources not shown (accuracy ")
+    accuracies = sorted(s.accuracy for s in report.real_sources)
+    shown = [float(line.split()[-1]) for line in lines[header + 1:header + 2 * SHOWN + 2] if line.startswith("source")]
+    assert shown == [round(a, 4) for a in accuracies[:SHOWN] + accuracies[-SHOWN:]]
+    assert f"accuracy over the {n} real sources:" in lines
+    assert f"all {n} real sources: per_generator.csv in the report folder" in lines

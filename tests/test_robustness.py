@@ -19,6 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import commfor_fast.evaluate as evaluate_module
+from commfor_fast.charts import CHART_DPI, COLUMN_INCHES, chart_name, legibility_problems
 from commfor_fast.cli import app
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
@@ -29,13 +30,67 @@ from commfor_fast.metrics import METRICS, Metric, accuracy, average_precision, e
 from commfor_fast.model import CommForDetector
 from commfor_fast.pipelines.loader import create_eval_loader
 from commfor_fast.pipelines.perturb import FAMILIES, Level, parse_perturbations
-from commfor_fast.robustness import csv_columns, format_table, level_metrics
+from commfor_fast.robustness import LevelMetrics, csv_columns, format_table, level_metrics
+from commfor_fast.robustness_chart import LINES_UP_TO, WORST, family_figure, plot_family
 from commfor_fast.settings import EvalSettings
 from commfor_fast.shards import Manifest
 
 runner = CliRunner()
 N_IMAGES = 12
 PERTURB = ["jpeg=90,40", "noise=8", "blur=1.5", "resize=0.5"]
+
+
+# ------------------------------------------------------------------- the chart
+
+
+def synthetic_levels(n_gen: int) -> list[LevelMetrics]:
+    """clean and jpeg=90,60,30 of `n_gen` fake generators (12 images each on average) and
+    one real source, each level's fakes scored a little lower."""
+    rng = np.random.default_rng(0)
+    gids = rng.integers(0, n_gen + 1, 12 * (n_gen + 1))
+    labels = (gids > 0).astype(int)
+    quality = rng.random(n_gen + 1)
+    names = ["real"] + [f"org{i}/generator-with-a-long-name-{i}" for i in range(1, n_gen + 1)]
+    return [level_metrics(level, labels, np.clip(labels * quality[gids] * (1 - 0.2 * k) + 0.6 * rng.random(gids.size),
+                                                 0, 1), gids, names)
+            for k, level in enumerate(parse_perturbations(["jpeg=90,60,30"]))]
+
+
+@pytest.mark.parametrize("n_gen", [3, 30, 5000])
+def test_the_chart_reads_at_3_30_and_5000_generators(n_gen: int, tmp_path: Path) -> None:
+    """Files written; one column wide, every text 8 pt or more there; the legend below the
+    axes; the worst named; a line per generator up to LINES_UP_TO, bands of the spread beyond."""
+    levels = synthetic_levels(n_gen)
+    png, pdf = plot_family(levels, "jpeg", tmp_path / "robustness_jpeg")
+    with Image.open(png) as img:
+        assert img.width == round(COLUMN_INCHES * CHART_DPI)
+    assert pdf.read_bytes().startswith(b"%PDF")
+    fig = family_figure(levels, "jpeg")
+    assert legibility_problems(fig) == []
+    ax, legend = fig.axes[0], fig.legends[0]
+    renderer = fig.canvas.get_renderer()
+    assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+    harshest = {g.name: g.ap for g in levels[-1].generators if g.n_fake}
+    worst = sorted(harshest, key=harshest.get)[:min(WORST, n_gen)]
+    named = [t.get_text() for t in legend.get_texts() if t.get_text().startswith("org")]
+    assert named == [f"{chart_name(name)}: {harshest[name]:.3f}" for name in worst]
+    lines = [line for line in ax.get_lines() if line.get_color() == "0.55"]  # the thin grey line of a generator
+    if n_gen <= LINES_UP_TO:
+        assert len(lines) == n_gen - len(worst) and not ax.collections
+    else:
+        assert not lines and len(ax.collections) == 2  # the middle 80 % and 50 %
+        assert "median" in [t.get_text() for t in legend.get_texts()]
+    mean = next(line for line in ax.get_lines() if line.get_label().startswith("mean of"))
+    assert list(mean.get_ydata()) == pytest.approx([m.mean_ap for m in levels])
+    assert [t.get_text() for t in ax.texts] == [f"{m.mean_ap:.3f}" for m in levels]
+
+
+def test_the_chart_draws_the_declared_chance_level() -> None:
+    levels = synthetic_levels(3)
+    levels[0].chance = {"mean_ap": 0.2}  # as `Summary.chance` declares it
+    ax = family_figure(levels, "jpeg").axes[0]
+    chance = next(line for line in ax.get_lines() if line.get_label().startswith("chance"))
+    assert list(chance.get_ydata()) == [0.2, 0.2] and ax.get_ylim()[0] <= 0.2
 
 
 # ------------------------------------------------------------------- metrics
@@ -217,9 +272,10 @@ def test_outputs_hold_every_level(robust_run: tuple[Path, str], data: Path) -> N
     level = next(lv for lv in robust["levels"] if lv["label"] == "blur=1.5")
     assert float(gen0_blur["ap"]) == pytest.approx(next(g["ap"] for g in level["generators"] if g["name"] == "gen0"))
 
+    assert (out / "roc_pr.png").is_file() and (out / "roc_pr.pdf").is_file()  # the clean ROC and PR curves
     for family in ("jpeg", "noise", "blur", "resize"):
         with Image.open(out / f"robustness_{family}.png") as img:
-            assert [round(d) for d in img.info["dpi"]] == [200, 200]
+            assert [round(d) for d in img.info["dpi"]] == [CHART_DPI, CHART_DPI]
         assert (out / f"robustness_{family}.pdf").read_bytes().startswith(b"%PDF")
 
     assert "robustness (AP: fakes vs all reals" in stdout

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from commfor_fast import __version__
+from commfor_fast.console_summary import count_table
 from commfor_fast.convert.plan import ConversionPlan
 from commfor_fast.convert.settings import ConvertSettings, Limits
 from commfor_fast.convert.tarshard import member_bytes
@@ -197,7 +198,8 @@ def dry_run_lines(plan: ConversionPlan, settings: ConvertSettings, limits: Limit
     lines += balance_lines(b, settings.val_frac)
     sizes = ", ".join(f"{name} {n}" for name, n in plan.set_sizes.items())
     lines += [f"split: {sizes} (--val-frac {settings.val_frac}, --seed {settings.seed}); {len(plan.generators)} "
-              f"generator(s)", "", *label_table("per generator", counts), ""]
+              f"generator(s)", "", *count_table(label_table("per generator", counts), counts, noun="generators",
+                                                where=f"inspect {settings.out} --all after converting"), ""]
     lines.append(f"partitions: {len(plan.partitions)} of up to {settings.partition_size} of input "
                  f"({human_bytes(input_bytes)} in all), {limits.workers} worker(s)")
     if settings.preresize:
