@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -43,11 +43,11 @@ from commfor_fast.distributed import Dist, all_gather, amp_dtype, resolve_device
 
 if TYPE_CHECKING:
     from commfor_fast.model import CommForDetector
-    from commfor_fast.pipelines.loader import Batch
+    from commfor_fast.pipelines.batch import EvalLoader
 
 SCORE_FORMATS: tuple[str, ...] = get_args(ScoresFormat)
-# The array fields of `Scores` and their dtypes (those of `Batch` and of the float32 logits),
-# so that an empty share (a rank without images of a set) concatenates without changing them.
+# The array fields of `Scores` and their dtypes (those of `Batch` and of the float32 logits):
+# `score_batches` fills arrays of these, allocated once per set (an empty share keeps them too).
 ARRAYS = {"numbers": np.int64, "generator_ids": np.int64, "labels": np.float32, "logits": np.float32}
 
 
@@ -66,16 +66,20 @@ class Scores:
         return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
 
     @classmethod
-    def from_parts(cls, sets: list[str], **parts: list[np.ndarray]) -> Scores:
-        """`Scores` of per-batch arrays (`parts`: one list per name of `ARRAYS`), in order."""
-        return cls(sets, **{name: np.concatenate(parts[name]) if parts[name] else np.zeros(0, dtype)
-                            for name, dtype in ARRAYS.items()})
+    def empty(cls, set_name: str, n: int) -> Scores:
+        """Room for `n` images of `set_name`, filled in place by `score_batches`."""
+        return cls([set_name] * n, **{name: np.zeros(n, dtype) for name, dtype in ARRAYS.items()})
+
+    def head(self, n: int) -> Scores:
+        """The first `n` images (views, no copy)."""
+        return Scores(self.sets[:n], **{name: getattr(self, name)[:n] for name in ARRAYS})
 
     @classmethod
     def merge(cls, scores: Sequence[Scores]) -> Scores:
         """One `Scores` of several (the sets of one rank, or the ranks of one level), in order."""
-        return cls.from_parts([s for part in scores for s in part.sets],
-                              **{name: [getattr(part, name) for part in scores] for name in ARRAYS})
+        return cls([s for part in scores for s in part.sets],
+                   **{name: np.concatenate([getattr(part, name) for part in scores]) if scores else np.zeros(0, dtype)
+                      for name, dtype in ARRAYS.items()})
 
 
 def _set_names(manifest: Manifest, sets: str | None, data: Path) -> list[str]:
@@ -185,7 +189,7 @@ class PassTiming:
         return lines
 
 
-def score_batches(model: torch.nn.Module, loader: Iterable[Batch], set_name: str, *, device: torch.device,
+def score_batches(model: torch.nn.Module, loader: EvalLoader, set_name: str, *, device: torch.device,
                   autocast_dtype: torch.dtype, use_amp: bool, levels: int = 1, timing: PassTiming | None = None,
                   progress: Progress | None = None) -> list[Scores]:
     """Score every image `loader` yields at each of its `levels` (`Batch.levels`, or the
@@ -194,15 +198,22 @@ def score_batches(model: torch.nn.Module, loader: Iterable[Batch], set_name: str
     with `use_amp`, autocast to `autocast_dtype`; its logits come back as float32 on the
     CPU. `timing` and `progress`, when given, count the pass.
 
+    The scores go into arrays of `len(loader)` images allocated before the first batch:
+    nothing is kept per batch, so memory stays flat however many images are scored
+    (keeping every batch's small arrays pinned the freed image buffers around them and
+    grew the process by kilobytes per image).
+
     Args:
         model: the detector (in eval mode), on `device`.
-        loader: an evaluation loader (`pipelines.loader.create_eval_loader`).
+        loader: an evaluation loader (`pipelines.loader.create_eval_loader`); its length
+            is the number of images it yields.
         set_name: the set the loader reads (recorded per image).
         levels: how many levels each batch holds (1 without robustness levels).
     """
     timing = timing or PassTiming(levels)
-    logits: list[list[np.ndarray]] = [[] for _ in range(levels)]
-    numbers, generator_ids, labels = [], [], []
+    capacity, filled = len(loader), 0
+    clean = Scores.empty(set_name, capacity)  # the levels share the images' ids, each has its logits
+    per_level = [clean, *(replace(clean, logits=np.zeros(capacity, np.float32)) for _ in range(levels - 1))]
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp):
         batches = iter(loader)
         while True:
@@ -211,19 +222,22 @@ def score_batches(model: torch.nn.Module, loader: Iterable[Batch], set_name: str
             timing.waiting_s += time.perf_counter() - waited
             if batch is None:
                 break
+            n = len(batch.labels)
+            if filled + n > capacity:
+                raise RuntimeError(f"set {set_name}: the loader yielded more than its {capacity} images")
+            rows = slice(filled, filled + n)
             for i, images in enumerate(batch.levels or (batch.images,)):
                 started = time.perf_counter()
-                logits[i].append(model(images).float().squeeze(1).cpu().numpy())  # .cpu() waits for it
+                per_level[i].logits[rows] = model(images).float().squeeze(1).cpu().numpy()  # .cpu() waits for it
                 timing.model_s[i] += time.perf_counter() - started
-            numbers.append(batch.sample_numbers.numpy())
-            generator_ids.append(batch.generator_ids.numpy())
-            labels.append(batch.labels.numpy())
-            timing.images += len(batch.labels)
+            clean.numbers[rows] = batch.sample_numbers.numpy()
+            clean.generator_ids[rows] = batch.generator_ids.numpy()
+            clean.labels[rows] = batch.labels.numpy()
+            filled += n
+            timing.images += n
             if progress is not None:
-                progress.update(len(batch.labels))
-    sets = [set_name] * sum(len(part) for part in labels)
-    return [Scores.from_parts(sets, numbers=numbers, generator_ids=generator_ids, labels=labels, logits=part)
-            for part in logits]
+                progress.update(n)
+    return [level.head(filled) for level in per_level]
 
 
 def gather_scores(mine: list[Scores], env: Dist) -> list[Scores]:

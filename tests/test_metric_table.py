@@ -5,7 +5,10 @@ scoring that evaluation and training's validation share (`evaluate.score_batches
 from __future__ import annotations
 
 import csv
+import gc
 import json
+import weakref
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -112,9 +115,21 @@ class _Sum(torch.nn.Module):
         return images.sum((1, 2, 3))[:, None]
 
 
-def _batches(n_levels: int) -> list[Batch]:
+class _Loader(list):
+    """Batches as an evaluation loader serves them: `len` is the number of images
+    (`announced`, when given, instead of the images the batches hold)."""
+
+    def __init__(self, batches: Iterable[Batch] = (), announced: int | None = None) -> None:
+        super().__init__(batches)
+        self.announced = announced
+
+    def __len__(self) -> int:
+        return sum(len(batch.labels) for batch in self) if self.announced is None else self.announced
+
+
+def _batches(n_levels: int) -> _Loader:
     """Two batches (3 + 2 images) of 1x2x2 images; level i is the clean image plus i."""
-    out = []
+    out = _Loader()
     for first, size in ((0, 3), (3, 2)):
         numbers = torch.arange(first, first + size)
         images = numbers.float()[:, None, None, None].expand(size, 1, 2, 2)
@@ -133,15 +148,34 @@ def test_score_batches_scores_every_image_at_every_level() -> None:
     assert clean.logits.tolist() == [0, 4, 8, 12, 16] and shifted.logits.tolist() == [4, 8, 12, 16, 20]
     assert (clean.logits.dtype, clean.labels.dtype, clean.numbers.dtype) == (np.float32, np.float32, np.int64)
     assert timing.images == 5
-    empty = score_batches(_Sum(), [], "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
+    empty = score_batches(_Sum(), _Loader(), "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
                           use_amp=False)[0]
     assert empty.sets == [] and empty.logits.dtype == np.float32 and empty.numbers.dtype == np.int64
 
 
+def test_score_batches_keeps_nothing_of_the_batches() -> None:
+    """The scores are copied into arrays allocated once: no batch tensor stays alive after
+    its batch (per-batch `.numpy()` views kept them all and grew memory per image)."""
+    loader = _batches(2)
+    alive = [weakref.ref(t) for batch in loader for t in (batch.labels, batch.generator_ids, batch.sample_numbers)]
+    per_level = score_batches(_Sum(), loader, "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
+                              use_amp=False, levels=2)
+    loader.clear()
+    gc.collect()
+    assert not [ref for ref in alive if ref() is not None]
+    assert np.shares_memory(per_level[1].numbers, per_level[0].numbers) and per_level[1].labels.tolist() == [0, 1, 0, 1, 0]
+
+
+def test_score_batches_refuses_more_images_than_the_loader_announced() -> None:
+    with pytest.raises(RuntimeError, match="set val: the loader yielded more than its 4 images"):
+        score_batches(_Sum(), _Loader(_batches(1), announced=4), "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16, use_amp=False)
+
+
 def test_gather_scores_joins_the_ranks_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """What training's validation does on every rank: score its share, gather on rank 0."""
-    rank0, rank1 = ([score_batches(_Sum(), batches, "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
-                                   use_amp=False)[0]] for batches in (_batches(1)[:1], _batches(1)[1:]))
+    rank0, rank1 = ([score_batches(_Sum(), _Loader(batches), "val", device=torch.device("cpu"),
+                                   autocast_dtype=torch.bfloat16, use_amp=False)[0]]
+                    for batches in (_batches(1)[:1], _batches(1)[1:]))
     monkeypatch.setattr(evaluate_module, "all_gather", lambda obj, env: [rank0, rank1])
     for rank, mine in enumerate((rank0, rank1)):  # every rank gets every image, in rank order
         joined = gather_scores(mine, Dist(rank=rank, local_rank=rank, world_size=2))
