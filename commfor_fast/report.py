@@ -3,7 +3,7 @@
 The JSON holds everything (`EvalReport.to_dict`, plus optional run metadata); the CSV
 has one row per generator for spreadsheets (an undefined value is an empty cell); its
 columns and the console's derive from `metrics.METRICS`; the chart (PNG at 200 dpi and
-PDF, for papers) shows per-generator AP and accuracy, sorted, on an axis scaled to the
+PDF, for papers) shows per-generator AP and balanced accuracy, sorted, on an axis scaled to the
 data with the values on the bars, readable for five generators or for hundreds;
 `format_table` is what the console shows. Undefined values print as "n/a". Generator
 names in the CSV are escaped against spreadsheet formula injection.
@@ -21,7 +21,8 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from commfor_fast.fileio import atomic_write
-from commfor_fast.metrics import EVAL, EvalReport, GeneratorMetrics, format_metric, metrics_of
+from commfor_fast.metrics import EVAL, PER_GENERATOR_NOTE, EvalReport, GeneratorMetrics, chance_line, format_metric, \
+    metrics_of
 from commfor_fast.safetext import printable, spreadsheet_safe
 
 REPORT_JSON = "report.json"
@@ -96,8 +97,7 @@ def format_table(report: EvalReport) -> str:
         + "  ".join(f"{m.label} {m.fmt(r.values[m.name])}" for m in metrics_of(EVAL, "overall")),
         f"mean over {r.n_fake_generators} fake generators: "
         + "  ".join(f"{m.label} {m.fmt(r.values[m.mean_key])}" for m in metrics_of(EVAL, "mean")),
-        "AP/AUC per generator: its fakes vs all real images of the test set; "
-        "AP_within: its own reals and fakes (the original's).",
+        PER_GENERATOR_NOTE,
     ]
     fakes = _by_ap([g for g in r.generators if g.n_fake])
     if fakes:
@@ -112,11 +112,11 @@ def format_table(report: EvalReport) -> str:
         lines += ["", f"{'real source':<{width}}  {'n':>9}  {'acc':>9}"]
         for s in sorted(r.real_sources, key=lambda s: s.accuracy):
             lines.append(f"{short_name(s.name, width):<{width}}  {s.n:>9}  {format_metric(s.accuracy):>9}")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", chance_line(r, EVAL)])
 
 
 def plot_report(report: EvalReport, path: Path) -> tuple[Path, Path]:
-    """Per-generator AP and accuracy of the fake generators, sorted by AP, as PNG (200 dpi) and PDF.
+    """Per-generator AP and balanced accuracy of the fake generators, sorted by AP, as PNG (200 dpi) and PDF.
 
     `path` names the files (its suffix is replaced). Up to `BAR_CHART_MAX` generators:
     one labelled pair of bars each, with their values, on an axis scaled to the data.
@@ -146,13 +146,13 @@ def save_chart(fig: Figure, path: Path) -> tuple[Path, Path]:
 
 def _title(report: EvalReport) -> str:
     return (f"{report.n_fake_generators} fake generators: mean AP {format_metric(report.mean_ap)}, "
-            f"mean acc {format_metric(report.mean_accuracy)} (AP: fakes vs all reals)")
+            f"mean balanced acc {format_metric(report.mean_balanced_accuracy)} (AP: fakes vs all reals)")
 
 
 def axis_start(values: list[float]) -> float:
     """Left end of the score axis: the lowest value rounded down to a tenth, with room
     below it (0 when a value is near 0), so that differences near 1 stay visible."""
-    return max(0.0, math.floor((min(values) - 0.02) * 10) / 10)
+    return max(0.0, math.floor((min(values, default=0.0) - 0.02) * 10) / 10)  # none defined: from 0
 
 
 def _bar_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure:
@@ -161,11 +161,11 @@ def _bar_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure
     ax = fig.add_subplot()
     rows = list(range(n))
     aps = [g.ap for g in generators]
-    accs = [g.accuracy for g in generators]
+    accs = [g.balanced_accuracy for g in generators]
     start = axis_start([v for v in aps + accs if v is not None])
     end = 1 + 0.09 * (1 - start)  # room for the value labels right of the bars
     # The y axis is inverted below (worst at the top), so y - 0.2 is the upper bar.
-    for offset, values, label in ((-0.2, aps, "AP"), (0.2, accs, "accuracy")):
+    for offset, values, label in ((-0.2, aps, "AP"), (0.2, accs, "balanced accuracy")):
         ys = [y + offset for y in rows]
         ax.barh(ys, [start if v is None else v for v in values], height=0.4, label=label)
         for y, v in zip(ys, values):
@@ -191,12 +191,14 @@ def _dot_chart(report: EvalReport, generators: list[GeneratorMetrics]) -> Figure
     with_ap = [(x, g.ap) for x, g in zip(ranks, generators) if g.ap is not None]
     if with_ap:
         ax.plot(*zip(*with_ap), ".", markersize=3, label="AP")
-    ax.plot(ranks, [g.accuracy for g in generators], ".", markersize=3, alpha=0.6, label="accuracy")
-    for value, style, label in ((report.mean_ap, "-", "mean AP"), (report.mean_accuracy, "--", "mean acc")):
+    balanced = [math.nan if g.balanced_accuracy is None else g.balanced_accuracy for g in generators]  # no reals
+    ax.plot(ranks, balanced, ".", markersize=3, alpha=0.6, label="balanced accuracy")
+    for value, style, label in ((report.mean_ap, "-", "mean AP"),
+                                (report.mean_balanced_accuracy, "--", "mean balanced acc")):
         if value is not None:
             ax.axhline(value, color="grey", linestyle=style, linewidth=0.8, label=label)
     worst = generators[:WORST_LABELLED]
-    ax.plot(range(len(worst)), [g.ap if g.ap is not None else g.accuracy for g in worst], "o",
+    ax.plot(range(len(worst)), [g.ap if g.ap is not None else g.fake_accuracy for g in worst], "o",
             markerfacecolor="none", markeredgecolor="red", markersize=7)
     names = [f"{i:>2}. {short_name(g.name, 40)}  AP {format_metric(g.ap)}" for i, g in enumerate(worst, start=1)]
     ax.text(0.99, 0.02, f"worst {len(worst)} by AP (circled, left to right):\n" + "\n".join(names),

@@ -9,6 +9,7 @@ import gc
 import json
 import weakref
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,8 @@ def test_one_row_adds_a_metric_to_both_reports(tmp_path: Path, monkeypatch: pyte
     assert header.split()[-1] == "Brier"
     assert next(line for line in table if line.startswith("gen-a")).split()[-1] == f"{gen_a:.3f}"
     robust_table = robustness.format_table(robust).splitlines()
-    assert robust_table[1].split()[:7] == ["family", "level", "acc", "AP", "TPR@1%", "TPR@5%", "ECE"]
-    assert robust_table[1].split()[7] == "Brier" and robust_table[2].split()[7] == f"{overall:.3f}"
+    assert robust_table[1].split()[:8] == ["family", "level", "acc", "bal_acc", "AP", "TPR@1%", "TPR@5%", "ECE"]
+    assert robust_table[1].split()[8] == "Brier" and robust_table[2].split()[8] == f"{overall:.3f}"
 
 
 def test_the_reports_share_their_records() -> None:
@@ -89,16 +90,35 @@ def test_the_reports_share_their_records() -> None:
     report = evaluate(labels, scores, gids, NAMES)
     clean = robustness.level_metrics(parse_perturbations(["jpeg=50"])[0], labels, scores, gids, NAMES)
     shared = set(report.values) & set(clean.values)
-    assert {"accuracy", "real_accuracy", "fake_accuracy", "ap", "auc", "mean_ap"} <= shared
+    assert {"accuracy", "balanced_accuracy", "real_accuracy", "fake_accuracy", "ap", "auc", "mean_ap"} <= shared
     assert all(report.values[k] == clean.values[k] for k in shared)
     for mine, theirs in zip(report.generators, clean.generators):
         assert (mine.name, mine.n_real, mine.n_fake) == (theirs.name, theirs.n_real, theirs.n_fake)
         assert all(mine.values[k] == theirs.values[k] for k in set(mine.values) & set(theirs.values))
     # what each report carries is declared in the table, nowhere else
     assert "ap_within" in report.generators[1].values and "ap_within" not in clean.generators[1].values
-    assert [m.name for m in metrics_of(ROBUSTNESS, "headline")] == ["accuracy", "ap", "tpr_at_fpr_1pct",
-                                                                    "tpr_at_fpr_5pct", "ece"]
-    assert [m.name for m in metrics_of(EVAL, "mean")] == ["accuracy", "ap", "auc", "ap_within"]
+    assert [m.name for m in metrics_of(ROBUSTNESS, "headline")] == ["accuracy", "balanced_accuracy", "ap",
+                                                                    "tpr_at_fpr_1pct", "tpr_at_fpr_5pct", "ece"]
+    assert [m.name for m in metrics_of(EVAL, "mean")] == ["balanced_accuracy", "fake_accuracy", "ap", "ap_balanced",
+                                                          "auc", "ap_within"]
+    assert [m.name for m in metrics_of(EVAL, "overall")] == ["accuracy", "balanced_accuracy", "real_accuracy",
+                                                             "fake_accuracy", "ap", "auc"]
+
+
+def test_a_metric_row_declares_its_chance_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row's `chance` reaches report.json's `chance` and the console table's footer,
+    overall and as the mean over the fake generators, next to the built-in ones."""
+    monkeypatch.setitem(METRICS, "brier", replace(BRIER, chance=lambda g: 0.25))  # scores of 0.5 everywhere
+    labels, scores, gids = _test_set()
+    report = evaluate(labels, scores, gids, NAMES)
+    write_report(report, tmp_path)
+    chance = json.loads((tmp_path / "report.json").read_text())["chance"]
+    assert (chance["brier"], chance["mean_brier"], chance["auc"], chance["mean_auc"]) == (0.25, 0.25, 0.5, 0.5)
+    assert chance["ap"] == 4 / 9 and chance["mean_ap"] == pytest.approx((2 / 7 + 2 / 7) / 2)  # 5 reals in all
+    overall, means = format_table(report).splitlines()[-2:]
+    assert overall == "chance level (scores that ignore the image): bal_acc 0.5000  AP 0.4444  AUC 0.5000  Brier 0.250"
+    assert means == ("chance level of the means over fake generators: bal_acc 0.5000  AP 0.2857  AP_bal 0.5000  "
+                     "AUC 0.5000  AP_within 0.6667  Brier 0.250")  # AP_within: gen-a, 2 fakes and 1 own real
 
 
 def test_a_metric_row_that_cannot_be_shown_is_refused() -> None:

@@ -97,8 +97,8 @@ def test_hundred_and_more_generators_get_named_bars_with_values(tmp_path: Path) 
     names = [t.get_text() for t in ax.get_yticklabels()]
     assert len(names) == 120 and names[0].startswith(generators[0].name[:20])  # worst first, every name
     values = [t.get_text().strip() for t in ax.texts]
-    assert values == [f"{g.ap:.3f}" for g in generators] + [f"{g.accuracy:.3f}" for g in generators]
-    assert ax.get_xlim()[0] == axis_start([v for g in generators for v in (g.ap, g.accuracy)])
+    assert values == [f"{g.ap:.3f}" for g in generators] + [f"{g.balanced_accuracy:.3f}" for g in generators]
+    assert ax.get_xlim()[0] == axis_start([v for g in generators for v in (g.ap, g.balanced_accuracy)])
     png, _ = plot_report(report, tmp_path / "many")
     with Image.open(png) as img:  # one 0.3-inch row per generator at 200 dpi: names at about 22 px
         assert img.height >= 120 * 0.3 * 200
