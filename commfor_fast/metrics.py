@@ -107,10 +107,11 @@ def balanced_accuracy(fakes: np.ndarray, reals_sorted: np.ndarray, threshold: fl
 
 def subsample_sorted(reals_sorted: np.ndarray, n: int, seed: int) -> np.ndarray:
     """`n` of the reals (ascending) drawn without replacement, seeded by (SUBSAMPLE_SEED,
-    `seed`), still ascending; all of them when there are no more than `n`."""
+    `seed` + 1: a generator id, or -1 for the whole set), still ascending; all of them
+    when there are no more than `n`."""
     if reals_sorted.size <= n:
         return reals_sorted
-    rng = np.random.default_rng([SUBSAMPLE_SEED, seed])
+    rng = np.random.default_rng([SUBSAMPLE_SEED, seed + 1])
     return reals_sorted[np.sort(rng.choice(reals_sorted.size, size=n, replace=False))]
 
 

@@ -32,7 +32,6 @@ SPEC_HELP = (f"a probability in [0, 1] ({THRESHOLD}, the original's), or {VAL_PR
 class ThresholdSpec:
     """What `--threshold` asks for: a fixed value, or the false positive rate to choose one at."""
 
-    text: str  # as given
     value: float | None = None  # a fixed threshold ...
     fpr: float | None = None  # ... or: chosen on the val set's reals at this FPR
 
@@ -49,9 +48,9 @@ def parse_threshold(text: str) -> ThresholdSpec:
     except ValueError:
         number = math.nan
     if on_val and 0 < number < 1:
-        return ThresholdSpec(text, fpr=number)
+        return ThresholdSpec(fpr=number)
     if not on_val and 0 <= number <= 1:
-        return ThresholdSpec(text, value=number)
+        return ThresholdSpec(value=number)
     raise UserError(f"--threshold {text!r}: give {SPEC_HELP}")
 
 

@@ -22,9 +22,9 @@ runner = CliRunner()
 
 
 def test_the_spec_is_a_probability_or_a_false_positive_rate() -> None:
-    assert parse_threshold("0.5") == ThresholdSpec("0.5", value=0.5)
-    assert parse_threshold("1") == ThresholdSpec("1", value=1.0)
-    assert parse_threshold("val@fpr=0.05") == ThresholdSpec("val@fpr=0.05", fpr=0.05)
+    assert parse_threshold("0.5") == ThresholdSpec(value=0.5)
+    assert parse_threshold("1") == ThresholdSpec(value=1.0)
+    assert parse_threshold("val@fpr=0.05") == ThresholdSpec(fpr=0.05) and parse_threshold("val@fpr=0.05").on_val
     for bad in ("1.5", "-0.1", "half", "val@fpr=0", "val@fpr=1", "val@fpr=", "val@tpr=0.9", "nan"):
         with pytest.raises(UserError, match="--threshold .*: give a probability in \\[0, 1\\]"):
             parse_threshold(bad)
