@@ -190,6 +190,8 @@ def evaluate(
     scores_format: Annotated[ScoresFormat, typer.Option(help="parquet or csv.")] = EvalSettings.scores_format,
     perturb: Annotated[Optional[list[str]], typer.Option("--perturb", metavar="FAMILY=LEVELS", help="Robustness: also score every image perturbed; one flag per family, FAMILY=L1,L2 (any number of levels): jpeg=Q (quality 1-100), blur=SIGMA (px), resize=F (downscale factor in (0, 1]), noise=SIGMA (grey levels); clean is always scored. Adds robustness.csv and a chart per family.", show_default=False)] = EvalSettings.perturb,
     perturb_seed: Annotated[int, typer.Option(help="Seed of the noise perturbation (per sample: the same on every rank and run).")] = EvalSettings.perturb_seed,
+    threshold: Annotated[str, typer.Option(help="Fake when P(fake) is above this: a probability (0.5, the original's), or val@fpr=F: the threshold at which at most F of the val set's real images count as fake (the val set of --val-data, else of --data, left out of the report).")] = EvalSettings.threshold,
+    val_data: Annotated[Optional[Path], typer.Option(help="With --threshold val@fpr=F: the convert output whose val set chooses the threshold (e.g. the training data's); default --data.", show_default=False)] = EvalSettings.val_data,
 ) -> None:
     """Evaluate a detector: overall and per-generator accuracy, AP, AUC; optionally under perturbations.
 

@@ -7,9 +7,14 @@ Four steps (`evaluate_shards`): check the flags and the data before a model is l
 every rank scores its contiguous part of each set once (`score_batches`; the loaders
 drop DALI's padding repeats); rank 0 gathers the scores (`gather_scores`) and checks
 that every image of the folder was counted exactly once; it writes the report (SPEC
-section 6: accuracy at 0.5, AP, ROC-AUC; per generator its fakes against all reals;
+section 6: accuracy at 0.5, AP, ROC-AUC; per generator its fakes against all reals,
+balanced accuracy and an AP against as many reals as fakes, with their chance levels;
 the original's within-group AP; `metrics.METRICS`). Training's validation reuses
 `score_batches` and `gather_scores`.
+
+`--threshold val@fpr=F` (`threshold.py`) also scores the val set (of `--val-data`, or
+of `--data`, then left out of the report) and measures the report at the threshold
+that at most F of its reals exceed; report.json's `threshold_choice` says how.
 
 Robustness (`--perturb jpeg=95,50 --perturb noise=5 ...`): every image is read and
 decoded once and scored at `clean` and at every level (`pipelines/perturb.py`); each
@@ -22,8 +27,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -38,16 +43,17 @@ from commfor_fast.progress import Progress
 from commfor_fast.safetext import spreadsheet_safe_columns
 from commfor_fast.shards import META_EXT, Manifest, ShardReader, check_generator_ids, sample_key
 from commfor_fast.sources import sample_origin
+from commfor_fast.threshold import VAL_SET, Chosen, ThresholdSpec, choose_on_val, parse_threshold
 from commfor_fast.settings import EvalSettings, ScoresFormat, settings_dict
 from commfor_fast.distributed import Dist, all_gather, amp_dtype, resolve_device, setup_distributed, teardown_distributed
 
 if TYPE_CHECKING:
     from commfor_fast.model import CommForDetector
-    from commfor_fast.pipelines.loader import Batch
+    from commfor_fast.pipelines.batch import EvalLoader
 
 SCORE_FORMATS: tuple[str, ...] = get_args(ScoresFormat)
-# The array fields of `Scores` and their dtypes (those of `Batch` and of the float32 logits),
-# so that an empty share (a rank without images of a set) concatenates without changing them.
+# The array fields of `Scores` and their dtypes (those of `Batch` and of the float32 logits):
+# `score_batches` fills arrays of these, allocated once per set (an empty share keeps them too).
 ARRAYS = {"numbers": np.int64, "generator_ids": np.int64, "labels": np.float32, "logits": np.float32}
 
 
@@ -66,27 +72,38 @@ class Scores:
         return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
 
     @classmethod
-    def from_parts(cls, sets: list[str], **parts: list[np.ndarray]) -> Scores:
-        """`Scores` of per-batch arrays (`parts`: one list per name of `ARRAYS`), in order."""
-        return cls(sets, **{name: np.concatenate(parts[name]) if parts[name] else np.zeros(0, dtype)
-                            for name, dtype in ARRAYS.items()})
+    def empty(cls, set_name: str, n: int) -> Scores:
+        """Room for `n` images of `set_name`, filled in place by `score_batches`."""
+        return cls([set_name] * n, **{name: np.zeros(n, dtype) for name, dtype in ARRAYS.items()})
+
+    def head(self, n: int) -> Scores:
+        """The first `n` images (views, no copy)."""
+        return Scores(self.sets[:n], **{name: getattr(self, name)[:n] for name in ARRAYS})
 
     @classmethod
     def merge(cls, scores: Sequence[Scores]) -> Scores:
         """One `Scores` of several (the sets of one rank, or the ranks of one level), in order."""
-        return cls.from_parts([s for part in scores for s in part.sets],
-                              **{name: [getattr(part, name) for part in scores] for name in ARRAYS})
+        return cls([s for part in scores for s in part.sets],
+                   **{name: np.concatenate([getattr(part, name) for part in scores]) if scores else np.zeros(0, dtype)
+                      for name, dtype in ARRAYS.items()})
 
 
-def _set_names(manifest: Manifest, sets: str | None, data: Path) -> list[str]:
-    """The sets to score (each once), all of them by default; never an empty choice."""
+def _set_names(manifest: Manifest, sets: str | None, data: Path, reserved: str | None = None) -> list[str]:
+    """The sets to report on (each once), all of them by default but `reserved` (the set
+    that chooses the threshold); never an empty choice."""
     if sets is None:
-        names = list(manifest.sets)
+        names = [s for s in manifest.sets if s != reserved]
+        if not names:
+            raise UserError(f"--data {data} holds only the {reserved} set, which chooses --threshold; give --val-data "
+                            "FOLDER to choose it on another folder's val set")
     else:
         names = list(dict.fromkeys(s.strip() for s in sets.split(",") if s.strip()))
         unknown = [s for s in names if s not in manifest.sets]
         if unknown or not names:
             raise UserError(f"--sets {sets!r}: {data} has the sets {', '.join(manifest.sets)}")
+        if reserved in names:
+            raise UserError(f"--sets {sets!r}: the {reserved} set chooses --threshold, so it cannot be reported on "
+                            "too; leave it out, or give --val-data FOLDER to choose on another folder's val set")
     if not sum(manifest.sets[s].num_samples for s in names):
         raise UserError(f"--data {data}: the sets {', '.join(names)} hold no images to evaluate")
     return names
@@ -185,7 +202,7 @@ class PassTiming:
         return lines
 
 
-def score_batches(model: torch.nn.Module, loader: Iterable[Batch], set_name: str, *, device: torch.device,
+def score_batches(model: torch.nn.Module, loader: EvalLoader, set_name: str, *, device: torch.device,
                   autocast_dtype: torch.dtype, use_amp: bool, levels: int = 1, timing: PassTiming | None = None,
                   progress: Progress | None = None) -> list[Scores]:
     """Score every image `loader` yields at each of its `levels` (`Batch.levels`, or the
@@ -194,15 +211,22 @@ def score_batches(model: torch.nn.Module, loader: Iterable[Batch], set_name: str
     with `use_amp`, autocast to `autocast_dtype`; its logits come back as float32 on the
     CPU. `timing` and `progress`, when given, count the pass.
 
+    The scores go into arrays of `len(loader)` images allocated before the first batch:
+    nothing is kept per batch, so memory stays flat however many images are scored
+    (keeping every batch's small arrays pinned the freed image buffers around them and
+    grew the process by kilobytes per image).
+
     Args:
         model: the detector (in eval mode), on `device`.
-        loader: an evaluation loader (`pipelines.loader.create_eval_loader`).
+        loader: an evaluation loader (`pipelines.loader.create_eval_loader`); its length
+            is the number of images it yields.
         set_name: the set the loader reads (recorded per image).
         levels: how many levels each batch holds (1 without robustness levels).
     """
     timing = timing or PassTiming(levels)
-    logits: list[list[np.ndarray]] = [[] for _ in range(levels)]
-    numbers, generator_ids, labels = [], [], []
+    capacity, filled = len(loader), 0
+    clean = Scores.empty(set_name, capacity)  # the levels share the images' ids, each has its logits
+    per_level = [clean, *(replace(clean, logits=np.zeros(capacity, np.float32)) for _ in range(levels - 1))]
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp):
         batches = iter(loader)
         while True:
@@ -211,19 +235,22 @@ def score_batches(model: torch.nn.Module, loader: Iterable[Batch], set_name: str
             timing.waiting_s += time.perf_counter() - waited
             if batch is None:
                 break
+            n = len(batch.labels)
+            if filled + n > capacity:
+                raise RuntimeError(f"set {set_name}: the loader yielded more than its {capacity} images")
+            rows = slice(filled, filled + n)
             for i, images in enumerate(batch.levels or (batch.images,)):
                 started = time.perf_counter()
-                logits[i].append(model(images).float().squeeze(1).cpu().numpy())  # .cpu() waits for it
+                per_level[i].logits[rows] = model(images).float().squeeze(1).cpu().numpy()  # .cpu() waits for it
                 timing.model_s[i] += time.perf_counter() - started
-            numbers.append(batch.sample_numbers.numpy())
-            generator_ids.append(batch.generator_ids.numpy())
-            labels.append(batch.labels.numpy())
-            timing.images += len(batch.labels)
+            clean.numbers[rows] = batch.sample_numbers.numpy()
+            clean.generator_ids[rows] = batch.generator_ids.numpy()
+            clean.labels[rows] = batch.labels.numpy()
+            filled += n
+            timing.images += n
             if progress is not None:
-                progress.update(len(batch.labels))
-    sets = [set_name] * sum(len(part) for part in labels)
-    return [Scores.from_parts(sets, numbers=numbers, generator_ids=generator_ids, labels=labels, logits=part)
-            for part in logits]
+                progress.update(n)
+    return [level.head(filled) for level in per_level]
 
 
 def gather_scores(mine: list[Scores], env: Dist) -> list[Scores]:
@@ -243,6 +270,24 @@ class _Inputs:
     autocast_dtype: torch.dtype
     manifest: Manifest
     set_names: list[str]
+    threshold: ThresholdSpec
+    val: tuple[Path, Manifest] | None  # with --threshold val@fpr=F: the folder whose val set chooses it
+
+
+def _val_source(settings: EvalSettings, manifest: Manifest) -> tuple[Path, Manifest]:
+    """The convert output whose val set chooses the threshold: --val-data, or --data itself."""
+    if settings.val_data is None or Path(settings.val_data).resolve() == Path(settings.data).resolve():
+        data, flag, val_manifest = Path(settings.data), "--data", manifest
+    elif not Path(settings.val_data).is_dir():
+        raise UserError(f"--val-data {settings.val_data}: no such folder; pass a convert output with a {VAL_SET} "
+                        "set (e.g. the training data's)")
+    else:
+        data, flag, val_manifest = Path(settings.val_data), "--val-data", Manifest.load(settings.val_data)
+    if not val_manifest.sets.get(VAL_SET) or not val_manifest.sets[VAL_SET].num_samples:
+        raise UserError(f"--threshold {settings.threshold}: {flag} {data} has no {VAL_SET} set (its sets: "
+                        f"{', '.join(val_manifest.sets)}); give --val-data FOLDER, a convert output with one (e.g. the "
+                        "training data's), or a fixed --threshold")
+    return data, val_manifest
 
 
 def _check(settings: EvalSettings) -> _Inputs:
@@ -253,16 +298,19 @@ def _check(settings: EvalSettings) -> _Inputs:
     if settings.batch_size < 1 or settings.num_threads < 1:
         raise UserError(f"--batch-size {settings.batch_size} / --num-threads {settings.num_threads}: must be >= 1")
     levels = parse_perturbations(settings.perturb) if settings.perturb else ()
+    threshold = parse_threshold(settings.threshold)
     autocast_dtype = amp_dtype(settings.amp_dtype)
     env = Dist.from_env()
     device = resolve_device(settings.device, env.local_rank)
     manifest = Manifest.load(settings.data)
-    set_names = _set_names(manifest, settings.sets, settings.data)
+    val = _val_source(settings, manifest) if threshold.on_val else None
+    same_folder = val is not None and val[1] is manifest  # its val set chooses: not reported on
+    set_names = _set_names(manifest, settings.sets, settings.data, VAL_SET if same_folder else None)
     check_sides(levels, [size for name in set_names for size in manifest.sets[name].resolutions], manifest.preresize,
                 settings.loader)
     if env.is_main:
         check_writable(Path(settings.out), "--out")
-    return _Inputs(levels, env, device, autocast_dtype, manifest, set_names)
+    return _Inputs(levels, env, device, autocast_dtype, manifest, set_names, threshold, val)
 
 
 def _announce(settings: EvalSettings, inputs: _Inputs, model: CommForDetector) -> None:
@@ -275,53 +323,77 @@ def _announce(settings: EvalSettings, inputs: _Inputs, model: CommForDetector) -
               f"image, from one decode; perturbations applied to the {_applied_to(inputs.manifest)})", flush=True)
 
 
-def _score(model: CommForDetector, settings: EvalSettings, inputs: _Inputs, env: Dist,
-           timing: PassTiming) -> list[Scores]:
-    """This rank's part of every chosen set, scored at every level: one `Scores` per level."""
+def _score_set(model: CommForDetector, settings: EvalSettings, inputs: _Inputs, data: Path, manifest: Manifest,
+               name: str, levels: tuple[Level, ...], timing: PassTiming, progress: Progress) -> list[Scores]:
+    """This rank's part of one set of `data`, scored at every level: one `Scores` per level."""
     from commfor_fast.pipelines.executor import ExecutorOptions
     from commfor_fast.pipelines.loader import create_eval_loader
 
+    loader = create_eval_loader(
+        settings.loader, data, manifest, name, device=inputs.device, batch_size=settings.batch_size,
+        crop=model.input_size, rank=inputs.env.rank, world_size=inputs.env.world_size,
+        num_threads=settings.num_threads, levels=levels, seed=settings.perturb_seed,
+        executor=ExecutorOptions.from_flags(settings.executor),
+    )
+    try:
+        return score_batches(model, loader, name, device=inputs.device, autocast_dtype=inputs.autocast_dtype,
+                             use_amp=settings.use_amp, levels=max(len(levels), 1), timing=timing, progress=progress)
+    finally:
+        loader.close()
+
+
+def _score(model: CommForDetector, settings: EvalSettings, inputs: _Inputs, env: Dist,
+           timing: PassTiming) -> list[Scores]:
+    """This rank's part of every chosen set, scored at every level: one `Scores` per level."""
     n_levels = max(len(inputs.levels), 1)
     total = sum(inputs.manifest.sets[s].num_samples for s in inputs.set_names)
     desc = f"eval x {n_levels} levels" if inputs.levels else "eval"
-    per_set = []
     with Progress(total // env.world_size, desc, enabled=env.is_main) as progress:
-        for name in inputs.set_names:
-            loader = create_eval_loader(
-                settings.loader, settings.data, inputs.manifest, name, device=inputs.device,
-                batch_size=settings.batch_size, crop=model.input_size, rank=env.rank, world_size=env.world_size,
-                num_threads=settings.num_threads, levels=inputs.levels, seed=settings.perturb_seed,
-                executor=ExecutorOptions.from_flags(settings.executor),
-            )
-            try:
-                per_set.append(score_batches(model, loader, name, device=inputs.device,
-                                             autocast_dtype=inputs.autocast_dtype, use_amp=settings.use_amp,
-                                             levels=n_levels, timing=timing, progress=progress))
-            finally:
-                loader.close()
+        per_set = [_score_set(model, settings, inputs, settings.data, inputs.manifest, name, inputs.levels, timing,
+                              progress) for name in inputs.set_names]
     return [Scores.merge([level_scores[i] for level_scores in per_set]) for i in range(n_levels)]
 
 
+def _choose_threshold(model: CommForDetector, settings: EvalSettings, inputs: _Inputs, env: Dist) -> Chosen | None:
+    """With `--threshold val@fpr=F`: the val set scored (clean) by every rank, gathered,
+    checked exactly once, and the threshold chosen on its reals (on rank 0; None elsewhere)."""
+    assert inputs.val is not None and inputs.threshold.fpr is not None
+    data, manifest = inputs.val
+    with Progress(manifest.sets[VAL_SET].num_samples // env.world_size, f"{VAL_SET} (threshold)",
+                  enabled=env.is_main) as progress:
+        mine = _score_set(model, settings, inputs, data, manifest, VAL_SET, (), PassTiming(1), progress)
+    scores = gather_scores(mine, env)[0]  # a collective
+    if not env.is_main:
+        return None
+    _check_exactly_once(scores, manifest, [VAL_SET])
+    return choose_on_val(scores.labels, scores.probabilities, inputs.threshold.fpr, data)
+
+
 def _write(settings: EvalSettings, inputs: _Inputs, per_level: list[Scores], info: dict[str, Any],
-           timing: PassTiming) -> EvalReport:
-    """Measure every level, write report.json, the CSVs, the charts and (--save-scores) the
-    scores, print the tables; returns the clean report."""
+           timing: PassTiming, chosen: Chosen | None) -> EvalReport:
+    """Measure every level at the threshold (`chosen` on the val set, or the given one),
+    write report.json, the CSVs, the charts and (--save-scores) the scores, print the
+    tables; returns the clean report."""
     from commfor_fast import robustness
     from commfor_fast.curves import write_curves
     from commfor_fast.report import format_table, write_report
 
     manifest, levels, out = inputs.manifest, inputs.levels, Path(settings.out)
     clean = per_level[0]
-    report = evaluate(clean.labels, clean.probabilities, clean.generator_ids, manifest.generators)
+    threshold = chosen.threshold if chosen else inputs.threshold.value
+    assert threshold is not None
+    report = evaluate(clean.labels, clean.probabilities, clean.generator_ids, manifest.generators, threshold)
     meta = {"model": info, "data": str(settings.data), "sets": inputs.set_names, "command": settings.command,
             "settings": settings_dict(settings)}
-    robust = [robustness.level_metrics(level, s.labels, s.probabilities, s.generator_ids, manifest.generators)
-              for level, s in zip(levels, per_level)]
-    sections = {}
+    robust = [robustness.level_metrics(level, s.labels, s.probabilities, s.generator_ids, manifest.generators,
+                                       threshold) for level, s in zip(levels, per_level)]
+    sections: dict[str, Any] = {"threshold_choice": chosen.record} if chosen else {}
     if levels:
         sections["robustness"] = robustness.report_section(robust, _applied_to(manifest), settings.perturb_seed)
     paths = write_report(report, out, meta, sections)
     paths.update(write_curves(report, clean.labels, clean.probabilities, clean.generator_ids, manifest.generators, out))
+    if chosen:
+        print(chosen.line)
     print(format_table(report))
     if levels:
         paths.update(robustness.write_outputs(robust, out))
@@ -352,13 +424,14 @@ def evaluate_shards(settings: EvalSettings) -> EvalReport:
         _announce(settings, inputs, model)
     timing = PassTiming(max(len(inputs.levels), 1))
     per_level = gather_scores(_score(model, settings, inputs, env, timing), env)
+    chosen = _choose_threshold(model, settings, inputs, env) if inputs.val else None
     teardown_distributed(env)
     if not env.is_main:
         return None  # type: ignore[return-value]
     for scores in per_level:  # every level: every image once (all levels come from the same batches)
         _check_exactly_once(scores, manifest=inputs.manifest, set_names=inputs.set_names)
     check_generator_ids(per_level[0].generator_ids, inputs.manifest, settings.data)
-    return _write(settings, inputs, per_level, info, timing)
+    return _write(settings, inputs, per_level, info, timing, chosen)
 
 
 def _applied_to(manifest: Manifest) -> str:

@@ -118,7 +118,7 @@ def _unit_axis(ax: Axes) -> None:
 
 def _chance_lines(ax: Axes, report: EvalReport, metrics: Sequence[Metric]) -> None:
     """A dashed line at each chance level the report declares for a charted metric (mean over generators)."""
-    chance = getattr(report, "chance", {})  # declared by the metrics of `Metric.chance`
+    chance = report.chance  # declared by the metrics of `Metric.chance`
     levels: dict[float, list[str]] = {}
     for m in metrics:
         if chance.get(m.mean_key) is not None:

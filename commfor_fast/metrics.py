@@ -6,8 +6,16 @@ images, which is fast here because the real scores are sorted once and every
 generator's fakes are placed among them with binary searches.
 
 Definitions:
-- accuracy: threshold 0.5 on the sigmoid score, fake when `score > 0.5` (as the
-  original's `prob > 0.5`);
+- the threshold t: 0.5 on the sigmoid score by default (the original's `prob > 0.5`),
+  `eval --threshold` sets another or chooses it on the validation set's reals; an
+  image counts as fake when `score > t`;
+- accuracy (overall only): share of all images on the right side of t; it depends on
+  the share of fakes in the test set, so it is not reported per generator;
+- real accuracy (TNR): share of reals at or below t; fake accuracy (TPR): share of
+  fakes above t (per generator: its own reals, its own fakes);
+- balanced accuracy: (TPR + TNR) / 2; per generator its fakes' TPR with the TNR of ALL
+  real images of the test set (the same reals as its AP and AUC); 0.5 for scores
+  that ignore the image, whatever the share of fakes;
 - average precision: sklearn's `average_precision_score` (sum over thresholds of
   recall increase times precision, tied scores share one threshold);
 - ROC-AUC: probability that a fake outscores a real, ties counting 1/2 (sklearn's
@@ -23,9 +31,22 @@ Definitions:
   fakes in the bin - mean P(fake) in the bin|.
 
 Per generator, AP and AUC follow the field's usual protocol: that generator's fakes
-scored against ALL real images of the test set. The original's within-group AP (the
-group's own reals and fakes) is kept as `ap_within`. A value that is undefined (one
-label only, no reals in the test set) is None, never -1, and is left out of means.
+scored against ALL real images of the test set. Such an AP tends to the share of that
+generator's fakes among those images when there are thousands of generators (about
+0.0005 for scores that ignore the image, 50k images, 5,000 generators), so its mean is
+not comparable between test sets with different numbers of reals; `ap_balanced` is the
+AP of the generator's fakes against a seeded random subsample of the reals, as many as
+its fakes (all reals when there are fewer), whose chance level is 0.5, and ROC-AUC does
+not depend on the share at all. The original's within-group AP (the group's own reals
+and fakes) is kept as `ap_within`. A value that is undefined (one label only, no reals
+in the test set) is None, never -1, and is left out of means.
+
+Chance levels: a metric may declare the value that scores independent of the labels
+get on a group (`Metric.chance`: AUC and balanced accuracy 0.5, an AP the share of
+fakes among the images it ranks, TPR at FPR alpha alpha); the report carries it
+overall and as the mean over fake generators (`Summary.chance`) next to the values.
+The AP's is its limit for large groups: random scores get a little more on small
+ones (0.568 for 10 fakes against 10 reals, 0.0036 for 10 against 5,000 reals).
 
 `METRICS` declares each metric once: its name (report.json key and CSV column), its
 console label, how it is computed from a `Group` of scores, how it is shown, which of
@@ -48,8 +69,9 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-THRESHOLD = 0.5
+THRESHOLD = 0.5  # the original's decision threshold on P(fake)
 ECE_BINS = 15
+SUBSAMPLE_SEED = 0  # with the generator id: which reals `ap_balanced` draws
 FPRS = (0.01, 0.05)  # the false positive rates of the robustness report's TPR at FPR
 EVAL, ROBUSTNESS = "eval", "robustness"  # the reports a metric can belong to
 Scope = Literal["per_generator", "overall", "mean", "headline"]
@@ -66,12 +88,36 @@ def format_metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def accuracy(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Share of images on the right side of 0.5 (fake when score > 0.5); None if empty."""
+def accuracy(labels: np.ndarray, scores: np.ndarray, threshold: float = THRESHOLD) -> float | None:
+    """Share of images on the right side of `threshold` (fake when score > threshold); None if empty."""
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if labels.size == 0:
         return None
-    return float(np.mean((scores > THRESHOLD) == (labels == 1)))
+    return float(np.mean((scores > threshold) == (labels == 1)))
+
+
+def balanced_accuracy(fakes: np.ndarray, reals_sorted: np.ndarray, threshold: float) -> float | None:
+    """(TPR + TNR) / 2 at `threshold`: the share of `fakes` above it and of the reals
+    (ascending) at or below it; None unless both occur."""
+    if fakes.size == 0 or reals_sorted.size == 0:
+        return None
+    tnr = np.searchsorted(reals_sorted, threshold, side="right") / reals_sorted.size
+    return float((np.mean(fakes > threshold) + tnr) / 2)
+
+
+def subsample_sorted(reals_sorted: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """`n` of the reals (ascending) drawn without replacement, seeded by (SUBSAMPLE_SEED,
+    `seed` + 1: a generator id, or -1 for the whole set), still ascending; all of them
+    when there are no more than `n`."""
+    if reals_sorted.size <= n:
+        return reals_sorted
+    rng = np.random.default_rng([SUBSAMPLE_SEED, seed + 1])
+    return reals_sorted[np.sort(rng.choice(reals_sorted.size, size=n, replace=False))]
+
+
+def prevalence(n_fake: int, n_real: int) -> float | None:
+    """Share of fakes among `n_fake + n_real` images: the AP of scores that ignore the image."""
+    return n_fake / (n_fake + n_real) if n_fake and n_real else None
 
 
 def _ap_sorted(pos: np.ndarray, neg_sorted: np.ndarray) -> float | None:
@@ -161,6 +207,8 @@ class Group:
     labels: np.ndarray  # 0 real / 1 fake, int64
     scores: np.ndarray  # P(fake), float64
     all_reals: np.ndarray  # every real score of the test set, ascending
+    threshold: float = THRESHOLD  # fake when P(fake) > threshold
+    generator_id: int = -1  # the generator's id (seeds its subsample of reals); -1 for the whole set
 
     @cached_property
     def fakes(self) -> np.ndarray:
@@ -169,6 +217,11 @@ class Group:
     @cached_property
     def reals(self) -> np.ndarray:
         return self.scores[self.labels == 0]
+
+    @cached_property
+    def matched_reals(self) -> np.ndarray:
+        """As many of `all_reals` as the group has fakes (`subsample_sorted`), ascending."""
+        return subsample_sorted(self.all_reals, self.fakes.size, self.generator_id)
 
 
 @dataclass(frozen=True)
@@ -185,6 +238,8 @@ class Metric:
     mean: bool = True  # the mean over fake generators of its defined per-generator values
     headline: bool = False  # a column of the robustness table (one row per level, overall values)
     fmt: Callable[[float | None], str] = format_metric  # how the console shows it
+    # the value scores independent of the labels get on a group; None: none declared
+    chance: Callable[[Group], float | None] | None = None
 
     def __post_init__(self) -> None:
         if self.mean and not self.per_generator:
@@ -197,6 +252,11 @@ class Metric:
         return f"mean_{self.name}"
 
 
+def _half(g: Group) -> float | None:
+    """The chance level of a ranking or balanced metric, 0.5, where the group has fakes and the set has reals."""
+    return 0.5 if g.fakes.size and g.all_reals.size else None
+
+
 def _pct(fpr: float) -> str:
     return f"{fpr * 100:g}pct"
 
@@ -204,7 +264,7 @@ def _pct(fpr: float) -> str:
 def _tpr_metric(fpr: float) -> Metric:
     return Metric(f"tpr_at_fpr_{_pct(fpr)}", f"TPR@{fpr * 100:g}%",
                   lambda g: tpr_above(g.fakes, _threshold_sorted(g.all_reals, fpr)), reports=(ROBUSTNESS,),
-                  headline=True)
+                  headline=True, chance=lambda g: fpr if _half(g) else None)
 
 
 def _threshold_metric(fpr: float) -> Metric:
@@ -214,14 +274,24 @@ def _threshold_metric(fpr: float) -> Metric:
 
 # Table order is the order of report.json's keys, the CSV columns and the console columns.
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("accuracy", "acc", lambda g: accuracy(g.labels, g.scores), headline=True),
-    Metric("real_accuracy", "real_acc", lambda g: accuracy(g.labels[g.labels == 0], g.reals), mean=False),
-    Metric("fake_accuracy", "fake_acc", lambda g: accuracy(g.labels[g.labels == 1], g.fakes), mean=False),
-    Metric("ap", "AP", lambda g: _ap_sorted(g.fakes, g.all_reals), headline=True),  # fakes vs all reals
-    Metric("auc", "AUC", lambda g: _auc_sorted(g.fakes, g.all_reals)),
+    # every image at the threshold: depends on the share of fakes, so overall only
+    Metric("accuracy", "acc", lambda g: accuracy(g.labels, g.scores, g.threshold), headline=True,
+           per_generator=False, mean=False),
+    # (TPR of the fakes + TNR of all reals) / 2
+    Metric("balanced_accuracy", "bal_acc", lambda g: balanced_accuracy(g.fakes, g.all_reals, g.threshold),
+           headline=True, chance=lambda g: _half(g)),
+    Metric("real_accuracy", "real_acc", lambda g: accuracy(g.labels[g.labels == 0], g.reals, g.threshold),
+           mean=False),  # TNR of the group's own reals
+    Metric("fake_accuracy", "fake_acc", lambda g: accuracy(g.labels[g.labels == 1], g.fakes, g.threshold)),  # TPR
+    Metric("ap", "AP", lambda g: _ap_sorted(g.fakes, g.all_reals), headline=True,  # fakes vs all reals
+           chance=lambda g: prevalence(g.fakes.size, g.all_reals.size)),
+    # fakes vs as many reals, drawn from all reals (seeded by the generator id)
+    Metric("ap_balanced", "AP_bal", lambda g: _ap_sorted(g.fakes, g.matched_reals), reports=(EVAL,),
+           overall=False, chance=lambda g: prevalence(g.fakes.size, g.matched_reals.size)),
+    Metric("auc", "AUC", lambda g: _auc_sorted(g.fakes, g.all_reals), chance=_half),
     # the original's AP: a generator's own reals and fakes (both needed)
     Metric("ap_within", "AP_within", lambda g: _ap_sorted(g.fakes, np.sort(g.reals)), reports=(EVAL,),
-           overall=False),
+           overall=False, chance=lambda g: prevalence(g.fakes.size, g.reals.size)),
     *(_tpr_metric(fpr) for fpr in FPRS),
     *(_threshold_metric(fpr) for fpr in FPRS),
     Metric("ece", "ECE", lambda g: expected_calibration_error(g.labels, g.scores), reports=(ROBUSTNESS,),
@@ -237,6 +307,23 @@ def metrics_of(report: str, scope: Scope) -> list[Metric]:
 def value_keys(report: str) -> list[str]:
     """The keys of a `Summary.values` of `report`: the overall metrics, then the means."""
     return [m.name for m in metrics_of(report, "overall")] + [m.mean_key for m in metrics_of(report, "mean")]
+
+
+# What the per-generator figures compare, for tables (`report.format_table`).
+PER_GENERATOR_NOTE = ("per generator: bal_acc, AP, AUC: its fakes vs all real images of the test set; AP_bal: vs as many\n"
+                      "reals as its fakes (seeded draw); AP_within: its own reals and fakes (the original's AP); "
+                      "real_acc, fake_acc: its own")
+
+
+def chance_line(summary: Summary, report: str) -> str:
+    """The chance levels of `summary` (scores that ignore the image) for the console: a
+    line overall, a line of the means over the fake generators, labelled as the columns."""
+    overall = [f"{m.label} {m.fmt(summary.chance[m.name])}" for m in metrics_of(report, "overall")
+               if m.name in summary.chance]
+    means = [f"{m.label} {m.fmt(summary.chance[m.mean_key])}" for m in metrics_of(report, "mean")
+             if m.mean_key in summary.chance]
+    return (f"chance level (scores that ignore the image): {'  '.join(overall)}\n"
+            f"chance level of the means over fake generators: {'  '.join(means)}")
 
 
 # ----------------------------------------------------------------- records
@@ -293,6 +380,8 @@ class Summary(_Values):
     values: dict[str, float | None]  # the overall values, then `mean_<name>` over the fake generators
     n_fake_generators: int
     generators: list[GeneratorMetrics] = field(default_factory=list)
+    # the chance levels of the metrics that declare one (`Metric.chance`), keyed as `values`
+    chance: dict[str, float | None] = field(default_factory=dict)
 
     def _counts_and_values(self) -> dict[str, Any]:
         """report.json's keys from `n` to `n_fake_generators`."""
@@ -308,18 +397,22 @@ class EvalReport(Summary):
     threshold: float = THRESHOLD
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self._counts_and_values(), "generators": [g.to_dict() for g in self.generators],
+        return {**self._counts_and_values(), "chance": self.chance,
+                "generators": [g.to_dict() for g in self.generators],
                 "real_sources": [dataclasses.asdict(r) for r in self.real_sources], "threshold": self.threshold}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalReport:
-        """Inverse of `to_dict` (e.g. for a report.json read back); other keys are ignored."""
+        """Inverse of `to_dict` (e.g. for a report.json read back); other keys are ignored.
+        A report written before balanced accuracy reads too: its values of metrics since
+        renamed or made overall-only (its per-generator and mean `accuracy`, which were
+        the fakes' TPR for a generator without reals) stay under their old keys."""
         return cls(n=data["n"], n_real=data["n_real"], n_fake=data["n_fake"],
-                   values={k: data[k] for k in value_keys(EVAL) if k in data},
+                   values={k: data[k] for k in (*value_keys(EVAL), "mean_accuracy") if k in data},
                    n_fake_generators=data["n_fake_generators"],
                    generators=[GeneratorMetrics.from_dict(g) for g in data["generators"]],
                    real_sources=[RealSourceMetrics(**r) for r in data["real_sources"]],
-                   threshold=data.get("threshold", THRESHOLD))
+                   threshold=data.get("threshold", THRESHOLD), chance=data.get("chance", {}))
 
 
 def _check_inputs(labels: np.ndarray, scores: np.ndarray, generator_ids: np.ndarray,
@@ -356,9 +449,11 @@ def measure(
     generator_ids: np.ndarray,
     generator_names: Sequence[str],
     report: str,
+    threshold: float = THRESHOLD,
 ) -> Summary:
     """The metrics of `report` (EVAL or ROBUSTNESS) over one test set or level: overall,
-    per generator, and the means over the fake generators (groups with fakes).
+    per generator, and the means over the fake generators (groups with fakes); the
+    chance levels alongside.
 
     Args:
         labels: 0 (real) / 1 (fake) per image.
@@ -366,6 +461,7 @@ def measure(
         generator_ids: index into `generator_names` per image.
         generator_names: name of each generator id; ids without images are skipped.
         report: which report's metrics (`Metric.reports`).
+        threshold: an image counts as fake when its score is above it.
     """
     labels, generator_ids = np.asarray(labels), np.asarray(generator_ids)
     scores = np.asarray(scores, dtype=np.float64)
@@ -374,18 +470,23 @@ def measure(
 
     all_reals = np.sort(scores[labels == 0])
     per_generator = metrics_of(report, "per_generator")
-    generators = []
+    generators, fake_groups = [], []
     for gid, members in generator_groups(generator_ids):
-        group = Group(labels[members], scores[members], all_reals)
+        group = Group(labels[members], scores[members], all_reals, threshold, gid)
         generators.append(GeneratorMetrics(str(generator_names[gid]), int(group.reals.size), int(group.fakes.size),
                                            {m.name: m.compute(group) for m in per_generator}))
-    whole = Group(labels, scores, all_reals)
+        if group.fakes.size:
+            fake_groups.append(group)
+    whole = Group(labels, scores, all_reals, threshold)
     fake_generators = [g for g in generators if g.n_fake]
     values = {m.name: m.compute(whole) for m in metrics_of(report, "overall")}
     values.update({m.mean_key: mean_defined([g.values[m.name] for g in fake_generators])
                    for m in metrics_of(report, "mean")})
+    chance = {m.name: m.chance(whole) for m in metrics_of(report, "overall") if m.chance}
+    chance.update({m.mean_key: mean_defined([m.chance(g) for g in fake_groups])
+                   for m in metrics_of(report, "mean") if m.chance})
     return Summary(n=int(labels.size), n_real=int(all_reals.size), n_fake=int(whole.fakes.size), values=values,
-                   n_fake_generators=len(fake_generators), generators=generators)
+                   n_fake_generators=len(fake_generators), generators=generators, chance=chance)
 
 
 def evaluate(
@@ -393,10 +494,11 @@ def evaluate(
     scores: np.ndarray,
     generator_ids: np.ndarray,
     generator_names: Sequence[str],
+    threshold: float = THRESHOLD,
 ) -> EvalReport:
     """Overall and per-generator metrics of one test set (the arguments as `measure`'s),
     and the accuracy on each real source."""
-    summary = measure(labels, scores, generator_ids, generator_names, EVAL)
+    summary = measure(labels, scores, generator_ids, generator_names, EVAL, threshold)
     real_sources = [RealSourceMetrics(name=g.name, n=g.n_real, accuracy=g.real_accuracy)
                     for g in summary.generators if g.n_real]
-    return EvalReport(**vars(summary), real_sources=real_sources)
+    return EvalReport(**vars(summary), real_sources=real_sources, threshold=threshold)

@@ -18,7 +18,8 @@ from typing import Any
 
 from commfor_fast.console_summary import SCORES, summarise
 from commfor_fast.fileio import atomic_write
-from commfor_fast.metrics import EVAL, EvalReport, GeneratorMetrics, format_metric, metrics_of
+from commfor_fast.metrics import EVAL, PER_GENERATOR_NOTE, EvalReport, GeneratorMetrics, chance_line, format_metric, \
+    metrics_of
 from commfor_fast.safetext import printable, spreadsheet_safe
 
 REPORT_JSON = "report.json"
@@ -94,8 +95,7 @@ def format_table(report: EvalReport, where: str = f"{GENERATOR_CSV} in the repor
         + "  ".join(f"{m.label} {m.fmt(r.values[m.name])}" for m in metrics_of(EVAL, "overall")),
         f"mean over {r.n_fake_generators} fake generators: "
         + "  ".join(f"{m.label} {m.fmt(r.values[m.mean_key])}" for m in metrics_of(EVAL, "mean")),
-        "AP/AUC per generator: its fakes vs all real images of the test set; "
-        "AP_within: its own reals and fakes (the original's).",
+        PER_GENERATOR_NOTE,
     ]
     fakes = by_ap([g for g in r.generators if g.n_fake])
     if fakes:
@@ -114,4 +114,4 @@ def format_table(report: EvalReport, where: str = f"{GENERATOR_CSV} in the repor
         head = f"{'real source':<{width}}  {'n':>9}  {'acc':>9}"
         lines += ["", *summarise(head, rows, [s.accuracy for s in sources], noun="real sources",
                                  value_name="accuracy", scale=SCORES, where=where, whole=whole)]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", chance_line(r, EVAL)])

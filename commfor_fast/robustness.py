@@ -7,7 +7,7 @@ row per generator x family x level), one chart per family (`robustness_chart`) a
 console table.
 
 Per level, each from that level's scores only: the metrics of `metrics.METRICS` that
-the robustness report carries (accuracy, AP and ROC-AUC as for clean, per generator
+the robustness report carries (accuracy, balanced accuracy, AP and ROC-AUC as for clean, per generator
 its fakes against ALL real images of that level; TPR at 1 % and 5 % FPR with the
 level's thresholds; the expected calibration error over 15 bins; their definitions
 are in `metrics.py` and `DEFINITIONS`), the means over the fake generators and the
@@ -23,14 +23,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from commfor_fast.metrics import ECE_BINS, ROBUSTNESS, Summary, format_metric, measure, metrics_of
+from commfor_fast.metrics import ECE_BINS, ROBUSTNESS, THRESHOLD, Summary, format_metric, measure, metrics_of
 from commfor_fast.pipelines.perturb import CLEAN, FAMILIES, Level
 from commfor_fast.report import short_name, spreadsheet_safe, write_rows
 
 CSV_NAME = "robustness.csv"
 CHART_PREFIX = "robustness_"  # robustness_<family>.png and .pdf
 DEFINITIONS = {
-    "accuracy": "threshold 0.5 on P(fake) (fake when above)",
+    "accuracy": "fake when P(fake) is above the report's threshold (report.json's threshold, 0.5 by default); "
+                "balanced accuracy = (TPR + TNR) / 2, per generator its fakes vs all real images of that level",
     "ap_auc": "average precision and ROC-AUC; per generator: its fakes vs all real images of that level",
     "tpr_at_fpr": "threshold t = the (floor(alpha * n_real) + 1)-th highest real score of that level, fake when "
                   "score > t (FPR <= alpha); TPR = share of fakes above t, overall and per generator (same t)",
@@ -60,9 +61,9 @@ class LevelMetrics(Summary):
 
 
 def level_metrics(level: Level, labels: np.ndarray, scores: np.ndarray, generator_ids: np.ndarray,
-                  generator_names: Sequence[str]) -> LevelMetrics:
+                  generator_names: Sequence[str], threshold: float = THRESHOLD) -> LevelMetrics:
     """The metrics of one level from its scores P(fake) (see the module docstring)."""
-    summary = measure(labels, scores, generator_ids, generator_names, ROBUSTNESS)
+    summary = measure(labels, scores, generator_ids, generator_names, ROBUSTNESS, threshold)
     with_ap = [g for g in summary.generators if g.ap is not None]
     worst = min(with_ap, key=lambda g: g.ap) if with_ap else None
     return LevelMetrics(family=level.family, level=level.value, label=level.label, **vars(summary),

@@ -102,7 +102,7 @@ def family_figure(levels: Sequence[LevelMetrics], family: str) -> Figure:
         _draw_spread(ax, xs, curves, worst)
         means = _nan([m.values.get("mean_ap") for m in levels])
         _draw_mean(ax, xs, means, len(curves))
-        chance = getattr(levels[0], "chance", {}).get("mean_ap")  # declared by `Metric.chance`
+        chance = levels[0].chance.get("mean_ap")  # declared by `Metric.chance`
         if chance is not None:
             ax.axhline(chance, color="0.4", linestyle=":", linewidth=0.8, label=f"chance (mean): {chance:.2g}")
         lowest = np.nanmin([np.nanmin(ys) for ys in curves.values()] + [chance if chance is not None else 1.0])

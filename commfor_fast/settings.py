@@ -129,6 +129,9 @@ class EvalSettings:
     # robustness: "FAMILY=L1,L2,..." per family (jpeg, blur, resize, noise; pipelines/perturb.py); clean always runs
     perturb: list[str] | None = None
     perturb_seed: int = 0  # seed of the noise perturbation (with the sample number: the same on every rank and run)
+    # fake when P(fake) > threshold: a probability, or "val@fpr=F": chosen on the val set's reals (threshold.py)
+    threshold: str = str(THRESHOLD)
+    val_data: Path | None = None  # with val@fpr=F: the convert output whose val set chooses it; None: --data
     command: str = field(default_factory=lambda: shlex.join(sys.argv))
 
 

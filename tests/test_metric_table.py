@@ -5,7 +5,11 @@ scoring that evaluation and training's validation share (`evaluate.score_batches
 from __future__ import annotations
 
 import csv
+import gc
 import json
+import weakref
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +80,8 @@ def test_one_row_adds_a_metric_to_both_reports(tmp_path: Path, monkeypatch: pyte
     assert header.split()[-1] == "Brier"
     assert next(line for line in table if line.startswith("gen-a")).split()[-1] == f"{gen_a:.3f}"
     robust_table = robustness.format_table(robust).splitlines()
-    assert robust_table[1].split()[:7] == ["family", "level", "acc", "AP", "TPR@1%", "TPR@5%", "ECE"]
-    assert robust_table[1].split()[7] == "Brier" and robust_table[2].split()[7] == f"{overall:.3f}"
+    assert robust_table[1].split()[:8] == ["family", "level", "acc", "bal_acc", "AP", "TPR@1%", "TPR@5%", "ECE"]
+    assert robust_table[1].split()[8] == "Brier" and robust_table[2].split()[8] == f"{overall:.3f}"
 
 
 def test_the_reports_share_their_records() -> None:
@@ -86,16 +90,35 @@ def test_the_reports_share_their_records() -> None:
     report = evaluate(labels, scores, gids, NAMES)
     clean = robustness.level_metrics(parse_perturbations(["jpeg=50"])[0], labels, scores, gids, NAMES)
     shared = set(report.values) & set(clean.values)
-    assert {"accuracy", "real_accuracy", "fake_accuracy", "ap", "auc", "mean_ap"} <= shared
+    assert {"accuracy", "balanced_accuracy", "real_accuracy", "fake_accuracy", "ap", "auc", "mean_ap"} <= shared
     assert all(report.values[k] == clean.values[k] for k in shared)
     for mine, theirs in zip(report.generators, clean.generators):
         assert (mine.name, mine.n_real, mine.n_fake) == (theirs.name, theirs.n_real, theirs.n_fake)
         assert all(mine.values[k] == theirs.values[k] for k in set(mine.values) & set(theirs.values))
     # what each report carries is declared in the table, nowhere else
     assert "ap_within" in report.generators[1].values and "ap_within" not in clean.generators[1].values
-    assert [m.name for m in metrics_of(ROBUSTNESS, "headline")] == ["accuracy", "ap", "tpr_at_fpr_1pct",
-                                                                    "tpr_at_fpr_5pct", "ece"]
-    assert [m.name for m in metrics_of(EVAL, "mean")] == ["accuracy", "ap", "auc", "ap_within"]
+    assert [m.name for m in metrics_of(ROBUSTNESS, "headline")] == ["accuracy", "balanced_accuracy", "ap",
+                                                                    "tpr_at_fpr_1pct", "tpr_at_fpr_5pct", "ece"]
+    assert [m.name for m in metrics_of(EVAL, "mean")] == ["balanced_accuracy", "fake_accuracy", "ap", "ap_balanced",
+                                                          "auc", "ap_within"]
+    assert [m.name for m in metrics_of(EVAL, "overall")] == ["accuracy", "balanced_accuracy", "real_accuracy",
+                                                             "fake_accuracy", "ap", "auc"]
+
+
+def test_a_metric_row_declares_its_chance_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row's `chance` reaches report.json's `chance` and the console table's footer,
+    overall and as the mean over the fake generators, next to the built-in ones."""
+    monkeypatch.setitem(METRICS, "brier", replace(BRIER, chance=lambda g: 0.25))  # scores of 0.5 everywhere
+    labels, scores, gids = _test_set()
+    report = evaluate(labels, scores, gids, NAMES)
+    write_report(report, tmp_path)
+    chance = json.loads((tmp_path / "report.json").read_text())["chance"]
+    assert (chance["brier"], chance["mean_brier"], chance["auc"], chance["mean_auc"]) == (0.25, 0.25, 0.5, 0.5)
+    assert chance["ap"] == 4 / 9 and chance["mean_ap"] == pytest.approx((2 / 7 + 2 / 7) / 2)  # 5 reals in all
+    overall, means = format_table(report).splitlines()[-2:]
+    assert overall == "chance level (scores that ignore the image): bal_acc 0.5000  AP 0.4444  AUC 0.5000  Brier 0.250"
+    assert means == ("chance level of the means over fake generators: bal_acc 0.5000  AP 0.2857  AP_bal 0.5000  "
+                     "AUC 0.5000  AP_within 0.6667  Brier 0.250")  # AP_within: gen-a, 2 fakes and 1 own real
 
 
 def test_a_metric_row_that_cannot_be_shown_is_refused() -> None:
@@ -112,9 +135,21 @@ class _Sum(torch.nn.Module):
         return images.sum((1, 2, 3))[:, None]
 
 
-def _batches(n_levels: int) -> list[Batch]:
+class _Loader(list):
+    """Batches as an evaluation loader serves them: `len` is the number of images
+    (`announced`, when given, instead of the images the batches hold)."""
+
+    def __init__(self, batches: Iterable[Batch] = (), announced: int | None = None) -> None:
+        super().__init__(batches)
+        self.announced = announced
+
+    def __len__(self) -> int:
+        return sum(len(batch.labels) for batch in self) if self.announced is None else self.announced
+
+
+def _batches(n_levels: int) -> _Loader:
     """Two batches (3 + 2 images) of 1x2x2 images; level i is the clean image plus i."""
-    out = []
+    out = _Loader()
     for first, size in ((0, 3), (3, 2)):
         numbers = torch.arange(first, first + size)
         images = numbers.float()[:, None, None, None].expand(size, 1, 2, 2)
@@ -133,15 +168,34 @@ def test_score_batches_scores_every_image_at_every_level() -> None:
     assert clean.logits.tolist() == [0, 4, 8, 12, 16] and shifted.logits.tolist() == [4, 8, 12, 16, 20]
     assert (clean.logits.dtype, clean.labels.dtype, clean.numbers.dtype) == (np.float32, np.float32, np.int64)
     assert timing.images == 5
-    empty = score_batches(_Sum(), [], "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
+    empty = score_batches(_Sum(), _Loader(), "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
                           use_amp=False)[0]
     assert empty.sets == [] and empty.logits.dtype == np.float32 and empty.numbers.dtype == np.int64
 
 
+def test_score_batches_keeps_nothing_of_the_batches() -> None:
+    """The scores are copied into arrays allocated once: no batch tensor stays alive after
+    its batch (per-batch `.numpy()` views kept them all and grew memory per image)."""
+    loader = _batches(2)
+    alive = [weakref.ref(t) for batch in loader for t in (batch.labels, batch.generator_ids, batch.sample_numbers)]
+    per_level = score_batches(_Sum(), loader, "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
+                              use_amp=False, levels=2)
+    loader.clear()
+    gc.collect()
+    assert not [ref for ref in alive if ref() is not None]
+    assert np.shares_memory(per_level[1].numbers, per_level[0].numbers) and per_level[1].labels.tolist() == [0, 1, 0, 1, 0]
+
+
+def test_score_batches_refuses_more_images_than_the_loader_announced() -> None:
+    with pytest.raises(RuntimeError, match="set val: the loader yielded more than its 4 images"):
+        score_batches(_Sum(), _Loader(_batches(1), announced=4), "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16, use_amp=False)
+
+
 def test_gather_scores_joins_the_ranks_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """What training's validation does on every rank: score its share, gather on rank 0."""
-    rank0, rank1 = ([score_batches(_Sum(), batches, "val", device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
-                                   use_amp=False)[0]] for batches in (_batches(1)[:1], _batches(1)[1:]))
+    rank0, rank1 = ([score_batches(_Sum(), _Loader(batches), "val", device=torch.device("cpu"),
+                                   autocast_dtype=torch.bfloat16, use_amp=False)[0]]
+                    for batches in (_batches(1)[:1], _batches(1)[1:]))
     monkeypatch.setattr(evaluate_module, "all_gather", lambda obj, env: [rank0, rank1])
     for rank, mine in enumerate((rank0, rank1)):  # every rank gets every image, in rank order
         joined = gather_scores(mine, Dist(rank=rank, local_rank=rank, world_size=2))
