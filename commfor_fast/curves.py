@@ -21,7 +21,7 @@ from commfor_fast.runlog import read_records
 CURVES_NAME = "training_curves"  # OUT/training_curves.png and .pdf
 
 
-def plot_training_curves(run: Path) -> tuple[Path, Path]:
+def plot_training_curves(run: Path | str) -> tuple[Path, Path]:
     """Draw `run/metrics.jsonl` as `run/training_curves.png` and `.pdf` (each written
     atomically); returns both paths."""
     log = Path(run) / "metrics.jsonl"
