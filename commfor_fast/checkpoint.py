@@ -4,14 +4,19 @@ A checkpoint is one `torch.save`d dict holding `TrainCheckpoint`'s fields by nam
 the keys every earlier version wrote, so their checkpoints still resume. Files are
 `ckpt-<iteration, 9 digits>.pt` in the run folder, written atomically; the newest
 `--ckpt-keep-count` are kept. Rank 0 picks the checkpoint a run starts from and
-tells the others (`find_start`), so every rank resumes from the same one.
+tells the others (`find_start`), so every rank resumes from the same one. The model
+with the best validation AP of the run is kept beside them in `best/` (`is_new_best`,
+`folder_replaced`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import re
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -130,9 +135,40 @@ def write_checkpoint(out: Path, record: TrainCheckpoint, keep: int) -> Path:
 
 def remove_stale_temporaries(out: Path) -> None:
     """Delete the temporary files that checkpoint writes killed midway left in `out`
-    (`fileio.atomic_write` names them `.ckpt-*.tmp`, `.model.pt.*.tmp`)."""
+    (`fileio.atomic_write` names them `.ckpt-*.tmp`, `.model.pt.*.tmp`), and a `best/`
+    folder whose write was killed (`.best.tmp`)."""
     for path in [*out.glob(".ckpt-*.tmp"), *out.glob(".model.pt.*.tmp")]:
         path.unlink(missing_ok=True)
+    shutil.rmtree(out / f".{BEST}.tmp", ignore_errors=True)
+
+
+BEST = "best"  # the folder in the run folder holding the model of the best validation AP
+
+
+def is_new_best(ap: float | None, records: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether a validation AP of `ap` beats every earlier validation in `records` (the run's
+    `metrics.jsonl`, across resumes, so a resumed run keeps comparing with the validations
+    before it). An AP that could not be computed (None or NaN: one class only) never does;
+    a tie keeps the earlier model."""
+    if ap is None or math.isnan(ap):
+        return False
+    return all(ap > r["val_ap"] for r in records if r.get("val_ap") is not None and not math.isnan(r["val_ap"]))
+
+
+@contextlib.contextmanager
+def folder_replaced(dest: Path) -> Iterator[Path]:
+    """A fresh folder beside `dest` to write into, which then takes `dest`'s place: a
+    kill midway leaves the previous `dest` whole (or, between the two renames, in
+    `.NAME.old`), never a half-written one."""
+    tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def resume_changes(ckpt: TrainCheckpoint, settings: TrainSettings, shape: RunShape) -> tuple[list[str], bool]:

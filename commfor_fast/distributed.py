@@ -123,3 +123,13 @@ def broadcast(obj: Any, env: Dist) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def mean_over_ranks(value: torch.Tensor, env: Dist) -> torch.Tensor:
+    """The mean of the tensor `value` over every rank (one all-reduce; `value` itself without
+    DDP): what the run logs as its loss, not rank 0's share of it."""
+    if env.world_size == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / env.world_size

@@ -47,7 +47,10 @@ class Progress:
             self._bar.set_postfix_str(text, refresh=False)
 
     def write(self, line: str) -> None:
-        """Print a line to stdout without breaking the bar."""
+        """Print a line to stdout without breaking the bar (nothing when disabled: another
+        rank's progress under torchrun, a quiet run)."""
+        if not self.enabled:
+            return
         if self._bar is not None:
             tqdm.write(line, file=sys.stdout)
         else:

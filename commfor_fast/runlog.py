@@ -2,23 +2,35 @@
 
 One record per `--log-every` iterations (loss, lr, throughput, data wait, peak
 memory) and one per validation; a resumed run drops the records of the iterations
-it repeats, so `metrics.jsonl` holds each iteration once across resumes.
+it repeats, so `metrics.jsonl` holds each iteration once across resumes. The loss
+logged is the mean over every rank's batch (one all-reduce per record), not rank
+0's share. Under torchrun only rank 0 prints; the other ranks' errors name their
+rank (`rank_error`). `--wandb-project` is checked before any work
+(`check_wandb`): credentials wandb will find, or an offline mode.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
+import netrc
+import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
-from commfor_fast.distributed import Dist
+from commfor_fast.distributed import Dist, mean_over_ranks
+from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write
 from commfor_fast.progress import Progress
 from commfor_fast.settings import TrainSettings, settings_dict
+
+WANDB_FIX = ("set WANDB_API_KEY, run `wandb login`, or set WANDB_MODE=offline to log to the run folder only "
+             "(`wandb sync` uploads it later)")
 
 
 class Throughput:
@@ -46,21 +58,15 @@ class MetricsLog:
     """
 
     def __init__(self, settings: TrainSettings, env: Dist) -> None:
+        self.env = env
         self.enabled = env.is_main
         self.wandb = None
         self.progress: Progress | None = None
         if not self.enabled:
             return
-        self.file = open(settings.out / "metrics.jsonl", "a")
         if settings.wandb_project:
-            import wandb
-
-            # One wandb run per training run: a resumed run continues the same one.
-            id_file = settings.out / "wandb-run-id"
-            run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
-            id_file.write_text(run_id)
-            self.wandb = wandb.init(project=settings.wandb_project, name=settings.wandb_run_name, id=run_id,
-                                    resume="allow", config=settings_dict(settings), dir=str(settings.out))
+            self.wandb = _start_wandb(settings)
+        self.file = open(settings.out / "metrics.jsonl", "a")
 
     def drop_after(self, itr: int) -> None:
         """Resuming at `itr`: drop the records of later iterations, which the run now repeats,
@@ -77,9 +83,12 @@ class MetricsLog:
         self.file = open(path, "a")
 
     def print(self, line: str) -> None:
+        """`line` on stdout, on rank 0 only (above the bar when one is drawn)."""
+        if not self.enabled:
+            return
         if self.progress is not None:
             self.progress.write(line)
-        elif self.enabled:
+        else:
             print(line, flush=True)
 
     def start_progress(self, total_itrs: int, done: int) -> None:
@@ -101,9 +110,13 @@ class MetricsLog:
 
     def iteration(self, itr: int, epoch: int, total_itrs: int, loss: torch.Tensor, lr: float, window: Throughput,
                   device: torch.device) -> None:
-        """The record of iteration `itr`: logged, and shown as a status line (or the bar's figures)."""
-        figures = window.figures()  # before loss.item(), which waits for the device
-        record: dict[str, Any] = {"itr": itr, "epoch": epoch, "loss": loss.item(), "lr": lr, **figures,
+        """The record of iteration `itr`: logged, and shown as a status line (or the bar's figures).
+        A collective (every rank calls it): the loss recorded is the mean of every rank's."""
+        figures = window.figures()  # before the all-reduce and loss.item(), which wait for the device
+        mean_loss = mean_over_ranks(loss.detach(), self.env)
+        if not self.enabled:
+            return
+        record: dict[str, Any] = {"itr": itr, "epoch": epoch, "loss": mean_loss.item(), "lr": lr, **figures,
                                   "host_peak_mb": host_peak_mb()}
         if device.type == "cuda":
             record["gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -112,11 +125,12 @@ class MetricsLog:
                  f"data wait {100 * record['data_wait']:.0f}%")
         self.status(f"itr {itr}/{total_itrs} | epoch {epoch} | {short}", short)
 
-    def validation(self, itr: int, epoch: int, figures: dict[str, Any], seconds: float) -> None:
-        """The record of the validation after `epoch` (`val_loss`, `val_acc`, `val_ap`, `val_n`), and its line."""
-        self.log({"itr": itr, "epoch": epoch, **figures})
-        self.print(f"epoch {epoch} validation: loss {_fmt(figures['val_loss'])}, acc {_fmt(figures['val_acc'])}, "
-                   f"AP {_fmt(figures['val_ap'])} on {figures['val_n']} images ({seconds:.0f} s)")
+    def validation(self, record: dict[str, Any], seconds: float) -> None:
+        """The record of a validation (`itr`, `epoch`, `val_loss`, `val_acc`, `val_ap`, `val_n`), and its line."""
+        self.log(record)
+        self.print(f"epoch {record['epoch']} validation (itr {record['itr']}): loss {_fmt(record['val_loss'])}, "
+                   f"acc {_fmt(record['val_acc'])}, AP {_fmt(record['val_ap'])} on {record['val_n']} images "
+                   f"({seconds:.0f} s)")
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -127,15 +141,8 @@ class MetricsLog:
             self.wandb.log({k: v for k, v in record.items() if k != "itr"}, step=record["itr"])
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record in `metrics.jsonl`, including those of the runs this one resumed
-        (a line cut short by a kill is skipped)."""
-        records = []
-        for line in Path(self.file.name).read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
+        """Every record in `metrics.jsonl`, including those of the runs this one resumed."""
+        return read_records(Path(self.file.name))
 
     def close(self) -> None:
         if self.progress is not None:
@@ -145,6 +152,17 @@ class MetricsLog:
             self.file.close()
             if self.wandb is not None:
                 self.wandb.finish()
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl` (a line cut short by a kill is skipped)."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def _record_itr(line: str) -> int:
@@ -175,3 +193,77 @@ def host_peak_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rank_error(exc: UserError, env: Dist) -> UserError:
+    """`exc` as this rank reports it: unchanged on rank 0; named by rank on the others,
+    which print nothing else, so a failure on one rank still reaches the user and says where."""
+    return exc if env.is_main else UserError(f"rank {env.rank}: {exc}")
+
+
+def check_wandb(settings: TrainSettings, env: Dist) -> None:
+    """`--wandb-project`, on the rank that logs, before any work: an offline mode or
+    credentials that wandb will find, else one line saying how to give them (wandb
+    itself fails only once the run has started, with a long traceback, or waits at a
+    prompt that no one may see)."""
+    if settings.wandb_project and env.is_main and not _wandb_offline() and not _wandb_credentials():
+        raise UserError(f"--wandb-project {settings.wandb_project}: no Weights & Biases API key found; {WANDB_FIX}")
+
+
+def _wandb_settings() -> list[configparser.ConfigParser]:
+    """wandb's settings files, as `wandb login` and `wandb offline` write them: the user's
+    (WANDB_CONFIG_DIR, else ~/.config/wandb) and the working folder's."""
+    folder = Path(os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb")
+    parsers = []
+    for path in (folder / "settings", Path(os.environ.get("WANDB_DIR") or ".") / "wandb" / "settings"):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+        except configparser.Error:
+            continue
+        parsers.append(parser)
+    return parsers
+
+
+def _wandb_offline() -> bool:
+    """WANDB_MODE (or a settings file's mode) offline or disabled: no key needed."""
+    modes = [os.environ.get("WANDB_MODE", "")] + [p.get("default", "mode", fallback="") for p in _wandb_settings()]
+    return any(mode.lower() in ("offline", "dryrun", "disabled") for mode in modes) or \
+        os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true")
+
+
+def _wandb_credentials() -> bool:
+    """An API key or identity token where wandb reads them: the environment, the netrc
+    file (NETRC, else ~/.netrc or ~/_netrc) for WANDB_BASE_URL's host, a settings file."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    if any(p.get("default", "api_key", fallback="") for p in _wandb_settings()):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    home = Path.home()
+    for path in ([Path(os.environ["NETRC"]).expanduser()] if os.environ.get("NETRC") else
+                 [home / ".netrc", home / "_netrc"]):
+        try:
+            entry = netrc.netrc(str(path)).authenticators(host) if path.is_file() else None
+        except (netrc.NetrcParseError, OSError):
+            continue
+        if entry and entry[2]:
+            return True
+    return False
+
+
+def _start_wandb(settings: TrainSettings) -> Any:
+    """The wandb run of this training run (a resumed run continues the same one); a
+    failure to start (a key of the wrong form, no network) is one line."""
+    import wandb
+
+    id_file = settings.out / "wandb-run-id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id)
+    try:
+        return wandb.init(project=settings.wandb_project, name=settings.wandb_run_name, id=run_id, resume="allow",
+                          config=settings_dict(settings), dir=str(settings.out))
+    except wandb.errors.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--wandb-project {settings.wandb_project}: wandb could not start ({reason}); "
+                        f"{WANDB_FIX}") from None

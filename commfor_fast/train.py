@@ -12,6 +12,9 @@ BCE-with-logits, gradient clipping at 1.0, linear warmup then cosine annealing
 towards lr * 1e-3 stepped as the original steps it (`schedule.py`; `--lr-schedule
 per-iteration` ends exactly at the floor instead), mixed precision with a grad scaler
 for fp16, per-rank batch size, a checkpoint every epoch keeping the newest N.
+Validation runs after every epoch and after the last iteration whatever
+`--train-itrs` is; the model of the best validation AP is kept in `best/`, and the
+training curves of `metrics.jsonl` are drawn at the end (`training_curves.py`).
 
 Resume is exact: a checkpoint (`checkpoint.py`) holds the model, optimizer, grad
 scaler, iteration (the schedule is a function of it), the schedule's shape and every
@@ -22,7 +25,8 @@ which prints each change (the streams then restart from their seeds when the str
 changed). Rank 0 picks the checkpoint and tells the others, so every rank resumes
 from the same one. `--ckpt` with the original's checkpoints or a plain state dict,
 and `--hf-model` (a released detector), start from their weights with a new
-optimizer and schedule. Only rank 0 prints, logs (`runlog.py`) and saves.
+optimizer and schedule. Only rank 0 prints, logs (`runlog.py`: the loss is the mean over
+the ranks) and saves; the other ranks' errors name their rank.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from commfor_fast import __version__
-from commfor_fast.checkpoint import (RunShape, TrainCheckpoint, checkpoint_due, checkpoints_in, find_start,
-                                     remove_stale_temporaries,
-                                     resume_changes, save_atomic, write_checkpoint)
+from commfor_fast.checkpoint import (BEST, RunShape, TrainCheckpoint, checkpoint_due, checkpoints_in, find_start,
+                                     folder_replaced, is_new_best, remove_stale_temporaries, resume_changes,
+                                     save_atomic, write_checkpoint)
+from commfor_fast.training_curves import plot_training_curves
 from commfor_fast.distributed import (Dist, all_gather, amp_dtype, data_parallel, resolve_device, setup_distributed,
                                       teardown_distributed)
 from commfor_fast.errors import UserError
@@ -53,7 +58,7 @@ from commfor_fast.pipelines.executor import ExecutorOptions
 from commfor_fast.pipelines.loader import LOADERS, TrainStream, create_eval_loader, create_train_stream, iters_per_epoch
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.synthetic import SyntheticStream
-from commfor_fast.runlog import MetricsLog, Throughput
+from commfor_fast.runlog import MetricsLog, Throughput, check_wandb, rank_error
 from commfor_fast.schedule import LR_SCHEDULES, LRSchedule
 from commfor_fast.settings import TrainSettings, resolve_precision, settings_dict
 from commfor_fast.shards import Manifest
@@ -62,22 +67,23 @@ from commfor_fast.verify import verify_for_training
 
 def train(settings: TrainSettings) -> Path:
     """Train a detector; returns the path of the final model (a plain state dict)."""
-    # -- settings, checked before any work
-    check_settings(settings)
-    rsa = RSAConfig.from_flags(settings.rsa_ops, settings.rsa_min_num_ops, settings.rsa_max_num_ops,
-                               settings.fix_padding_quirk, settings.box_filter)
-
-    # -- the torchrun environment, read once: this process's rank, device and seed
-    env = Dist.from_env()
-    device = resolve_device(settings.device, env.local_rank)
-    settings = resolve_precision(dataclasses.replace(settings, device=device.type))
-    setup_distributed(device, env)
-    seed = settings.seed + env.rank  # torch's and numpy's own draws per rank (DDP starts all from rank 0's weights)
+    env = Dist.from_env()  # the torchrun environment, read once: this process's rank and the process count
     out = Path(settings.out)
     log: MetricsLog | None = None
     stream: TrainStream | None = None
     completed = False
     try:
+        # -- settings, checked before any work (and wandb's credentials, on the rank that logs)
+        check_settings(settings)
+        check_wandb(settings, env)
+        rsa = RSAConfig.from_flags(settings.rsa_ops, settings.rsa_min_num_ops, settings.rsa_max_num_ops,
+                                   settings.fix_padding_quirk, settings.box_filter)
+
+        # -- this process's device, process group and seed
+        device = resolve_device(settings.device, env.local_rank)
+        settings = resolve_precision(dataclasses.replace(settings, device=device.type))
+        setup_distributed(device, env)
+        seed = settings.seed + env.rank  # torch's and numpy's own draws per rank (DDP starts all from rank 0's weights)
         manifest = Manifest.load(settings.data)
         if env.is_main:
             prepare_run_folder(out)
@@ -114,6 +120,8 @@ def train(settings: TrainSettings) -> Path:
                                     pretrained=settings.pretrained, pretrained_path=settings.pretrained_path)
         note_model_shape(model, settings, start or settings.hf_model, log)
         model.train().to(device)
+        card = dict(model_args=model.model_args, timm_name=model.timm_name, settings=settings, manifest=manifest,
+                    train_set=train_set, schedule=dict(shape))  # what the model cards of final/ and best/ tell
 
         # -- optimizer and mixed precision; our checkpoints also restore them, the iteration and the streams
         params = [p for p in model.parameters() if p.requires_grad]
@@ -163,23 +171,24 @@ def train(settings: TrainSettings) -> Path:
             if itr % settings.log_every == 0 or itr == schedule.total:
                 log.iteration(itr, (itr - 1) // itrs_per_epoch, schedule.total, loss, lr, window, device)
                 window.restart()
-            # epoch end: validate; checkpoint at epoch ends, every --ckpt-every iterations and the last
+            # validate at epoch ends and after the last iteration (the best model kept in best/);
+            # checkpoint at epoch ends, every --ckpt-every iterations and the last
             epoch_end = itr % itrs_per_epoch == 0
-            if epoch_end and val_set is not None:
-                started = time.perf_counter()
-                log.validation(itr, itr // itrs_per_epoch - 1, validate(model, settings, manifest, val_set, env=env,
-                                                                        device=device), time.perf_counter() - started)
+            if val_set is not None and (epoch_end or itr == schedule.total):
+                validate_and_keep_best(model, itr, (itr - 1) // itrs_per_epoch, val_set, settings=settings,
+                                       manifest=manifest, card=card, env=env, device=device, log=log)
             if checkpoint_due(itr, total_itrs=schedule.total, per_epoch=itrs_per_epoch, settings=settings):
                 save_checkpoint(out, itr, model=model, optimizer=optimizer, scaler=scaler, stream=stream,
                                 shape=shape, per_epoch=itrs_per_epoch, settings=settings, env=env, log=log)
             if epoch_end:  # the throughput window starts after validation and saving
                 window.restart()
 
-        # -- the final model, as a plain state dict and a save_pretrained folder
-        final = save_final(model, out, settings=settings, manifest=manifest, train_set=train_set, shape=shape,
-                           env=env, log=log)
+        # -- the final model, as a plain state dict and a save_pretrained folder; the training curves
+        final = save_final(model, out, card=card, env=env, log=log)
         completed = True
         return final
+    except UserError as exc:  # only rank 0 prints: the other ranks' errors say which rank they come from
+        raise rank_error(exc, env) from None
     finally:  # whatever happened: the stream, the run log (and wandb), the process group
         close_run(stream, log, env, completed)
 
@@ -295,6 +304,22 @@ def create_stream(settings: TrainSettings, manifest: Manifest, train_set: str, *
                                executor=ExecutorOptions.from_flags(settings.executor))
 
 
+def validate_and_keep_best(model: CommForDetector, itr: int, epoch: int, val_set: str, *, settings: TrainSettings,
+                           manifest: Manifest, card: dict[str, Any], env: Dist, device: torch.device,
+                           log: MetricsLog) -> None:
+    """Validate after iteration `itr` of `epoch` (0-based; a collective, every rank calls it)
+    and log it; rank 0 writes the model to `OUT/best/` (as `final/`: save_pretrained and
+    a model card) when its AP beats every earlier validation of the run, resumes included."""
+    started = time.perf_counter()
+    record = {"itr": itr, "epoch": epoch, **validate(model, settings, manifest, val_set, env=env, device=device)}
+    best = env.is_main and is_new_best(record["val_ap"], log.records())  # before this record is logged
+    log.validation(record, time.perf_counter() - started)
+    if best:
+        with folder_replaced(settings.out / BEST) as folder:
+            save_pretrained(model, folder, card=card, validation=record)
+        log.print(f"best validation AP so far ({record['val_ap']:.4f}): saved {settings.out / BEST}")
+
+
 def validate(model: CommForDetector, settings: TrainSettings, manifest: Manifest, val_set: str, *, env: Dist,
              device: torch.device) -> dict[str, Any]:
     """Loss, accuracy and AP on `val_set`, over every rank's part (gathered on every rank):
@@ -332,22 +357,27 @@ def save_checkpoint(out: Path, itr: int, *, model: CommForDetector, optimizer: t
     log.print(f"saved {write_checkpoint(out, record, settings.ckpt_keep_count)}")
 
 
-def save_final(model: CommForDetector, out: Path, *, settings: TrainSettings, manifest: Manifest, train_set: str,
-               shape: RunShape, env: Dist, log: MetricsLog) -> Path:
+def save_pretrained(model: CommForDetector, folder: Path, *, card: dict[str, Any],
+                    validation: dict[str, Any] | None) -> None:
+    """`model` as a `save_pretrained` folder (what `--hf-model` and `from_pretrained` accept)
+    with its model card, which tells `validation` (None: no validation ran)."""
+    with output_errors(folder):  # a full disk: one line (safetensors raises no OSError)
+        model.save_pretrained(folder)
+    write_model_card(folder, **card, validation=validation)
+
+
+def save_final(model: CommForDetector, out: Path, *, card: dict[str, Any], env: Dist, log: MetricsLog) -> Path:
     """Rank 0 writes the final model as a plain state dict (`model.pt`, the original's
     format, returned on every rank) and as a `save_pretrained` folder with a model card
-    (`final/`), which `--hf-model` and `from_pretrained` accept."""
+    (`final/`), and draws the training curves of `metrics.jsonl`."""
     final = out / "model.pt"
     if not env.is_main:
         return final
     save_atomic(clean_state_dict(model), final)
-    with output_errors(out / "final"):  # a full disk: one line (safetensors raises no OSError)
-        model.save_pretrained(out / "final")
     validations = [r for r in log.records() if "val_loss" in r]  # this run's, across resumes
-    write_model_card(out / "final", model_args=model.model_args, timm_name=model.timm_name, settings=settings,
-                     manifest=manifest, train_set=train_set, schedule=dict(shape),
-                     validation=validations[-1] if validations else None)
-    log.print(f"final model: {final} (and {out / 'final'} for from_pretrained)")
+    save_pretrained(model, out / "final", card=card, validation=validations[-1] if validations else None)
+    curves, _ = plot_training_curves(out)
+    log.print(f"final model: {final} (and {out / 'final'} for from_pretrained); training curves: {curves}")
     return final
 
 

@@ -172,12 +172,23 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     assert f"{n_real + n_fake} images, {n_real} real and {n_fake} fake, from\n1 real source(s) and 1 generator(s)" in card
     assert "| iterations | 24 (2 warmup), 1 process(es) x batch 4 |" in card and "| started from | random" in card
     assert f"At iteration {val[-1]['itr']}, on 12 held-out images" in card
+    # validation at the epoch ends and after the last iteration (24 is no epoch end); the best model in best/
+    assert [r["itr"] for r in val] == [9, 18, 24]
+    best = next(r for r in val if r["val_ap"] == max(v["val_ap"] for v in val))  # the first of the highest AP
+    assert f"At iteration {best['itr']}, on 12 held-out images" in (run / "best" / "README.md").read_text()
+    kept, _ = load_detector(hf_model=str(run / "best"))
+    assert kept.model_args == model.model_args
+    assert {p.name for p in run.glob("training_curves.*")} == {"training_curves.png", "training_curves.pdf"}
     assert f"accuracy {val[-1]['val_acc']:.4f}" in card and f"average precision {val[-1]['val_ap']:.4f}" in card
     assert "CommForDetector.from_pretrained(" + '"PATH_OR_HUB_ID")' in card  # how to load (local path or hub id)
 
 
 def test_eval_reports_every_image_once(easy: Path, tmp_path: Path) -> None:
     train(_settings(easy, tmp_path / "run", train_itrs=2, validate=False))
+    # --no-validate: no best model, and the card's reason for no validation is the true one
+    assert not (tmp_path / "run" / "best").exists()
+    assert "No validation ran (the data has no `val` set, or `--no-validate`)" in \
+        (tmp_path / "run" / "final" / "README.md").read_text()
     report = evaluate_shards(EvalSettings(data=easy, out=tmp_path / "report", ckpt=tmp_path / "run" / "model.pt",
                                           device="cpu", batch_size=5, num_threads=1, save_scores=True,
                                           scores_format="csv"))
@@ -283,6 +294,60 @@ def test_torchrun_two_processes_train_and_eval(easy: Path, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["n"] == 48  # every image once across the two ranks
+
+
+# Run as each torchrun process: the CLI, with train's `F` recording this rank's own loss of every iteration.
+RECORDING_RANK = """
+import json, os, sys
+import torch.nn.functional as F
+import commfor_fast.train as train_module
+from commfor_fast.cli import main
+
+losses = []
+
+class Recording:
+    def __getattr__(self, name):
+        return getattr(F, name)
+
+    @staticmethod
+    def binary_cross_entropy_with_logits(*args, **kwargs):
+        loss = F.binary_cross_entropy_with_logits(*args, **kwargs)
+        losses.append(loss.item())
+        return loss
+
+train_module.F = Recording()
+try:
+    main()
+finally:
+    with open(os.path.join(os.environ["LOSSES_DIR"], os.environ["RANK"]), "w") as f:
+        json.dump(losses, f)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_only_rank_0_prints_and_logs_the_mean_loss(easy: Path, tmp_path: Path) -> None:
+    """Two gloo processes under torchrun, each rank's output in its own file: rank 1 prints
+    nothing; the loss logged (and shown) is the mean of the two ranks' own losses."""
+    script, logs, losses = tmp_path / "rank.py", tmp_path / "logs", tmp_path / "losses"
+    script.write_text(RECORDING_RANK)
+    losses.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOSSES_DIR": str(losses), "PYTHONPATH": str(REPO)}
+    run = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "--log-dir", str(logs), "--redirects", "3"]
+    result = subprocess.run([*torchrun, str(script), *_train_args(easy, run, 3, 0)], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = {rank: {stream: next(logs.rglob(f"attempt_0/{rank}/{stream}.log")).read_text()
+                  for stream in ("stdout", "stderr")} for rank in (0, 1)}
+    assert out[1] == {"stdout": "", "stderr": ""}
+    shown = re.findall(r"^itr (\d)/3 \| epoch 0 \| loss (\d\.\d{4}) ", out[0]["stdout"], re.MULTILINE)
+    assert [int(itr) for itr, _ in shown] == [1, 2, 3]
+    mine = [json.loads((losses / str(rank)).read_text()) for rank in (0, 1)]
+    assert len(mine[0]) == len(mine[1]) == 3 and mine[0] != mine[1]  # each rank its own batch
+    logged = [r["loss"] for r in _records(run) if "loss" in r]
+    assert logged == pytest.approx([(a + b) / 2 for a, b in zip(*mine)], rel=1e-6)
+    assert [float(loss) for _, loss in shown] == pytest.approx(logged, abs=5e-5)
 
 
 def test_wandb_offline_run_is_written(easy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
