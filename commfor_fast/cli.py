@@ -24,7 +24,7 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import OUTPUT_ERRNOS, output_error
 from commfor_fast.flags import FlagsGroup, command
 from commfor_fast.settings import AMP_SPELLINGS, DEMO_QUICK, AmpDtype, BenchSettings, CheckMode, DemoSettings, \
-    EvalSettings, Loader, LRScheduleKind, ModelSize, PredictSettings, ScoresFormat, TrainSettings
+    EvalSettings, Loader, LRScheduleKind, ModelSize, PredictSettings, PushSettings, ScoresFormat, TrainSettings
 
 app = typer.Typer(
     cls=FlagsGroup,
@@ -241,6 +241,29 @@ def convert(
     from commfor_fast.convert.run import convert as run_convert
 
     call(run_convert, settings)
+
+
+@command(app)
+def push(
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="A trained model folder (RUN/final) or a `commfor-fast convert` output folder.", show_default=False)],
+    repo_id: Annotated[str, typer.Option(help="The Hub repo, owner/name: a model repo for a model folder, a dataset repo for shards (created if need be).", show_default=False)],
+    private: Annotated[bool, typer.Option(help="Create the repo private (an existing repo keeps its visibility).")] = PushSettings.private,
+    commit_message: Annotated[Optional[str], typer.Option(help="The commit's message.", show_default=False)] = PushSettings.commit_message,
+) -> None:
+    """Upload a trained model or converted shards to the Hugging Face Hub.
+
+    A model goes up in timm's layout (timm alone loads it), shards without their
+    resume bookkeeping. The token comes from `hf auth login` or HF_TOKEN.
+
+    Example:
+
+    \b
+        commfor-fast push runs/vit-s16/final --repo-id me/commfor-vit-s16
+    """
+    settings = _fill(PushSettings, locals())
+    from commfor_fast.hub import push as run_push
+
+    typer.echo(call(run_push, settings))
 
 
 @command(app, "inspect")
