@@ -41,13 +41,21 @@ LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN"
 DATASET_FILES = ["README.md", "manifest.json", "*/*.tar", "*/*.tar.idx"]
 
 
-def check_repo_id(repo_id: str, subject: str) -> None:
-    """A `UserError` unless `repo_id` is spelled like a Hub id (`owner/name`)."""
+def check_repo_id(repo_id: str, subject: str, *, or_folder: bool = True) -> None:
+    """A `UserError` unless `repo_id` is spelled like a Hub id (`owner/name`); `or_folder`:
+    a folder was as welcome (and there is none of that name)."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise UserError(f"{subject}: {repo_id!r} is neither a folder nor a Hugging Face id (owner/name, e.g. "
-                        f"OwensLab/commfor-model-384); give an existing folder or a Hub id") from None
+        raise UserError(f"{subject}: {'no such folder, and ' if or_folder else ''}not a Hugging Face id (owner/name, "
+                        f"e.g. OwensLab/commfor-model-384)") from None
+
+
+def is_hub_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the Hub's answer or the lack of one (no network: sockets and
+    requests raise OSErrors, httpx its own transport errors); anything else is a bug,
+    left to show its traceback."""
+    return isinstance(exc, (HfHubHTTPError, OSError)) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2")
 
 
 def why_hub_failed(exc: BaseException, filename: str | None = None) -> str:
@@ -91,7 +99,9 @@ def hub_file(repo_id: str, filename: str, *, subject: str, fix: str, required: b
                         f"and HF_HUB_OFFLINE=1 forbids downloading it; {fix}")
     try:
         get_hf_file_metadata(hf_hub_url(repo_id, filename), timeout=PROBE_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 -- every failure is named by why_hub_failed
+    except Exception as exc:
+        if not is_hub_failure(exc):
+            raise
         answered = isinstance(exc, HfHubHTTPError)
         if answered and isinstance(exc, EntryNotFoundError) and not required:
             return None
@@ -101,7 +111,9 @@ def hub_file(repo_id: str, filename: str, *, subject: str, fix: str, required: b
         raise UserError(f"{subject}: {why_hub_failed(exc, filename)}{where}; {fix}") from None
     try:
         return Path(hf_hub_download(repo_id, filename))
-    except Exception as exc:  # noqa: BLE001 -- the connection broke during the download
+    except Exception as exc:
+        if not is_hub_failure(exc):
+            raise
         raise UserError(f"{subject}: downloading {filename} failed ({why_hub_failed(exc, filename)}); {fix}") from None
 
 
@@ -147,7 +159,7 @@ def push(settings: PushSettings) -> str:
     """Upload `settings.folder` to the Hub repo `settings.repo_id` (created if need be);
     returns the URL of the commit. The kind of repo follows the folder (`folder_kind`)."""
     subject = f"push {settings.folder} to {settings.repo_id}"
-    check_repo_id(settings.repo_id, "--repo-id")
+    check_repo_id(settings.repo_id, f"--repo-id {settings.repo_id}", or_folder=False)
     kind = folder_kind(settings.folder)
     message = settings.commit_message or f"Upload {kind} with commfor-fast"
     api = HfApi()
@@ -158,7 +170,9 @@ def push(settings: PushSettings) -> str:
             commit = api.upload_folder(repo_id=repo.repo_id, folder_path=folder, repo_type=kind,
                                        commit_message=message,
                                        allow_patterns=DATASET_FILES if kind == "dataset" else None)
-        except Exception as exc:  # noqa: BLE001 -- every failure is named by why_hub_failed
+        except Exception as exc:
+            if not is_hub_failure(exc):
+                raise
             raise UserError(f"{subject}: {why_hub_failed(exc)}; fix that and rerun the same command (the upload is "
                             f"one commit: a failed one leaves the repo as it was)") from None
     return str(commit.commit_url)

@@ -127,7 +127,7 @@ def test_bad_forms_are_one_line_naming_the_fix(final: Path, tiny: CommForDetecto
     safetensors.torch.save_file(nan, tmp_path / "nan.safetensors")
     with pytest.raises(UserError, match=r"nan.safetensors: the weight vit.blocks.1.attn.qkv.weight holds NaN"):
         load_detector(ckpt=tmp_path / "nan.safetensors")
-    with pytest.raises(UserError, match=r"--hf-model .*nowhere: no such repo|--hf-model .*nowhere: .*neither"):
+    with pytest.raises(UserError, match=r"^--hf-model .*nowhere: no such folder, and not a Hugging Face id"):
         load_detector(hf_model=str(tmp_path / "nowhere"))
 
 
