@@ -77,7 +77,7 @@ EXECUTOR_HELP = ("DALI: a pipeline option NAME=VALUE, one flag each (pipelines/e
 @command(app)
 def predict(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: from training, the original's, or a plain state dict.")] = PredictSettings.ckpt,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: a .pt (from training, the original's, a state dict), a .safetensors file or a model folder (RUN/final).")] = PredictSettings.ckpt,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id or a save_pretrained folder, e.g. OwensLab/commfor-model-384.")] = PredictSettings.hf_model,
     trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = PredictSettings.trust_checkpoint,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = PredictSettings.device,
@@ -173,7 +173,7 @@ def train(
 def evaluate(
     data: Annotated[Path, typer.Option(help="A `commfor-fast convert` output folder.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Report folder: report.json, per_generator.csv, per_generator.png and .pdf.", show_default=False)],
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint (ours or the original's).")] = EvalSettings.ckpt,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: a .pt (ours, the original's, a state dict), a .safetensors file or a model folder (RUN/final).")] = EvalSettings.ckpt,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id or a save_pretrained folder, e.g. OwensLab/commfor-model-384.")] = EvalSettings.hf_model,
     trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = EvalSettings.trust_checkpoint,
     sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = EvalSettings.sets,

@@ -17,14 +17,8 @@ from commfor_fast.cli import app
 from commfor_fast.errors import UserError
 from commfor_fast.model import CommForDetector, detector_from_checkpoint, load_detector, read_checkpoint
 from commfor_fast.settings import TrainSettings, settings_dict
+from test_model import TINY, tiny  # noqa: F401 (tiny is a fixture)
 
-TINY = {"model_size": "tiny", "input_size": 224, "patch_size": 16}
-
-
-@pytest.fixture(scope="module")
-def tiny() -> CommForDetector:
-    torch.manual_seed(0)
-    return CommForDetector(**TINY).eval()
 
 
 @pytest.fixture(scope="module")

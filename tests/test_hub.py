@@ -26,8 +26,8 @@ from commfor_fast.model import CommForDetector, load_detector
 from commfor_fast.modelcard import model_card, portable_command
 from commfor_fast.settings import PushSettings, TrainSettings
 from commfor_fast.shards import Manifest
+from test_model import TINY, tiny  # noqa: F401 (tiny is a fixture)
 
-TINY = {"model_size": "tiny", "input_size": 224, "patch_size": 16}
 FIX = "the fix"
 
 
@@ -173,12 +173,6 @@ class Uploads:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(folder_path) / name, target / name)
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/1")
-
-
-@pytest.fixture(scope="module")
-def tiny() -> CommForDetector:
-    torch.manual_seed(0)
-    return CommForDetector(**TINY).eval()
 
 
 def test_a_pushed_model_loads_with_ours_and_with_timms_hub_loader(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
