@@ -72,7 +72,7 @@ def why_hub_failed(exc: BaseException, filename: str | None = None) -> str:
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else "?"
         if status in (401, 403):
-            return f"not allowed (HTTP {status}): {LOGIN_HINT} with write access"
+            return f"not allowed (HTTP {status}): {LOGIN_HINT} (to push: a token with write access)"
         return f"the Hub answered HTTP {status}"
     reason = (str(exc).splitlines() or [""])[0][:160]
     return f"cannot reach the Hub at {hub_constants.ENDPOINT} ({type(exc).__name__}: {reason})"
@@ -141,13 +141,14 @@ def _is_timm_layout(folder: Path) -> bool:
 
 
 def _timm_layout(folder: Path, staging: Path) -> Path:
-    """`folder` itself when it is in the timm layout; else (a folder of an earlier version,
+    """The model folder to upload, once its model loads (finite weights of a detector):
+    `folder` itself when it is in the timm layout; else (a folder of an earlier version,
     keys `vit.*`) a copy written again by `save_pretrained` in `staging`, its card kept."""
-    if _is_timm_layout(folder):
-        return folder
     from commfor_fast.model import load_detector
 
     model, _ = load_detector(ckpt=folder)
+    if _is_timm_layout(folder):
+        return folder
     model.save_pretrained(staging)
     card = folder / "README.md"
     if card.is_file():

@@ -468,9 +468,9 @@ def detector_from_checkpoint(obj: Any, path: Path, subject: str | None = None) -
         state_dict, stored_args = obj["model"], obj.get("model_args") or {}
         fmt = "commfor-fast" if stored_args else "original"
     elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        state_dict, fmt = obj, "state_dict"
-        if is_safetensors:
-            stored_args, fmt = _config_args(path, subject), "safetensors"
+        state_dict, fmt = obj, "safetensors" if is_safetensors else "state_dict"
+        if is_safetensors or path.is_dir():
+            stored_args = _config_args(path, subject)
     else:
         found = f"keys {list(obj)[:8]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
         raise UserError(

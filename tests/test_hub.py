@@ -248,6 +248,11 @@ def test_push_names_what_a_folder_is_not(tmp_path: Path) -> None:
         push(PushSettings(folder=tmp_path / "nothing", repo_id="me/det"))
     with pytest.raises(UserError, match=r"^--repo-id me/a/b: not a Hugging Face id \(owner/name"):
         push(PushSettings(folder=tmp_path / "run", repo_id="me/a/b"))
+    diverged = CommForDetector(**TINY)
+    diverged.vit.head.bias.data.fill_(float("nan"))
+    diverged.save_pretrained(tmp_path / "nan")
+    with pytest.raises(UserError, match=r"nan: the weight vit.head.bias holds NaN"):  # never uploaded
+        push(PushSettings(folder=tmp_path / "nan", repo_id="me/det"))
 
 
 # --------------------------------------------------------------------------- the model card, portable
