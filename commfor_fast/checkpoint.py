@@ -174,8 +174,10 @@ def folder_replaced(dest: Path) -> Iterator[Path]:
 def resume_changes(ckpt: TrainCheckpoint, settings: TrainSettings, shape: RunShape) -> tuple[list[str], bool]:
     """What changed since `ckpt` among the settings that shape the schedule or the data
     stream, and the schedule they give (`shape`), one `what: old -> new` line each; and
-    whether the checkpoint's data-stream positions still apply."""
+    whether the checkpoint's data-stream positions still apply. Shape flags changed to
+    contradict the checkpoint's model are refused (`check_model_shape`)."""
     before, now = ckpt.settings, settings_dict(settings)
+    check_model_shape(ckpt, before, now)
     was: dict[str, Any] = {"world_size": len(ckpt.data), **ckpt.schedule}
     is_now: dict[str, Any] = dict(shape)
     changes = [f"--{k.replace('_', '-')}: {before.get(k)} -> {now[k]}"
@@ -186,3 +188,17 @@ def resume_changes(ckpt: TrainCheckpoint, settings: TrainSettings, shape: RunSha
     same_stream = was["world_size"] == shape["world_size"] and all(
         str(before.get(k)) == str(now[k]) for k in STREAM_SETTINGS)
     return changes, same_stream
+
+
+def check_model_shape(ckpt: TrainCheckpoint, before: dict[str, Any], now: dict[str, Any]) -> None:
+    """A resume continues the checkpoint's model: refuse --model-size / --input-size /
+    --patch-size changed since the checkpoint's run to values its model does not have
+    (a rerun of the same command passes, whatever the flags said then)."""
+    names = ("model_size", "input_size", "patch_size")
+    wrong = [k for k in names if str(before.get(k)) != str(now[k]) and str(ckpt.model_args.get(k)) != str(now[k])]
+    if wrong:
+        def flags(values: Mapping[str, Any]) -> str:
+            return " ".join(f"--{k.replace('_', '-')} {values.get(k)}" for k in wrong)
+
+        raise UserError(f"{flags(now)}: the checkpoint resumed from holds another model ({flags(ckpt.model_args)}); "
+                        f"a resume continues that model: give {flags(ckpt.model_args)}")

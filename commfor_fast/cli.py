@@ -25,7 +25,8 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import OUTPUT_ERRNOS, output_error
 from commfor_fast.flags import FlagsGroup, command
 from commfor_fast.settings import AMP_SPELLINGS, DEMO_QUICK, AmpDtype, BenchSettings, BoxFilter, CheckMode, \
-    DemoSettings, EvalSettings, Loader, LRScheduleKind, ModelSize, PredictSettings, ScoresFormat, TrainSettings
+    DemoSettings, EvalSettings, Loader, LRScheduleKind, ModelSize, PredictSettings, PushSettings, ScoresFormat, \
+    TrainSettings
 
 app = typer.Typer(
     cls=FlagsGroup,
@@ -78,7 +79,7 @@ EXECUTOR_HELP = ("DALI: a pipeline option NAME=VALUE, one flag each (pipelines/e
 @command(app)
 def predict(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files and/or folders (searched recursively).", show_default=False)],
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: from training, the original's, or a plain state dict.")] = PredictSettings.ckpt,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: a .pt (from training, the original's, a state dict), a .safetensors file or a model folder (RUN/final).")] = PredictSettings.ckpt,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id or a save_pretrained folder, e.g. OwensLab/commfor-model-384.")] = PredictSettings.hf_model,
     trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = PredictSettings.trust_checkpoint,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = PredictSettings.device,
@@ -175,7 +176,7 @@ def train(
 def evaluate(
     data: Annotated[Path, typer.Option(help="A `commfor-fast convert` output folder.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Report folder: report.json, per_generator.csv, per_generator.png and .pdf.", show_default=False)],
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint (ours or the original's).")] = EvalSettings.ckpt,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", "--ckpt-path", help="Local checkpoint: a .pt (ours, the original's, a state dict), a .safetensors file or a model folder (RUN/final).")] = EvalSettings.ckpt,
     hf_model: Annotated[Optional[str], typer.Option("--hf-model", "--hf-model-repo", help="Hugging Face model id or a save_pretrained folder, e.g. OwensLab/commfor-model-384.")] = EvalSettings.hf_model,
     trust_checkpoint: Annotated[bool, typer.Option(help=TRUST_HELP)] = EvalSettings.trust_checkpoint,
     sets: Annotated[Optional[str], typer.Option(help="Comma list of sets to score (default: all of them).")] = EvalSettings.sets,
@@ -246,6 +247,29 @@ def convert(
     from commfor_fast.convert.run import convert as run_convert
 
     call(run_convert, settings)
+
+
+@command(app)
+def push(
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="A trained model folder (RUN/final) or a `commfor-fast convert` output folder.", show_default=False)],
+    repo_id: Annotated[str, typer.Option(help="The Hub repo, owner/name: a model repo for a model folder, a dataset repo for shards (created if need be).", show_default=False)],
+    private: Annotated[bool, typer.Option(help="Create the repo private (an existing repo keeps its visibility).")] = PushSettings.private,
+    commit_message: Annotated[Optional[str], typer.Option(help="The commit's message.", show_default=False)] = PushSettings.commit_message,
+) -> None:
+    """Upload a trained model or converted shards to the Hugging Face Hub.
+
+    A model goes up in timm's layout (timm alone loads it), shards without their
+    resume bookkeeping. The token comes from `hf auth login` or HF_TOKEN.
+
+    Example:
+
+    \b
+        commfor-fast push runs/vit-s16/final --repo-id me/commfor-vit-s16
+    """
+    settings = _fill(PushSettings, locals())
+    from commfor_fast.hub import push as run_push
+
+    typer.echo(call(run_push, settings))
 
 
 @command(app, "inspect")

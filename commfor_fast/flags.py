@@ -133,7 +133,7 @@ class FlagsCommand(TyperCommand):
 
 
 # `commfor-fast --help` lists the commands in the order of the work: try, prepare data, train, use.
-WORKFLOW = ("demo", "convert", "inspect", "verify", "train", "eval", "predict", "bench")
+WORKFLOW = ("demo", "convert", "inspect", "verify", "train", "eval", "predict", "push", "bench")
 
 
 class FlagsGroup(TyperGroup):

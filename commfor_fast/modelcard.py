@@ -2,7 +2,11 @@
 
 A Hugging Face model card (YAML metadata, then Markdown): what the model does, the
 input it expects, the data and settings it was trained with, its last validation
-metrics and how to load it. The folder can be pushed to the Hub as it is.
+metrics and how to load it. The folder can be pushed to the Hub as it is
+(`commfor-fast push`): the card is portable (commands as `commfor-fast ...`, paths by
+their last part only, never the machine's absolute paths) and its metadata says what
+the Hub indexes: `license`, `base_model`, `datasets`, `library_name: timm` (the
+folder is in timm's layout) and `pipeline_tag: image-classification`.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from commfor_fast import __version__
 from commfor_fast.fileio import atomic_write
 from commfor_fast.imageio import RESIZE_FOR_CROP
 from commfor_fast.metrics import THRESHOLD
 from commfor_fast.pipelines.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from commfor_fast.portable import portable_command, portable_path
 from commfor_fast.safetext import printable
 from commfor_fast.settings import TrainSettings
 from commfor_fast.shards import Manifest
@@ -39,6 +46,41 @@ def _code(text: object) -> str:
     return f"{fence}{pad}{body}{pad}{fence}"
 
 
+def hub_datasets(manifest: Manifest) -> list[str]:
+    """The Hugging Face dataset ids the training data was converted from (not local replicas)."""
+    ids = []
+    for source in manifest.sources:
+        repo = str(source.get("repo", ""))
+        if source.get("kind") != "hf" or Path(repo).exists() or repo.startswith((".", "/", "~")):
+            continue
+        try:
+            validate_repo_id(repo)
+        except HFValidationError:
+            continue
+        ids.append(repo)
+    return sorted(set(ids))
+
+
+def base_model(settings: TrainSettings, timm_name: str) -> str | None:
+    """What training started from, as a Hub id: a released detector, or timm's ImageNet
+    weights (downloaded, or the same given with --pretrained-path); None otherwise."""
+    if settings.hf_model is not None:
+        return None if Path(settings.hf_model).exists() else settings.hf_model
+    if settings.ckpt is None and settings.pretrained:
+        return f"timm/{timm_name}"
+    return None
+
+
+def base_license(base: str | None, timm_name: str) -> str:
+    """The license timm declares for the ImageNet weights when training started from them
+    (apache-2.0 for these backbones), else "unknown": the card's owner says which. The
+    training data's terms may add conditions either way."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_name) if base == f"timm/{timm_name}" else None
+    return getattr(cfg, "license", None) or "unknown"
+
+
 def model_card(*, model_args: dict[str, Any], timm_name: str, settings: TrainSettings, manifest: Manifest,
                train_set: str, schedule: dict[str, int], validation: dict[str, Any] | None) -> str:
     """The card's text.
@@ -58,11 +100,15 @@ def model_card(*, model_args: dict[str, Any], timm_name: str, settings: TrainSet
     n_fake = sum(c.get("1", 0) for c in counts.values())
     n_generators = sum(1 for c in counts.values() if c.get("1", 0))
     n_real_sources = sum(1 for c in counts.values() if c.get("0", 0))
-    start = (f"the detector {_code(settings.hf_model)}" if settings.hf_model else
-             f"the checkpoint {_code(settings.ckpt)}" if settings.ckpt else
+    start = (f"the detector {_code(portable_path(str(settings.hf_model)))}" if settings.hf_model else
+             f"the checkpoint {_code(portable_path(str(settings.ckpt)))}" if settings.ckpt else
              f"the ImageNet weights of `{timm_name}`" if settings.pretrained else "random initialisation")
-    meta = ModelCardData(library_name="commfor-fast", pipeline_tag="image-classification",
-                         tags=["ai-generated-image-detection", "community-forensics", "vision-transformer", "timm"],
+    base = base_model(settings, timm_name)
+    meta = ModelCardData(license=base_license(base, timm_name),
+                         base_model=base, datasets=hub_datasets(manifest) or None, library_name="timm",
+                         pipeline_tag="image-classification",
+                         tags=["ai-generated-image-detection", "community-forensics", "vision-transformer",
+                               "commfor-fast"],
                          metrics=["accuracy", "average_precision"])
     if validation is None:
         val_text = "No validation ran (the data has no `val` set, or `--no-validate`)."
@@ -84,7 +130,7 @@ def model_card(*, model_args: dict[str, Any], timm_name: str, settings: TrainSet
                         f"(each {settings.rsa_min_num_ops} to {settings.rsa_max_num_ops} times)",
         "frozen backbone": str(model_args["freeze_backbone"]).lower(),
         "seed": str(settings.seed),
-        "command": _code(settings.command),
+        "command": _code(portable_command(settings.command)),
     }
     table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
     return f"""---
@@ -107,8 +153,8 @@ normalised with mean {IMAGENET_MEAN} and std {IMAGENET_STD}. `commfor-fast predi
 
 ## Training data
 
-{_code(settings.data)} (set `{train_set}`): {n_real + n_fake} images, {n_real} real and {n_fake} fake, from
-{n_real_sources} real source(s) and {n_generators} generator(s); converted by {_code(manifest.command)}.
+{_code(portable_path(str(settings.data)))} (set `{train_set}`): {n_real + n_fake} images, {n_real} real and {n_fake} fake, from
+{n_real_sources} real source(s) and {n_generators} generator(s); converted by {_code(portable_command(manifest.command))}.
 
 ## Training settings
 
@@ -121,6 +167,17 @@ normalised with mean {IMAGENET_MEAN} and std {IMAGENET_STD}. `commfor-fast predi
 {val_text}
 
 ## How to load
+
+With timm alone (the folder is in timm's layout; its config holds the preprocessing above):
+
+```python
+import timm
+
+model = timm.create_model("hf-hub:HUB_ID", pretrained=True).eval()  # or "local-dir:PATH"
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+```
+
+With commfor-fast:
 
 ```python
 from commfor_fast.model import CommForDetector

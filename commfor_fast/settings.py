@@ -1,4 +1,4 @@
-"""Settings of the `train`, `eval`, `predict`, `demo` and `bench` commands: one flat dataclass each.
+"""Settings of the `train`, `eval`, `predict`, `push`, `demo` and `bench` commands: one flat dataclass each.
 
 They live apart from the code that runs them so the CLI can read their defaults
 without importing torch or DALI (`--help` stays instant); the CLI takes every default
@@ -148,6 +148,16 @@ class PredictSettings:
     out: Path | None = None  # .csv, .jsonl or .json file (the first two written as results come); None: nothing written
     workers: int = 4  # decoding threads
     threshold: float = THRESHOLD  # verdict "fake" when P(fake) > threshold
+
+
+@dataclass
+class PushSettings:
+    """What `commfor-fast push` uploads, and where; the token comes from `hf auth login` or HF_TOKEN, never a flag."""
+
+    folder: Path  # a trained model folder (RUN/final) or a `commfor-fast convert` output folder
+    repo_id: str  # the Hub repo, owner/name; a model repo or a dataset repo after the folder's kind
+    private: bool = False  # create the repo private (an existing repo keeps its visibility)
+    commit_message: str | None = None  # None: "Upload model with commfor-fast" (or dataset)
 
 
 @dataclass

@@ -278,7 +278,7 @@ def test_metavars_are_not_python_types(name: str) -> None:
 def test_commands_are_listed_in_workflow_order() -> None:
     listing = runner.invoke(app, ["--help"]).output.split("Commands:", 1)[1]
     names = [line.split()[0] for line in listing.splitlines() if line.startswith("  ")]
-    assert names == ["demo", "convert", "inspect", "verify", "train", "eval", "predict", "bench"]
+    assert names == ["demo", "convert", "inspect", "verify", "train", "eval", "predict", "push", "bench"]
 
 
 def test_unknown_commands_and_options_are_one_line() -> None:

@@ -235,16 +235,18 @@ def test_pretrained_path_loads_a_local_timm_file(tmp_path: Path) -> None:
 
 
 def test_missing_hub_model_offline_is_a_user_error(offline: None) -> None:
-    with pytest.raises(UserError, match="--hf-model OwensLab/commfor-model-384: cannot load it"):
+    with pytest.raises(UserError, match=r"^--hf-model OwensLab/commfor-model-384: config.json is not in the local "
+                                        r"Hugging Face cache .* HF_HUB_OFFLINE=1 forbids downloading it; offline, "):
         load_detector(hf_model="OwensLab/commfor-model-384")
 
 
 def test_pretrained_path_that_does_not_fit_names_what_did_not_match(tiny: CommForDetector, tmp_path: Path) -> None:
-    """A released detector's model.safetensors is not a timm backbone file: an error, not a random init."""
+    """A released detector's model.safetensors (keys `vit.*`) is not a timm backbone file: an error, not a random init."""
     import safetensors.torch
     import timm
 
-    tiny.save_pretrained(tmp_path / "released")
+    (tmp_path / "released").mkdir()
+    safetensors.torch.save_file(tiny.state_dict(), tmp_path / "released" / "model.safetensors")
     with pytest.raises(UserError) as err:
         create_detector(**TINY, pretrained=True, pretrained_path=tmp_path / "released" / "model.safetensors")
     message = str(err.value)

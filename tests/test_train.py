@@ -165,7 +165,7 @@ def test_training_learns_checkpoints_and_logs(easy: Path, tmp_path: Path) -> Non
     assert torch.allclose(model(x), again(x))
     # the folder's model card: metadata, task, input, data, settings, the last validation, how to load
     card = (run / "final" / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: commfor-fast\n") and "pipeline_tag: image-classification" in card
+    assert card.startswith("---\nlibrary_name: timm\n") and "pipeline_tag: image-classification" in card
     assert "ViT tiny/16 at 224 px" in card and "centre crop 224 x 224" in card and "resized to\n256" in card
     counts = Manifest.load(easy).sets["train"].counts
     n_real, n_fake = counts["cam-dark"]["0"], counts["gen-bright"]["1"]
