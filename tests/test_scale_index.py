@@ -1,0 +1,109 @@
+"""The shard index as flat arrays (`shard_index.py`): the same answers as the `.idx` text,
+one cache entry per set mapped by every reader, damage still refused in one line, and an
+evaluation part that reads only its own shards when there is no cache."""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from commfor_fast import shard_index
+from commfor_fast.errors import UserError
+from commfor_fast.shards import Manifest, ShardReader, read_index, shard_range
+from test_reliability import pristine, shards, source  # noqa: F401 (fixtures)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private temporary folder, so the cache entries of this test are its own."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def _listed(root: Path) -> list[dict]:
+    info = Manifest.load(root).sets["all"]
+    return [members for shard in info.shards for members in read_index(root / shard.index)]
+
+
+def test_the_index_answers_as_the_idx_files(pristine: Path, cache: Path) -> None:
+    info = Manifest.load(pristine).sets["all"]
+    reader = ShardReader(pristine, info)
+    listed = _listed(pristine)
+    shard_of = [shard.tar for shard in info.shards for _ in range(shard.num_samples)]
+    assert len(reader) == len(listed) == 16 and len(info.shards) > 2
+    for i, members in enumerate(listed):
+        assert reader.members(i) == members
+        assert reader.shard_of(i) == shard_of[i]
+        assert reader.position(next(iter(members.values())).filename.split(".")[0]) == i
+        tar = (pristine / shard_of[i]).read_bytes()
+        assert reader.read(i) == {ext: tar[m.offset: m.offset + m.size] for ext, m in members.items()}
+    assert reader.position("9999999999") is None and reader.position("x") is None
+
+
+def test_both_parsers_agree(pristine: Path) -> None:
+    for shard in Manifest.load(pristine).sets["all"].shards:
+        fast = shard_index._parse_fast(pristine / shard.index)
+        checked = shard_index._parse_checked(pristine / shard.index)
+        assert fast is not None
+        assert [fast[0][k] for k in fast[1]] == [checked[0][k] for k in checked[1]]
+        assert (fast[2] == checked[2]).all()
+
+
+def test_one_mapped_cache_entry_per_set(pristine: Path, cache: Path) -> None:
+    info = Manifest.load(pristine).sets["all"]
+    first, second = ShardReader(pristine, info), ShardReader(pristine, info)
+    assert first.index.cache == second.index.cache is not None
+    assert isinstance(second.index.records, np.memmap) and second.index.records.dtype.itemsize == 29
+    assert sorted(p.suffix for p in first.index.cache.parent.iterdir()) == [".json", ".npy"]
+    copy = pickle.loads(pickle.dumps(first))  # a worker's copy: the file's name, not the records
+    assert isinstance(copy.index.records, np.memmap) and copy.index.records.filename == first.index.records.filename
+    assert [copy.members(i) for i in range(16)] == _listed(pristine)
+
+
+def _rewrite_line_2(index: Path, edit) -> None:
+    lines = index.read_text().split("\n")
+    lines[1] = edit(lines[1])
+    index.write_text("\n".join(lines))
+
+
+def test_an_index_damaged_after_caching_is_read_again(shards: Path, cache: Path) -> None:
+    info = Manifest.load(shards).sets["all"]
+    ShardReader(shards, info)
+    _rewrite_line_2(shards / info.shards[0].index, lambda line: line.replace(" ", " x", 1)[:-1])
+    with pytest.raises(UserError, match="damaged index line 2") as caught:
+        ShardReader(shards, info)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_offset_off_the_tar_layout_is_a_damaged_line(shards: Path, cache: Path) -> None:
+    info = Manifest.load(shards).sets["all"]
+    index = shards / info.shards[0].index
+
+    def shift_second_member(line: str) -> str:
+        fields = line.split(" ")
+        fields[5] = str(int(fields[5]) + 512)
+        return " ".join(fields)
+
+    _rewrite_line_2(index, shift_second_member)
+    assert len(read_index(index)) == info.shards[0].num_samples  # the text alone looks whole
+    with pytest.raises(UserError, match=f"{index}: damaged index line 2 .*tar layout"):
+        ShardReader(shards, info)
+
+
+def test_without_a_cache_an_evaluation_part_reads_only_its_shards(pristine: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shard_index, "_cache_folder", lambda: None)
+    info = Manifest.load(pristine).sets["all"]
+    start, end = shard_range(16, 1, 2)
+    part = ShardReader(pristine, info, (start, end))
+    assert part.index.cache is None and 0 < part.index.first <= start and len(part.index.records) < 16
+    listed = _listed(pristine)
+    assert [part.members(i) for i in range(start, end)] == listed[start:end]
+    with pytest.raises(IndexError):
+        part.members(0)
