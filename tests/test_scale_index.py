@@ -4,6 +4,7 @@ evaluation part that reads only its own shards when there is no cache."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import tempfile
 from pathlib import Path
@@ -107,3 +108,46 @@ def test_without_a_cache_an_evaluation_part_reads_only_its_shards(pristine: Path
     assert [part.members(i) for i in range(start, end)] == listed[start:end]
     with pytest.raises(IndexError):
         part.members(0)
+
+
+# ----------------------------------------------------------- the scale benchmark
+
+
+def _linear_rows(step: str, cpu_per: float, mb_per: float, fixed_mb: float) -> list[dict]:
+    return [{"step": step, "samples": n, "cpu_s": 1 + cpu_per * n, "peak_rss_mb": fixed_mb + mb_per * n,
+             "pss_mb": fixed_mb + mb_per * n} for n in (1000, 3000)]
+
+
+def test_the_extrapolation_follows_the_slope() -> None:
+    from commfor_fast.bench import scale_bench
+
+    rows = (_linear_rows("verify", 1e-5, 1e-4, 300) + _linear_rows("loader dali, 1 rank(s)", 0, 1e-5, 500) +
+            _linear_rows("loader dali, 2 rank(s)", 0, 1e-5, 900))
+    rows += [{"step": f"eval {k} images", "samples": 3000, "scored": k, "cpu_s": 1.0, "peak_rss_mb": 400 + k / 1000}
+             for k in (150, 1500)]
+    found = {r["step"]: r for r in scale_bench.extrapolate(rows)}
+    full = scale_bench.FULL_SCALE
+    assert found["verify"]["cpu_us/sample"] == pytest.approx(10)
+    assert found["verify"]["bytes/sample (node)"] == pytest.approx(1e-4 * 2**20)
+    assert found["verify"][scale_bench.EXTRA_COLUMNS[4]] == pytest.approx(1 + 1e-5 * full)
+    one, two = 500 + 1e-5 * full, 900 + 1e-5 * full  # MB at full scale: one rank, two ranks
+    assert found["loader dali, 2 rank(s)"][scale_bench.EXTRA_COLUMNS[5]] == pytest.approx(
+        (one + 7 * (two - one)) * 2**20 / 1e9)
+    assert found["eval, per scored image"]["bytes/sample (process)"] == pytest.approx(2**20 / 1000)
+
+
+@pytest.mark.slow
+def test_the_scale_benchmark_measures_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its plumbing at a tiny size (no figure is checked but for being there)."""
+    from commfor_fast.bench import scale_bench
+
+    monkeypatch.setattr(scale_bench, "GENERATORS", 20)
+    results = json.loads(json.dumps(scale_bench.run(tmp_path, (120, 240))))["scale"]
+    steps = {(r["step"], r["samples"]) for r in results["steps"]}
+    for n in (120, 240):
+        assert {"dry run", "convert", "verify", "loader reference, 1 rank(s)", "loader reference, 2 rank(s)",
+                "loader dali, 1 rank(s)", "loader dali, 2 rank(s)"} <= {step for step, size in steps if size == n}
+        scored = [r["scored"] for r in results["steps"] if r["samples"] == n and "scored" in r]
+        assert len(scored) == 2 and 0 < scored[0] < scored[1]
+    assert all(r["cpu_s"] > 0 and r["pss_mb"] > 0 for r in results["steps"])
+    assert len(results["extrapolated"]) == 8 and (tmp_path / "scale.md").exists()
