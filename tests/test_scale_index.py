@@ -115,25 +115,28 @@ def test_without_a_cache_an_evaluation_part_reads_only_its_shards(pristine: Path
 
 def _linear_rows(step: str, cpu_per: float, mb_per: float, fixed_mb: float) -> list[dict]:
     return [{"step": step, "samples": n, "cpu_s": 1 + cpu_per * n, "peak_rss_mb": fixed_mb + mb_per * n,
-             "pss_mb": fixed_mb + mb_per * n} for n in (1000, 3000)]
+             "pss_mb": fixed_mb + mb_per * n, "index_cpu_s": cpu_per * n / 2, "index_mb": mb_per * n / 2}
+            for n in (1000, 3000)]
 
 
 def test_the_extrapolation_follows_the_slope() -> None:
     from commfor_fast.bench import scale_bench
 
     rows = (_linear_rows("verify", 1e-5, 1e-4, 300) + _linear_rows("loader dali, 1 rank(s)", 0, 1e-5, 500) +
-            _linear_rows("loader dali, 2 rank(s)", 0, 1e-5, 900))
+            _linear_rows("loader dali, 2 rank(s)", 2e-6, 1e-5, 900))
     rows += [{"step": f"eval {k} images", "samples": 3000, "scored": k, "cpu_s": 1.0, "peak_rss_mb": 400 + k / 1000}
              for k in (150, 1500)]
     found = {r["step"]: r for r in scale_bench.extrapolate(rows)}
-    full = scale_bench.FULL_SCALE
+    full, per_rank, per_node = scale_bench.FULL_SCALE, scale_bench.EXTRA_COLUMNS[3], scale_bench.EXTRA_COLUMNS[4]
     assert found["verify"]["cpu_us/sample"] == pytest.approx(10)
-    assert found["verify"]["bytes/sample (node)"] == pytest.approx(1e-4 * 2**20)
-    assert found["verify"][scale_bench.EXTRA_COLUMNS[4]] == pytest.approx(1 + 1e-5 * full)
-    one, two = 500 + 1e-5 * full, 900 + 1e-5 * full  # MB at full scale: one rank, two ranks
-    assert found["loader dali, 2 rank(s)"][scale_bench.EXTRA_COLUMNS[5]] == pytest.approx(
-        (one + 7 * (two - one)) * 2**20 / 1e9)
-    assert found["eval, per scored image"]["bytes/sample (process)"] == pytest.approx(2**20 / 1000)
+    assert found["verify"]["bytes/sample"] == pytest.approx(1e-4 * 2**20)
+    assert found["verify"][per_rank] == pytest.approx(1 + 1e-5 * full)
+    assert found["loader dali, 2 rank(s)"]["cpu_us/sample"] == pytest.approx(1)  # the index's share: half
+    one, two = 500 + 1e-5 * 3000, 900 + 1e-5 * 3000  # MB at 3000 samples: one rank, two ranks
+    assert found["loader dali, 2 rank(s)"][per_node] == pytest.approx(
+        (one + 7 * (two - one) + 0.5e-5 * (full - 3000)) * 2**20 / 1e9)
+    assert found["loader dali, 1 rank(s)"][per_node] is None
+    assert found["eval, per scored image"]["bytes/sample"] == pytest.approx(2**20 / 1000)
 
 
 @pytest.mark.slow

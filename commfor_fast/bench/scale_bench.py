@@ -51,9 +51,10 @@ SIZES = (10_000, 100_000)  # what `--scale` runs by default; `--scale-sizes` may
 # Samples per shard and per partition as at full scale (1.1 TB in 512 MB shards, 2 GB partitions).
 SAMPLES_PER_SHARD, SAMPLES_PER_PARTITION = 1_250, 4_900
 SIDE = 8  # px of the tiny PNGs
-COLUMNS = ["step", "samples", "processes", "cpu_s", "cpu_us/sample", "peak_rss_mb", "pss_mb", "gc_ms"]
-EXTRA_COLUMNS = ["step", "cpu_us/sample", "bytes/sample (process)", "bytes/sample (node)",
-                 f"at {FULL_SCALE / 1e6:.1f}M: cpu_s per rank", f"at {FULL_SCALE / 1e6:.1f}M: GB per node"]
+COLUMNS = ["step", "samples", "processes", "cpu_s", "cpu_us/sample", "peak_rss_mb", "pss_mb", "gc_ms", "index_cpu_s",
+           "index_mb"]
+EXTRA_COLUMNS = ["step", "cpu_us/sample", "bytes/sample", f"at {FULL_SCALE / 1e6:.1f}M: cpu_s per rank",
+                 f"at {FULL_SCALE / 1e6:.1f}M: GB per node"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -88,23 +89,42 @@ def _convert_settings(src: Path, out: Path, dry_run: bool) -> Any:
 # --------------------------------------------------------------- one step, one process
 
 
+def _family() -> list[str]:
+    """The pids of this process and its live children (workers)."""
+    me, found = str(os.getpid()), []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and (entry == me or
+                                    Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1] == me):
+                found.append(entry)
+        except OSError:
+            continue
+    return found
+
+
+def _pss_mb(pid: str, mapping: str | None = None) -> float:
+    """PSS of a process (MB), or of its mappings of files whose path contains `mapping`."""
+    try:
+        if mapping is None:
+            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            return sum(int(line.split()[1]) for line in lines if line.startswith("Pss:")) / 1024
+        pss, inside = 0, False
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+                inside = mapping in line
+            elif inside and fields[0] == "Pss:":
+                pss += int(fields[1])
+        return pss / 1024
+    except OSError:
+        return 0.0
+
+
 def _memory() -> dict[str, float]:
     """Peak RSS of this process, PSS of it and its live children (MB), and the peak RSS
     of its largest reaped child (e.g. a convert worker)."""
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    pss = 0
-    me = str(os.getpid())
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            parent = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]
-            if entry == me or parent == me:
-                rollup = Path(f"/proc/{entry}/smaps_rollup").read_text()
-                pss += int(next(line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")))
-        except (OSError, StopIteration):
-            continue
-    return {"peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024, "pss_mb": pss / 1024,
+    return {"peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024, "pss_mb": sum(map(_pss_mb, _family())),
             "child_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
@@ -127,17 +147,23 @@ def _step_loader(data: str, loader: str, rank: int, world: int) -> dict[str, Any
 
     from commfor_fast.pipelines.loader import create_train_stream
     from commfor_fast.pipelines.plan import RSAConfig
-    from commfor_fast.shards import Manifest
+    from commfor_fast.shards import Manifest, ShardReader
 
     manifest = Manifest.load(data)
-    stream = create_train_stream(loader, Path(data), manifest, manifest.training_sets()[0],
+    set_name = manifest.training_sets()[0]
+    started = time.thread_time()
+    index = ShardReader(data, manifest.sets[set_name])  # what the stream's index costs: built or mapped
+    index_cpu_s = time.thread_time() - started
+    stream = create_train_stream(loader, Path(data), manifest, set_name,
                                  device=torch.device("cpu"), batch_size=16, crop=224, rsa=RSAConfig(), seed=0,
                                  rank=rank, world_size=world, num_threads=2)
     next(iter(stream))
     started = time.thread_time()  # CPU time: the machine may be busy
     gc.collect()
-    found = {"gc_ms": 1000 * (time.thread_time() - started), **_memory()}
+    found = {"gc_ms": 1000 * (time.thread_time() - started), "index_cpu_s": index_cpu_s,
+             "index_mb": sum(_pss_mb(pid, "commfor-fast-index-") for pid in _family()), **_memory()}
     stream.close()
+    index.close()
     return found
 
 
@@ -252,7 +278,9 @@ def measure_size(work: Path, n: int) -> list[dict[str, Any]]:
                      "cpu_us/sample": 1e6 * max(f["cpu_s"] for f in figures) / n,
                      "peak_rss_mb": max(f["peak_rss_mb"] for f in figures),
                      "pss_mb": sum(f["pss_mb"] for f in figures),
-                     "gc_ms": max((f["gc_ms"] for f in figures if "gc_ms" in f), default=None)})
+                     "gc_ms": max((f["gc_ms"] for f in figures if "gc_ms" in f), default=None),
+                     "index_cpu_s": max((f["index_cpu_s"] for f in figures if "index_cpu_s" in f), default=None),
+                     "index_mb": sum(f["index_mb"] for f in figures) if "index_mb" in figures[0] else None})
         say(f"scale {n}: {step}: {rows[-1]['cpu_us/sample']:.1f} us/sample, {rows[-1]['pss_mb']:.0f} MB PSS")
 
     say(f"scale {n}: dry run")
@@ -277,10 +305,12 @@ def measure_size(work: Path, n: int) -> list[dict[str, Any]]:
 
 def extrapolate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per step: the cost of one more sample (the slope between the two largest sizes)
-    and its figures carried along that slope to `FULL_SCALE` samples, per rank and per
-    node. A node runs `RANKS_PER_NODE` loader ranks (the one-rank PSS plus, per further
-    rank, what the second rank added), each scoring 1/`RANKS_PER_NODE` of the images,
-    and one of every other step."""
+    and the figures at `FULL_SCALE` samples along that slope. For a loader start, what
+    grows with the set is its index, measured on its own (`index_cpu_s`: the rank that
+    built it; `index_mb`: its pages over all ranks); the rest (torch, DALI, the first
+    batch) is taken as fixed. A node runs `RANKS_PER_NODE` loader ranks (the one-rank
+    PSS plus, per further rank, what the second rank added), each evaluation rank
+    scores 1/`RANKS_PER_NODE` of the images, and every other step runs once."""
     sizes = sorted({r["samples"] for r in rows})
     if len(sizes) < 2:
         return []
@@ -290,29 +320,27 @@ def extrapolate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def slope(step: str, key: str) -> float:
         return (by[(step, hi)][key] - by[(step, lo)][key]) / (hi - lo)
 
-    def full(step: str, key: str) -> float:
-        return by[(step, hi)][key] + slope(step, key) * (FULL_SCALE - hi)
-
     out = []
     for step in dict.fromkeys(r["step"] for r in rows if r["samples"] == hi and not r["step"].startswith("eval")):
         if (step, lo) not in by:
             continue
-        node = full(step, "pss_mb")
-        if step.endswith("2 rank(s)"):
-            one = full(step.replace("2 rank(s)", "1 rank(s)"), "pss_mb")
-            node = one + (RANKS_PER_NODE - 1) * (node - one)
-        out.append({"step": step, "cpu_us/sample": 1e6 * slope(step, "cpu_s"),
-                    "bytes/sample (process)": slope(step, "peak_rss_mb") * 2**20,
-                    "bytes/sample (node)": slope(step, "pss_mb") * 2**20,
-                    EXTRA_COLUMNS[4]: full(step, "cpu_s"), EXTRA_COLUMNS[5]: node * 2**20 / 1e9})
+        cpu, mb = ("index_cpu_s", "index_mb") if step.startswith("loader") else ("cpu_s", "pss_mb")
+        fixed = by[(step, hi)]["pss_mb"]
+        if step.startswith("loader"):
+            one = by[(step.replace("2 rank(s)", "1 rank(s)"), hi)]["pss_mb"]
+            fixed = one + (RANKS_PER_NODE - 1) * (fixed - one) if step.endswith("2 rank(s)") else None
+        out.append({"step": step, "cpu_us/sample": 1e6 * slope(step, cpu), "bytes/sample": slope(step, mb) * 2**20,
+                    EXTRA_COLUMNS[3]: by[(step, hi)]["cpu_s"] + slope(step, cpu) * (FULL_SCALE - hi),
+                    EXTRA_COLUMNS[4]: None if fixed is None else
+                    (fixed + slope(step, mb) * (FULL_SCALE - hi)) * 2**20 / 1e9})
     evals = sorted((r for r in rows if r["step"].startswith("eval") and r["samples"] == hi),
                    key=lambda r: r["scored"])
     if len(evals) == 2:
         (a, b), per_rank = evals, FULL_SCALE / RANKS_PER_NODE
         per_image = (b["peak_rss_mb"] - a["peak_rss_mb"]) * 2**20 / (b["scored"] - a["scored"])
         out.append({"step": "eval, per scored image", "cpu_us/sample": 1e6 * (b["cpu_s"] - a["cpu_s"]) /
-                    (b["scored"] - a["scored"]), "bytes/sample (process)": per_image,
-                    EXTRA_COLUMNS[5]: RANKS_PER_NODE * (b["peak_rss_mb"] * 2**20 + per_image *
+                    (b["scored"] - a["scored"]), "bytes/sample": per_image,
+                    EXTRA_COLUMNS[4]: RANKS_PER_NODE * (b["peak_rss_mb"] * 2**20 + per_image *
                                                        (per_rank - b["scored"])) / 1e9})
     return out
 
