@@ -21,11 +21,13 @@ two-rank start side by side:
     verify       `verify` of the whole folder
 
 Memory is the peak RSS of the process and the PSS of it and its children (pages
-shared by processes, such as the mapped index, counted once across them), so a node's
-memory is the sum of its ranks' PSS. Per sample: the slope between the two largest
-sizes (what one more sample costs, fixed costs removed), and that slope extrapolated
-to the full dataset (`FULL_SCALE` samples) per rank and per node of `RANKS_PER_NODE`
-ranks. Figures go to the console, `scale.md` and `results.json` (`scale`).
+shared by processes counted once across them), so a node's memory is about the sum of
+its ranks' PSS; a loader's index is also measured alone (`index_mb`: the resident pages
+of the mapped index file, which a node holds once). Per sample: the slope between the
+two largest sizes (what one more sample costs, fixed costs removed), and that slope
+extrapolated to the full dataset (`FULL_SCALE` samples) per rank and per node of
+`RANKS_PER_NODE` ranks (`extrapolate`). Figures go to the console, `scale.md` and
+`results.json` (`scale`).
 """
 
 from __future__ import annotations
@@ -102,22 +104,29 @@ def _family() -> list[str]:
     return found
 
 
-def _pss_mb(pid: str, mapping: str | None = None) -> float:
-    """PSS of a process (MB), or of its mappings of files whose path contains `mapping`."""
+def _pss_mb(pid: str) -> float:
+    """PSS of a process (MB): its shared pages divided among the processes sharing them."""
     try:
-        if mapping is None:
-            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-            return sum(int(line.split()[1]) for line in lines if line.startswith("Pss:")) / 1024
-        pss, inside = 0, False
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0.0
+    return sum(int(line.split()[1]) for line in lines if line.startswith("Pss:")) / 1024
+
+
+def _mapped_mb(pid: str, path_part: str) -> float:
+    """Resident pages (MB) of a process's mappings of files whose path contains `path_part`.
+    (Not PSS: processes measured one after another see different numbers of sharers.)"""
+    rss, inside = 0, False
+    try:
         for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
             fields = line.split()
             if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
-                inside = mapping in line
-            elif inside and fields[0] == "Pss:":
-                pss += int(fields[1])
-        return pss / 1024
+                inside = path_part in line
+            elif inside and fields[0] == "Rss:":
+                rss += int(fields[1])
     except OSError:
         return 0.0
+    return rss / 1024
 
 
 def _memory() -> dict[str, float]:
@@ -161,7 +170,7 @@ def _step_loader(data: str, loader: str, rank: int, world: int) -> dict[str, Any
     started = time.thread_time()  # CPU time: the machine may be busy
     gc.collect()
     found = {"gc_ms": 1000 * (time.thread_time() - started), "index_cpu_s": index_cpu_s,
-             "index_mb": sum(_pss_mb(pid, "commfor-fast-index-") for pid in _family()), **_memory()}
+             "index_mb": max(_mapped_mb(pid, "commfor-fast-index-") for pid in _family()), **_memory()}
     stream.close()
     index.close()
     return found
@@ -280,7 +289,7 @@ def measure_size(work: Path, n: int) -> list[dict[str, Any]]:
                      "pss_mb": sum(f["pss_mb"] for f in figures),
                      "gc_ms": max((f["gc_ms"] for f in figures if "gc_ms" in f), default=None),
                      "index_cpu_s": max((f["index_cpu_s"] for f in figures if "index_cpu_s" in f), default=None),
-                     "index_mb": sum(f["index_mb"] for f in figures) if "index_mb" in figures[0] else None})
+                     "index_mb": max((f["index_mb"] for f in figures if "index_mb" in f), default=None)})
         say(f"scale {n}: {step}: {rows[-1]['cpu_us/sample']:.1f} us/sample, {rows[-1]['pss_mb']:.0f} MB PSS")
 
     say(f"scale {n}: dry run")
@@ -307,7 +316,7 @@ def extrapolate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per step: the cost of one more sample (the slope between the two largest sizes)
     and the figures at `FULL_SCALE` samples along that slope. For a loader start, what
     grows with the set is its index, measured on its own (`index_cpu_s`: the rank that
-    built it; `index_mb`: its pages over all ranks); the rest (torch, DALI, the first
+    built it; `index_mb`: its mapped pages, one copy per node); the rest (torch, DALI, the first
     batch) is taken as fixed. A node runs `RANKS_PER_NODE` loader ranks (the one-rank
     PSS plus, per further rank, what the second rank added), each evaluation rank
     scores 1/`RANKS_PER_NODE` of the images, and every other step runs once."""
