@@ -326,7 +326,7 @@ def bench(
     shards: Annotated[Optional[list[Path]], typer.Option(help="Benchmark these convert outputs instead of generated data (repeatable).")] = BenchSettings.shards,
     threads: Annotated[int, typer.Option(help="CPU threads per loader.")] = BenchSettings.threads,
     scale: Annotated[bool, typer.Option(help="Only the scale benchmark: per-sample CPU and memory of each step at 10k and 100k tiny images.")] = BenchSettings.scale,
-    scale_sizes: Annotated[Optional[list[int]], typer.Option(help="With --scale: these sample counts instead (repeatable; 1000000 takes about an hour).")] = BenchSettings.scale_sizes,
+    scale_sizes: Annotated[Optional[list[int]], typer.Option(help="With --scale: these sample counts instead (repeatable; 1000000 takes over an hour on 2 cores).")] = BenchSettings.scale_sizes,
 ) -> None:
     """Benchmark the converter, the pipelines and training.
 
