@@ -137,9 +137,13 @@ def load_index(root: Path, info: SetInfo, part: tuple[int, int] | None = None) -
         try:
             with _locked(folder):
                 if not (folder / f"{key}.json").exists():
-                    _write_cache(folder / key, _build(root, info, starts, 0, len(info.shards)))
+                    index = _build(root, info, starts, 0, len(info.shards))  # a damaged .idx: its UserError
+                    try:
+                        _write_cache(folder / key, index)
+                    except (OSError, UserError):  # no space there: this process keeps its own copy
+                        return index
             return _open_cached(folder / key, starts)
-        except (OSError, UserError, ValueError):  # no space, or a cache file someone else damaged: build here
+        except (OSError, ValueError, KeyError):  # a cache entry that cannot be read: build here
             pass
     lo, hi = part if part is not None else (0, int(starts[-1]))
     first = int(np.searchsorted(starts, lo, "right")) - 1

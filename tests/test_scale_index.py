@@ -4,6 +4,7 @@ evaluation part that reads only its own shards when there is no cache."""
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import tempfile
@@ -65,6 +66,24 @@ def test_one_mapped_cache_entry_per_set(pristine: Path, cache: Path) -> None:
     copy = pickle.loads(pickle.dumps(first))  # a worker's copy: the file's name, not the records
     assert isinstance(copy.index.records, np.memmap) and copy.index.records.filename == first.index.records.filename
     assert [copy.members(i) for i in range(16)] == _listed(pristine)
+
+
+def test_a_cache_that_cannot_be_written_or_read_is_done_without(pristine: Path, cache: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    info, listed = Manifest.load(pristine).sets["all"], _listed(pristine)
+    write = shard_index._write_cache
+
+    def disk_full(stem: Path, index: shard_index.SetIndex) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shard_index, "_write_cache", disk_full)
+    alone = ShardReader(pristine, info)
+    assert alone.index.cache is None and [alone.members(i) for i in range(16)] == listed
+    monkeypatch.setattr(shard_index, "_write_cache", write)
+    entry = ShardReader(pristine, info).index.cache
+    entry.with_suffix(".json").write_text("{")  # damaged by something else
+    again = ShardReader(pristine, info)
+    assert again.index.cache is None and [again.members(i) for i in range(16)] == listed
 
 
 def _rewrite_line_2(index: Path, edit) -> None:
