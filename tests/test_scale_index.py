@@ -1,6 +1,7 @@
 """The shard index as flat arrays (`shard_index.py`): the same answers as the `.idx` text,
 one cache entry per set mapped by every reader, damage still refused in one line, and an
-evaluation part that reads only its own shards when there is no cache."""
+evaluation part that reads only its own shards when there is no cache; and the scale
+benchmark (`bench/scale_bench.py`): its extrapolation, and its plumbing at a tiny size."""
 
 from __future__ import annotations
 
