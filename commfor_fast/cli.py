@@ -355,6 +355,8 @@ def bench(
     quick: Annotated[bool, typer.Option(help="A reduced set: a few minutes on 2 CPU cores.")] = BenchSettings.quick,
     shards: Annotated[Optional[list[Path]], typer.Option(help="Benchmark these convert outputs instead of generated data (repeatable).")] = BenchSettings.shards,
     threads: Annotated[int, typer.Option(help="CPU threads per loader.")] = BenchSettings.threads,
+    scale: Annotated[bool, typer.Option(help="Only the scale benchmark: per-sample CPU and memory of each step at 10k and 100k tiny images.")] = BenchSettings.scale,
+    scale_sizes: Annotated[Optional[list[int]], typer.Option(help="With --scale: these sample counts instead (repeatable; 1000000 takes over an hour on 2 cores).")] = BenchSettings.scale_sizes,
 ) -> None:
     """Benchmark the converter, the pipelines and training.
 
@@ -368,7 +370,8 @@ def bench(
     settings = _fill(BenchSettings, locals())
     from commfor_fast.bench.run_all import run_all
 
-    call(run_all, settings.out, settings.quick, settings.shards or None, settings.threads)
+    call(run_all, settings.out, settings.quick, settings.shards or None, settings.threads,
+         (settings.scale_sizes or []) if settings.scale else None)
 
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -192,3 +192,5 @@ class BenchSettings:
     quick: bool = False  # a reduced set: a few minutes on 2 CPU cores
     shards: list[Path] | None = None  # benchmark these convert outputs instead of generated data
     threads: int = 2  # CPU threads per loader
+    scale: bool = False  # only the scale benchmark (bench/scale_bench.py): per-sample costs at 10k and 100k samples
+    scale_sizes: list[int] | None = None  # its sample counts instead (e.g. 10000 100000 1000000)

@@ -24,7 +24,9 @@ number within its set):
 
 The `.idx` file beside each tar is DALI's webdataset index (version v1.2: one line
 per sample listing `ext offset size filename` for every member), so DALI never has
-to scan a tar at start-up. `ShardReader` gives random access through the same index.
+to scan a tar at start-up. `ShardReader` gives random access through the same index,
+held as flat arrays mapped once per node (`shard_index.py`: 29 bytes per sample,
+built from the `.idx` files into a cache file on first use).
 """
 
 from __future__ import annotations
@@ -121,6 +123,12 @@ def not_regular(path: Path) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file (a FIFO, device or folder is in its place)"
 
 
+def damaged_index_line(path: Path, line: int, what: str) -> UserError:
+    """The one-line error for a damaged line of a shard index (`line` counts from 1, the header)."""
+    return UserError(f"{path}: damaged index line {line} ({what}); re-run the convert command recorded in "
+                     f"{MANIFEST_NAME} (it redoes the damaged partitions)")
+
+
 def read_index(path: Path) -> list[dict[str, Member]]:
     """Parse a v1.2 index: for each sample, its members by extension."""
     problem = not_regular(path)
@@ -142,8 +150,7 @@ def read_index(path: Path) -> list[dict[str, Member]]:
         for i in range(0, len(fields), 4):
             ext, off, size, name = fields[i : i + 4]
             if not (off.isdigit() and size.isdigit()):  # a damaged line: offsets and sizes are whole numbers
-                raise UserError(f"{path}: damaged index line {len(samples) + 2} ({line[:80]!r}); re-run the "
-                                f"convert command recorded in {MANIFEST_NAME} (it redoes the damaged partitions)")
+                raise damaged_index_line(path, len(samples) + 2, repr(line[:80]))
             members[ext] = Member(ext, int(off), int(size), name)
         samples.append(members)
     if not header[1].isdigit() or len(samples) != int(header[1]):
@@ -482,42 +489,37 @@ class ShardReader:
     """Random access to the samples of one set through the index files.
 
     Sample `i` is the i-th sample in shard order (shards as listed in the manifest,
-    samples in tar order). Reads are plain `pread`s at the indexed offsets.
+    samples in tar order). The index is flat arrays mapped once per node
+    (`shard_index.py`); reads are plain `pread`s at the indexed offsets. With `part`
+    (samples [start, end), an evaluation rank's `shard_range`), only that part is read.
     """
 
-    def __init__(self, root: Path | str, info: SetInfo) -> None:
+    def __init__(self, root: Path | str, info: SetInfo, part: tuple[int, int] | None = None) -> None:
+        from commfor_fast.shard_index import load_index
+
         self.root = Path(root)
         self.info = info
-        self._where: list[tuple[int, dict[str, Member]]] = []
-        for shard_no, shard in enumerate(info.shards):
-            for members in read_index(self.root / shard.index):
-                self._where.append((shard_no, members))
+        self.index = load_index(self.root, info, part)
         self._files: dict[int, Any] = {}
         self._opening = threading.Lock()
-        self._positions: dict[str, int] | None = None
 
     def __len__(self) -> int:
-        return len(self._where)
+        return self.index.num_samples
 
     def shard_of(self, i: int) -> str:
-        return self.info.shards[self._where[i][0]].tar
+        return self.info.shards[self.index.shard_no(i)].tar
 
     def members(self, i: int) -> dict[str, Member]:
-        return self._where[i][1]
+        return self.index.members(i)
 
     def position(self, key: str) -> int | None:
-        """Where the sample with tar key `key` is, or None (keys come from the index)."""
-        if self._positions is None:
-            self._positions = {
-                next(iter(members.values())).filename.split(".", 1)[0]: i
-                for i, (_, members) in enumerate(self._where)
-            }
-        return self._positions.get(key)
+        """Where the sample with tar key `key` is, or None."""
+        return self.index.position(int(key)) if key.isdigit() and len(key) == len(sample_key(0)) else None
 
     def read(self, i: int, exts: tuple[str, ...] | None = None) -> dict[str, bytes]:
         """The members of sample `i` (all, or only `exts`), by extension. Threads may
         read at once: reads are `pread`s, and a shard is opened once, under a lock."""
-        shard_no, members = self._where[i]
+        shard_no = self.index.shard_no(i)
         f = self._files.get(shard_no)
         if f is None:
             with self._opening:
@@ -525,11 +527,11 @@ class ShardReader:
                 if f is None:
                     f = self._files[shard_no] = open_input(self.root / self.info.shards[shard_no].tar)
         out = {}
-        for ext, m in members.items():
+        for ext, offset, size in self.index.spans(i):
             if exts is None or ext in exts:
-                out[ext] = os.pread(f.fileno(), m.size, m.offset)
+                out[ext] = os.pread(f.fileno(), size, offset)
         if IDS_EXT in out:
-            key = next(iter(members.values())).filename.split(".", 1)[0]
+            key = sample_key(self.index.number(i))
             problem = sample_ids_problem(out, key)
             if problem:
                 raise DataError(f"sample {key} in {self.info.shards[shard_no].tar}: {problem}. The shards were "

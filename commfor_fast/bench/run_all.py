@@ -3,7 +3,8 @@
 Writes `BENCH.md` (the machine, the date and one table per benchmark),
 `results.json` (every figure, machine-readable; among them the host-cost keys of
 `host_bench.py`) and `bench.png` (pipeline images/s per engine) into the output
-folder, and prints the Markdown. `--quick` runs a reduced set (a few minutes on 2 CPU cores).
+folder, and prints the Markdown. `--quick` runs a reduced set (a few minutes on 2 CPU cores);
+`--scale` runs only the scale benchmark (`scale_bench.py`: `scale.md` and `results.json`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from commfor_fast.bench import convert_bench, host_bench, pipeline_bench, train_bench
+from commfor_fast.bench import convert_bench, host_bench, pipeline_bench, scale_bench, train_bench
 from commfor_fast.bench.common import machine, markdown_table, warnings_markdown
 from commfor_fast.bench.data import bench_shards
 
@@ -52,9 +53,16 @@ def _chart(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
-def run_all(out: Path, quick: bool, shards: list[Path] | None = None, threads: int = 2) -> Path:
-    """Run every benchmark; returns the path of BENCH.md."""
+def run_all(out: Path, quick: bool, shards: list[Path] | None = None, threads: int = 2,
+            scale: list[int] | None = None) -> Path:
+    """Run every benchmark, or with `scale` (sample counts; [] for its defaults) only
+    `scale_bench`; returns the path of BENCH.md (`scale.md`)."""
     out.mkdir(parents=True, exist_ok=True)
+    if scale is not None:
+        results = scale_bench.run(out, tuple(scale) or scale_bench.SIZES)
+        (out / "results.json").write_text(json.dumps({"date": datetime.date.today().isoformat(),
+                                                      "machine": machine(), **results}, indent=2) + "\n")
+        return out / "scale.md"
     sections = [f"# commfor-fast benchmarks\n\n{datetime.date.today().isoformat()}, {machine()}"
                 f"{', quick set' if quick else ''}\n"]
     if shards is None:

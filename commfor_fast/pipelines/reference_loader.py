@@ -89,6 +89,20 @@ class _StreamSampler(torch.utils.data.Sampler):
                 yield k // self.iters, int(index)
 
 
+class _PartSampler(torch.utils.data.Sampler):
+    """(0, index) keys of samples [start, end) in order: an evaluation rank's part, with
+    no list of keys (one per sample) for every worker to hold."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((0, i) for i in range(self.start, self.end))
+
+
 class ReferenceTrainStream:
     """Endless stream of training batches from the PIL reference executor."""
 
@@ -135,13 +149,13 @@ class ReferenceEvalLoader:
                  seed: int = 0) -> None:
         check_preresize(manifest.preresize, crop)
         self.device = device
-        self.reader = ShardReader(root, manifest.sets[set_name])
-        start, end = shard_range(len(self.reader), rank, world_size)
+        start, end = shard_range(manifest.sets[set_name].num_samples, rank, world_size)
+        self.reader = ShardReader(root, manifest.sets[set_name], (start, end))
         self.num_samples = end - start
         self.levels = tuple(levels)
         items = _ReferenceItems(self.reader, crop, manifest.preresize is not None, None, seed, self.levels)
         self._loader = torch.utils.data.DataLoader(
-            items, batch_size=batch_size, sampler=[(0, i) for i in range(start, end)], num_workers=num_threads,
+            items, batch_size=batch_size, sampler=_PartSampler(start, end), num_workers=num_threads,
             pin_memory=device.type == "cuda",
         )
 

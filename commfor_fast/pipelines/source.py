@@ -101,6 +101,11 @@ class TrainOrder:
         """The number that seeds run n's plans: its run number in the whole stream."""
         return self.start_run + n
 
+    @property
+    def part(self) -> None:
+        """The samples this order reads: any of the set."""
+        return None
+
 
 @dataclass(frozen=True)
 class EvalOrder:
@@ -112,7 +117,7 @@ class EvalOrder:
     world_size: int
 
     def __call__(self, n: int) -> np.ndarray:
-        start, end = shard_range(self.num_samples, self.rank, self.world_size)
+        start, end = self.part
         lo = start + n * self.batch_size
         if lo >= end:
             raise StopIteration
@@ -120,6 +125,11 @@ class EvalOrder:
 
     def plan_number(self, n: int) -> int:
         return n
+
+    @property
+    def part(self) -> tuple[int, int]:
+        """The samples this order reads: [start, end) of the set, this rank's part."""
+        return shard_range(self.num_samples, self.rank, self.world_size)
 
 
 Order = TrainOrder | EvalOrder
@@ -180,7 +190,7 @@ class BatchSource:
     @property
     def reader(self) -> ShardReader:
         if self._reader is None:
-            self._reader = ShardReader(self.source.root, self.source.info)
+            self._reader = ShardReader(self.source.root, self.source.info, self.order.part)
             # pread releases the GIL: several threads read a batch's samples at once.
             self._pool = ThreadPoolExecutor(self.read_threads) if self.read_threads > 1 else None
         return self._reader
@@ -213,8 +223,7 @@ class BatchSource:
                 indices = self.order(n)
             except StopIteration:
                 break
-            runs.append(tuple(unpack_ids(self.reader.read(int(i), (IDS_EXT,))[IDS_EXT]).sample_number
-                              for i in indices))
+            runs.append(tuple(self.reader.index.number(int(i)) for i in indices))
         return runs
 
     def _image(self, sample: dict[str, bytes], ids: np.ndarray) -> np.ndarray:
