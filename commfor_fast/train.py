@@ -50,7 +50,8 @@ from commfor_fast.model import (CommForDetector, clean_state_dict, create_detect
                                 load_detector, read_checkpoint)
 from commfor_fast.modelcard import write_model_card
 from commfor_fast.pipelines.executor import ExecutorOptions
-from commfor_fast.pipelines.loader import LOADERS, TrainStream, create_eval_loader, create_train_stream, iters_per_epoch
+from commfor_fast.pipelines.loader import (LOADERS, EvalLoader, TrainStream, create_eval_loader, create_train_stream,
+                                           iters_per_epoch)
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.synthetic import SyntheticStream
 from commfor_fast.runlog import MetricsLog, Throughput
@@ -75,6 +76,7 @@ def train(settings: TrainSettings) -> Path:
     out = Path(settings.out)
     log: MetricsLog | None = None
     stream: TrainStream | None = None
+    val_loader: EvalLoader | None = None
     completed = False
     try:
         manifest = Manifest.load(settings.data)
@@ -126,6 +128,10 @@ def train(settings: TrainSettings) -> Path:
         stream = create_stream(settings, manifest, train_set, crop=model.input_size, rsa=rsa, env=env, device=device,
                                state=data_state)
 
+        # -- the validation loader, built once: every epoch's pass reuses its pipeline (and workers)
+        val_loader = None if val_set is None else create_val_loader(settings, manifest, val_set, crop=model.input_size,
+                                                                    env=env, device=device)
+
         # -- compile, DDP
         net = data_parallel(torch.compile(model) if settings.compile else model, env, device)
 
@@ -164,7 +170,7 @@ def train(settings: TrainSettings) -> Path:
             epoch_end = itr % itrs_per_epoch == 0
             if epoch_end and val_set is not None:
                 started = time.perf_counter()
-                log.validation(itr, itr // itrs_per_epoch - 1, validate(model, settings, manifest, val_set, env=env,
+                log.validation(itr, itr // itrs_per_epoch - 1, validate(model, val_loader, settings, val_set, env=env,
                                                                         device=device), time.perf_counter() - started)
             if checkpoint_due(itr, total_itrs=schedule.total, per_epoch=itrs_per_epoch, settings=settings):
                 save_checkpoint(out, itr, model=model, optimizer=optimizer, scaler=scaler, stream=stream,
@@ -178,7 +184,7 @@ def train(settings: TrainSettings) -> Path:
         completed = True
         return final
     finally:  # whatever happened: the stream, the run log (and wandb), the process group
-        close_run(stream, log, env, completed)
+        close_run(stream, val_loader, log, env, completed)
 
 
 # ------------------------------------------------------- the helpers, in order of use
@@ -306,20 +312,24 @@ def create_stream(settings: TrainSettings, manifest: Manifest, train_set: str, *
                                executor=ExecutorOptions.from_flags(settings.executor))
 
 
-def validate(model: CommForDetector, settings: TrainSettings, manifest: Manifest, val_set: str, *, env: Dist,
+def create_val_loader(settings: TrainSettings, manifest: Manifest, val_set: str, *, crop: int, env: Dist,
+                      device: torch.device) -> EvalLoader:
+    """This rank's part of `val_set`, one pass each time it is iterated (closed by `close_run`)."""
+    return create_eval_loader(settings.loader, settings.data, manifest, val_set, device=device,
+                              batch_size=settings.batch_size, crop=crop, rank=env.rank, world_size=env.world_size,
+                              num_threads=settings.num_threads, executor=ExecutorOptions.from_flags(settings.executor))
+
+
+def validate(model: CommForDetector, loader: EvalLoader, settings: TrainSettings, val_set: str, *, env: Dist,
              device: torch.device) -> dict[str, Any]:
-    """Loss, accuracy and AP on `val_set`, over every rank's part (gathered on every rank):
-    `val_loss`, `val_acc`, `val_ap` and `val_n`, the images scored. Leaves `model` in training mode."""
-    loader = create_eval_loader(settings.loader, settings.data, manifest, val_set, device=device,
-                                batch_size=settings.batch_size, crop=model.input_size, rank=env.rank,
-                                world_size=env.world_size, num_threads=settings.num_threads,
-                                executor=ExecutorOptions.from_flags(settings.executor))
+    """Loss, accuracy and AP on `val_set` (a pass of `loader`), over every rank's part (gathered
+    on every rank): `val_loss`, `val_acc`, `val_ap` and `val_n`, the images scored. Leaves
+    `model` in training mode."""
     model.eval()
     try:
         mine = score_batches(model, loader, val_set, device=device, autocast_dtype=amp_dtype(settings.amp_dtype),
                              use_amp=bool(settings.use_amp))
     finally:
-        loader.close()
         model.train()
     gathered = gather_scores(mine, env)[0]  # a collective: every rank gets every image
     z, y = torch.from_numpy(gathered.logits), torch.from_numpy(gathered.labels)
@@ -362,12 +372,14 @@ def save_final(model: CommForDetector, out: Path, *, settings: TrainSettings, ma
     return final
 
 
-def close_run(stream: TrainStream | None, log: MetricsLog | None, env: Dist,
+def close_run(stream: TrainStream | None, val_loader: EvalLoader | None, log: MetricsLog | None, env: Dist,
               completed: bool) -> None:
-    """The teardown, after a finished run or a failure: the stream, the run log and wandb,
-    and the process group (without waiting for the other ranks after a failure)."""
-    if stream is not None:
-        stream.close()
+    """The teardown, after a finished run or a failure: the stream and the validation
+    loader, the run log and wandb, and the process group (without waiting for the other
+    ranks after a failure)."""
+    for loader in (stream, val_loader):
+        if loader is not None:
+            loader.close()
     if log is not None:
         log.close()
     teardown_distributed(env, wait=completed)

@@ -298,3 +298,30 @@ def test_executor_options_reach_the_pipeline(data: Path) -> None:
     pipe = create_eval_pipeline(source, device="cpu", batch_size=4, crop=CROP, num_threads=3, options=options)
     assert (pipe.num_threads, pipe.py_num_workers, pipe.prefetch_queue_depth) == (1, 2, 3)
     pipe.source.close()
+
+
+def test_an_evaluation_loader_keeps_its_pipeline_between_passes(data: Path) -> None:
+    """Validation runs every epoch: later passes reuse the first pass's pipeline and
+    workers (no new start-up) and give the same batches, every sample once; a pass left
+    early drops the pipeline and the next pass is whole again."""
+    manifest = Manifest.load(data)
+    loader = create_eval_loader("dali", data, manifest, "all",
+                                **{**_kwargs(rank=1, world_size=2), **_workers("dali", 1)})
+    try:
+        first = list(loader)
+        pipe = loader.pipe
+        second = list(loader)
+        assert loader.pipe is pipe  # reset, not rebuilt
+        for a, b in zip(first, second, strict=True):
+            assert torch.equal(a.images, b.images) and torch.equal(a.sample_numbers, b.sample_numbers)
+        numbers = [int(n) for b in second for n in b.sample_numbers]
+        assert len(numbers) == len(set(numbers)) == len(loader)
+        for _ in loader:
+            break  # left early: DALI cannot reset mid-pass, so the pipeline goes
+        assert loader.pipe is None
+        third = list(loader)
+        assert loader.pipe is not None and loader.pipe is not pipe
+        assert [b.sample_numbers.tolist() for b in third] == [b.sample_numbers.tolist() for b in first]
+    finally:
+        loader.close()
+    assert loader.pipe is None
