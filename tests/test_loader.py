@@ -283,6 +283,9 @@ def test_the_thread_budget_is_split_between_dali_and_the_workers() -> None:
         ExecutorOptions(stream_policy="fast").pipeline_kwargs()
     flags = ExecutorOptions.from_flags(["source_workers=1", "prefetch_queue_depth=3", "hw_decoder_load=0.7"])
     assert flags == ExecutorOptions(source_workers=1, prefetch_queue_depth=3, hw_decoder_load=0.7)
+    # `none` is a concurrency of DALI's (no operators at once), `default` DALI's default
+    assert ExecutorOptions.from_flags(["concurrency=none"]).pipeline_kwargs()["concurrency"].name == "NONE"
+    assert ExecutorOptions.from_flags(["concurrency=none", "concurrency=default"]) == ExecutorOptions()
     with pytest.raises(UserError, match="--executor 'workers=2': use NAME=VALUE with NAME one of source_workers"):
         ExecutorOptions.from_flags(["workers=2"])
     with pytest.raises(UserError, match="--executor 'source_prefetch=two': source_prefetch takes int"):
@@ -298,6 +301,26 @@ def test_executor_options_reach_the_pipeline(data: Path) -> None:
     pipe = create_eval_pipeline(source, device="cpu", batch_size=4, crop=CROP, num_threads=3, options=options)
     assert (pipe.num_threads, pipe.py_num_workers, pipe.prefetch_queue_depth) == (1, 2, 3)
     pipe.source.close()
+
+
+def test_the_resize_minibatch_option_reaches_every_resize(data: Path) -> None:
+    """`--executor resize_minibatch_size=N` sets every resize of the training graph: the
+    first resize and each RSA stage's (traced, no run)."""
+    from commfor_fast.pipelines.dali import create_train_pipeline
+    from commfor_fast.pipelines.source import ShardSource
+
+    def minibatch_sizes(options: ExecutorOptions) -> list:
+        source = ShardSource.from_manifest(data, Manifest.load(data), "all")
+        pipe = create_train_pipeline(source, device="cpu", batch_size=4, crop=CROP, rsa=RSAConfig(), seed=0,
+                                     options=options)
+        pipe._build_graph()
+        pipe.source.close()
+        return [op._op._init_args.get("minibatch_size") for op in pipe._ops
+                if getattr(op._op, "schema_name", "") == "Resize"]
+
+    chosen = minibatch_sizes(ExecutorOptions(source_workers=0, resize_minibatch_size=7))
+    assert len(chosen) > 1 and set(chosen) == {7}  # the first resize and every stage's
+    assert set(minibatch_sizes(ExecutorOptions(source_workers=0))) == {None}  # DALI's default
 
 
 def test_an_evaluation_loader_keeps_its_pipeline_between_passes(data: Path) -> None:

@@ -48,7 +48,7 @@ STAGE_DTYPES = (types.BOOL, types.FLOAT)
 HW_DECODER_LOAD: float | None = None
 
 
-def _slot(img, one, args, r: int, interp):
+def _slot(img, one, args, r: int, interp, options: ExecutorOptions):
     """One geometric slot from its rows `r`, `r + 1` of the stage's `args`: warp -> erase
     -> resize.
 
@@ -61,10 +61,10 @@ def _slot(img, one, args, r: int, interp):
     inside = fn.warp_affine(one, matrix=mask, size=size, fill_value=0, interp_type=types.INTERP_NN)
     img = fn.warp_affine(img, matrix=matrix, size=size, interp_type=types.INTERP_LINEAR) * inside
     img = fn.erase(img, anchor=args[r, 9:17], shape=args[r + 1, 9:17], axis_names="HW", fill_value=args[r, 8:9])  # 1-D, as the GPU erase takes it
-    return fn.resize(img, size=args[r + 1, 6:8], interp_type=interp, antialias=True)
+    return fn.resize(img, size=args[r + 1, 6:8], interp_type=interp, antialias=True, **options.resize_kwargs())
 
 
-def _stage(img, one, used, args):
+def _stage(img, one, used, args, options: ExecutorOptions):
     """One RSA stage, for the samples that use it: its slots, then JPEG where the
     quality (`slots.Slots.stage`'s last row) is not 0. Everything is sliced from
     `args` inside the branch, so a stage costs the whole batch only the splits of
@@ -73,7 +73,7 @@ def _stage(img, one, used, args):
         codes = fn.cast(args[-1, 0:SLOTS_PER_STAGE + 1], dtype=types.INT32)
         interps = fn.cast(codes[0:SLOTS_PER_STAGE], dtype=types.INTERP_TYPE)  # no float -> enum cast
         for s in range(SLOTS_PER_STAGE):
-            img = _slot(img, one, args, 2 * s, interps[s])
+            img = _slot(img, one, args, 2 * s, interps[s], options)
         quality = codes[SLOTS_PER_STAGE]
         if quality:
             img = fn.jpeg_compression_distortion(img, quality=quality)
@@ -124,7 +124,7 @@ def _graph(source: BatchSource, options: ExecutorOptions, workers: int, stages: 
     if stage_inputs:
         one = types.Constant(np.ones((1, 1, 1), np.uint8), device=device, layout="HWC")
         for used, args in stage_inputs:
-            img = _stage(img, one, used, args)
+            img = _stage(img, one, used, args, options)
     img = fn.slice(img, start=head["crop_start"], shape=head["crop_shape"], axes=[0, 1])
     return (_normalise(img) if normalise else img), head["ids"]
 
