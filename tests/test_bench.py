@@ -65,7 +65,7 @@ def test_the_host_table_names_every_host_figure() -> None:
             "graph_fixed_ms_per_image", "graph_fixed_ms_per_image_batch_128", "graph_real_plans_us_per_image",
             "training_thread_us_per_image", "training_thread_us_per_image_no_workers",
             "training_thread_cpu_us_per_image", "training_thread_cpu_us_per_image_no_workers",
-            "host_cpu_ms_per_image", "host_cpu_ms_per_image_no_workers", "eval_pass_start_s",
+            "host_cpu_ms_per_image", "host_cpu_ms_per_image_no_workers", "copy_us_per_image", "eval_pass_start_s",
             "eval_pass_start_s_new_pipeline", "eval_thread_us_per_image", "eval_thread_cpu_us_per_image",
             "eval_host_cpu_ms_per_image", "robustness_thread_us_per_image", "robustness_host_cpu_ms_per_image",
             "robustness_host_cpu_ms_per_level"]

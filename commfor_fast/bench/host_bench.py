@@ -22,6 +22,20 @@ outside the GPU's own work.
   batches prepared by the training thread, as before the workers.
 - `host_cpu_ms_per_image`: all host CPU per image in that run, every thread and
   worker (on the CPU backend this includes the pixel work a GPU would do).
+- `copy_us_per_image`: CPU time of copying one output image (3 x 384 x 384 float32)
+  into a torch tensor, what the consuming thread still does per image on the CPU
+  backend (on the GPU a device copy it only enqueues).
+- `eval_pass_start_s`: seconds from the start of an evaluation pass to its first
+  batch with the loader's pipeline kept from the pass before (validation's later
+  epochs), and `..._new_pipeline` with a new pipeline each pass, its workers spawned
+  (what every validation paid before).
+- `eval_thread_us_per_image`, `eval_thread_cpu_us_per_image`,
+  `eval_host_cpu_ms_per_image`: the training figures' equivalents for evaluation
+  passes (clean, pre-resized shards, a pass per repeat), and `robustness_...` for
+  robustness evaluation (`ROBUSTNESS_LEVELS`, every level from one decode, JPEG
+  shards), with the host CPU also per level.
+- `executor_ablation`: free-running training batches with one executor option
+  changed at a time (`ABLATION`): images/s and host CPU per image, a table of its own.
 
     python -m commfor_fast.bench.host_bench [--quick] [--shards DIR ...]
 """
@@ -205,6 +219,20 @@ def paced_cost(batches: Iterator[Any], calls: int, repeats: int, images: int, la
             "host_cpu_ms": 1e3 * cpu / (repeats * images)}
 
 
+def copy_us_per_image(batch: int, repeats: int) -> float:
+    """CPU time per image of copying a batch of normalised 3 x 384 x 384 float32 images
+    into a new torch tensor: what DALI's torch iterator does with each output image on
+    the CPU backend, in the consuming thread (on the GPU it is a device copy the thread
+    only enqueues)."""
+    images = torch.rand(batch, 3, CROP, CROP)
+
+    def run() -> int:
+        torch.empty_like(images).copy_(images)
+        return batch
+
+    return 1e6 * measure(run, repeats, label="copy into torch").cpu_s / batch
+
+
 def _train_stream(source: ShardSource, batch: int, per_run: int, threads: int,
                   options: ExecutorOptions) -> DaliTrainStream:
     """The DALI training stream over `source` on the CPU backend, default RSA."""
@@ -329,6 +357,7 @@ def run(shards: dict[str, Path], quick: bool) -> dict[str, Any]:
         "graph_fixed_ms_per_image_batch_128": graph_fixed_ms_per_image(GPU_BATCH, repeats),
         "graph_real_plans_us_per_image": graph_real_plans_us_per_image(PIPELINE_BATCH, repeats),
         **_thread_figures(preresized, quick),
+        "copy_us_per_image": copy_us_per_image(16, repeats),
         **_eval_figures(preresized, _source(shards, preresized=False, jpeg=True), quick),
         "pipeline_batch": PIPELINE_BATCH,
         "executor_ablation": executor_ablation(preresized, *((16, 2, 3) if quick else (32, 2, 5)), quick=quick),
@@ -391,6 +420,8 @@ def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
         "host_cpu_ms_per_image": ("ms", "all host CPU per image (every thread and worker) in that run; CPU backend: "
                                         "includes the pixel work a GPU does"),
         "host_cpu_ms_per_image_no_workers": ("ms", "the same, batches prepared by the training thread"),
+        "copy_us_per_image": ("us", "CPU time of copying one normalised 3 x 384 x 384 float32 image into a torch "
+                                    "tensor (batch 16): what the consuming thread does per image on the CPU backend"),
         "eval_pass_start_s": ("s", "evaluation: start of a pass to its first batch, the loader's pipeline kept "
                                    "from the pass before (validation's later epochs), 2 source workers + 2 DALI "
                                    "threads, pre-resized shards"),
