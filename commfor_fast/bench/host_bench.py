@@ -23,8 +23,9 @@ outside the GPU's own work.
 - `host_cpu_ms_per_image`: all host CPU per image in that run, every thread and
   worker (on the CPU backend this includes the pixel work a GPU would do).
 - `copy_us_per_image`: CPU time of copying one output image (3 x 384 x 384 float32)
-  into a torch tensor, what the consuming thread still does per image on the CPU
-  backend (on the GPU a device copy it only enqueues).
+  in one thread: the copy DALI's torch iterator still makes per image in the
+  consuming thread on the CPU backend (gathering a run's images into one tensor; on
+  the GPU a device copy the thread only enqueues).
 - `eval_pass_start_s`: seconds from the start of an evaluation pass to its first
   batch with the loader's pipeline kept from the pass before (validation's later
   epochs), and `..._new_pipeline` with a new pipeline each pass, its workers spawned
@@ -221,16 +222,17 @@ def paced_cost(batches: Iterator[Any], calls: int, repeats: int, images: int, la
 
 def copy_us_per_image(batch: int, repeats: int) -> float:
     """CPU time per image of copying a batch of normalised 3 x 384 x 384 float32 images
-    into a new torch tensor: what DALI's torch iterator does with each output image on
-    the CPU backend, in the consuming thread (on the GPU it is a device copy the thread
-    only enqueues)."""
-    images = torch.rand(batch, 3, CROP, CROP)
+    into new memory, in one thread: what DALI's torch iterator still costs the
+    consuming thread per image on the CPU backend, where it gathers a run's output
+    images into one tensor (`TensorList.as_tensor`, a copy; torch then takes the
+    tensor without one). On the GPU that copy is a device copy the thread only enqueues."""
+    images = np.random.default_rng(0).random((batch, 3, CROP, CROP), dtype=np.float32)
 
     def run() -> int:
-        torch.empty_like(images).copy_(images)
+        images.copy()
         return batch
 
-    return 1e6 * measure(run, repeats, label="copy into torch").cpu_s / batch
+    return 1e6 * measure(run, repeats, label="copy of the output images").cpu_s / batch
 
 
 def _train_stream(source: ShardSource, batch: int, per_run: int, threads: int,
@@ -420,8 +422,9 @@ def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
         "host_cpu_ms_per_image": ("ms", "all host CPU per image (every thread and worker) in that run; CPU backend: "
                                         "includes the pixel work a GPU does"),
         "host_cpu_ms_per_image_no_workers": ("ms", "the same, batches prepared by the training thread"),
-        "copy_us_per_image": ("us", "CPU time of copying one normalised 3 x 384 x 384 float32 image into a torch "
-                                    "tensor (batch 16): what the consuming thread does per image on the CPU backend"),
+        "copy_us_per_image": ("us", "CPU time of copying one normalised 3 x 384 x 384 float32 image, one thread "
+                                    "(batch 16): the copy DALI's torch iterator makes per image in the consuming "
+                                    "thread on the CPU backend"),
         "eval_pass_start_s": ("s", "evaluation: start of a pass to its first batch, the loader's pipeline kept "
                                    "from the pass before (validation's later epochs), 2 source workers + 2 DALI "
                                    "threads, pre-resized shards"),
