@@ -52,7 +52,8 @@ class ExecutorOptions:
                 values[name] = None if text.lower() == "default" else (
                     int(text) if "int" in kind else float(text) if "float" in kind else text)
             except ValueError:
-                raise UserError(f"--executor {flag!r}: {name} takes {kind.replace(' | None', '')}") from None
+                raise UserError(f"--executor {flag!r}: {name} takes {kind.replace(' | None', '')} or default") \
+                    from None
         return cls(**values)
 
     def split(self, num_threads: int) -> tuple[int, int]:
