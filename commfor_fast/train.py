@@ -55,7 +55,8 @@ from commfor_fast.model import (CommForDetector, clean_state_dict, create_detect
                                 load_detector, read_checkpoint)
 from commfor_fast.modelcard import write_model_card
 from commfor_fast.pipelines.executor import ExecutorOptions
-from commfor_fast.pipelines.loader import LOADERS, TrainStream, create_eval_loader, create_train_stream, iters_per_epoch
+from commfor_fast.pipelines.loader import (LOADERS, EvalLoader, TrainStream, create_eval_loader, create_train_stream,
+                                           iters_per_epoch)
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.synthetic import SyntheticStream
 from commfor_fast.runlog import MetricsLog, Throughput, check_wandb, rank_error
@@ -71,6 +72,7 @@ def train(settings: TrainSettings) -> Path:
     out = Path(settings.out)
     log: MetricsLog | None = None
     stream: TrainStream | None = None
+    val_loader: EvalLoader | None = None
     completed = False
     try:
         # -- settings, checked before any work (and wandb's credentials, on the rank that logs)
@@ -137,6 +139,10 @@ def train(settings: TrainSettings) -> Path:
         stream = create_stream(settings, manifest, train_set, crop=model.input_size, rsa=rsa, env=env, device=device,
                                state=data_state)
 
+        # -- the validation loader, built once: every epoch's pass reuses its pipeline (and workers)
+        val_loader = None if val_set is None else create_val_loader(settings, manifest, val_set, crop=model.input_size,
+                                                                    env=env, device=device)
+
         # -- compile, DDP
         net = data_parallel(torch.compile(model) if settings.compile else model, env, device)
 
@@ -175,8 +181,8 @@ def train(settings: TrainSettings) -> Path:
             # checkpoint at epoch ends, every --ckpt-every iterations and the last
             epoch_end = itr % itrs_per_epoch == 0
             if val_set is not None and (epoch_end or itr == schedule.total):
-                validate_and_keep_best(model, itr, (itr - 1) // itrs_per_epoch, val_set, settings=settings,
-                                       manifest=manifest, card=card, env=env, device=device, log=log)
+                validate_and_keep_best(model, itr, (itr - 1) // itrs_per_epoch, val_set, val_loader, settings=settings,
+                                       card=card, env=env, device=device, log=log)
             if checkpoint_due(itr, total_itrs=schedule.total, per_epoch=itrs_per_epoch, settings=settings):
                 save_checkpoint(out, itr, model=model, optimizer=optimizer, scaler=scaler, stream=stream,
                                 shape=shape, per_epoch=itrs_per_epoch, settings=settings, env=env, log=log)
@@ -190,7 +196,7 @@ def train(settings: TrainSettings) -> Path:
     except UserError as exc:  # only rank 0 prints: the other ranks' errors say which rank they come from
         raise rank_error(exc, env) from None
     finally:  # whatever happened: the stream, the run log (and wandb), the process group
-        close_run(stream, log, env, completed)
+        close_run(stream, val_loader, log, env, completed)
 
 
 # ------------------------------------------------------- the helpers, in order of use
@@ -304,14 +310,14 @@ def create_stream(settings: TrainSettings, manifest: Manifest, train_set: str, *
                                executor=ExecutorOptions.from_flags(settings.executor))
 
 
-def validate_and_keep_best(model: CommForDetector, itr: int, epoch: int, val_set: str, *, settings: TrainSettings,
-                           manifest: Manifest, card: dict[str, Any], env: Dist, device: torch.device,
+def validate_and_keep_best(model: CommForDetector, itr: int, epoch: int, val_set: str, loader: EvalLoader, *,
+                           settings: TrainSettings, card: dict[str, Any], env: Dist, device: torch.device,
                            log: MetricsLog) -> None:
     """Validate after iteration `itr` of `epoch` (0-based; a collective, every rank calls it)
-    and log it; rank 0 writes the model to `OUT/best/` (as `final/`: save_pretrained and
+    on a pass of `loader` and log it; rank 0 writes the model to `OUT/best/` (as `final/`: save_pretrained and
     a model card) when its AP beats every earlier validation of the run, resumes included."""
     started = time.perf_counter()
-    record = {"itr": itr, "epoch": epoch, **validate(model, settings, manifest, val_set, env=env, device=device)}
+    record = {"itr": itr, "epoch": epoch, **validate(model, loader, settings, val_set, env=env, device=device)}
     best = env.is_main and is_new_best(record["val_ap"], log.records())  # before this record is logged
     log.validation(record, time.perf_counter() - started)
     if best:
@@ -320,20 +326,24 @@ def validate_and_keep_best(model: CommForDetector, itr: int, epoch: int, val_set
         log.print(f"best validation AP so far ({record['val_ap']:.4f}): saved {settings.out / BEST}")
 
 
-def validate(model: CommForDetector, settings: TrainSettings, manifest: Manifest, val_set: str, *, env: Dist,
+def create_val_loader(settings: TrainSettings, manifest: Manifest, val_set: str, *, crop: int, env: Dist,
+                      device: torch.device) -> EvalLoader:
+    """This rank's part of `val_set`, one pass each time it is iterated (closed by `close_run`)."""
+    return create_eval_loader(settings.loader, settings.data, manifest, val_set, device=device,
+                              batch_size=settings.batch_size, crop=crop, rank=env.rank, world_size=env.world_size,
+                              num_threads=settings.num_threads, executor=ExecutorOptions.from_flags(settings.executor))
+
+
+def validate(model: CommForDetector, loader: EvalLoader, settings: TrainSettings, val_set: str, *, env: Dist,
              device: torch.device) -> dict[str, Any]:
-    """Loss, accuracy and AP on `val_set`, over every rank's part (gathered on every rank):
-    `val_loss`, `val_acc`, `val_ap` and `val_n`, the images scored. Leaves `model` in training mode."""
-    loader = create_eval_loader(settings.loader, settings.data, manifest, val_set, device=device,
-                                batch_size=settings.batch_size, crop=model.input_size, rank=env.rank,
-                                world_size=env.world_size, num_threads=settings.num_threads,
-                                executor=ExecutorOptions.from_flags(settings.executor))
+    """Loss, accuracy and AP on `val_set` (a pass of `loader`), over every rank's part (gathered
+    on every rank): `val_loss`, `val_acc`, `val_ap` and `val_n`, the images scored. Leaves
+    `model` in training mode."""
     model.eval()
     try:
         mine = score_batches(model, loader, val_set, device=device, autocast_dtype=amp_dtype(settings.amp_dtype),
                              use_amp=bool(settings.use_amp))
     finally:
-        loader.close()
         model.train()
     gathered = gather_scores(mine, env)[0]  # a collective: every rank gets every image
     z, y = torch.from_numpy(gathered.logits), torch.from_numpy(gathered.labels)
@@ -381,12 +391,14 @@ def save_final(model: CommForDetector, out: Path, *, card: dict[str, Any], env: 
     return final
 
 
-def close_run(stream: TrainStream | None, log: MetricsLog | None, env: Dist,
+def close_run(stream: TrainStream | None, val_loader: EvalLoader | None, log: MetricsLog | None, env: Dist,
               completed: bool) -> None:
-    """The teardown, after a finished run or a failure: the stream, the run log and wandb,
-    and the process group (without waiting for the other ranks after a failure)."""
-    if stream is not None:
-        stream.close()
+    """The teardown, after a finished run or a failure: the stream and the validation
+    loader, the run log and wandb, and the process group (without waiting for the other
+    ranks after a failure)."""
+    for loader in (stream, val_loader):
+        if loader is not None:
+            loader.close()
     if log is not None:
         log.close()
     teardown_distributed(env, wait=completed)

@@ -65,9 +65,50 @@ def test_the_host_table_names_every_host_figure() -> None:
             "graph_fixed_ms_per_image", "graph_fixed_ms_per_image_batch_128", "graph_real_plans_us_per_image",
             "training_thread_us_per_image", "training_thread_us_per_image_no_workers",
             "training_thread_cpu_us_per_image", "training_thread_cpu_us_per_image_no_workers",
-            "host_cpu_ms_per_image", "host_cpu_ms_per_image_no_workers"]
+            "host_cpu_ms_per_image", "host_cpu_ms_per_image_no_workers", "copy_us_per_image", "eval_pass_start_s",
+            "eval_pass_start_s_new_pipeline", "eval_thread_us_per_image", "eval_thread_cpu_us_per_image",
+            "eval_host_cpu_ms_per_image", "robustness_thread_us_per_image", "robustness_host_cpu_ms_per_image",
+            "robustness_host_cpu_ms_per_level"]
     figures = {k: 1.0 for k in keys} | {"pipeline_batch": 512, "thread_bench_batch": 32,
-                                        "thread_bench_batches_per_run": 4}
+                                        "thread_bench_batches_per_run": 4, "eval_bench_batch": 16,
+                                        "robustness_levels": 9}
     rows = host_bench.rows(figures)
     assert [r["figure"] for r in rows] == keys
     assert "2 source workers + 2 DALI threads, batch 32 x 4 per run" in rows[7]["what"]
+    assert "9 levels per image from one decode" in rows[-3]["what"]
+
+
+def test_the_consuming_thread_is_measured_paced_and_per_image(monkeypatch) -> None:
+    """`paced_cost`: a warm-up and a free-running repeat set the pace; the timed repeats
+    each follow a stand-in step, and the figures are per image (a toy stream)."""
+    from commfor_fast.bench import host_bench
+
+    calls: list[str] = []
+    sleeps: list[float] = []
+    monkeypatch.setattr(host_bench.time, "sleep", sleeps.append)
+
+    def batches():
+        while True:
+            calls.append("batch")
+            yield 0
+
+    figures = host_bench.paced_cost(batches(), calls=3, repeats=2, images=12, label="toy")
+    assert len(calls) == 3 * 4 and len(sleeps) == 3 * 2  # warm-up, free-running, 2 paced repeats
+    assert all(s == sleeps[0] >= 0 for s in sleeps)  # one pace: twice a free-running call
+    assert set(figures) == {"wall_us", "own_us", "host_cpu_ms"} and figures["wall_us"] >= 0
+
+
+def test_every_executor_ablation_row_is_a_valid_option() -> None:
+    """The CPU ablation's and the GPU check's executor rows each name an `--executor`
+    option and a value it takes (a typo would cost a device run)."""
+    from commfor_fast.bench import gpu_steps, host_bench
+    from commfor_fast.pipelines.executor import ExecutorOptions
+
+    flags = [f"{option}={value}" for option, value in host_bench.ABLATION if value]
+    flags += [options["executor"] for _, options in gpu_steps.ABLATIONS if "executor" in options]
+    for flag in flags:
+        options = ExecutorOptions.from_flags([flag])
+        assert options != ExecutorOptions(), flag
+        options.pipeline_kwargs()  # enum names resolve
+    assert {f.split("=")[0] for f in flags} == {"source_workers", "concurrency", "stream_policy",
+                                                "prefetch_queue_depth", "source_prefetch", "resize_minibatch_size"}

@@ -283,6 +283,9 @@ def test_the_thread_budget_is_split_between_dali_and_the_workers() -> None:
         ExecutorOptions(stream_policy="fast").pipeline_kwargs()
     flags = ExecutorOptions.from_flags(["source_workers=1", "prefetch_queue_depth=3", "hw_decoder_load=0.7"])
     assert flags == ExecutorOptions(source_workers=1, prefetch_queue_depth=3, hw_decoder_load=0.7)
+    # `none` is a concurrency of DALI's (no operators at once), `default` DALI's default
+    assert ExecutorOptions.from_flags(["concurrency=none"]).pipeline_kwargs()["concurrency"].name == "NONE"
+    assert ExecutorOptions.from_flags(["concurrency=none", "concurrency=default"]) == ExecutorOptions()
     with pytest.raises(UserError, match="--executor 'workers=2': use NAME=VALUE with NAME one of source_workers"):
         ExecutorOptions.from_flags(["workers=2"])
     with pytest.raises(UserError, match="--executor 'source_prefetch=two': source_prefetch takes int"):
@@ -298,3 +301,50 @@ def test_executor_options_reach_the_pipeline(data: Path) -> None:
     pipe = create_eval_pipeline(source, device="cpu", batch_size=4, crop=CROP, num_threads=3, options=options)
     assert (pipe.num_threads, pipe.py_num_workers, pipe.prefetch_queue_depth) == (1, 2, 3)
     pipe.source.close()
+
+
+def test_the_resize_minibatch_option_reaches_every_resize(data: Path) -> None:
+    """`--executor resize_minibatch_size=N` sets every resize of the training graph: the
+    first resize and each RSA stage's (traced, no run)."""
+    from commfor_fast.pipelines.dali import create_train_pipeline
+    from commfor_fast.pipelines.source import ShardSource
+
+    def minibatch_sizes(options: ExecutorOptions) -> list:
+        source = ShardSource.from_manifest(data, Manifest.load(data), "all")
+        pipe = create_train_pipeline(source, device="cpu", batch_size=4, crop=CROP, rsa=RSAConfig(), seed=0,
+                                     options=options)
+        pipe._build_graph()
+        pipe.source.close()
+        return [op._op._init_args.get("minibatch_size") for op in pipe._ops
+                if getattr(op._op, "schema_name", "") == "Resize"]
+
+    chosen = minibatch_sizes(ExecutorOptions(source_workers=0, resize_minibatch_size=7))
+    assert len(chosen) > 1 and set(chosen) == {7}  # the first resize and every stage's
+    assert set(minibatch_sizes(ExecutorOptions(source_workers=0))) == {None}  # DALI's default
+
+
+def test_an_evaluation_loader_keeps_its_pipeline_between_passes(data: Path) -> None:
+    """Validation runs every epoch: later passes reuse the first pass's pipeline and
+    workers (no new start-up) and give the same batches, every sample once; a pass left
+    early drops the pipeline and the next pass is whole again."""
+    manifest = Manifest.load(data)
+    loader = create_eval_loader("dali", data, manifest, "all",
+                                **{**_kwargs(rank=1, world_size=2), **_workers("dali", 1)})
+    try:
+        first = list(loader)
+        pipe = loader.pipe
+        second = list(loader)
+        assert loader.pipe is pipe  # reset, not rebuilt
+        for a, b in zip(first, second, strict=True):
+            assert torch.equal(a.images, b.images) and torch.equal(a.sample_numbers, b.sample_numbers)
+        numbers = [int(n) for b in second for n in b.sample_numbers]
+        assert len(numbers) == len(set(numbers)) == len(loader)
+        for _ in loader:
+            break  # left early: DALI cannot reset mid-pass, so the pipeline goes
+        assert loader.pipe is None
+        third = list(loader)
+        assert loader.pipe is not None and loader.pipe is not pipe
+        assert [b.sample_numbers.tolist() for b in third] == [b.sample_numbers.tolist() for b in first]
+    finally:
+        loader.close()
+    assert loader.pipe is None

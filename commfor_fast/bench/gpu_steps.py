@@ -186,7 +186,8 @@ class HostSplit:
 
 
 def _stream(ctx: Context, label: str, *, batch: int | None = None, per_run: int | None = None,
-            threads: int | None = None) -> Any:
+            threads: int | None = None, executor: str | None = None) -> Any:
+    from commfor_fast.pipelines.executor import ExecutorOptions
     from commfor_fast.pipelines.loader import create_train_stream
     from commfor_fast.pipelines.plan import RSAConfig
     from commfor_fast.shards import Manifest
@@ -196,7 +197,8 @@ def _stream(ctx: Context, label: str, *, batch: int | None = None, per_run: int 
     manifest = Manifest.load(root)
     return create_train_stream("dali", root, manifest, manifest.training_sets()[0], device=ctx.device,
                                batch_size=batch or s.batch, crop=CROP, rsa=RSAConfig(), seed=0, rank=0, world_size=1,
-                               num_threads=threads or s.threads, batches_per_run=per_run or s.per_run)
+                               num_threads=threads or s.threads, batches_per_run=per_run or s.per_run,
+                               executor=ExecutorOptions.from_flags([executor] if executor else []))
 
 
 def _sync(ctx: Context) -> None:
@@ -205,15 +207,16 @@ def _sync(ctx: Context) -> None:
 
 
 def time_pipeline(ctx: Context, label: str, runs: int, *, per_run: int | None = None,
-                  threads: int | None = None, split: bool = False) -> dict[str, Any]:
+                  threads: int | None = None, executor: str | None = None, split: bool = False) -> dict[str, Any]:
     """Training batches from `label`'s shards: images/s over `runs` pipeline runs after
     the warm-up, host CPU ms per image, and with `split` the training thread's time per
-    run (source / feed / wait) and each thread's CPU."""
+    run (source / feed / wait) and each thread's CPU. `executor`: one `--executor
+    NAME=VALUE` option (`pipelines/executor.py`), else the defaults."""
     from commfor_fast.bench.common import cpu_seconds
 
     s = ctx.sizes
     per_run = per_run or s.per_run
-    stream = _stream(ctx, label, per_run=per_run, threads=threads)
+    stream = _stream(ctx, label, per_run=per_run, threads=threads, executor=executor)
     try:
         for _ in range(s.warmup * per_run):
             next(stream)
@@ -368,20 +371,30 @@ def profile(ctx: Context) -> dict[str, Any]:
 
 
 # Ablations: (name, keyword arguments of `time_pipeline`), around the headline's
-# configuration. Knobs the loader does not have yet are listed in NOT_YET_KNOBS; when
-# one becomes a `create_train_stream` argument, it gets rows here.
+# configuration, one setting at a time: the loader's knobs, then every executor option
+# (`--executor NAME=VALUE`; hw_decoder_load is the jpeg-hw step's) the CPU could not
+# decide (host_bench's executor ablation). Knobs the loader does not have yet are listed in
+# NOT_YET_KNOBS; when one becomes a `create_train_stream` argument, it gets rows here.
 ABLATIONS = [("batches_per_run=1", {"per_run": 1}), ("batches_per_run=2", {"per_run": 2}),
              ("batches_per_run=8", {"per_run": 8}), ("threads=1", {"threads": 1}), ("threads=2", {"threads": 2}),
-             ("threads=8", {"threads": 8})]
-NOT_YET_KNOBS = ["no_copy (DALIGenericIterator)", "executor concurrency and stream policy",
-                 "resize minibatch size"]
+             ("threads=8", {"threads": 8})] + [
+    (flag, {"executor": flag}) for flag in (
+        "source_workers=0", "source_workers=1", "source_workers=3", "concurrency=none", "concurrency=full",
+        "stream_policy=single", "stream_policy=per_operator", "prefetch_queue_depth=1", "prefetch_queue_depth=3",
+        "source_prefetch=1", "source_prefetch=3", "resize_minibatch_size=8", "resize_minibatch_size=128")]
+NOT_YET_KNOBS = ["no_copy (DALIGenericIterator)"]
 
 
 def ablations(ctx: Context) -> dict[str, Any]:
-    """The headline pipeline with one setting changed at a time."""
+    """The headline pipeline with one setting changed at a time (the dry run: the first
+    row of each kind: batches per run, threads, an executor option)."""
     rows = {}
-    chosen = ABLATIONS if ctx.gpu else ABLATIONS[:1] + ABLATIONS[3:4]  # the dry run: one of each kind
-    for name, options in chosen:
+    kinds: set[str] = set()
+    for name, options in ABLATIONS:
+        kind = "executor" if "executor" in options else name.split("=")[0]
+        if not ctx.gpu and kind in kinds:
+            continue
+        kinds.add(kind)
         try:
             rows[name] = time_pipeline(ctx, "preresized", ctx.sizes.ablation_runs, **options)
         except Exception as exc:  # noqa: BLE001 (one setting failing must not lose the others)
@@ -495,7 +508,7 @@ STEPS: list[Step] = [
          "training pipeline, pre-resized, 128 x 4, 4 threads, 30 runs: img/s, host ms, source/feed/wait, "
          "CPU per thread"),
     Step("profile", profile, 120, True, "torch.profiler: 3 runs + ViT-S steps, trace and top-30 kernels"),
-    Step("ablations", ablations, 150, True, "batches per run and threads, one at a time"),
+    Step("ablations", ablations, 300, True, "batches per run, threads and every executor option, one at a time"),
     Step("jpeg-hw", jpeg_hw, 150, True, "JPEG-1024 pipeline and eval parity at hw_decoder_load 0, 0.65, 1"),
     Step("gpu-tests", gpu_tests, 240, True, "pytest -m gpu with JUnit XML and the measured differences"),
     Step("training", training, 240, True, "eager ViT-S/16 384 bf16 b128: real vs synthetic, GPU utilisation"),

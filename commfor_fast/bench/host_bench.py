@@ -22,6 +22,21 @@ outside the GPU's own work.
   batches prepared by the training thread, as before the workers.
 - `host_cpu_ms_per_image`: all host CPU per image in that run, every thread and
   worker (on the CPU backend this includes the pixel work a GPU would do).
+- `copy_us_per_image`: CPU time of copying one output image (3 x 384 x 384 float32)
+  in one thread: the copy DALI's torch iterator still makes per image in the
+  consuming thread on the CPU backend (gathering a run's images into one tensor; on
+  the GPU a device copy the thread only enqueues).
+- `eval_pass_start_s`: seconds from the start of an evaluation pass to its first
+  batch with the loader's pipeline kept from the pass before (validation's later
+  epochs), and `..._new_pipeline` with a new pipeline each pass, its workers spawned
+  (what every validation paid before).
+- `eval_thread_us_per_image`, `eval_thread_cpu_us_per_image`,
+  `eval_host_cpu_ms_per_image`: the training figures' equivalents for evaluation
+  passes (clean, pre-resized shards, a pass per repeat), and `robustness_...` for
+  robustness evaluation (`ROBUSTNESS_LEVELS`, every level from one decode, JPEG
+  shards), with the host CPU also per level.
+- `executor_ablation`: free-running training batches with one executor option
+  changed at a time (`ABLATION`): images/s and host CPU per image, a table of its own.
 
     python -m commfor_fast.bench.host_bench [--quick] [--shards DIR ...]
 """
@@ -31,6 +46,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +54,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from commfor_fast.bench.common import check_spread, cpu_seconds, measure
+from commfor_fast.bench.common import check_spread, cpu_seconds, markdown_table, measure
 from commfor_fast.bench.script import bench_main
+from commfor_fast.pipelines.batch import EvalLoader
 from commfor_fast.pipelines.dali import create_pipeline, create_train_pipeline, operator_census
 from commfor_fast.pipelines.dali_loader import DaliTrainStream
 from commfor_fast.pipelines.executor import ExecutorOptions
+from commfor_fast.pipelines.loader import create_eval_loader
+from commfor_fast.pipelines.perturb import Level, parse_perturbations
 from commfor_fast.pipelines.plan import RSAConfig
 from commfor_fast.pipelines.slots import Slots, graph_stages
 from commfor_fast.pipelines.source import BatchSource, ShardSource, TrainPlanner
@@ -56,8 +75,8 @@ GPU_BATCH = 128
 PIPELINE_BATCH = GPU_BATCH * TrainSettings.batches_per_run
 
 
-def _source(shards: dict[str, Path], preresized: bool) -> ShardSource:
-    label = next(k for k in shards if ("preresized" in k) == preresized)
+def _source(shards: dict[str, Path], preresized: bool, jpeg: bool = False) -> ShardSource:
+    label = next(k for k in shards if ("preresized" in k) == preresized and ("jpeg" in k or not jpeg))
     manifest = Manifest.load(shards[label])
     return ShardSource.from_manifest(shards[label], manifest, manifest.training_sets()[0])
 
@@ -172,43 +191,159 @@ def graph_real_plans_us_per_image(batch: int, repeats: int, side: int = 24) -> f
     return 1e6 * _graph_cpu_per_run(host, stages, batch, repeats) / batch
 
 
+def paced_cost(batches: Iterator[Any], calls: int, repeats: int, images: int, label: str) -> dict[str, float]:
+    """What the consuming thread pays per image to get batches from `batches`, `calls`
+    batches (`images` images) per repeat: after a warm-up repeat and a free-running one,
+    each call follows a stand-in model step (a sleep of twice a free-running call's
+    time) that leaves the pipeline time to prepare the next batches. The thread's wall
+    time and its own CPU time inside `next` per image (medians of `repeats`), and the
+    host CPU per image of every thread and worker over all repeats."""
+    for _ in range(calls):  # warm-up: the first run, the pipeline built
+        next(batches)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        next(batches)
+    step = 2 * (time.perf_counter() - t0) / calls
+    walls, own, c0 = [], [], cpu_seconds()
+    for _ in range(repeats):
+        wall = thread = 0.0
+        for _ in range(calls):
+            time.sleep(step)
+            t, c = time.perf_counter(), time.thread_time()
+            next(batches)
+            wall, thread = wall + time.perf_counter() - t, thread + time.thread_time() - c
+        walls.append(wall)
+        own.append(thread)
+    cpu = cpu_seconds() - c0
+    check_spread(f"{label}: the consuming thread's wall time per repeat", walls, "s")
+    return {"wall_us": 1e6 * statistics.median(walls) / images, "own_us": 1e6 * statistics.median(own) / images,
+            "host_cpu_ms": 1e3 * cpu / (repeats * images)}
+
+
+def copy_us_per_image(batch: int, repeats: int) -> float:
+    """CPU time per image of copying a batch of normalised 3 x 384 x 384 float32 images
+    into new memory, in one thread: what DALI's torch iterator still costs the
+    consuming thread per image on the CPU backend, where it gathers a run's output
+    images into one tensor (`TensorList.as_tensor`, a copy; torch then takes the
+    tensor without one). On the GPU that copy is a device copy the thread only enqueues."""
+    images = np.random.default_rng(0).random((batch, 3, CROP, CROP), dtype=np.float32)
+
+    def run() -> int:
+        images.copy()
+        return batch
+
+    return 1e6 * measure(run, repeats, label="copy of the output images").cpu_s / batch
+
+
+def _train_stream(source: ShardSource, batch: int, per_run: int, threads: int,
+                  options: ExecutorOptions) -> DaliTrainStream:
+    """The DALI training stream over `source` on the CPU backend, default RSA."""
+    manifest = Manifest.load(source.root)
+    return DaliTrainStream(source.root, manifest, manifest.training_sets()[0], device=torch.device("cpu"),
+                           batch_size=batch, crop=CROP, rsa=RSAConfig(), seed=0, rank=0, world_size=1,
+                           num_threads=threads, batches_per_run=per_run, options=options)
+
+
 def training_thread(source: ShardSource, batch: int, per_run: int, runs: int, workers: int,
                     threads: int) -> dict[str, float]:
-    """What the training thread pays per image to get training batches from the DALI
-    stream (pre-resized shards, default RSA, CPU backend), with `workers` source
-    workers out of `threads`, while a stand-in model step (a sleep of twice a
-    free-running batch's time) leaves the pipeline time to finish the next run: the
-    thread's wall time and its own CPU time inside `next(stream)` per image, and the
-    host CPU per image of every thread and worker."""
-    manifest = Manifest.load(source.root)
-    stream = DaliTrainStream(source.root, manifest, manifest.training_sets()[0], device=torch.device("cpu"),
-                             batch_size=batch, crop=CROP, rsa=RSAConfig(), seed=0, rank=0, world_size=1,
-                             num_threads=threads, batches_per_run=per_run,
-                             options=ExecutorOptions(source_workers=workers))
+    """`paced_cost` of the DALI training stream (pre-resized shards, default RSA, CPU
+    backend), with `workers` source workers out of `threads`: one pipeline run per repeat."""
+    stream = _train_stream(source, batch, per_run, threads, ExecutorOptions(source_workers=workers))
     try:
-        for _ in range(per_run):  # warm-up: the first run
-            next(stream)
-        t0 = time.perf_counter()
-        for _ in range(per_run):
-            next(stream)
-        step = 2 * (time.perf_counter() - t0) / per_run
-        walls, own, c0 = [], [], cpu_seconds()
-        for _ in range(runs):
-            wall = thread = 0.0
-            for _ in range(per_run):
-                time.sleep(step)
-                t, c = time.perf_counter(), time.thread_time()
-                next(stream)
-                wall, thread = wall + time.perf_counter() - t, thread + time.thread_time() - c
-            walls.append(wall)
-            own.append(thread)
-        cpu = cpu_seconds() - c0
+        return paced_cost(stream, per_run, runs, per_run * batch, f"training stream, {workers} workers")
     finally:
         stream.close()
-    check_spread(f"training thread's wall time per run, {workers} workers", walls, "s")
-    images = per_run * batch
-    return {"wall_us": 1e6 * statistics.median(walls) / images, "own_us": 1e6 * statistics.median(own) / images,
-            "host_cpu_ms": 1e3 * cpu / (runs * images)}
+
+
+def _passes(loader: EvalLoader) -> Iterator[Any]:
+    """Batches of pass after pass of `loader`, as validation reads it every epoch."""
+    while True:
+        yield from loader
+
+
+def _eval_loader(source: ShardSource, batch: int, threads: int, workers: int,
+                 levels: tuple[Level, ...] = ()) -> EvalLoader:
+    manifest = Manifest.load(source.root)
+    return create_eval_loader("dali", source.root, manifest, manifest.training_sets()[0], device=torch.device("cpu"),
+                              batch_size=batch, crop=CROP, rank=0, world_size=1, num_threads=threads, levels=levels,
+                              executor=ExecutorOptions(source_workers=workers))
+
+
+def eval_thread(source: ShardSource, batch: int, passes: int, workers: int, threads: int,
+                levels: tuple[Level, ...] = ()) -> dict[str, float]:
+    """`paced_cost` of evaluation passes (one pass per repeat, the pipeline kept between
+    passes as in validation), CPU backend; with `levels`, every image at each level from
+    one decode (robustness evaluation)."""
+    loader = _eval_loader(source, batch, threads, workers, levels)
+    try:
+        return paced_cost(_passes(loader), -(-len(loader) // batch), passes, len(loader),
+                          f"evaluation, {max(len(levels), 1)} level(s), {workers} workers")
+    finally:
+        loader.close()
+
+
+def pass_start_s(source: ShardSource, batch: int, passes: int, workers: int, threads: int) -> dict[str, float]:
+    """Seconds from the start of an evaluation pass to its first batch (medians of
+    `passes`): with the loader's pipeline kept between passes (the pass after the
+    first), and with a new loader each pass (the first pass of each: the pipeline
+    built and its workers spawned, as every validation paid before)."""
+    def first_batch(loader: EvalLoader) -> float:
+        t0 = time.perf_counter()
+        pass_ = iter(loader)
+        next(pass_)
+        seconds = time.perf_counter() - t0
+        for _ in pass_:  # finish the pass: the kept pipeline is reset only at its end
+            pass
+        return seconds
+
+    kept = _eval_loader(source, batch, threads, workers)
+    try:
+        first_batch(kept)
+        later = [first_batch(kept) for _ in range(passes)]
+    finally:
+        kept.close()
+    new = []
+    for _ in range(passes):
+        loader = _eval_loader(source, batch, threads, workers)
+        try:
+            new.append(first_batch(loader))
+        finally:
+            loader.close()
+    check_spread("evaluation pass start, a new pipeline each pass", new, "s")
+    return {"kept": statistics.median(later), "new": statistics.median(new)}
+
+
+# Robustness levels of the host figures: clean and eight perturbations (the README's example's families).
+ROBUSTNESS_LEVELS = ("jpeg=95,75,50", "blur=1,2", "resize=0.5", "noise=5,10")
+# The executor ablation: (option, value) changed one at a time from the defaults (`executor.py`),
+# the options the CPU backend can tell apart; the quick set takes the first QUICK_ABLATION rows.
+# stream_policy (CUDA streams) and hw_decoder_load (the hardware JPEG decoder) are the GPU check's.
+ABLATION = [("defaults", ""), ("source_workers", "0"), ("concurrency", "none"), ("concurrency", "full"),
+            ("prefetch_queue_depth", "1"), ("prefetch_queue_depth", "3"), ("source_prefetch", "1"),
+            ("source_workers", "1"), ("source_workers", "3"), ("source_prefetch", "3"),
+            ("resize_minibatch_size", "4")]
+QUICK_ABLATION = 7
+ABLATION_COLUMNS = ["option", "value", "img/s", "x defaults", "host CPU ms/img"]
+
+
+def executor_ablation(source: ShardSource, batch: int, per_run: int, repeats: int,
+                      quick: bool) -> list[dict[str, Any]]:
+    """Free-running training batches (pre-resized shards, default RSA, CPU backend, 4
+    threads) with one executor option changed at a time: images/s and host CPU per
+    image, medians of `repeats` pipeline runs after a warm-up run."""
+    rows: list[dict[str, Any]] = []
+    for option, value in ABLATION[:QUICK_ABLATION] if quick else ABLATION:
+        options = ExecutorOptions.from_flags([f"{option}={value}"] if value else [])
+        stream = _train_stream(source, batch, per_run, 4, options)
+        label = f"executor ablation, {option}{'=' + value if value else ''}"
+        try:
+            timing = measure(lambda: sum(len(next(stream).labels) for _ in range(per_run)), repeats, label=label)
+        finally:
+            stream.close()
+        rows.append({"option": option, "value": value or "-", "img/s": timing.images_per_s,
+                     "x defaults": timing.images_per_s / (rows[0]["img/s"] if rows else timing.images_per_s),
+                     "host CPU ms/img": timing.cpu_ms_per_image})
+    return rows
 
 
 def run(shards: dict[str, Path], quick: bool) -> dict[str, Any]:
@@ -224,7 +359,10 @@ def run(shards: dict[str, Path], quick: bool) -> dict[str, Any]:
         "graph_fixed_ms_per_image_batch_128": graph_fixed_ms_per_image(GPU_BATCH, repeats),
         "graph_real_plans_us_per_image": graph_real_plans_us_per_image(PIPELINE_BATCH, repeats),
         **_thread_figures(preresized, quick),
+        "copy_us_per_image": copy_us_per_image(16, repeats),
+        **_eval_figures(preresized, _source(shards, preresized=False, jpeg=True), quick),
         "pipeline_batch": PIPELINE_BATCH,
+        "executor_ablation": executor_ablation(preresized, *((16, 2, 3) if quick else (32, 2, 5)), quick=quick),
     }
 
 
@@ -239,6 +377,25 @@ def _thread_figures(source: ShardSource, quick: bool) -> dict[str, float]:
                         f"training_thread_cpu_us_per_image{suffix}": f["own_us"],
                         f"host_cpu_ms_per_image{suffix}": f["host_cpu_ms"]})
     return figures
+
+
+def _eval_figures(preresized: ShardSource, jpeg: ShardSource, quick: bool) -> dict[str, float]:
+    """Evaluation's figures, each with the default split of 4 threads (2 source workers):
+    the start of a pass, the consuming thread and host CPU per image of clean
+    evaluation on the pre-resized shards, and of robustness evaluation (`ROBUSTNESS_LEVELS`,
+    one decode per image) on the JPEG shards."""
+    batch, passes = (16, 3) if quick else (32, 5)
+    levels = parse_perturbations(list(ROBUSTNESS_LEVELS))
+    start = pass_start_s(preresized, batch, passes, workers=2, threads=4)
+    clean = eval_thread(preresized, batch, passes, workers=2, threads=4)
+    robust = eval_thread(jpeg, batch, passes, workers=2, threads=4, levels=levels)
+    return {"eval_bench_batch": batch, "robustness_levels": len(levels),
+            "eval_pass_start_s": start["kept"], "eval_pass_start_s_new_pipeline": start["new"],
+            "eval_thread_us_per_image": clean["wall_us"], "eval_thread_cpu_us_per_image": clean["own_us"],
+            "eval_host_cpu_ms_per_image": clean["host_cpu_ms"],
+            "robustness_thread_us_per_image": robust["wall_us"],
+            "robustness_host_cpu_ms_per_image": robust["host_cpu_ms"],
+            "robustness_host_cpu_ms_per_level": robust["host_cpu_ms"] / len(levels)}
 
 
 def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -265,9 +422,34 @@ def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
         "host_cpu_ms_per_image": ("ms", "all host CPU per image (every thread and worker) in that run; CPU backend: "
                                         "includes the pixel work a GPU does"),
         "host_cpu_ms_per_image_no_workers": ("ms", "the same, batches prepared by the training thread"),
+        "copy_us_per_image": ("us", "CPU time of copying one normalised 3 x 384 x 384 float32 image, one thread "
+                                    "(batch 16): the copy DALI's torch iterator makes per image in the consuming "
+                                    "thread on the CPU backend"),
+        "eval_pass_start_s": ("s", "evaluation: start of a pass to its first batch, the loader's pipeline kept "
+                                   "from the pass before (validation's later epochs), 2 source workers + 2 DALI "
+                                   "threads, pre-resized shards"),
+        "eval_pass_start_s_new_pipeline": ("s", "the same with a new pipeline each pass (its workers spawned): what "
+                                                "every validation paid before"),
+        "eval_thread_us_per_image": ("us", f"evaluation thread's wall time in next(pass) per image, clean, batch "
+                                           f"{figures['eval_bench_batch']}, 2 source workers + 2 DALI threads, "
+                                           "pre-resized shards, CPU backend, paced by a stand-in step"),
+        "eval_thread_cpu_us_per_image": ("us", "its own CPU time in next(pass) per image"),
+        "eval_host_cpu_ms_per_image": ("ms", "all host CPU per image (every thread and worker) in that run"),
+        "robustness_thread_us_per_image": ("us", f"the same as eval_thread_us_per_image, robustness evaluation: "
+                                                 f"{figures['robustness_levels']} levels per image from one decode "
+                                                 f"({', '.join(ROBUSTNESS_LEVELS)}), JPEG-1024 shards"),
+        "robustness_host_cpu_ms_per_image": ("ms", "all host CPU per image in that run, every level"),
+        "robustness_host_cpu_ms_per_level": ("ms", "the same per image and level"),
     }
     return [{"figure": k, "value": figures[k], "unit": u, "what": w} for k, (u, w) in what.items()]
 
 
+def _figures_and_ablation(shards: dict[str, Path], quick: bool, threads: int) -> list[dict[str, Any]]:
+    """Run alone: the ablation's table printed first, then the figures' rows."""
+    figures = run(shards, quick)
+    print(markdown_table(figures["executor_ablation"], ABLATION_COLUMNS) + "\n")
+    return rows(figures)
+
+
 if __name__ == "__main__":
-    bench_main(__doc__, "Host cost of the GPU configuration", lambda s, q, t: rows(run(s, q)), COLUMNS)
+    bench_main(__doc__, "Host cost of the GPU configuration", _figures_and_ablation, COLUMNS)

@@ -83,7 +83,9 @@ def run_all(out: Path, quick: bool, shards: list[Path] | None = None, threads: i
     host = host_bench.run(found, quick)
     results.update(host)
     sections.append("## Host cost of the GPU configuration (measured on this CPU)\n\n" +
-                    markdown_table(host_bench.rows(host), host_bench.COLUMNS))
+                    markdown_table(host_bench.rows(host), host_bench.COLUMNS) +
+                    "\n\nExecutor options, one changed at a time (training batches, CPU backend):\n\n" +
+                    markdown_table(host["executor_ablation"], host_bench.ABLATION_COLUMNS))
     if any("preresized" in name for name in found):
         results["training"] = rows = train_bench.run(found, quick, threads)
         sections.append("## Training loop: real pipeline vs synthetic batches\n\n" +

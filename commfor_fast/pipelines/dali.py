@@ -50,7 +50,7 @@ STAGE_DTYPES = (types.BOOL, types.FLOAT)
 HW_DECODER_LOAD: float | None = None
 
 
-def _slot(img, one, args, r: int, interp, code=None):
+def _slot(img, one, args, r: int, interp, options: ExecutorOptions, code=None):
     """One geometric slot from its rows `r`, `r + 1` of the stage's `args`: warp -> erase
     -> resize with the DALI filter `interp`, or, where the filter `code` is given and
     BOX_BUILT, with PIL's box filter built from DALI operators.
@@ -64,17 +64,17 @@ def _slot(img, one, args, r: int, interp, code=None):
     inside = fn.warp_affine(one, matrix=mask, size=size, fill_value=0, interp_type=types.INTERP_NN)
     img = fn.warp_affine(img, matrix=matrix, size=size, interp_type=types.INTERP_LINEAR) * inside
     img = fn.erase(img, anchor=args[r, 9:17], shape=args[r + 1, 9:17], axis_names="HW", fill_value=args[r, 8:9])  # 1-D, as the GPU erase takes it
-    size = args[r + 1, 6:8]
+    size, resize_kwargs = args[r + 1, 6:8], options.resize_kwargs()
     if code is None:
-        return fn.resize(img, size=size, interp_type=interp, antialias=True)
+        return fn.resize(img, size=size, interp_type=interp, antialias=True, **resize_kwargs)
     if code == BOX_BUILT:  # a per-sample split
-        img = box_from_regions(img, args[r, REGIONS], size)
+        img = box_from_regions(img, args[r, REGIONS], size, **resize_kwargs)
     else:
-        img = fn.resize(img, size=size, interp_type=interp, antialias=True)
+        img = fn.resize(img, size=size, interp_type=interp, antialias=True, **resize_kwargs)
     return img
 
 
-def _stage(img, one, used, args, built_box: bool):
+def _stage(img, one, used, args, options: ExecutorOptions, built_box: bool):
     """One RSA stage, for the samples that use it: its slots, then JPEG where the
     quality (`slots.Slots.stage`'s last row) is not 0; with `built_box`, the slots
     split off the samples that resize with PIL's box filter. Everything is sliced from
@@ -84,7 +84,7 @@ def _stage(img, one, used, args, built_box: bool):
         codes = fn.cast(args[-1, 0:SLOTS_PER_STAGE + 1], dtype=types.INT32)
         interps = fn.cast(codes[0:SLOTS_PER_STAGE], dtype=types.INTERP_TYPE)  # no float -> enum cast
         for s in range(SLOTS_PER_STAGE):
-            img = _slot(img, one, args, 2 * s, interps[s], codes[s] if built_box else None)
+            img = _slot(img, one, args, 2 * s, interps[s], options, codes[s] if built_box else None)
         quality = codes[SLOTS_PER_STAGE]
         if quality:
             img = fn.jpeg_compression_distortion(img, quality=quality)
@@ -135,7 +135,7 @@ def _graph(source: BatchSource, options: ExecutorOptions, workers: int, stages: 
     if stage_inputs:
         one = types.Constant(np.ones((1, 1, 1), np.uint8), device=device, layout="HWC")
         for used, args in stage_inputs:
-            img = _stage(img, one, used, args, built_box)
+            img = _stage(img, one, used, args, options, built_box)
     img = fn.slice(img, start=head["crop_start"], shape=head["crop_shape"], axes=[0, 1])
     return (_normalise(img) if normalise else img), head["ids"]
 

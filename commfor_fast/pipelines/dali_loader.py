@@ -5,8 +5,8 @@ gives, the same as the reference loader's. The batches are prepared off the trai
 thread, in DALI's worker processes (`executor.py`), when the thread budget allows. Each DALI pipeline run yields
 `batches_per_run` batches; run r is a pure function of (seed, rank, r), so a resumed
 stream restarts at the run holding its next batch. Evaluation reads each rank's
-contiguous part of the set once, the last batch short. A decoding failure names the
-damaged sample (`damaged.decode_failure`).
+contiguous part of the set once per pass, the last batch short, from a pipeline kept
+between passes. A decoding failure names the damaged sample (`damaged.decode_failure`).
 """
 
 from __future__ import annotations
@@ -97,8 +97,15 @@ class DaliTrainStream:
 
 
 class DaliEvalLoader:
-    """This rank's part of a set, once, in stored order; with `levels`, every batch holds
-    the images at each level, made from one decode."""
+    """This rank's part of a set, in stored order, once per pass (each iteration is a
+    pass); with `levels`, every batch holds the images at each level, made from one decode.
+
+    The pipeline and its source workers are built on the first pass and kept: each
+    later pass resets the pipeline, so training's validation pays DALI's start-up
+    (spawning the workers: seconds) once per run, not once per epoch. DALI resets a
+    pipeline only at the end of a pass, so a pass left early or stopped by an error
+    drops it, and the next pass builds a new one. `close()` releases it.
+    """
 
     def __init__(self, root: Path, manifest: Manifest, set_name: str, *, device: torch.device, batch_size: int,
                  crop: int, rank: int, world_size: int, num_threads: int, levels: tuple[Level, ...] = (),
@@ -112,6 +119,9 @@ class DaliEvalLoader:
         start, end = shard_range(manifest.sets[set_name].num_samples, rank, world_size)
         self.num_samples = end - start
         self.source = ShardSource.from_manifest(root, manifest, set_name)
+        self.names = [f"level{i}" for i in range(len(self.levels))] or ["images"]
+        self.pipe: Any = None
+        self._iter: Any = None
 
     def __len__(self) -> int:
         return self.num_samples
@@ -119,29 +129,43 @@ class DaliEvalLoader:
     def __iter__(self) -> Iterator[Batch]:
         if self.num_samples == 0:
             return
-        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
-        from commfor_fast.pipelines.dali import create_eval_pipeline
-
-        dali_device, device_id = _dali_device(self.device)
-        pipe = create_eval_pipeline(self.source, device=dali_device, batch_size=self.batch_size, crop=self.crop,
-                                    shard_id=self.rank, num_shards=self.world_size, num_threads=self.num_threads,
-                                    device_id=device_id, levels=self.levels, seed=self.seed, options=self.options)
-        names = [f"level{i}" for i in range(len(self.levels))] or ["images"]
-        try:  # the iterator runs the first batches already
-            iterator = DALIGenericIterator([pipe], [*names, "ids"], size=-1,
-                                           last_batch_policy=LastBatchPolicy.PARTIAL)
-            for out in iterator:
-                pipe.source.consumed += 1
-                images = tuple(out[0][name] for name in names)
+        finished = False
+        try:
+            for out in self._start_pass():
+                self.pipe.source.consumed += 1
+                images = tuple(out[0][name] for name in self.names)
                 yield to_batch(images[0], out[0]["ids"], images if self.levels else ())
+            finished = True
         except RuntimeError as exc:
-            raise decode_failure(exc, self.root, self.manifest, self.set_name, pipe) from None
+            raise decode_failure(exc, self.root, self.manifest, self.set_name, self.pipe) from None
         finally:
-            pipe.source.close()
-            del pipe
-            gc.collect()
+            if not finished:
+                self.close()
+
+    def _start_pass(self) -> Any:
+        """The DALI iterator at the start of a pass: built now (it runs the first batches
+        already), or the kept one reset to the first batch."""
+        if self._iter is not None:
+            self._iter.reset()
+        else:
+            from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+            from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+            from commfor_fast.pipelines.dali import create_eval_pipeline
+
+            dali_device, device_id = _dali_device(self.device)
+            self.pipe = create_eval_pipeline(self.source, device=dali_device, batch_size=self.batch_size,
+                                             crop=self.crop, shard_id=self.rank, num_shards=self.world_size,
+                                             num_threads=self.num_threads, device_id=device_id, levels=self.levels,
+                                             seed=self.seed, options=self.options)
+            self._iter = DALIGenericIterator([self.pipe], [*self.names, "ids"], size=-1,
+                                             last_batch_policy=LastBatchPolicy.PARTIAL)
+        self.pipe.source.consumed = 0
+        return self._iter
 
     def close(self) -> None:
+        """Stop the pipeline and its workers now (the loader builds a new one if iterated again)."""
+        if self.pipe is not None:
+            self.pipe.source.close()
+        self._iter = self.pipe = None
         gc.collect()

@@ -34,13 +34,13 @@ class ExecutorOptions:
     prefetch_queue_depth: int = 2  # runs DALI computes ahead of the training loop
     stream_policy: str | None = None  # DALI's StreamPolicy by name: single, per_backend, per_operator
     concurrency: str | None = None  # DALI's OperatorConcurrency by name: none, backend, full
-    resize_minibatch_size: int | None = None  # fn.resize's minibatch_size (GPU work split)
+    resize_minibatch_size: int | None = None  # every fn.resize's minibatch_size (images per kernel call)
     hw_decoder_load: float | None = None  # share of JPEG decoding for the hardware decoder (A100/H100)
 
     @classmethod
     def from_flags(cls, flags: list[str] | None) -> ExecutorOptions:
-        """Options from `--executor NAME=VALUE` flags (field names of this class; `none`
-        for DALI's default)."""
+        """Options from `--executor NAME=VALUE` flags (field names of this class; `default`
+        for DALI's default: `none` is a value, that of `concurrency=none`)."""
         values: dict[str, Any] = {}
         kinds = {f.name: f.type for f in fields(cls)}
         for flag in flags or ():
@@ -49,10 +49,11 @@ class ExecutorOptions:
                 raise UserError(f"--executor {flag!r}: use NAME=VALUE with NAME one of {', '.join(kinds)}")
             kind = kinds[name]
             try:
-                values[name] = None if text.lower() == "none" else (
+                values[name] = None if text.lower() == "default" else (
                     int(text) if "int" in kind else float(text) if "float" in kind else text)
             except ValueError:
-                raise UserError(f"--executor {flag!r}: {name} takes {kind.replace(' | None', '')}") from None
+                raise UserError(f"--executor {flag!r}: {name} takes {kind.replace(' | None', '')} or default") \
+                    from None
         return cls(**values)
 
     def split(self, num_threads: int) -> tuple[int, int]:

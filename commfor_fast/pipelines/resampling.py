@@ -58,20 +58,21 @@ def covers_box(in_h: np.ndarray, in_w: np.ndarray, out_h: np.ndarray, out_w: np.
     return (np.asarray(in_h) < 2 * np.asarray(out_h)) & (np.asarray(in_w) < 2 * np.asarray(out_w))
 
 
-def box_from_regions(images: Any, regions: Any, size: Any) -> Any:
+def box_from_regions(images: Any, regions: Any, size: Any, **resize_kwargs: Any) -> Any:
     """PIL's box filter from DALI operators, `box_regions` given: per axis the mean of two
     nearest-neighbour resizes, rounded half up, which is PIL's fixed-point result for
     a mean of one or two pixels. PIL resizes horizontally, rounds to uint8, then
     vertically; so does this (in float32, exact for these integers). `regions` is a
-    float32 (BOX_REGION_COLUMNS,) tensor per sample, `size` the output (h, w).
-    Four resizes, two arithmetic operators, one cast and nine slices of `regions`."""
+    float32 (BOX_REGION_COLUMNS,) tensor per sample, `size` the output (h, w);
+    `resize_kwargs` go to every resize (the executor's `resize_kwargs`). Four resizes,
+    two arithmetic operators, one cast and nine slices of `regions`."""
     import nvidia.dali.math as dmath
     from nvidia.dali import fn, types
 
     def mean_of_pair(img: Any, cols: slice, out_size: Any) -> Any:
         a0, a1, b0, b1 = (regions[cols.start + 2 * k: cols.start + 2 * k + 2] for k in range(4))
         pair = [fn.resize(img, size=out_size, roi_start=lo, roi_end=hi, roi_relative=False,
-                          interp_type=types.INTERP_NN, antialias=False, dtype=types.FLOAT)
+                          interp_type=types.INTERP_NN, antialias=False, dtype=types.FLOAT, **resize_kwargs)
                 for lo, hi in ((a0, a1), (b0, b1))]
         return dmath.floor((pair[0] + pair[1]) * 0.5 + 0.5)
 
