@@ -73,7 +73,7 @@ def root(
 
 EXECUTOR_HELP = ("DALI: a pipeline option NAME=VALUE, one flag each (pipelines/executor.py): source_workers (processes "
                  "preparing batches out of --num-threads; default half), source_prefetch, prefetch_queue_depth, "
-                 "stream_policy, concurrency, resize_minibatch_size, hw_decoder_load.")
+                 "stream_policy, concurrency, resize_minibatch_size, hw_decoder_load; VALUE default keeps DALI's.")
 
 
 @command(app)

@@ -186,7 +186,7 @@ class HostSplit:
 
 
 def _stream(ctx: Context, label: str, *, batch: int | None = None, per_run: int | None = None,
-            threads: int | None = None, executor: str | None = None) -> Any:
+            threads: int | None = None, executor: str | None = None, box_filter: str | None = None) -> Any:
     from commfor_fast.pipelines.executor import ExecutorOptions
     from commfor_fast.pipelines.loader import create_train_stream
     from commfor_fast.pipelines.plan import RSAConfig
@@ -196,8 +196,9 @@ def _stream(ctx: Context, label: str, *, batch: int | None = None, per_run: int 
     root = ctx.shards()[label]
     manifest = Manifest.load(root)
     return create_train_stream("dali", root, manifest, manifest.training_sets()[0], device=ctx.device,
-                               batch_size=batch or s.batch, crop=CROP, rsa=RSAConfig(), seed=0, rank=0, world_size=1,
-                               num_threads=threads or s.threads, batches_per_run=per_run or s.per_run,
+                               batch_size=batch or s.batch, crop=CROP,
+                               rsa=RSAConfig(box_filter=box_filter) if box_filter else RSAConfig(), seed=0, rank=0,
+                               world_size=1, num_threads=threads or s.threads, batches_per_run=per_run or s.per_run,
                                executor=ExecutorOptions.from_flags([executor] if executor else []))
 
 
@@ -207,16 +208,18 @@ def _sync(ctx: Context) -> None:
 
 
 def time_pipeline(ctx: Context, label: str, runs: int, *, per_run: int | None = None,
-                  threads: int | None = None, executor: str | None = None, split: bool = False) -> dict[str, Any]:
+                  threads: int | None = None, executor: str | None = None, box_filter: str | None = None,
+                  split: bool = False) -> dict[str, Any]:
     """Training batches from `label`'s shards: images/s over `runs` pipeline runs after
     the warm-up, host CPU ms per image, and with `split` the training thread's time per
     run (source / feed / wait) and each thread's CPU. `executor`: one `--executor
-    NAME=VALUE` option (`pipelines/executor.py`), else the defaults."""
+    NAME=VALUE` option (`pipelines/executor.py`), else the defaults; `box_filter`: the
+    training graph's `--box-filter`, else the default."""
     from commfor_fast.bench.common import cpu_seconds
 
     s = ctx.sizes
     per_run = per_run or s.per_run
-    stream = _stream(ctx, label, per_run=per_run, threads=threads, executor=executor)
+    stream = _stream(ctx, label, per_run=per_run, threads=threads, executor=executor, box_filter=box_filter)
     try:
         for _ in range(s.warmup * per_run):
             next(stream)
@@ -381,13 +384,14 @@ ABLATIONS = [("batches_per_run=1", {"per_run": 1}), ("batches_per_run=2", {"per_
     (flag, {"executor": flag}) for flag in (
         "source_workers=0", "source_workers=1", "source_workers=3", "concurrency=none", "concurrency=full",
         "stream_policy=single", "stream_policy=per_operator", "prefetch_queue_depth=1", "prefetch_queue_depth=3",
-        "source_prefetch=1", "source_prefetch=3", "resize_minibatch_size=8", "resize_minibatch_size=128")]
+        "source_prefetch=1", "source_prefetch=3", "resize_minibatch_size=8", "resize_minibatch_size=128")] + [
+    ("box_filter=standin", {"box_filter": "standin"})]  # the single-resize graph: 496 operators, not 1,306
 NOT_YET_KNOBS = ["no_copy (DALIGenericIterator)"]
 
 
 def ablations(ctx: Context) -> dict[str, Any]:
     """The headline pipeline with one setting changed at a time (the dry run: the first
-    row of each kind: batches per run, threads, an executor option)."""
+    row of each kind: batches per run, threads, an executor option, the box filter)."""
     rows = {}
     kinds: set[str] = set()
     for name, options in ABLATIONS:
