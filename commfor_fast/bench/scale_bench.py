@@ -201,6 +201,9 @@ class _IdsLoader:
         self.part = shard_range(info.num_samples, 0, world)
         self.reader = ShardReader(root, info, self.part)
 
+    def __len__(self) -> int:  # `batch.EvalLoader`'s: the scores are preallocated from it
+        return self.part[1] - self.part[0]
+
     def __iter__(self) -> Any:
         import torch
 
