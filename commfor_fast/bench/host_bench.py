@@ -73,6 +73,7 @@ CROP = 384
 # The GPU configuration: the paper's batch of 128 per GPU, TrainSettings' runs per pipeline batch.
 GPU_BATCH = 128
 PIPELINE_BATCH = GPU_BATCH * TrainSettings.batches_per_run
+STANDIN = RSAConfig(box_filter="standin")  # the single-resize graph, measured beside the default
 
 
 def _source(shards: dict[str, Path], preresized: bool, jpeg: bool = False) -> ShardSource:
@@ -124,8 +125,8 @@ def source_us_per_image(source: ShardSource, batch: int, repeats: int) -> float:
         host.close()
 
 
-def graph_ops(source: ShardSource) -> int:
-    pipe = create_train_pipeline(source, device="gpu", device_id=0, batch_size=1, crop=CROP, rsa=RSAConfig(), seed=0)
+def graph_ops(source: ShardSource, rsa: RSAConfig = RSAConfig()) -> int:
+    pipe = create_train_pipeline(source, device="gpu", device_id=0, batch_size=1, crop=CROP, rsa=rsa, seed=0)
     try:
         return sum(operator_census(pipe).values())
     finally:
@@ -160,26 +161,29 @@ def _noop_batch(batch: int, stages: int) -> _SameBatch:
                        np.full((batch, 2), side, np.int32), *(a for k in range(stages) for a in slots.stage(k))))
 
 
-def _graph_cpu_per_run(host: _SameBatch, stages: int, batch: int, repeats: int) -> float:
-    """CPU seconds per run of the training graph over `host`'s batch, CPU backend, one thread."""
-    pipe = create_pipeline(host, stages=stages, device="cpu", batch_size=batch, num_threads=1, normalise=False)
+def _graph_cpu_per_run(host: _SameBatch, stages: int, batch: int, repeats: int, built_box: bool) -> float:
+    """CPU seconds per run of the training graph (with the built box filter's branches
+    where `built_box`) over `host`'s batch, CPU backend, one thread."""
+    pipe = create_pipeline(host, stages=stages, device="cpu", batch_size=batch, num_threads=1, normalise=False,
+                           built_box=built_box)
     pipe.build()
     return measure(lambda: len(pipe.run()[1]), repeats, label=f"graph, {stages} stages, batch {batch}").cpu_s
 
 
-def graph_fixed_ms_per_image(batch: int, repeats: int) -> float:
+def graph_fixed_ms_per_image(batch: int, repeats: int, rsa: RSAConfig = RSAConfig()) -> float:
     """(CPU per run, every stage present but no-op) - (CPU per run, RSA off), per
-    image: the fixed cost of the RSA stages, on the CPU backend, one thread."""
-    stages = graph_stages(RSAConfig())
-    return 1e3 * (_graph_cpu_per_run(_noop_batch(batch, stages), stages, batch, repeats) -
-                  _graph_cpu_per_run(_noop_batch(batch, 0), 0, batch, repeats)) / batch
+    image: the fixed cost of the RSA stages of `rsa`'s graph, on the CPU backend, one thread."""
+    stages = graph_stages(rsa)
+    return 1e3 * (_graph_cpu_per_run(_noop_batch(batch, stages), stages, batch, repeats, rsa.built_box) -
+                  _graph_cpu_per_run(_noop_batch(batch, 0), 0, batch, repeats, False)) / batch
 
 
-def graph_real_plans_us_per_image(batch: int, repeats: int, side: int = 24) -> float:
-    """CPU per run of the training graph with real default-RSA plans, per image, CPU
-    backend, one thread: `batch` random `side` x `side` images planned as in training (so the figure is the graph's host
-    cost per image, not its pixel work, which the GPU does)."""
-    rsa, stages = RSAConfig(), graph_stages(RSAConfig())
+def graph_real_plans_us_per_image(batch: int, repeats: int, side: int = 24, rsa: RSAConfig = RSAConfig()) -> float:
+    """CPU per run of the training graph with real plans of `rsa` (default RSA), per
+    image, CPU backend, one thread: `batch` random `side` x `side` images planned as in
+    training (so the figure is the graph's host cost per image, not its pixel work,
+    which the GPU does)."""
+    stages = graph_stages(rsa)
     ids = np.array([[i % 2, 0, i, side, side] for i in range(batch)], np.int32)
     crop = side * CROP // 440  # the final crop's share of the stored side, as in training
     first, crops, slots = TrainPlanner(rsa, crop, True, seed=0, rank=0, stages=stages)(ids, 0)
@@ -188,7 +192,7 @@ def graph_real_plans_us_per_image(batch: int, repeats: int, side: int = 24) -> f
     host = _SameBatch(True, ("images", "ids", "crop_start", "crop_shape"),
                       (images, ids, crops[:, :2].copy(), crops[:, 2:].copy(),
                        *(np.ascontiguousarray(a) for k in range(stages) for a in slots.stage(k))))
-    return 1e6 * _graph_cpu_per_run(host, stages, batch, repeats) / batch
+    return 1e6 * _graph_cpu_per_run(host, stages, batch, repeats, rsa.built_box) / batch
 
 
 def paced_cost(batches: Iterator[Any], calls: int, repeats: int, images: int, label: str) -> dict[str, float]:
@@ -355,9 +359,13 @@ def run(shards: dict[str, Path], quick: bool) -> dict[str, Any]:
         "plan_us_per_image_batch_128": plan_us_per_image(GPU_BATCH, repeats),
         "source_us_per_image": source_us_per_image(preresized, PIPELINE_BATCH, max(repeats // 3, 3)),
         "graph_ops_per_iteration": graph_ops(_source(shards, preresized=False)),
+        "graph_ops_per_iteration_standin": graph_ops(_source(shards, preresized=False), STANDIN),
         "graph_fixed_ms_per_image": graph_fixed_ms_per_image(PIPELINE_BATCH, repeats),
+        "graph_fixed_ms_per_image_standin": graph_fixed_ms_per_image(PIPELINE_BATCH, repeats, STANDIN),
         "graph_fixed_ms_per_image_batch_128": graph_fixed_ms_per_image(GPU_BATCH, repeats),
         "graph_real_plans_us_per_image": graph_real_plans_us_per_image(PIPELINE_BATCH, repeats),
+        "graph_real_plans_us_per_image_standin": graph_real_plans_us_per_image(PIPELINE_BATCH, repeats,
+                                                                               rsa=STANDIN),
         **_thread_figures(preresized, quick),
         "copy_us_per_image": copy_us_per_image(16, repeats),
         **_eval_figures(preresized, _source(shards, preresized=False, jpeg=True), quick),
@@ -404,13 +412,17 @@ def rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
         "plan_us_per_image": ("us", f"plan step per image, pipeline batch {figures['pipeline_batch']}"),
         "plan_us_per_image_batch_128": ("us", "plan step per image, pipeline batch 128"),
         "source_us_per_image": ("us", "host side of a pipeline run per image (read, plan, arguments)"),
-        "graph_ops_per_iteration": ("", "operator instances, traced GPU training graph, default RSA"),
+        "graph_ops_per_iteration": ("", "operator instances, traced GPU training graph, default RSA (PIL's box "
+                                        "filter built, the default)"),
+        "graph_ops_per_iteration_standin": ("", "the same with --box-filter standin"),
         "graph_fixed_ms_per_image": ("ms", f"DALI's fixed cost of the RSA stages per image, pipeline batch "
                                            f"{figures['pipeline_batch']} (CPU backend)"),
-        "graph_fixed_ms_per_image_batch_128": ("ms", "the same, pipeline batch 128"),
+        "graph_fixed_ms_per_image_standin": ("ms", "the same with --box-filter standin"),
+        "graph_fixed_ms_per_image_batch_128": ("ms", "graph_fixed_ms_per_image at pipeline batch 128"),
         "graph_real_plans_us_per_image": ("us", f"CPU per run of the graph with real default-RSA plans per image, "
                                                 f"24-px images, pipeline batch {figures['pipeline_batch']} "
                                                 "(CPU backend, one thread)"),
+        "graph_real_plans_us_per_image_standin": ("us", "the same with --box-filter standin"),
         "training_thread_us_per_image": ("us", f"training thread's wall time in next(stream) per image, 2 source "
                                                f"workers + 2 DALI threads, batch {figures['thread_bench_batch']} x "
                                                f"{figures['thread_bench_batches_per_run']} per run, pre-resized "
