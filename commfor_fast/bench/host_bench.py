@@ -137,8 +137,8 @@ class _SameBatch:
     """A stand-in host side: the same prepared batch on every call, so a run costs only
     DALI's work on it (no reading, no planning)."""
 
-    def __init__(self, raw: bool, head: tuple[str, ...], outputs: tuple) -> None:
-        self.raw, self.head, self.outputs = raw, head, outputs
+    def __init__(self, raw: bool, head: tuple[str, ...], outputs: tuple, built_box: bool) -> None:
+        self.raw, self.head, self.outputs, self.built_box = raw, head, outputs, built_box
 
     def prepare(self, read_threads: int, keep: int) -> None:
         """Nothing to read, and the one batch lives as long as this object."""
@@ -150,22 +150,22 @@ class _SameBatch:
         pass
 
 
-def _noop_batch(batch: int, stages: int) -> _SameBatch:
-    """Tiny raw images with all-no-op plans: a run is DALI's scheduling of the graph,
-    what every run pays whatever the images."""
+def _noop_batch(batch: int, stages: int, built_box: bool) -> _SameBatch:
+    """Tiny raw images with all-no-op plans: a run is DALI's scheduling of the graph
+    (with the built box filter's branches where `built_box`), what every run pays
+    whatever the images."""
     side = 8
     ids = np.array([[i % 2, 0, i, side, side] for i in range(batch)], np.int32)
-    slots = Slots.empty(stages, batch)
+    slots = Slots.empty(stages, batch, built_box)
     return _SameBatch(True, ("images", "ids", "crop_start", "crop_shape"),
                       ([np.zeros((side, side, 3), np.uint8)] * batch, ids, np.zeros((batch, 2), np.int32),
-                       np.full((batch, 2), side, np.int32), *(a for k in range(stages) for a in slots.stage(k))))
+                       np.full((batch, 2), side, np.int32), *(a for k in range(stages) for a in slots.stage(k))),
+                      slots.built_box)
 
 
-def _graph_cpu_per_run(host: _SameBatch, stages: int, batch: int, repeats: int, built_box: bool) -> float:
-    """CPU seconds per run of the training graph (with the built box filter's branches
-    where `built_box`) over `host`'s batch, CPU backend, one thread."""
-    pipe = create_pipeline(host, stages=stages, device="cpu", batch_size=batch, num_threads=1, normalise=False,
-                           built_box=built_box)
+def _graph_cpu_per_run(host: _SameBatch, stages: int, batch: int, repeats: int) -> float:
+    """CPU seconds per run of the training graph over `host`'s batch, CPU backend, one thread."""
+    pipe = create_pipeline(host, stages=stages, device="cpu", batch_size=batch, num_threads=1, normalise=False)
     pipe.build()
     return measure(lambda: len(pipe.run()[1]), repeats, label=f"graph, {stages} stages, batch {batch}").cpu_s
 
@@ -174,8 +174,8 @@ def graph_fixed_ms_per_image(batch: int, repeats: int, rsa: RSAConfig = RSAConfi
     """(CPU per run, every stage present but no-op) - (CPU per run, RSA off), per
     image: the fixed cost of the RSA stages of `rsa`'s graph, on the CPU backend, one thread."""
     stages = graph_stages(rsa)
-    return 1e3 * (_graph_cpu_per_run(_noop_batch(batch, stages), stages, batch, repeats, rsa.built_box) -
-                  _graph_cpu_per_run(_noop_batch(batch, 0), 0, batch, repeats, False)) / batch
+    return 1e3 * (_graph_cpu_per_run(_noop_batch(batch, stages, rsa.built_box), stages, batch, repeats) -
+                  _graph_cpu_per_run(_noop_batch(batch, 0, False), 0, batch, repeats)) / batch
 
 
 def graph_real_plans_us_per_image(batch: int, repeats: int, side: int = 24, rsa: RSAConfig = RSAConfig()) -> float:
@@ -191,8 +191,8 @@ def graph_real_plans_us_per_image(batch: int, repeats: int, side: int = 24, rsa:
     images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(batch)]
     host = _SameBatch(True, ("images", "ids", "crop_start", "crop_shape"),
                       (images, ids, crops[:, :2].copy(), crops[:, 2:].copy(),
-                       *(np.ascontiguousarray(a) for k in range(stages) for a in slots.stage(k))))
-    return 1e6 * _graph_cpu_per_run(host, stages, batch, repeats, rsa.built_box) / batch
+                       *(np.ascontiguousarray(a) for k in range(stages) for a in slots.stage(k))), slots.built_box)
+    return 1e6 * _graph_cpu_per_run(host, stages, batch, repeats) / batch
 
 
 def paced_cost(batches: Iterator[Any], calls: int, repeats: int, images: int, label: str) -> dict[str, float]:

@@ -160,11 +160,11 @@ def _levels_graph(source: BatchSource, options: ExecutorOptions, workers: int, r
 
 def create_pipeline(source: BatchSource, *, stages: int, device: str, batch_size: int, num_threads: int = 4,
                     device_id: int | None = None, normalise: bool = True,
-                    options: ExecutorOptions = ExecutorOptions(source_workers=0), built_box: bool = False) -> Pipeline:
+                    options: ExecutorOptions = ExecutorOptions(source_workers=0)) -> Pipeline:
     """The graph over any `BatchSource` (the training and evaluation factories below
-    make theirs; benchmarks make one that draws samples with replacement); `built_box`
-    for sources whose slots use `--box-filter built`."""
-    return _build(_graph, source, (stages, source.raw, device, normalise, built_box), device=device,
+    make theirs; benchmarks make one that draws samples with replacement), with the
+    built box filter's branches where the source's plans use them (`source.built_box`)."""
+    return _build(_graph, source, (stages, source.raw, device, normalise, source.built_box), device=device,
                   batch_size=batch_size, num_threads=num_threads, device_id=device_id, options=options)
 
 
@@ -224,8 +224,7 @@ def create_train_pipeline(
     plan = TrainPlanner(rsa, crop, source.preresize is not None, seed, shard_id, stages, plans)
     host = BatchSource(source, order, plan, stages)
     return create_pipeline(host, stages=stages, device=device, batch_size=batch_size * batches_per_run,
-                           num_threads=num_threads, device_id=device_id, normalise=normalise, options=options,
-                           built_box=rsa.built_box)
+                           num_threads=num_threads, device_id=device_id, normalise=normalise, options=options)
 
 
 def create_eval_pipeline(

@@ -173,6 +173,8 @@ class BatchSource:
         self.raw = source.preresize is not None
         # What each batch starts with; pre-resized pixels need no first resize.
         self.head = ("images", "ids", "crop_start", "crop_shape") + (() if self.raw else ("first_size",))
+        # Whether the plans mark PIL's box resizes for the built filter: the graph then splits them off.
+        self.built_box = isinstance(plan, TrainPlanner) and plan.rsa.built_box
         self.consumed = 0  # runs the loader has taken from the pipeline: where to look when decoding fails
         self.read_threads = 1
         self._kept: deque[tuple] = deque(maxlen=0)
