@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCardData
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 
 from commfor_fast import __version__
 from commfor_fast.fileio import atomic_write
@@ -44,21 +42,6 @@ def _code(text: object) -> str:
     fence = "`" * (max(map(len, re.findall("`+", body)), default=0) + 1)
     pad = " " if body[:1] == "`" or body[-1:] == "`" else ""
     return f"{fence}{pad}{body}{pad}{fence}"
-
-
-def hub_datasets(manifest: Manifest) -> list[str]:
-    """The Hugging Face dataset ids the training data was converted from (not local replicas)."""
-    ids = []
-    for source in manifest.sources:
-        repo = str(source.get("repo", ""))
-        if source.get("kind") != "hf" or Path(repo).exists() or repo.startswith((".", "/", "~")):
-            continue
-        try:
-            validate_repo_id(repo)
-        except HFValidationError:
-            continue
-        ids.append(repo)
-    return sorted(set(ids))
 
 
 def base_model(settings: TrainSettings, timm_name: str) -> str | None:
@@ -105,7 +88,7 @@ def model_card(*, model_args: dict[str, Any], timm_name: str, settings: TrainSet
              f"the ImageNet weights of `{timm_name}`" if settings.pretrained else "random initialisation")
     base = base_model(settings, timm_name)
     meta = ModelCardData(license=base_license(base, timm_name),
-                         base_model=base, datasets=hub_datasets(manifest) or None, library_name="timm",
+                         base_model=base, datasets=manifest.hub_datasets() or None, library_name="timm",
                          pipeline_tag="image-classification",
                          tags=["ai-generated-image-detection", "community-forensics", "vision-transformer",
                                "commfor-fast"],

@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 import threading
@@ -54,6 +55,7 @@ CARD_NAME = "README.md"  # the dataset card for Hugging Face `datasets` (convert
 GENERATORS_NAME = "generators.csv"  # every generator with its counts, beside the card (convert/card.py)
 INDEX_VERSION = "v1.2"
 INDEX_SUFFIX = ".idx"
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # `owner/name`: how a hub dataset is given to --hf-repo
 
 IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "tiff", "npy")  # one DALI output group
 RAW_EXT = "npy"
@@ -215,6 +217,13 @@ class Manifest:
         if "train" in self.sets:
             return "train", ("val" if "val" in self.sets else None)
         return "all", None
+
+    def hub_datasets(self) -> list[str]:
+        """The Hugging Face dataset ids this conversion read (`--hf-repo owner/name`), not
+        local replicas or parquet files: what the dataset and model cards cite."""
+        return sorted({str(s["repo"]) for s in self.sources if s.get("kind") == "hf" and
+                       HUB_ID.fullmatch(str(s.get("repo"))) and not str(s["repo"]).startswith(".")
+                       and not Path(str(s["repo"])).exists()})
 
     def fingerprint(self) -> str:
         """A short hash of the shards' bytes (every shard's sha256, set by set): data

@@ -26,7 +26,6 @@ features back unchanged.
 from __future__ import annotations
 
 import csv
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -41,7 +40,6 @@ from commfor_fast.shards import (CARD_NAME, GENERATORS_NAME, IDS_EXT, LABEL_EXT,
 SPLIT_NAMES = {"train": "train", "val": "validation", "all": "test"}  # set -> split
 LABEL_NAMES = ("real", "fake")  # label 0, label 1 (the `cls` column's ClassLabel names)
 UNKNOWN_LICENSE = "unknown"  # the hub's id for a licence not stated
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # `owner/name`: how a hub dataset is given to --hf-repo
 
 
 def _features(manifest: Manifest) -> list[dict[str, Any]]:
@@ -72,11 +70,6 @@ def _validated(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if parsed != features:
         raise RuntimeError(f"datasets reads the card's features as {parsed}, not {features}")
     return features
-
-
-def _is_hub_id(repo: str) -> bool:
-    """Whether an `--hf-repo` value named a hub dataset (not a local folder or files)."""
-    return bool(HUB_ID.fullmatch(repo)) and not Path(repo).exists()
 
 
 def _source_licenses(source: dict[str, Any]) -> list[str]:
@@ -191,7 +184,7 @@ def _card_data(manifest: Manifest) -> Any:
     from huggingface_hub import DatasetCardData
 
     licenses = sorted({name for _, found in _licenses(manifest) for name in found}) or [UNKNOWN_LICENSE]
-    hub_ids = [s["repo"] for s in manifest.sources if s.get("kind") == "hf" and _is_hub_id(str(s.get("repo")))]
+    hub_ids = manifest.hub_datasets()
     data_files = [{"split": SPLIT_NAMES[name], "path": f"{name}/*.tar"} for name in manifest.sets]
     config = {"config_name": "default", "data_files": data_files,
               # the cache identity of `datasets` (see the module's docstring)
