@@ -19,7 +19,6 @@ reason (`as_bad_image`), in every caller: a damaged image is a reject, never a c
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from commfor_fast.shards import RAW_HEADER_BYTES
 # case-insensitively here; `.tif` is accepted as well since it is the same format.
 SOURCE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".tif", ".webp", ".gif")
 
-# PIL format name -> extension used inside shards, for formats stored verbatim.
+# PIL format name -> the name of a verbatim stored form (the manifest's `stored` counts).
 VERBATIM_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
 VERBATIM_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
 
@@ -42,6 +41,10 @@ DEFAULT_MAX_PIXELS = 89_478_485
 
 # Resize target of the first (deterministic) preprocessing step, by crop size (SPEC 2).
 RESIZE_FOR_CROP = {384: 440, 224: 256}
+
+# How a pre-resized image member starts: PPM's binary RGB magic, then the comment that
+# pads its header to RAW_HEADER_BYTES.
+RAW_MAGIC = b"P6\n#"
 
 
 class BadImage(ValueError):
@@ -59,8 +62,8 @@ class ImageInfo:
     normalise_reason: str | None  # why it must be re-encoded as PNG; None if stored verbatim
 
     @property
-    def shard_ext(self) -> str:
-        """Extension of the image inside a shard ("png" when it gets normalised)."""
+    def stored_form(self) -> str:
+        """How the image is stored when not pre-resized: its format ("png" when it gets normalised)."""
         return "png" if self.normalise_reason else VERBATIM_FORMATS[self.format]
 
 
@@ -199,17 +202,25 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
 
 
 def raw_header(height: int, width: int) -> bytes:
-    """The `.npy` (v1.0) header of a height x width x 3 uint8 array, padded to `RAW_HEADER_BYTES`."""
-    text = repr({"descr": "|u1", "fortran_order": False, "shape": (height, width, 3)})
-    prefix = b"\x93NUMPY\x01\x00" + struct.pack("<H", RAW_HEADER_BYTES - 10)
-    return prefix + text.ljust(RAW_HEADER_BYTES - len(prefix) - 1).encode("latin1") + b"\n"
+    """The binary PPM (P6) header of a height x width RGB image, padded with a comment
+    line to `RAW_HEADER_BYTES`."""
+    size = f"{width} {height}\n255\n".encode("ascii")
+    return RAW_MAGIC + b" pre-resized pixels".ljust(RAW_HEADER_BYTES - len(RAW_MAGIC) - len(size) - 1) + b"\n" + size
 
 
 def encode_raw(img: Image.Image) -> bytes:
-    """HWC uint8 RGB pixels as a `.npy` file with a fixed-size header: the pre-resized
-    storage format (decodes for free; `numpy.load`, webdataset and HF datasets read it)."""
+    """HWC uint8 RGB pixels as a binary PPM with a fixed-size header: the pre-resized
+    storage format. It decodes for free, and PIL (so `datasets`' Image column), OpenCV
+    and `numpy.frombuffer(data, offset=RAW_HEADER_BYTES)` all read it."""
     pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return raw_header(img.height, img.width) + pixels.tobytes()
+
+
+def is_raw(data: bytes) -> bool:
+    """Whether a stored image member holds pre-resized pixels: verbatim images never
+    start as a PPM does (a PPM source is stored as PNG); damage past these two bytes is
+    `decode_raw`'s to find."""
+    return data[:2] == RAW_MAGIC[:2]
 
 
 def decode_raw(data: bytes, height: int, width: int) -> np.ndarray:
@@ -218,5 +229,5 @@ def decode_raw(data: bytes, height: int, width: int) -> np.ndarray:
     if len(data) != expected:
         raise BadImage(f"raw image has {len(data)} bytes, expected {expected} for {height}x{width}x3")
     if data[:RAW_HEADER_BYTES] != raw_header(height, width):
-        raise BadImage(f"raw image header does not describe a {height}x{width}x3 uint8 array")
+        raise BadImage(f"raw image header does not describe {height}x{width} RGB pixels")
     return np.frombuffer(data, dtype=np.uint8, offset=RAW_HEADER_BYTES).reshape(height, width, 3)

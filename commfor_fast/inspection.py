@@ -13,7 +13,7 @@ from pathlib import Path
 from commfor_fast.console_summary import count_table
 from commfor_fast.convert.merge import balance_lines, format_bias_warnings, human_bytes, label_table
 from commfor_fast.safetext import printable
-from commfor_fast.shards import CARD_NAME, FORMAT_VERSION, MANIFEST_NAME, RAW_EXT, Manifest
+from commfor_fast.shards import CARD_NAME, FORMAT_VERSION, MANIFEST_NAME, RAW_FORMAT, Manifest
 
 TOP_RESOLUTIONS = 5  # most frequent resolutions listed
 MAX_REJECTS = 3  # rejects listed by name
@@ -25,7 +25,7 @@ def describe(folder: Path | str, whole: bool = False) -> list[str]:
     with `whole`, `inspect --all`)."""
     folder = Path(folder)
     m = Manifest.load(folder)
-    stored = (f"pre-resized to a shorter side of {m.preresize} (uint8 pixels as .{RAW_EXT})" if m.preresize
+    stored = (f"pre-resized to a shorter side of {m.preresize} (uint8 RGB pixels as {RAW_FORMAT.upper()})" if m.preresize
               else "verbatim (the sources' bytes; lossless PNG where normalised)")
     card = (f"{CARD_NAME} (datasets.load_dataset reads the folder)" if (folder / CARD_NAME).is_file()
             else f"no {CARD_NAME}: re-run the convert command to write it")

@@ -13,14 +13,22 @@ An output folder of `commfor-fast convert` holds:
 Each sample is a group of tar members sharing one key (`0000000042`, the sample's
 number within its set):
 
-    KEY.<jpg|png|webp|bmp|tiff>        the image bytes, verbatim (or a lossless PNG)
-    KEY.npy                            ...or HWC uint8 pixels (`--preresize`), a NumPy
-                                       `.npy` file whose header is always RAW_HEADER_BYTES
+    KEY.image                          the image bytes as the source held them (JPEG, PNG,
+                                       WebP, BMP or TIFF; other formats as a lossless PNG),
+                                       or the pixels resized by `--preresize`: a binary
+                                       PPM (P6) whose header is always RAW_HEADER_BYTES
     KEY.cls                            the label as ASCII ("0" real, "1" fake)
     KEY.ids                            5 little-endian int32: label, generator id,
                                        sample number, stored height, stored width
     KEY.json                           metadata: generator, source, original name,
                                        format and size, HF columns, conversions
+
+The image member has one name whatever its format, so that Hugging Face `datasets`,
+which makes a column of each member suffix, gives one `image` column (v2 had a member
+and a column per format, `.jpg`, `.png`, ..., empty in all but one); the json records
+each sample's format. webdataset's decoders choose by suffix: give them the suffix
+(`wds.imagehandler("pil", ["image"])`). DALI's readers take any suffix, and its
+decoders read the format from the bytes.
 
 The `.idx` file beside each tar is DALI's webdataset index (version v1.2: one line
 per sample listing `ext offset size filename` for every member), so DALI never has
@@ -49,7 +57,9 @@ from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write
 
 FORMAT_NAME = "commfor-fast-shards"
-FORMAT_VERSION = 2  # 2: pre-resized pixels as `.npy` (were headerless `.rgb`); a dataset card
+# 2: pre-resized pixels as `.npy` (were headerless `.rgb`); a dataset card. 3: one image
+# member, `.image`, whatever the format; pre-resized pixels as PPM (were `.npy`)
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"  # the dataset card for Hugging Face `datasets` (convert/card.py)
 GENERATORS_NAME = "generators.csv"  # every generator with its counts, beside the card (convert/card.py)
@@ -57,11 +67,11 @@ INDEX_VERSION = "v1.2"
 INDEX_SUFFIX = ".idx"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # `owner/name`: how a hub dataset is given to --hf-repo
 
-IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "tiff", "npy")  # one DALI output group
-RAW_EXT = "npy"
-# Every pre-resized `.npy` member starts with a header of exactly this many bytes (npy
-# v1.0, padded with spaces), so readers find the pixels at a constant offset.
+IMAGE_EXT = "image"
+# Every pre-resized image member is a PPM whose header (padded with a comment) has
+# exactly this many bytes, so readers find the pixels at a constant offset.
 RAW_HEADER_BYTES = 128
+RAW_FORMAT = "ppm"  # how the manifest's `stored` counts and a sample's json name pre-resized pixels
 LABEL_EXT = "cls"
 IDS_EXT = "ids"
 META_EXT = "json"
@@ -186,7 +196,7 @@ class SetInfo:
     formats: dict[str, dict[str, int]] = field(default_factory=dict)
     # original resolution bucket (e.g. "512x512") -> label -> count
     resolutions: dict[str, dict[str, int]] = field(default_factory=dict)
-    # stored image member (IMAGE_EXTS, e.g. "png" or "npy") -> label -> count
+    # stored form of the image member (verbatim "jpg", "png", ..., or "ppm" pre-resized) -> label -> count
     stored: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -465,7 +475,7 @@ def sample_ids_problem(members: dict[str, bytes], key: str) -> str | None:
     """What is wrong with a sample's `.ids` record (and its pre-resized pixels, which the
     record describes); None if it can be used. Damage here would otherwise surface as a
     DALI slice error, an IndexError of the generator table or a wrong sample number."""
-    from commfor_fast.imageio import BadImage, decode_raw
+    from commfor_fast.imageio import BadImage, decode_raw, is_raw
 
     try:
         ids = unpack_ids(members[IDS_EXT])
@@ -479,9 +489,9 @@ def sample_ids_problem(members: dict[str, bytes], key: str) -> str | None:
         return f"its .ids record holds the generator id {ids.generator_id}"
     if not (0 < ids.height <= MAX_STORED_SIDE and 0 < ids.width <= MAX_STORED_SIDE):
         return f"its .ids record holds the image size {ids.height}x{ids.width}"
-    if RAW_EXT in members:
+    if is_raw(members.get(IMAGE_EXT, b"")):
         try:
-            decode_raw(members[RAW_EXT], ids.height, ids.width)
+            decode_raw(members[IMAGE_EXT], ids.height, ids.width)
         except BadImage as exc:
             return f"its pixels do not match its .ids record ({exc})"
     return None

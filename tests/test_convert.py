@@ -23,7 +23,9 @@ from commfor_fast.convert.settings import default_workers
 from commfor_fast.errors import UserError
 from commfor_fast.demo.hf_replica import write_hf_replica
 from commfor_fast.imageio import BadImage, check_image, decode_raw, decode_rgb, encode_raw, resize_shorter
-from commfor_fast.shards import RAW_EXT, RAW_HEADER_BYTES, Manifest, unpack_ids
+from commfor_fast.shards import IMAGE_EXT, RAW_FORMAT, RAW_HEADER_BYTES, Manifest, unpack_ids
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def source_root(meta: dict, manifest: Manifest) -> Path:
@@ -112,7 +114,6 @@ def test_labels_ids_metadata_and_bytes_round_trip(manifest, samples):
         for key, m in items:
             meta = json.loads(m["json"])
             ids = unpack_ids(m["ids"])
-            image_ext = next(e for e in m if e in ("jpg", "png", "webp", "bmp", "tiff"))
             assert meta["set"] == set_name
             assert m["cls"] == str(meta["label"]).encode()
             assert ids.label == meta["label"] and ids.sample_number == int(key)
@@ -121,10 +122,10 @@ def test_labels_ids_metadata_and_bytes_round_trip(manifest, samples):
             original = source_bytes(meta, manifest)
             if "normalised" in meta:
                 normalised += 1
-                assert image_ext == "png"
-                assert np.array_equal(np.asarray(decode_rgb(m[image_ext])), np.asarray(decode_rgb(original)))
+                assert m[IMAGE_EXT].startswith(PNG_SIGNATURE)
+                assert np.array_equal(np.asarray(decode_rgb(m[IMAGE_EXT])), np.asarray(decode_rgb(original)))
             else:
-                assert m[image_ext] == original
+                assert m[IMAGE_EXT] == original
             if meta["source"] == "hf":
                 assert meta["model_name"] == meta["generator"] and meta["prompt"].startswith("a picture")
                 assert meta["split"] in ("Systematic", "Manual")
@@ -136,10 +137,10 @@ def test_labels_ids_metadata_and_bytes_round_trip(manifest, samples):
 def test_normalised_gif_is_the_first_frame(samples, folder_tree):
     gif = next(folder_tree.rglob("*.gif"))
     stored = [m for s in samples.values() for _, m in s if json.loads(m["json"]).get("path", "").endswith(".gif")]
-    assert len(stored) == 1 and "png" in stored[0]
+    assert len(stored) == 1 and stored[0][IMAGE_EXT].startswith(PNG_SIGNATURE)
     assert json.loads(stored[0]["json"])["normalised"].startswith("GIF")
     first = np.asarray(Image.open(gif).convert("RGB"))
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored[0]["png"]))), first)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored[0][IMAGE_EXT]))), first)
 
 
 def test_rejects_have_reasons(manifest, hf_replica, folder_tree):
@@ -156,7 +157,7 @@ def test_members_are_image_cls_ids_json_in_order(converted, manifest):
     exts = [name.split(".", 1)[1] for name in names]
     assert len(exts) % 4 == 0
     for i in range(0, len(exts), 4):
-        assert exts[i] in ("jpg", "png", "webp") and exts[i + 1 : i + 4] == ["cls", "ids", "json"]
+        assert exts[i : i + 4] == [IMAGE_EXT, "cls", "ids", "json"]
         assert len({name.split(".")[0] for name in names[i : i + 4]}) == 1
 
 
@@ -219,14 +220,16 @@ def test_preresize_stores_resized_raw_pixels(tmp_path, folder_tree, convert_into
         assert min(ids.height, ids.width) == 256
         assert (meta["stored"]["height"], meta["stored"]["width"]) == (ids.height, ids.width)
         expected = encode_raw(resize_shorter(decode_rgb(source_bytes(meta, manifest)), 256))
-        assert m[RAW_EXT] == expected
-        pixels = decode_raw(m[RAW_EXT], ids.height, ids.width)
+        assert m[IMAGE_EXT] == expected and meta["stored"]["format"].startswith(RAW_FORMAT)
+        pixels = decode_raw(m[IMAGE_EXT], ids.height, ids.width)
         assert pixels.shape == (ids.height, ids.width, 3)
-        assert np.array_equal(np.load(io.BytesIO(m[RAW_EXT])), pixels)  # a plain .npy file
-        header_bytes = 10 + int.from_bytes(m[RAW_EXT][8:10], "little")  # magic, version, length, text
-        assert header_bytes == RAW_HEADER_BYTES  # the same for every image: DALI skips it as a constant
+        with Image.open(io.BytesIO(m[IMAGE_EXT])) as ppm:  # a plain PPM, which PIL reads
+            assert ppm.format == "PPM" and np.array_equal(np.asarray(ppm), pixels)
+        # the same header size for every image: DALI skips it as a constant
+        assert m[IMAGE_EXT][:RAW_HEADER_BYTES].endswith(f"\n{ids.width} {ids.height}\n255\n".encode())
         assert (meta["decoded"]["width"], meta["decoded"]["height"]) == Image.open(
             io.BytesIO(source_bytes(meta, manifest))).size
+    assert set(manifest.sets["all"].stored) == {RAW_FORMAT}
 
 
 def test_fast_check_gives_the_same_shards(tmp_path, converted, hf_replica, folder_tree, extra_real, convert_into):
@@ -256,7 +259,7 @@ def test_structural_check_of_jpeg_and_png():
         check_structure(flipped, 10**8)
     with pytest.raises(BadImage, match="decompression bomb"):
         check_structure(png, 100)
-    assert check_structure(png, 10**8).shard_ext == "png"
+    assert check_structure(png, 10**8).stored_form == "png"
     assert check_structure(image_bytes("gif", 3), 10**8) is None  # needs the full decode
 
 
@@ -371,7 +374,7 @@ def png_header(width: int, height: int, rows: bytes = b"\0" * 10) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def test_every_decoding_failure_becomes_bad_image(monkeypatch):

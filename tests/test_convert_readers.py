@@ -1,5 +1,5 @@
 """The shards `convert` writes are read by DALI (with the index files), by `webdataset`, by Hugging Face
-`datasets` (through the dataset card), by `numpy.load` (pre-resized pixels) and by `tarfile`."""
+`datasets` (through the dataset card, one `image` column) and, pre-resized pixels, by PIL and `numpy`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from commfor_fast.convert.card import SPLIT_NAMES
+from PIL import Image
+
 from commfor_fast.imageio import decode_raw, decode_rgb
-from commfor_fast.shards import IDS_EXT, IMAGE_EXTS, RAW_EXT, Manifest, SampleIds, unpack_ids
+from commfor_fast.shards import IDS_EXT, IMAGE_EXT, RAW_HEADER_BYTES, Manifest, SampleIds, unpack_ids
 
 dali = pytest.importorskip("nvidia.dali")
 from nvidia.dali import fn, pipeline_def, types
@@ -25,7 +27,7 @@ BATCH = 4
 @pipeline_def(batch_size=BATCH, num_threads=1, device_id=None, prefetch_queue_depth=1)
 def _reader(tars: list[str], indexes: list[str]):
     image, ids = fn.readers.webdataset(
-        paths=tars, index_paths=indexes, ext=[";".join(IMAGE_EXTS), IDS_EXT],
+        paths=tars, index_paths=indexes, ext=[IMAGE_EXT, IDS_EXT],
         dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
         pad_last_batch=True, name="reader",
     )
@@ -71,9 +73,9 @@ def test_dali_reads_preresized_pixels(preresized):
     manifest = Manifest.load(preresized)
     samples = _dali_samples(preresized, manifest, "all")
     assert len(samples) == manifest.sets["all"].num_samples > 0
-    for ids, npy in samples:
+    for ids, ppm in samples:
         assert min(ids.height, ids.width) == 256
-        assert decode_raw(npy, ids.height, ids.width).shape == (ids.height, ids.width, 3)
+        assert decode_raw(ppm, ids.height, ids.width).shape == (ids.height, ids.width, 3)
 
 
 def _hf_load(root: Path, cache: Path):
@@ -82,44 +84,53 @@ def _hf_load(root: Path, cache: Path):
     return datasets.load_dataset(str(root), cache_dir=str(cache))
 
 
-def test_preresized_pixels_are_read_by_numpy_webdataset_and_hf_datasets(preresized, tmp_path):
+def test_preresized_pixels_are_read_by_pil_numpy_webdataset_and_hf_datasets(preresized, tmp_path):
     import webdataset as wds
 
     manifest = Manifest.load(preresized)
     urls = [str(preresized / s.tar) for s in manifest.sets["all"].shards]
     by_key = {}
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil"):
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode(
+            wds.imagehandler("rgb8", [IMAGE_EXT])):  # webdataset decodes by suffix: name ours
         ids = unpack_ids(sample["ids"])
-        pixels = sample[RAW_EXT]  # webdataset's .npy handler, even when asked for PIL images
+        pixels = sample[IMAGE_EXT]
         assert isinstance(pixels, np.ndarray) and pixels.shape == (ids.height, ids.width, 3)
         by_key[sample["__key__"]] = pixels
     raw = _webdataset_samples(preresized, manifest, "all")
     assert by_key.keys() == raw.keys() and len(by_key) == manifest.sets["all"].num_samples
     for key, sample in raw.items():
-        assert np.array_equal(np.load(io.BytesIO(sample["image"])), by_key[key])
-    rows = _hf_load(preresized, tmp_path)[SPLIT_NAMES["all"]].with_format("numpy")
+        ids = sample["ids"]
+        pixels = np.frombuffer(sample["image"], np.uint8, offset=RAW_HEADER_BYTES).reshape(ids.height, ids.width, 3)
+        assert np.array_equal(pixels, by_key[key])
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(sample["image"]))), pixels)  # a plain PPM
+    rows = _hf_load(preresized, tmp_path)[SPLIT_NAMES["all"]]
     assert len(rows) == len(by_key)
     for row in rows:
-        assert np.array_equal(row[RAW_EXT], by_key[row["__key__"]])
+        assert np.array_equal(np.asarray(row["image"]), by_key[row["__key__"]])
         assert row["cls"] == row["json"]["label"] == raw[row["__key__"]]["cls"]
+
+
+def test_the_hf_load_benchmark_reads_every_image(preresized, tmp_path):
+    from commfor_fast.bench.hf_load_bench import load_all
+
+    assert load_all(preresized, tmp_path / "cache") == Manifest.load(preresized).sets["all"].num_samples
 
 
 def test_hf_datasets_loads_a_conversion_of_mixed_formats(converted, tmp_path):
     manifest = Manifest.load(converted)
-    stored = {ext for info in manifest.sets.values() for ext in info.stored}
-    assert {"png", "jpg", "webp"} <= stored  # the case HF's own column inference fails on
+    stored = {form for info in manifest.sets.values() for form in info.stored}
+    assert {"png", "jpg", "webp"} <= stored  # one column for them all: v2 made one per format
     loaded = _hf_load(converted, tmp_path)
     assert set(loaded) == {SPLIT_NAMES[name] for name in manifest.sets}
+    assert list(loaded[SPLIT_NAMES["train"]].features) == ["__key__", "image", "cls", "ids", "json"]
     for set_name, info in manifest.sets.items():
         rows = loaded[SPLIT_NAMES[set_name]]
         assert len(rows) == info.num_samples
         raw = _webdataset_samples(converted, manifest, set_name)
         for row in rows:
             sample = raw[row["__key__"]]
-            images = [ext for ext in IMAGE_EXTS if row.get(ext) is not None]
-            assert len(images) == 1
             expected = np.asarray(decode_rgb(sample["image"]))
-            assert np.array_equal(np.asarray(row[images[0]].convert("RGB")), expected)
+            assert np.array_equal(np.asarray(row["image"].convert("RGB")), expected)
             assert row["cls"] == sample["cls"] and row["json"] == sample["meta"]
             assert unpack_ids(row["ids"]) == sample["ids"]
 
@@ -130,9 +141,8 @@ def _webdataset_samples(root: Path, manifest: Manifest, set_name: str) -> dict[s
     urls = [str(root / s.tar) for s in manifest.sets[set_name].shards]
     found = {}
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
-        image_ext = next(e for e in IMAGE_EXTS if e in sample)
         meta = json.loads(sample["json"])
-        found[sample["__key__"]] = {"ids": unpack_ids(sample["ids"]), "image": sample[image_ext],
+        found[sample["__key__"]] = {"ids": unpack_ids(sample["ids"]), "image": sample[IMAGE_EXT],
                                     "cls": int(sample["cls"]), "meta": meta}
         assert int(sample["cls"]) == meta["label"]
     return found

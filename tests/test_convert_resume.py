@@ -305,14 +305,14 @@ def test_verify_hashes_finds_a_source_edited_in_place(tmp_path, folder_tree, con
     convert_into(out, folders=[src], val_frac=0, verify_hashes=True, quiet=False)  # records the source hashes
     assert "were converted without --verify-hashes" in capsys.readouterr().err
     edited = src / "coco-extra" / "real" / "img000.JPG"
-    before = {key: members["jpg"] for key, members in read_all_samples(out)["all"] if "jpg" in members}
+    before = {key: members["image"] for key, members in read_all_samples(out)["all"]}
     assert edited.read_bytes() in before.values()
     size = edited.stat().st_size
     smaller = next(b for b in (image_bytes("jpeg", seed) for seed in range(900, 1000)) if len(b) < size)
     data = smaller.ljust(size, b"\0")  # another valid JPEG (zeros after its end), the same size
     edited.write_bytes(data)
     convert_into(out, folders=[src], val_frac=0)  # names and sizes match: considered complete
-    assert data not in [m.get("jpg") for _, m in read_all_samples(out)["all"]]
+    assert data not in [m["image"] for _, m in read_all_samples(out)["all"]]
     convert_into(out, folders=[src], val_frac=0, verify_hashes=True)
-    stored = [m.get("jpg") for _, m in read_all_samples(out)["all"]]
+    stored = [m["image"] for _, m in read_all_samples(out)["all"]]
     assert data in stored

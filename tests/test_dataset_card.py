@@ -17,7 +17,7 @@ from PIL import Image
 
 from commfor_fast.convert.card import SPLIT_NAMES, write_dataset_card
 from commfor_fast.portable import portable_command, portable_path, portable_source_meta
-from commfor_fast.shards import CARD_NAME, GENERATORS_NAME, IMAGE_EXTS, Manifest, SetInfo, unpack_ids
+from commfor_fast.shards import CARD_NAME, GENERATORS_NAME, IMAGE_EXT, Manifest, SetInfo, unpack_ids
 
 from conftest import read_all_samples, write_folder_tree
 
@@ -39,8 +39,7 @@ def _load(folder: Path, cache: Path):
 
 
 def _image_of(row: dict) -> np.ndarray:
-    image = next(row[ext] for ext in IMAGE_EXTS if row.get(ext) is not None)
-    return np.asarray(image.convert("RGB"))
+    return np.asarray(row["image"].convert("RGB"))
 
 
 def test_two_folders_of_the_same_name_load_their_own_rows(tmp_path: Path, convert_into) -> None:
@@ -59,7 +58,7 @@ def test_two_folders_of_the_same_name_load_their_own_rows(tmp_path: Path, conver
         for row in rows:
             members = stored[row["__key__"]]
             assert unpack_ids(row["ids"]) == unpack_ids(members["ids"])
-            assert np.array_equal(_image_of(row), np.asarray(Image.open(io.BytesIO(members["png"])).convert("RGB")))
+            assert np.array_equal(_image_of(row), np.asarray(Image.open(io.BytesIO(members[IMAGE_EXT])).convert("RGB")))
         loaded_keys.append(rows["__key__"])
     assert loaded_keys[0] == loaded_keys[1]  # the same keys: only the content tells the folders apart
     fingerprints = {_front_matter(tmp_path / f"run{s}" / "shards")["configs"][0]["description"] for s in (1, 2)}

@@ -71,7 +71,7 @@ def _manifest(stored: dict[str, dict[str, int]], preresize: int | None) -> Manif
                     sets={"train": SetInfo(3, [], stored=stored), "val": SetInfo(1, [], stored=stored)})
 
 
-@pytest.mark.parametrize("stored, preresize", [({"png": {}, "jpg": {}}, None), ({"npy": {}}, 440)])
+@pytest.mark.parametrize("stored, preresize", [({"png": {}, "jpg": {}}, None), ({"ppm": {}}, 440)])
 def test_dataset_card_without_datasets_is_the_same_card(without, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str],
                                                         stored: dict[str, dict[str, int]],

@@ -19,13 +19,13 @@ from PIL import Image
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
-from commfor_fast.imageio import decode_raw, decode_rgb, resized_shape
+from commfor_fast.imageio import decode_raw, decode_rgb, is_raw, resized_shape
 from commfor_fast.pipelines.source import ShardSource
 from commfor_fast.pipelines.dali import create_eval_pipeline, create_train_pipeline
 from commfor_fast.pipelines.ops import Affine, Crop, Erase, Flip, Interp, Jpeg, Pad, Resize, ResizedCrop, trace_sizes
 from commfor_fast.pipelines.plan import Plan, PlanEntry, RSAConfig, first_resize, train_plan
 from commfor_fast.pipelines.reference import eval_image, run_plan
-from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, SampleIds
+from commfor_fast.shards import IMAGE_EXT, Manifest, ShardReader, SampleIds
 
 CROP = 224  # first resize to 256: small images keep the suite fast
 
@@ -99,13 +99,12 @@ def _reference_input(reader: ShardReader, number: int) -> tuple[Image.Image, boo
     """The stored image of sample `number`, as the reference executor decodes it."""
     i = reader.position(f"{number:010d}")
     data = reader.read(i)
-    ext = next(e for e in IMAGE_EXTS if e in data)
-    if ext == RAW_EXT:
+    if is_raw(data[IMAGE_EXT]):
         from commfor_fast.shards import unpack_ids
 
         ids = unpack_ids(data["ids"])
-        return Image.fromarray(decode_raw(data[ext], ids.height, ids.width)), True
-    return decode_rgb(data[ext]), False
+        return Image.fromarray(decode_raw(data[IMAGE_EXT], ids.height, ids.width)), True
+    return decode_rgb(data[IMAGE_EXT]), False
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -26,14 +26,14 @@ from PIL import Image
 
 from commfor_fast.convert.run import convert
 from commfor_fast.convert.settings import ConvertSettings
-from commfor_fast.imageio import decode_raw, decode_rgb
+from commfor_fast.imageio import decode_raw, decode_rgb, is_raw
 from commfor_fast.pipelines.dali import create_eval_pipeline, missing_gpu_ops, operator_census
 from commfor_fast.pipelines.perturb import CLEAN_LEVEL, GraphInputs, Level, apply_dali, apply_reference, \
     blur_radius, downscaled_size, gaussian_kernel, noise_key, parse_perturbations, standard_normal_field
 from commfor_fast.pipelines.ops import Jpeg
 from commfor_fast.pipelines.reference import apply_step, eval_image
 from commfor_fast.pipelines.source import ShardSource
-from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, unpack_ids
+from commfor_fast.shards import IMAGE_EXT, Manifest, ShardReader, unpack_ids
 
 CROP = 224  # first resize to 256
 GREY = 128
@@ -81,9 +81,8 @@ def _stored(root: Path) -> dict[int, tuple[np.ndarray, bool]]:
     for i in range(len(reader)):
         data = reader.read(i)
         ids = unpack_ids(data["ids"])
-        ext = next(e for e in IMAGE_EXTS if e in data)
-        raw = ext == RAW_EXT
-        img = decode_raw(data[ext], ids.height, ids.width) if raw else np.asarray(decode_rgb(data[ext]))
+        raw = is_raw(data[IMAGE_EXT])
+        img = decode_raw(data[IMAGE_EXT], ids.height, ids.width) if raw else np.asarray(decode_rgb(data[IMAGE_EXT]))
         out[ids.sample_number] = (img, raw)
     reader.close()
     return out

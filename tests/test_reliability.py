@@ -224,7 +224,7 @@ def test_verify_passes_intact_shards(pristine: Path) -> None:
 def test_verify_lists_every_damaged_shard(shards: Path) -> None:
     infos = Manifest.load(shards).sets["all"].shards
     first = read_index(shards / infos[0].index)[0]  # a bit flip in stored JPEG bytes
-    flip_byte(shards / infos[0].tar, first["jpg"].offset + first["jpg"].size // 2)
+    flip_byte(shards / infos[0].tar, first["image"].offset + first["image"].size // 2)
     second = read_index(shards / infos[1].index)[0]  # the label in .ids: 0 <-> 1
     flip_byte(shards / infos[1].tar, second["ids"].offset)
     (shards / infos[2].index).unlink()

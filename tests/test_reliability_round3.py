@@ -33,6 +33,7 @@ from commfor_fast.errors import UserError
 from commfor_fast.model import CommForDetector
 from commfor_fast.pipelines.perturb import parse_perturbations
 from commfor_fast.predict import PredictSettings, predict
+from commfor_fast.shards import FORMAT_VERSION
 from test_reliability import _convert, ckpt, one_error_line, pristine, shards, source  # noqa: F401 (fixtures)
 
 runner = CliRunner()
@@ -353,7 +354,7 @@ def _eval(data: Path, ckpt: Path, out: Path, loader: str) -> list[str]:
 
 @pytest.mark.parametrize("loader", ["dali", "reference"])
 @pytest.mark.parametrize("damage, says", [
-    (("npy", 10, b"\xff"), "its pixels do not match its .ids record"),
+    (("image", 10, b"\xff"), "its pixels do not match its .ids record"),
     (("ids", 12, struct.pack("<i", -3)), "the image size -3x"),
     (("ids", 8, struct.pack("<i", 7)), "names sample 7"),
     (("ids", 0, struct.pack("<i", 5)), "the label 5"),
@@ -571,8 +572,9 @@ def test_a_folder_of_an_older_shard_format_says_so(source: Path, shards: Path) -
     plan = json.loads((shards / "plan.json").read_text())
     plan["fingerprint"] = "written-by-format-v1"
     (shards / "plan.json").write_text(json.dumps(plan))
-    with pytest.raises(UserError, match=r"holds shards written by an earlier or later commfor-fast, in format v1 "
-                                        r"\(this version reads and writes v2\), so they must be converted again"):
+    with pytest.raises(UserError, match=rf"holds shards written by an earlier or later commfor-fast, in format v1 "
+                                        rf"\(this version reads and writes v{FORMAT_VERSION}\), so they must be "
+                                        r"converted again"):
         _convert(source, shards)
 
 

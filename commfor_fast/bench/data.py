@@ -2,7 +2,7 @@
 
 The images come from the demo's renderer (camera-like scenes with generator traces),
 so codecs see realistic content, not noise. Shards: PNG verbatim, JPEG verbatim, and
-PNG pre-resized to a shorter side of 440 (`.npy` pixels) for 384 crops.
+PNG pre-resized to a shorter side of 440 (PPM pixels) for 384 crops.
 """
 
 from __future__ import annotations
@@ -41,25 +41,30 @@ def write_sources(root: Path, n_images: int, seed: int = 0, size: int = SIZE) ->
     return {k.lower(): v for k, v in roots.items()}
 
 
-def bench_shards(work: Path, quick: bool, tiny: bool = False) -> dict[str, Path]:
-    """{label: convert output} for the pipeline, host and training benchmarks; `tiny`
-    makes 16 images of 480 px (a dry run of the scripts, not a measurement)."""
+def converted_sources(work: Path, n_images: int, fmt: str, preresize: int | None, size: int = SIZE) -> Path:
+    """The convert output of `n_images` benchmark images of `size` px in format `fmt`
+    ("png" or "jpeg"), verbatim or pre-resized; converted on first use, kept in `work`."""
     from commfor_fast.convert.run import convert
     from commfor_fast.convert.settings import ConvertSettings
 
+    sources = write_sources(work / f"sources-{n_images}-{size}", n_images, size=size)
+    label = f"{fmt}-{size}" + (" preresized" if preresize else "")
+    out = work / f"shards-{n_images}-{label.replace(' ', '-')}"
+    if not (out / "manifest.json").exists():
+        say(f"converting the {label} benchmark shards")
+        convert(ConvertSettings(folders=[sources[fmt]], out=out, val_frac=0.0, preresize=preresize, quiet=True,
+                                shard_size="64MB", partition_size="256MB"))
+    return out
+
+
+def bench_shards(work: Path, quick: bool, tiny: bool = False) -> dict[str, Path]:
+    """{label: convert output} for the pipeline, host and training benchmarks; `tiny`
+    makes 16 images of 480 px (a dry run of the scripts, not a measurement)."""
     n_images, size = (48 if quick else 160), SIZE
     if torch.cuda.is_available():  # GPU runs train at batch 128: give them a few batches per epoch
         n_images = 256 if quick else 1024
     if tiny:
         n_images, size = TINY_IMAGES, TINY_SIZE
-    sources = write_sources(work / f"sources-{n_images}-{size}", n_images, size=size)
-    outputs = {}
-    for label, folder, preresize in ((f"png-{size}", sources["png"], None), (f"jpeg-{size}", sources["jpeg"], None),
-                                     (f"png-{size} preresized", sources["png"], 440)):
-        out = work / f"shards-{n_images}-{label.replace(' ', '-')}"
-        if not (out / "manifest.json").exists():
-            say(f"converting the {label} benchmark shards")
-            convert(ConvertSettings(folders=[folder], out=out, val_frac=0.0, preresize=preresize, quiet=True,
-                                    shard_size="64MB", partition_size="256MB"))
-        outputs[label] = out
-    return outputs
+    return {f"{fmt}-{size}" + (" preresized" if preresize else ""): converted_sources(work, n_images, fmt, preresize,
+                                                                                     size)
+            for fmt, preresize in (("png", None), ("jpeg", None), ("png", 440))}

@@ -428,7 +428,7 @@ def eval_parity(ctx: Context) -> dict[str, Any]:
     from commfor_fast.pipelines.dali import create_eval_pipeline
     from commfor_fast.pipelines.reference import eval_image
     from commfor_fast.pipelines.source import ShardSource
-    from commfor_fast.shards import IMAGE_EXTS, Manifest, ShardReader
+    from commfor_fast.shards import IMAGE_EXT, Manifest, ShardReader
 
     n, root = ctx.sizes.parity_images, ctx.shards()["jpeg"]
     manifest = Manifest.load(root)
@@ -442,7 +442,7 @@ def eval_parity(ctx: Context) -> dict[str, Any]:
     diffs = []
     for j in range(len(ids)):
         data = reader.read(reader.position(f"{int(np.array(ids[j])[2]):010d}"))
-        ref = eval_image(decode_rgb(next(data[e] for e in IMAGE_EXTS if e in data)), CROP)
+        ref = eval_image(decode_rgb(data[IMAGE_EXT]), CROP)
         diffs.append(np.abs(np.array(images[j]).astype(np.int16) - ref.astype(np.int16)).ravel())
     reader.close()
     pipe.source.close()

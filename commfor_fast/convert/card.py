@@ -1,13 +1,17 @@
 """The dataset card (`README.md`) and generator list written into every output folder.
 
 `datasets.load_dataset(OUT)` reads the folder through the card with its WebDataset
-builder, which makes one column per tar member suffix (`KEY.png` -> column `png`) and
-infers their types from the first few samples (failing when PNG, JPEG and WebP are
-mixed). The card therefore declares:
+builder, which makes one column per tar member suffix (`KEY.cls` -> column `cls`) and
+infers their types from the first few samples, from the suffix (an `.image` member is
+not known as an image). The card therefore declares:
 
-- the columns (`dataset_info.features`): every stored image format a column of its
-  own (the builder cannot merge them; empty where a sample has another format), `cls`
-  as `ClassLabel(names=[real, fake])`, `ids`, and `json` (generator, source, ...);
+- the columns (`dataset_info.features`): `image` as `Image` (whatever its format, and
+  pre-resized pixels too: a PPM, which PIL reads without decoding), `cls` as
+  `ClassLabel(names=[real, fake])`, `ids`, and `json` (generator, source, ...). The
+  builder names columns by suffix and decodes integers only from `.cls`-like suffixes,
+  so the label cannot be a `label` column nor the generator a string column of its own
+  without a member more per sample (a tar block of 1 KiB); the card's body shows
+  `rename_column` and `json`'s `generator`;
 - the splits (`configs`): sets map to splits as `SPLIT_NAMES` says; `all`, a set
   kept whole (`--val-frac 0`, the evaluation form), is `test`;
 - a cache identity: `datasets` caches a folder's rows under its folder name and a
@@ -34,7 +38,7 @@ from typing import Any
 from commfor_fast.fileio import atomic_write
 from commfor_fast.portable import portable_command, portable_path
 from commfor_fast.safetext import spreadsheet_safe
-from commfor_fast.shards import (CARD_NAME, GENERATORS_NAME, IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT,
+from commfor_fast.shards import (CARD_NAME, GENERATORS_NAME, IDS_EXT, IMAGE_EXT, LABEL_EXT, META_EXT,
                                  RAW_HEADER_BYTES, Manifest)
 
 SPLIT_NAMES = {"train": "train", "val": "validation", "all": "test"}  # set -> split
@@ -42,18 +46,12 @@ LABEL_NAMES = ("real", "fake")  # label 0, label 1 (the `cls` column's ClassLabe
 UNKNOWN_LICENSE = "unknown"  # the hub's id for a licence not stated
 
 
-def _features(manifest: Manifest) -> list[dict[str, Any]]:
-    """The columns of a sample as the card's YAML lists them: its key, every stored
-    image format, cls, ids, json."""
-    stored = sorted({ext for info in manifest.sets.values() for ext in info.stored})
-    columns: list[dict[str, Any]] = [{"name": "__key__", "dtype": "string"}]
-    for ext in stored:
-        columns.append({"name": ext, "list": {"list": {"list": "uint8"}}} if ext == RAW_EXT
-                       else {"name": ext, "dtype": "image"})
+def _features() -> list[dict[str, Any]]:
+    """The columns of a sample as the card's YAML lists them: its key, image, cls, ids, json."""
     labels = {"class_label": {"names": {str(label): name for label, name in enumerate(LABEL_NAMES)}}}
-    columns += [{"name": LABEL_EXT, "dtype": labels}, {"name": IDS_EXT, "dtype": "binary"},
-                {"name": META_EXT, "dtype": "json"}]
-    return columns
+    return [{"name": "__key__", "dtype": "string"}, {"name": IMAGE_EXT, "dtype": "image"},
+            {"name": LABEL_EXT, "dtype": labels}, {"name": IDS_EXT, "dtype": "binary"},
+            {"name": META_EXT, "dtype": "json"}]
 
 
 def _validated(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,11 +136,11 @@ def _generator_summary(manifest: Manifest) -> str:
 def _body(manifest: Manifest) -> str:
     splits = ", ".join(f"`{SPLIT_NAMES[name]}` ({info.num_samples} images, set `{name}`)"
                        for name, info in manifest.sets.items())
-    image = (f"`npy`: the pixels resized to a shorter side of {manifest.preresize}, uint8 HWC\n  "
-             f"(a `.npy` file whose header is always {RAW_HEADER_BYTES} bytes); `datasets` turns\n  them into "
-             "nested lists, which is slow: read the tars with `webdataset` or `numpy` for speed" if manifest.preresize
-             else "one column per stored format (`png`, `jpg`, ...): the image bytes as the\n  source held "
-             "them (or a lossless PNG), empty when the sample has another format")
+    image = (f"the pixels resized to a shorter side of {manifest.preresize}, as a PIL image\n  "
+             f"(`numpy.asarray` gives the uint8 HWC array); stored as a binary PPM whose header\n  is always "
+             f"{RAW_HEADER_BYTES} bytes, so reading it is a copy" if manifest.preresize
+             else "the image as the source held it (JPEG, PNG, WebP, BMP or TIFF; other\n  formats as a lossless "
+             "PNG), as a PIL image; `json` names its format")
     licenses = "; ".join(f"{name}: {', '.join(found)}" for name, found in _licenses(manifest)) or "no sources"
     return f"""
 # Community Forensics shards
@@ -153,15 +151,16 @@ fake-image detectors ([Community Forensics](https://arxiv.org/abs/2411.04125)).
 ```python
 import datasets
 ds = datasets.load_dataset("path/to/this/folder")  # or the hub id once pushed
+ds = ds.rename_column("cls", "label")  # if you prefer the usual name: a rename copies nothing
 row = ds["{SPLIT_NAMES[next(iter(manifest.sets), "train")]}"][0]
-row["cls"], row["json"]["generator"]  # 0 real / 1 fake (features["cls"].names), the generator
+row["image"], row["label"], row["json"]["generator"]  # PIL image, 0 real / 1 fake, the generator
 ```
 
 Splits: {splits}.
 
 Columns:
 - `__key__`: the sample number within its set;
-- {image};
+- `image`: {image};
 - `cls`: the label, `ClassLabel` 0 `real`, 1 `fake`;
 - `ids`: five little-endian int32 (label, generator id, sample number, stored height,
   stored width);
@@ -192,7 +191,7 @@ def _card_data(manifest: Manifest) -> Any:
     return DatasetCardData(license=licenses[0] if len(licenses) == 1 else licenses,
                            source_datasets=hub_ids or None, task_categories=["image-classification"],
                            tags=["webdataset", "image-classification", "ai-generated-image-detection"],
-                           configs=[config], dataset_info={"features": _validated(_features(manifest))})
+                           configs=[config], dataset_info={"features": _validated(_features())})
 
 
 def write_dataset_card(out: Path, manifest: Manifest) -> Path:

@@ -7,7 +7,7 @@ empty or truncated images and decompression bombs become rejects with a reason a
 never reach a shard or stop the run. Images PIL reads differently from DALI (GIF,
 16-bit, CMYK, multi-frame...) are stored as a lossless PNG of the RGB image and their
 metadata says so; all others are stored byte for byte. With `--preresize` the stored
-image is its RGB pixels resized to the given shorter side, as a `.npy` array. With
+image is its RGB pixels resized to the given shorter side, as a binary PPM. With
 `--verify-hashes` the marker also records the sha256 of the partition's source bytes,
 so a rerun with the flag notices a source edited in place (same name and size).
 
@@ -35,7 +35,8 @@ from commfor_fast.convert.watchdog import exit_with_parent
 from commfor_fast.portable import portable_source_meta
 from commfor_fast.imageio import (BadImage, ImageInfo, check_image, check_pixels, encode_png, encode_raw,
                                   resize_shorter, resized_shape)
-from commfor_fast.shards import IDS_EXT, LABEL_EXT, META_EXT, RAW_EXT, SampleIds, ShardInfo, pack_ids, sample_key
+from commfor_fast.shards import (IDS_EXT, IMAGE_EXT, LABEL_EXT, META_EXT, RAW_FORMAT, SampleIds, ShardInfo, pack_ids,
+                                 sample_key)
 from commfor_fast.sources import SourceKind, get_source_kind
 from commfor_fast.sources.units import Unit
 
@@ -64,7 +65,7 @@ class Stored(NamedTuple):
     """An image as it goes into the shard."""
 
     info: ImageInfo  # what checking found (original format and size)
-    ext: str
+    form: str  # how it is stored: the verbatim format's extension ("jpg", "png", ...) or RAW_FORMAT
     data: bytes
     height: int  # stored size
     width: int
@@ -91,12 +92,12 @@ def store_image(data: bytes, config: WorkerConfig) -> Stored:
         if config.preresize is not None:  # the stored size is limited too: 4000 x 2 px would become 512000 x 256
             check_pixels(*resized_shape(rgb.height, rgb.width, config.preresize)[::-1], config.max_pixels)
             small = resize_shorter(rgb, config.preresize)
-            return Stored(info, RAW_EXT, encode_raw(small), small.height, small.width)
+            return Stored(info, RAW_FORMAT, encode_raw(small), small.height, small.width)
         if info.normalise_reason:
             return Stored(info, "png", encode_png(rgb), rgb.height, rgb.width)
     if config.dali_check and (reason := _dali_refuses(data)):
         raise BadImage(reason)
-    return Stored(info, info.shard_ext, data, info.height, info.width)
+    return Stored(info, info.stored_form, data, info.height, info.width)
 
 
 def source_kind(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> SourceKind:
@@ -131,12 +132,12 @@ def _sample(unit: Unit, row: int, ref: SampleRef, stored: Stored, source_meta: d
     info, label, generator = stored.info, unit.labels[row], unit.generators[row]
     meta = {"generator": generator, "label": label, "set": ref.set_name, **portable_source_meta(source_meta),
             "decoded": {"format": info.format, "mode": info.mode, "width": info.width, "height": info.height}}
-    if stored.ext == RAW_EXT:
-        meta["stored"] = {"height": stored.height, "width": stored.width, "format": "npy uint8 HWC"}
+    if stored.form == RAW_FORMAT:
+        meta["stored"] = {"height": stored.height, "width": stored.width, "format": "ppm uint8 RGB"}
     elif info.normalise_reason:
         meta["normalised"] = info.normalise_reason
     ids = SampleIds(label, config.generator_ids[generator], ref.number, stored.height, stored.width)
-    members = [(stored.ext, stored.data), (LABEL_EXT, str(label).encode()), (IDS_EXT, pack_ids(ids)),
+    members = [(IMAGE_EXT, stored.data), (LABEL_EXT, str(label).encode()), (IDS_EXT, pack_ids(ids)),
                (META_EXT, json.dumps(meta, ensure_ascii=False).encode())]
     return _Sample(ref.number, members)
 
@@ -165,14 +166,14 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
                 continue
             ref, label, info = refs[row], unit.labels[row], stored.info
             samples[ref.set_name].append(_sample(unit, row, ref, stored, source_meta, config))
-            if info.normalise_reason and stored.ext != RAW_EXT:
+            if info.normalise_reason and stored.form != RAW_FORMAT:
                 normalised[info.normalise_reason] = normalised.get(info.normalise_reason, 0) + 1
             stats = sets[ref.set_name]
             stats["num_samples"] += 1
             _bump(stats["counts"], unit.generators[row], label)
             _bump(stats["formats"], info.format, label)
             _bump(stats["resolutions"], f"{info.width}x{info.height}", label)
-            _bump(stats["stored"], stored.ext, label)
+            _bump(stats["stored"], stored.form, label)
         report(unit.num_rows, unit.nbytes)
     for set_name, items in samples.items():
         items.sort()  # planned order: sample numbers were assigned in the permuted order

@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from commfor_fast.imageio import BadImage, check_image, decode_raw
-from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, DataError, Manifest, ShardReader, sample_key, unpack_ids
+from commfor_fast.imageio import BadImage, check_image, decode_raw, is_raw
+from commfor_fast.shards import IMAGE_EXT, DataError, Manifest, ShardReader, sample_key, unpack_ids
 
 
 def damaged_sample(number: int, shard: str, reason: str) -> DataError:
@@ -37,9 +37,9 @@ def find_damaged(reader: ShardReader, numbers: set[int]) -> DataError | None:
             continue
         data = reader.read(i)
         ids = unpack_ids(data["ids"])
-        image = next((data[e] for e in IMAGE_EXTS if e in data), b"")
+        image = data.get(IMAGE_EXT, b"")
         try:
-            if RAW_EXT in data:
+            if is_raw(image):
                 decode_raw(image, ids.height, ids.width)
                 reason = None
             else:

@@ -30,7 +30,7 @@ from commfor_fast.pipelines.plan import RSAConfig, eval_plan, train_plan
 from commfor_fast.pipelines.preprocess import check_preresize, normalise
 from commfor_fast.pipelines.reference import run_plan
 from commfor_fast.pipelines.source import iters_per_epoch, train_batch_indices
-from commfor_fast.shards import IMAGE_EXTS, RAW_EXT, Manifest, ShardReader, shard_range, unpack_ids
+from commfor_fast.shards import IMAGE_EXT, Manifest, ShardReader, shard_range, unpack_ids
 
 
 class _ReferenceItems(torch.utils.data.Dataset):
@@ -49,14 +49,13 @@ class _ReferenceItems(torch.utils.data.Dataset):
         epoch, index = key
         data = self.reader.read(index)
         ids = unpack_ids(data["ids"])
-        ext = next((e for e in IMAGE_EXTS if e in data), None)
         try:
-            if ext is None:
+            if IMAGE_EXT not in data:
                 raise BadImage("the sample has no image member")
-            if ext == RAW_EXT:
-                img = Image.fromarray(decode_raw(data[ext], ids.height, ids.width))
+            if self.preresized:
+                img = Image.fromarray(decode_raw(data[IMAGE_EXT], ids.height, ids.width))
             else:
-                img = decode_rgb(data[ext])
+                img = decode_rgb(data[IMAGE_EXT])
         except BadImage as exc:
             raise damaged_sample(ids.sample_number, self.reader.shard_of(index), str(exc)) from None
         if self.rsa is None:

@@ -33,7 +33,7 @@ from commfor_fast.pipelines.batch_plan import draw_train_slots
 from commfor_fast.pipelines.plan import Plan, RSAConfig
 from commfor_fast.pipelines.preprocess import resize_size
 from commfor_fast.pipelines.slots import Slots, lower_plans
-from commfor_fast.shards import IDS_EXT, IMAGE_EXTS, RAW_EXT, Manifest, SampleIds, SetInfo, ShardReader, \
+from commfor_fast.shards import IDS_EXT, IMAGE_EXT, Manifest, SampleIds, SetInfo, ShardReader, \
     shard_range, unpack_ids
 
 PlanFn = Callable[[SampleIds, int, int], Plan]
@@ -201,8 +201,7 @@ class BatchSource:
         n = info if isinstance(info, int) else info.iteration  # a DALI BatchInfo, or the number itself
         indices = self.order(n)  # StopIteration ends an evaluation pass
         reader = self.reader
-        wanted = (IDS_EXT, RAW_EXT) if self.raw else (IDS_EXT, *IMAGE_EXTS)
-        read = partial(reader.read, exts=wanted)
+        read = partial(reader.read, exts=(IDS_EXT, IMAGE_EXT))
         positions = [int(i) for i in indices]
         samples = list(self._pool.map(read, positions) if self._pool else map(read, positions))
         ids = np.array([unpack_ids(s[IDS_EXT]) for s in samples], np.int32).reshape(len(samples), 5)
@@ -229,10 +228,8 @@ class BatchSource:
         return runs
 
     def _image(self, sample: dict[str, bytes], ids: np.ndarray) -> np.ndarray:
-        if self.raw:
-            return decode_raw(sample.get(RAW_EXT, b""), int(ids[3]), int(ids[4]))
-        data = next((sample[e] for e in IMAGE_EXTS if e in sample), b"")
-        return np.frombuffer(data, np.uint8)
+        data = sample.get(IMAGE_EXT, b"")
+        return decode_raw(data, int(ids[3]), int(ids[4])) if self.raw else np.frombuffer(data, np.uint8)
 
     def close(self) -> None:
         if self._pool is not None:
