@@ -5,13 +5,26 @@ hub, copied to a cluster), so they name a local path by its last component only
 (`/home/me/data/my_images` -> `my_images`) and a command by what the user types
 (`commfor-fast convert ...`, not `/path/to/.venv/bin/commfor-fast` or
 `.../commfor_fast/__main__.py`). Relative paths and hub ids are kept as they are.
+
+One rule for everything `convert` writes into OUT: the manifest's `settings` (`--out`,
+`--folder`, a local `--hf-repo`, `--cache-dir`: every absolute path among them) and
+`sources` (`root`, `repo`) by this rule; a reject names its file below its source
+(`my_images/<generator>/<label>/x.png`, `data/train-0.parquet#row 3`, `sources.*.item`).
+Where a run needs the real folders (the local replica's README.md for the card's
+licence, the recorded folder scan), it takes them from its own settings, never from
+these files. The folder scan (`convert/listing.py`), a cache only this machine can
+use, records paths relative to their `--folder` root and the roots by a digest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from commfor_fast.shards import Manifest
 
 PROGRAM = "commfor-fast"  # the console script (pyproject.toml), as the README's commands spell it
 # Keys of a sample's source metadata (`sources.*.read`) that hold where the source lies.
@@ -50,8 +63,26 @@ def portable_command(command: str) -> str:
     return shlex.join(out)
 
 
+def portable_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings (`ConvertSettings.record()`) with every absolute path, alone or
+    in a list (`--folder`), by its last component; other values unchanged."""
+    def portable(value: Any) -> Any:
+        return portable_path(value) if isinstance(value, str) else value
+
+    return {key: [portable(v) for v in value] if isinstance(value, list) else portable(value)
+            for key, value in record.items()}
+
+
+def portable_manifest(manifest: Manifest) -> Manifest:
+    """`manifest` as `convert` writes it: its settings and sources without local folders
+    (the rejects and warnings are made without them, `sources.*`)."""
+    return dataclasses.replace(manifest, settings=portable_settings(manifest.settings),
+                               sources=[portable_source_meta(source) for source in manifest.sources])
+
+
 def portable_source_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """A sample's source metadata with its location keys (`SOURCE_LOCATION_KEYS`: the
-    folder root, the `--hf-repo` value) free of local folders; other keys unchanged."""
+    """A sample's source metadata, or a source's summary in the manifest, with its
+    location keys (`SOURCE_LOCATION_KEYS`: the folder root, the `--hf-repo` value) free
+    of local folders; other keys unchanged."""
     return {key: portable_path(value) if key in SOURCE_LOCATION_KEYS and isinstance(value, str) else value
             for key, value in meta.items()}

@@ -202,11 +202,13 @@ class SetInfo:
 
 @dataclass
 class Manifest:
-    """Everything about a converted dataset; `manifest.json` is written last."""
+    """Everything about a converted dataset; `manifest.json` is written last. It names no
+    local folder (`portable.py`: an absolute path by its last component, a reject's file
+    below its source), so a copied folder reads the same anywhere."""
 
     package_version: str
     command: str  # the exact command line that produced the folder
-    settings: dict[str, Any]  # the convert settings, as given
+    settings: dict[str, Any]  # the convert settings, as given (absolute paths by their last component)
     seed: int
     preresize: int | None  # shorter side of stored raw pixels; None = images verbatim
     generators: list[str]  # generator id -> name (sorted by name)

@@ -28,34 +28,32 @@ from commfor_fast.shards import IMAGE_EXT, RAW_FORMAT, RAW_HEADER_BYTES, Manifes
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def source_root(meta: dict, manifest: Manifest) -> Path:
-    """Where a sample's source lies: its metadata names the folder (no local paths), the
-    manifest's sources locate it."""
-    name = meta["repo"] if meta["source"] == "hf" else meta["root"]
-    return next(Path(s["root"]) for s in manifest.sources if Path(s["root"]).name == name)
-
-
-def source_bytes(meta: dict, manifest: Manifest) -> bytes:
-    """The original bytes of a sample, read back from its source."""
+def source_bytes(meta: dict, roots: list[Path]) -> bytes:
+    """The original bytes of a sample, read back from its source: its metadata names the
+    folder by its last component (no local paths), one of `roots` is that folder."""
+    root = next(r for r in roots if r.name == (meta["repo"] if meta["source"] == "hf" else meta["root"]))
     if meta["source"] == "hf":
-        table = pq.read_table(source_root(meta, manifest) / meta["file"], columns=["image_data"])
+        table = pq.read_table(root / meta["file"], columns=["image_data"])
         return table.column("image_data")[meta["row"]].as_py()
-    return (source_root(meta, manifest) / meta["path"]).read_bytes()
+    return (root / meta["path"]).read_bytes()
 
 
-def identity(meta: dict, manifest: Manifest) -> str:
+def identity(meta: dict) -> str:
+    """A sample's source as the manifest's rejects name it (no local paths)."""
     if meta["source"] == "hf":
-        return f"{source_root(meta, manifest) / meta['file']}#row {meta['row']}"
-    return str(source_root(meta, manifest) / meta["path"])
+        return f"{meta['file']}#row {meta['row']}"
+    return f"{meta['root']}/{meta['path']}"
 
 
 def expected_sources(hf_replica: Path, roots: list[Path], splits: tuple[str, ...]) -> set[str]:
     items = set()
     for split in splits:
         for path in sorted((hf_replica / "data" / (split[0].lower() + split[1:])).glob("*.parquet")):
-            items.update(f"{path}#row {r}" for r in range(pq.ParquetFile(path).metadata.num_rows))
+            file = path.relative_to(hf_replica).as_posix()
+            items.update(f"{file}#row {r}" for r in range(pq.ParquetFile(path).metadata.num_rows))
     for root in roots:
-        items.update(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() != ".txt")
+        items.update(f"{root.name}/{p.relative_to(root).as_posix()}" for p in root.rglob("*")
+                     if p.is_file() and p.suffix.lower() != ".txt")
     return items
 
 
@@ -70,7 +68,7 @@ def samples(converted: Path) -> dict[str, list[tuple[str, dict[str, bytes]]]]:
 
 
 def test_every_sample_exactly_once(manifest, samples, hf_replica, folder_tree, extra_real):
-    stored = [identity(json.loads(m["json"]), manifest) for s in samples.values() for _, m in s]
+    stored = [identity(json.loads(m["json"])) for s in samples.values() for _, m in s]
     rejected = [r["item"] for r in manifest.rejects]
     everything = expected_sources(hf_replica, [folder_tree, extra_real], ("Systematic", "Manual"))
     assert len(stored) == len(set(stored)), "a sample is stored twice"
@@ -105,7 +103,7 @@ def test_water_fill_cases():
     assert water_fill({"A": 9, "B": 9, "C": 9}, 10) == {"A": 4, "B": 4, "C": 4}  # may overshoot by < datasets
 
 
-def test_labels_ids_metadata_and_bytes_round_trip(manifest, samples):
+def test_labels_ids_metadata_and_bytes_round_trip(manifest, samples, hf_replica, folder_tree, extra_real):
     gen_ids = {name: i for i, name in enumerate(manifest.generators)}
     normalised = 0
     for set_name, items in samples.items():
@@ -119,7 +117,7 @@ def test_labels_ids_metadata_and_bytes_round_trip(manifest, samples):
             assert ids.label == meta["label"] and ids.sample_number == int(key)
             assert ids.generator_id == gen_ids[meta["generator"]]
             assert (ids.height, ids.width) == (meta["decoded"]["height"], meta["decoded"]["width"])
-            original = source_bytes(meta, manifest)
+            original = source_bytes(meta, [hf_replica, folder_tree, extra_real])
             if "normalised" in meta:
                 normalised += 1
                 assert m[IMAGE_EXT].startswith(PNG_SIGNATURE)
@@ -146,9 +144,9 @@ def test_normalised_gif_is_the_first_frame(samples, folder_tree):
 def test_rejects_have_reasons(manifest, hf_replica, folder_tree):
     reasons = {r["item"]: r["reason"] for r in manifest.rejects}
     assert len(reasons) == 4
-    assert reasons[str(folder_tree / "mygan" / "fake" / "img002.png")].startswith("cannot decode")
+    assert reasons[f"{folder_tree.name}/mygan/fake/img002.png"].startswith("cannot decode")
     assert sorted(r.split(":")[0] for r in reasons.values()) == ["cannot decode"] * 3 + ["empty file"]
-    assert all("#row " in item for item in reasons if item.startswith(str(hf_replica)))
+    assert sum(item.startswith("data/") and "#row " in item for item in reasons) == 3  # HF rows: file#row N
 
 
 def test_members_are_image_cls_ids_json_in_order(converted, manifest):
@@ -219,7 +217,7 @@ def test_preresize_stores_resized_raw_pixels(tmp_path, folder_tree, convert_into
         meta, ids = json.loads(m["json"]), unpack_ids(m["ids"])
         assert min(ids.height, ids.width) == 256
         assert (meta["stored"]["height"], meta["stored"]["width"]) == (ids.height, ids.width)
-        expected = encode_raw(resize_shorter(decode_rgb(source_bytes(meta, manifest)), 256))
+        expected = encode_raw(resize_shorter(decode_rgb(source_bytes(meta, [folder_tree])), 256))
         assert m[IMAGE_EXT] == expected and meta["stored"]["format"].startswith(RAW_FORMAT)
         pixels = decode_raw(m[IMAGE_EXT], ids.height, ids.width)
         assert pixels.shape == (ids.height, ids.width, 3)
@@ -228,7 +226,7 @@ def test_preresize_stores_resized_raw_pixels(tmp_path, folder_tree, convert_into
         # the same header size for every image: DALI skips it as a constant
         assert m[IMAGE_EXT][:RAW_HEADER_BYTES].endswith(f"\n{ids.width} {ids.height}\n255\n".encode())
         assert (meta["decoded"]["width"], meta["decoded"]["height"]) == Image.open(
-            io.BytesIO(source_bytes(meta, manifest))).size
+            io.BytesIO(source_bytes(meta, [folder_tree]))).size
     assert set(manifest.sets["all"].stored) == {RAW_FORMAT}
 
 
@@ -363,7 +361,7 @@ def test_damaged_tiff_is_rejected_not_a_crash(tmp_path, convert_into, check):
     root = write_folder_tree(tmp_path / "root", {"gen": {"fake": ("png", "damaged_tiff", "jpeg")}})
     manifest = convert_into(tmp_path / "out", folders=[root], val_frac=0, check=check)
     assert manifest.sets["all"].num_samples == 2
-    assert manifest.rejects == [{"item": str(root / "gen" / "fake" / "img001.tiff"),
+    assert manifest.rejects == [{"item": "root/gen/fake/img001.tiff",
                                  "reason": "cannot decode: Missing dimensions"}]
 
 

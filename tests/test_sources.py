@@ -44,7 +44,7 @@ def _zip_kind(archive: Path) -> types.ModuleType:
         with zipfile.ZipFile(unit.path) as z:
             yield z.read(unit.name), {"source": kind.KIND, "archive": root, "member": unit.name}
 
-    def item(unit: Unit, row: int) -> str:
+    def item(unit: Unit, row: int, root: str) -> str:
         return f"{unit.path}!{unit.name}"
 
     def describe(source: Source) -> list[str]:

@@ -15,11 +15,18 @@ its folder: `--verify-hashes` finds that (the partition's recorded source hash
 differs and the partition is converted again). A folder changed in the very
 moment it was listed is never trusted (`Source.stamps` holds -1 for it). Parquet
 sources (`--hf-repo`) are scanned every time: they are few files, read by footer.
+
+The listing travels with the shards but names no local folder (`portable.py`): the
+folders are recorded by a digest of their absolute paths (the same folders on this
+machine), every path in it relative to its `--folder` root, and a run takes the roots
+from its own `--folder` values. On another machine, or for other folders, the digest
+differs and the folders are walked.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import zlib
@@ -29,17 +36,20 @@ from typing import Any
 from commfor_fast.convert.settings import ConvertSettings
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import atomic_write
+from commfor_fast.portable import portable_source_meta
 from commfor_fast.sources.units import Source, Unit
 
 LISTING_NAME = "listing.json.gz"
-LISTING_VERSION = 1
-# Settings that decide what the folder scan finds (the walk itself, not the plan).
-SCAN_SETTINGS = ("folders", "labels", "discovery")
+LISTING_VERSION = 2  # 2: no absolute paths (version 1 listings are not read: the folders are walked once more)
 
 
 def _key(settings: ConvertSettings) -> dict[str, Any]:
+    """What decides what the folder scan finds: the folders (by a digest of their absolute
+    paths, which the listing does not name), `--labels` and `--discovery`."""
     record = settings.record()
-    return {"version": LISTING_VERSION, **{k: record[k] for k in SCAN_SETTINGS}}
+    folders = hashlib.sha256(json.dumps(record["folders"]).encode()).hexdigest()
+    return {"version": LISTING_VERSION, "folders_sha256": folders, "labels": record["labels"],
+            "discovery": record["discovery"]}
 
 
 def recordable(source: Source) -> bool:
@@ -59,7 +69,7 @@ def unchanged(source: Source) -> bool:
 
 
 def _unit_row(unit: Unit, first: int, root: str) -> list[Any]:
-    path = None if unit.path == os.path.join(root, unit.name) else unit.path  # most paths are root/name
+    path = None if unit.path == os.path.join(root, unit.name) else os.path.relpath(unit.path, root)  # most: root/name
     return [unit.source - first, path, unit.name, unit.row_group, unit.first_row, unit.nbytes, list(unit.labels),
             list(unit.generators)]
 
@@ -78,8 +88,10 @@ def write_listing(out: Path, record: dict[str, Any]) -> None:
     """Write the listing atomically (several nodes may write the same one at once), one
     unit at a time: a million units never exist twice in memory."""
     first, sources = record["first"], record["sources"]
-    head = {**record["key"], "sources": [{"kind": s.kind, "given": s.given, "root": s.root, "summary": s.summary,
-                                          "warnings": s.warnings, "stamps": s.stamps} for s in sources[first:]]}
+    head = {**record["key"], "sources": [
+        {"kind": s.kind, "summary": portable_source_meta(s.summary), "warnings": s.warnings,
+         "stamps": {os.path.relpath(folder, s.root): ctime for folder, ctime in s.stamps.items()}}
+        for s in sources[first:]]}
     with atomic_write(out / LISTING_NAME, "wb") as raw, gzip.open(raw, "wt", compresslevel=1) as f:
         f.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"units":[')
         rows = (_unit_row(u, first, sources[u.source].root) for u in record["units"] if u.source >= first)
@@ -90,13 +102,20 @@ def write_listing(out: Path, record: dict[str, Any]) -> None:
 
 def read_listing(out: Path, settings: ConvertSettings) -> dict[str, Any] | None:
     """The listing recorded in `out` if it was made with the same scan settings and every
-    folder it stamped is unchanged; None otherwise (then the caller walks the folders)."""
+    folder it stamped is unchanged; None otherwise (then the caller walks the folders).
+    Its sources are the `--folder` roots of `settings`, in order, as their scan names them."""
     try:
         record = json.loads(gzip.decompress((out / LISTING_NAME).read_bytes()))
-        if not isinstance(record, dict) or {k: record.get(k) for k in _key(settings)} != _key(settings):
+        key = _key(settings)
+        if (not isinstance(record, dict) or {k: record.get(k) for k in key} != key
+                or len(record["sources"]) != len(settings.folders)):
             return None
-        sources = [Source(kind=s["kind"], given=s["given"], root=s["root"], summary=s["summary"],
-                          warnings=s["warnings"], stamps=s["stamps"]) for s in record["sources"]]
+        sources = []
+        for folder, s in zip(settings.folders, record["sources"]):
+            root = str(Path(folder).absolute())  # as `folders.scan_folder` names it
+            sources.append(Source(kind=s["kind"], given=str(folder), root=root,
+                                  summary={**s["summary"], "root": root}, warnings=s["warnings"],
+                                  stamps={os.path.join(root, rel): ctime for rel, ctime in s["stamps"].items()}))
         if not sources or not all(unchanged(source) for source in sources):
             return None
         return {"sources": sources, "units": record["units"]}
@@ -108,7 +127,7 @@ def recorded_scan(listing: dict[str, Any], first: int) -> tuple[list[Source], li
     """The sources and units of a listing `read_listing` accepted, its sources numbered from `first` on."""
     sources: list[Source] = listing["sources"]
     try:
-        units = [Unit(source=first + s, path=os.path.join(sources[s].root, name) if path is None else path,
+        units = [Unit(source=first + s, path=os.path.join(sources[s].root, name if path is None else path),
                       name=name, row_group=row_group, first_row=first_row, nbytes=nbytes, labels=tuple(labels),
                       generators=tuple(generators))
                  for s, path, name, row_group, first_row, nbytes, labels, generators in listing["units"]]

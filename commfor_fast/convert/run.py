@@ -11,7 +11,8 @@ Every run, first or resumed, on any node, does the same steps:
 4. when every partition of every node has its marker, pack the partitions' validation
    samples into full shards (`pack.py`) and write manifest.json (a node
    that finishes while others are still converting says so, and exits 0); it names
-   every node that converted partitions (`merge.node_records`).
+   every node that converted partitions (`merge.node_records`) and no local folder
+   (`portable.py`), so a copied folder reads the same anywhere.
 So resuming after a kill, or finishing on another machine, is running the same
 command again. That includes a worker process killed on its own (the kernel's OOM
 killer): the run stops with an error saying so instead of waiting for the lost
@@ -22,6 +23,7 @@ included), so the rerun finds only finished partitions.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
@@ -44,7 +46,7 @@ from commfor_fast.convert.settings import ConvertSettings, check_settings, resol
 from commfor_fast.convert.worker import WorkerConfig, convert_partition, init_pool_worker, inputs_sha256, run_in_pool
 from commfor_fast.errors import UserError
 from commfor_fast.fileio import check_writable
-from commfor_fast.portable import portable_command
+from commfor_fast.portable import portable_command, portable_manifest
 from commfor_fast.progress import Progress
 from commfor_fast.shards import CARD_NAME, MANIFEST_NAME, Manifest, write_json_atomic
 from commfor_fast.threads import map_threads
@@ -222,7 +224,7 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
               "writes it (re-running this command also does)", file=sys.stderr, flush=True)
         return None
     packed = pack_validation(out, markers, limits.shard_bytes, recorded, settings.verify_hashes)
-    manifest = merge(plan, markers, settings, command, packed)
+    manifest = portable_manifest(merge(plan, markers, settings, command, packed))
     if recorded is not None and _same_data(recorded, manifest):
         if (out / CARD_NAME).is_file():
             log(f"{out} is complete already")
@@ -231,7 +233,9 @@ def convert(settings: ConvertSettings, command: str | None = None) -> Manifest |
         manifest = recorded  # keep the manifest as it was made
     elif recorded is not None:
         log(f"{out / MANIFEST_NAME} disagrees with the partitions' records (edited or damaged): rebuilding it")
-    write_dataset_card(out, manifest)
+    # The card reads a local replica's README.md (its licence) where this run found it,
+    # not through the manifest, which names no local folder (`portable.py`).
+    write_dataset_card(out, dataclasses.replace(manifest, sources=[source.summary for source in plan.sources]))
     manifest.save(out)
     for warning in manifest.warnings:
         if warning not in printed:

@@ -159,7 +159,8 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
                     raise BadImage(data)
                 stored = store_image(data, config)
             except BadImage as exc:
-                reject = {"item": source_kind(unit, config.sources).item(unit, row), "reason": str(exc)}
+                reject = {"item": source_kind(unit, config.sources).item(unit, row, config.sources[unit.source][2]),
+                          "reason": str(exc)}
                 if source_meta.get("image_name"):  # HF rows: the dataset's own name for the image too
                     reject["image_name"] = str(source_meta["image_name"])
                 rejects.append(reject)

@@ -38,8 +38,9 @@ class SourceKind(Protocol):
         """Per row of `unit`: the image bytes, or the reason they cannot be read; and the
         sample's source metadata (with `"source": KIND`)."""
 
-    def item(self, unit: Unit, row: int) -> str:
-        """How a row that cannot be stored is named among the manifest's rejects."""
+    def item(self, unit: Unit, row: int, root: str) -> str:
+        """How a row that cannot be stored is named among the manifest's rejects (`root`:
+        its source's folder), without local folders (`commfor_fast.portable`)."""
 
     def describe(self, source: Source) -> list[str]:
         """The lines `convert --dry-run` prints for a source."""

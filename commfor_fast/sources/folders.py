@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from commfor_fast.errors import UserError
 from commfor_fast.imageio import SOURCE_EXTENSIONS
+from commfor_fast.portable import portable_path
 from commfor_fast.sources.units import Source, Unit, escape_name
 
 if TYPE_CHECKING:
@@ -171,28 +172,31 @@ class _Walk:
             files.append(entry)
 
     def warnings(self, root: Path) -> list[str]:
+        """What the walk skipped or took unlike the other rule, a line per kind; the root
+        by its last component, as the manifest records these lines (`portable.py`)."""
+        name = portable_path(str(root))
         lines = []
         if self.discovery == BROAD and (self.extra or self.missed):
-            lines.append(f"--folder {root}: {len(self.extra)} image(s) the original would not have seen (upper-case "
+            lines.append(f"--folder {name}: {len(self.extra)} image(s) the original would not have seen (upper-case "
                          f"or .tif endings, or in subfolders of a label folder) and {len(self.missed)} hidden "
                          f"image(s) it would have taken, e.g. {', '.join((self.extra + self.missed)[:NAMED_IN_WARNINGS])}"
                          f"; --discovery original reproduces its rule")
         if self.discovery == ORIGINAL and (self.extra or self.missed):
-            lines.append(f"--folder {root}: the original's rule (--discovery original) leaves out {len(self.missed)} "
+            lines.append(f"--folder {name}: the original's rule (--discovery original) leaves out {len(self.missed)} "
                          f"image(s) with upper-case or .tif endings or in subfolders of a label folder and takes "
                          f"{len(self.extra)} hidden one(s), e.g. {', '.join((self.missed + self.extra)[:NAMED_IN_WARNINGS])}"
                          f"; --discovery broad takes the first and skips the second")
         if self.ignored:
-            lines.append(f"--folder {root}: ignored {len(self.ignored)} file(s) or folder(s) that are not images "
+            lines.append(f"--folder {name}: ignored {len(self.ignored)} file(s) or folder(s) that are not images "
                          f"in the layout ROOT/<generator>/<label>/<image>, are hidden, or were reached a second "
                          f"time through symlinks, e.g. {', '.join(self.ignored[:NAMED_IN_WARNINGS])} (listed in "
                          f"manifest.json sources)")
         if self.links:
-            lines.append(f"--folder {root}: skipped {len(self.links)} symlink(s) that loop or lead out of their "
+            lines.append(f"--folder {name}: skipped {len(self.links)} symlink(s) that loop or lead out of their "
                          f"label folder (an image takes the label of the folder it really is in): "
                          f"{', '.join(self.links[:NAMED_IN_WARNINGS])}")
         if self.unreadable:
-            lines.append(f"--folder {root}: skipped {len(self.unreadable)} folder(s) that cannot be read: "
+            lines.append(f"--folder {name}: skipped {len(self.unreadable)} folder(s) that cannot be read: "
                          f"{', '.join(self.unreadable[:NAMED_IN_WARNINGS])}; fix their permissions and rerun "
                          f"to include them")
         return lines
@@ -282,9 +286,10 @@ def read(unit: Unit, given: str, root: str) -> Iterator[tuple[bytes | str, dict[
     yield data, meta
 
 
-def item(unit: Unit, row: int) -> str:
-    """How the image is named among the rejects: its file."""
-    return escape_name(unit.path)
+def item(unit: Unit, row: int, root: str) -> str:
+    """How the image is named among the rejects: its file below the root's last
+    component (`my_images/<generator>/<label>/x.png`), as its metadata names it."""
+    return f"{escape_name(portable_path(root))}/{unit.name}"
 
 
 def describe(source: Source) -> list[str]:

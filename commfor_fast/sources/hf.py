@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from commfor_fast.errors import UserError
+from commfor_fast.portable import portable_path
 from commfor_fast.sources.columns import carried_columns, read_labels
 from commfor_fast.sources.units import Source, Unit, escape_name
 
@@ -227,9 +228,10 @@ def read(unit: Unit, given: str, root: str) -> Iterator[tuple[bytes | str, dict[
         yield table[IMAGE_COLUMN][row] or b"", meta
 
 
-def item(unit: Unit, row: int) -> str:
-    """How a row is named among the rejects: `file.parquet#row N`."""
-    return f"{escape_name(unit.path)}#row {unit.first_row + row}"
+def item(unit: Unit, row: int, root: str) -> str:
+    """How a row is named among the rejects: `file.parquet#row N`, the file below the
+    repo's root as its metadata names it (`file`); the conversion has one HF source."""
+    return f"{escape_name(portable_path(unit.name))}#row {unit.first_row + row}"
 
 
 def describe(source: Source) -> list[str]:
