@@ -27,6 +27,12 @@ cache, forked or spawned workers map the same file (pickling sends its name), an
 process touches only the pages of the samples it reads: an evaluation rank its own
 part. Where no cache can be written, the records are built in memory, and for an
 evaluation part (`shards.shard_range`) only from the shards that part covers.
+
+Pruning: each entry records the index files it was built from. Whenever a new entry
+is written (a set converted again, or a new one), the entries whose index files are
+gone or changed, entries of another layout, and what a killed writer left are removed,
+so converting again and again does not fill the temporary folder (78 MB per entry at
+2.7M samples). A process that maps a removed entry keeps its mapping.
 """
 
 from __future__ import annotations
@@ -132,14 +138,16 @@ def load_index(root: Path, info: SetInfo, part: tuple[int, int] | None = None) -
     or, where no cache can be written, built in memory from the shards covering `part`
     (samples [start, end); None: all). Damaged `.idx` files are `UserError`s naming them."""
     starts = np.concatenate([[0], np.cumsum([s.num_samples for s in info.shards], dtype=np.int64)])
-    key, folder = _cache_key(root, info), _cache_folder()
-    if key is not None and folder is not None:
+    described, folder = _describe(root, [(s.index, s.num_samples) for s in info.shards]), _cache_folder()
+    if described is not None and folder is not None:
+        key = _cache_key(described)
         try:
             with _locked(folder):
                 if not (folder / f"{key}.json").exists():
                     index = _build(root, info, starts, 0, len(info.shards))  # a damaged .idx: its UserError
+                    _prune(folder)
                     try:
-                        _write_cache(folder / key, index)
+                        _write_cache(folder / key, index, described)
                     except (OSError, UserError):  # no space there: this process keeps its own copy
                         return index
             return _open_cached(folder / key, starts)
@@ -253,17 +261,47 @@ def _cache_folder() -> Path | None:
     return folder if st.st_uid == os.getuid() and not os.path.islink(folder) else None
 
 
-def _cache_key(root: Path, info: SetInfo) -> str | None:
-    """The cache entry's name: a hash of the folder and its index files as they are
-    now; None if one cannot be looked at (building then names the problem)."""
+def _describe(root: Path, shards: list[tuple[str, int]]) -> list[Any] | None:
+    """What a cache entry stands for: the layout version, the folder, and each shard's
+    index file (name and sample count given) as it is now (size, mtime, inode); None if
+    one cannot be looked at (building then names the problem)."""
     described: list[Any] = [CACHE_VERSION, str(Path(root).resolve())]
-    for shard in info.shards:
+    for index, num_samples in shards:
         try:
-            st = os.stat(Path(root) / shard.index)
+            st = os.stat(Path(root) / index)
         except OSError:
             return None
-        described.append([shard.index, shard.num_samples, st.st_size, st.st_mtime_ns, st.st_ino])
+        described.append([index, num_samples, st.st_size, st.st_mtime_ns, st.st_ino])
+    return described
+
+
+def _cache_key(described: list[Any]) -> str:
+    """The name of the cache entry `described` (`_describe`)."""
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:32]
+
+
+def _still_current(described: Any) -> bool:
+    """Whether a recorded description (`_describe`) still holds for the files on disk."""
+    version, root, *shards = described
+    return version == CACHE_VERSION and _describe(Path(root), [(index, n) for index, n, *_ in shards]) == described
+
+
+def _prune(folder: Path) -> None:
+    """Remove the cache entries that no longer stand for their index files (a set
+    converted again or deleted, see `_still_current`), entries of another layout or
+    unreadable, and a killed writer's files. The caller holds the folder's lock, so
+    no entry is being written."""
+    for path in folder.iterdir():
+        if path.suffix == ".tmp" or (path.suffix == ".npy" and not path.with_suffix(".json").exists()):
+            path.unlink(missing_ok=True)
+        elif path.suffix == ".json":
+            try:
+                current = _still_current(json.loads(path.read_text())["described"])
+            except (OSError, ValueError, KeyError, TypeError):
+                current = False
+            if not current:
+                path.with_suffix(".npy").unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -277,12 +315,13 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_cache(stem: Path, index: SetIndex) -> None:
-    """Records first, then the patterns (`.json`): the json's presence marks a whole entry."""
+def _write_cache(stem: Path, index: SetIndex, described: list[Any]) -> None:
+    """Records first, then the patterns and what the entry stands for (`.json`): the
+    json's presence marks a whole entry."""
     with atomic_write(stem.with_suffix(".npy")) as f:
         np.save(f, index.records)
     with atomic_write(stem.with_suffix(".json"), "w") as f:
-        json.dump({"version": CACHE_VERSION, "patterns": index.patterns}, f)
+        json.dump({"version": CACHE_VERSION, "patterns": index.patterns, "described": described}, f)
 
 
 def _open_cached(stem: Path, shard_starts: np.ndarray) -> SetIndex:

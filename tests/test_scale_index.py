@@ -74,7 +74,7 @@ def test_a_cache_that_cannot_be_written_or_read_is_done_without(pristine: Path, 
     info, listed = Manifest.load(pristine).sets["all"], _listed(pristine)
     write = shard_index._write_cache
 
-    def disk_full(stem: Path, index: shard_index.SetIndex) -> None:
+    def disk_full(stem: Path, index: shard_index.SetIndex, described: list) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(shard_index, "_write_cache", disk_full)
@@ -85,6 +85,25 @@ def test_a_cache_that_cannot_be_written_or_read_is_done_without(pristine: Path, 
     entry.with_suffix(".json").write_text("{")  # damaged by something else
     again = ShardReader(pristine, info)
     assert again.index.cache is None and [again.members(i) for i in range(16)] == listed
+
+
+def test_a_new_entry_removes_the_stale_ones(pristine: Path, shards: Path, cache: Path) -> None:
+    """Converting again (other index files) leaves one entry per current set: the old
+    entry, one of another layout and a killed writer's files go; another set's stays."""
+    kept = ShardReader(pristine, Manifest.load(pristine).sets["all"]).index.cache
+    info = Manifest.load(shards).sets["all"]
+    old = ShardReader(shards, info).index.cache
+    folder = old.parent
+    (folder / ("0" * 32 + ".json")).write_text(json.dumps({"version": 0, "patterns": []}))
+    (folder / ("1" * 32 + ".npy")).write_bytes(b"records of an entry whose json was never written")
+    (folder / ".x.npy.0123.tmp").write_bytes(b"")
+    assert len(list(folder.iterdir())) == 7
+    index = shards / info.shards[0].index
+    index.write_text(index.read_text())  # the same text, written again: another entry
+    new = ShardReader(shards, info)
+    assert new.index.cache not in (old, kept) and [new.members(i) for i in range(16)] == _listed(shards)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        entry.with_suffix(suffix).name for entry in (kept, new.index.cache) for suffix in (".json", ".npy"))
 
 
 def _rewrite_line_2(index: Path, edit) -> None:
