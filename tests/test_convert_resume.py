@@ -248,12 +248,14 @@ def test_a_folder_of_other_files_is_refused(tmp_path, folder_tree, convert_into)
 
 
 SLOW_CLI = """
-import sys, time
+import os, sys, time
 from commfor_fast.convert import worker
 
 checked = worker.store_image
 def slow_store_image(data, config):  # slow enough that Ctrl-C lands in the middle of the run
-    time.sleep(0.1)
+    # 0.1 s per image, and 1 s once the test has seen a partition done: on a loaded
+    # machine the others could otherwise finish before the signal arrives
+    time.sleep(1.0 if os.path.exists(os.environ["SLOW_FLAG"]) else 0.1)
     return checked(data, config)
 worker.store_image = slow_store_image  # at the top: the spawned workers import this file too
 
@@ -272,11 +274,15 @@ def test_ctrl_c_with_workers_stops_at_once_and_resumes(tmp_path, reference, hf_r
     args = ["convert", "--quiet", "--workers", "2", "--hf-repo", str(hf_replica), "--hf-split", "Systematic+Manual",
             "--folder", str(folder_tree), "--val-frac", str(SETTINGS["val_frac"]), "--seed", str(SETTINGS["seed"]),
             "--shard-size", "40KB", "--partition-size", "60KB", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, str(script), *args], stderr=subprocess.PIPE, start_new_session=True)
+    flag = tmp_path / "slower"
+    proc = subprocess.Popen([sys.executable, str(script), *args], stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "SLOW_FLAG": str(flag)})
     try:
         deadline = time.monotonic() + 120
         while not list((out / "parts").glob("part-*.json")) and time.monotonic() < deadline:
             time.sleep(0.05)  # interrupt once a partition is done and others are under way
+        flag.touch()
+        time.sleep(0.2)
         assert proc.poll() is None, "the conversion ended before it could be interrupted"
         os.killpg(proc.pid, signal.SIGINT)
         sent = time.monotonic()
