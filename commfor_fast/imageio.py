@@ -210,8 +210,8 @@ def raw_header(height: int, width: int) -> bytes:
 
 def encode_raw(img: Image.Image) -> bytes:
     """HWC uint8 RGB pixels as a binary PPM with a fixed-size header: the pre-resized
-    storage format. It decodes for free, and PIL (so `datasets`' Image column), OpenCV
-    and `numpy.frombuffer(data, offset=RAW_HEADER_BYTES)` all read it."""
+    storage format. It decodes for free, and PIL (so `datasets`' Image column)
+    and `numpy.frombuffer(data, offset=RAW_HEADER_BYTES)` both read it."""
     pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return raw_header(img.height, img.width) + pixels.tobytes()
 
