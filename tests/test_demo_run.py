@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from commfor_fast.demo.run import OUTPUTS, RECORD, prepare_out, quick_sized, run_demo
+from commfor_fast.shards import FORMAT_VERSION
 from commfor_fast.errors import UserError
 from commfor_fast.settings import DEMO_QUICK, DemoSettings
 
@@ -58,6 +59,16 @@ def test_other_settings_start_afresh(tmp_path: Path, capsys: pytest.CaptureFixtu
                                        "seed 0 -> 1): starting afresh\n")
     assert not any((out / name).exists() for name in OUTPUTS)
     assert json.loads((out / RECORD).read_text())["train_itrs"] == 3
+
+
+def test_a_demo_of_an_older_shard_format_starts_afresh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert prepare_out(tmp_path, tiny(tmp_path)) is False
+    record = json.loads((tmp_path / RECORD).read_text())
+    (tmp_path / RECORD).write_text(json.dumps({**record, "shard_format": FORMAT_VERSION - 1}))
+    (tmp_path / "shards").mkdir()
+    assert prepare_out(tmp_path, tiny(tmp_path)) is False
+    assert f"(shard_format {FORMAT_VERSION - 1} -> {FORMAT_VERSION}): starting afresh" in capsys.readouterr().out
+    assert not (tmp_path / "shards").exists()
 
 
 def test_a_folder_without_the_record_starts_afresh(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ import torch
 
 from commfor_fast.bench.common import say
 from commfor_fast.demo import synth
+from commfor_fast.errors import UserError
 from commfor_fast.progress import Progress
+from commfor_fast.shards import Manifest
 
 SIZE = 1024
 TINY_SIZE, TINY_IMAGES = 480, 16  # `tiny`: the smallest set every benchmark still runs on (384 crops)
@@ -43,17 +45,20 @@ def write_sources(root: Path, n_images: int, seed: int = 0, size: int = SIZE) ->
 
 def converted_sources(work: Path, n_images: int, fmt: str, preresize: int | None, size: int = SIZE) -> Path:
     """The convert output of `n_images` benchmark images of `size` px in format `fmt`
-    ("png" or "jpeg"), verbatim or pre-resized; converted on first use, kept in `work`."""
+    ("png" or "jpeg"), verbatim or pre-resized; converted on first use (and after a
+    change of the shard format), kept in `work`."""
     from commfor_fast.convert.run import convert
     from commfor_fast.convert.settings import ConvertSettings
 
     sources = write_sources(work / f"sources-{n_images}-{size}", n_images, size=size)
     label = f"{fmt}-{size}" + (" preresized" if preresize else "")
     out = work / f"shards-{n_images}-{label.replace(' ', '-')}"
-    if not (out / "manifest.json").exists():
+    try:
+        Manifest.load(out)
+    except UserError:  # not converted yet, or in an older shard format: (again) from scratch
         say(f"converting the {label} benchmark shards")
         convert(ConvertSettings(folders=[sources[fmt]], out=out, val_frac=0.0, preresize=preresize, quiet=True,
-                                shard_size="64MB", partition_size="256MB"))
+                                shard_size="64MB", partition_size="256MB", overwrite=True))
     return out
 
 

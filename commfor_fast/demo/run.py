@@ -16,7 +16,7 @@ The same command with `--device cuda` and larger sizes is a smoke test on a GPU 
 A rerun with the same settings resumes: the settings are recorded in `demo.json`
 first, the rendered data is kept once complete, convert finds its shards finished and
 training goes on from its newest checkpoint (only the report is made again). Other
-settings, or an output folder without the record, start afresh.
+settings, another shard format, or an output folder without the record, start afresh.
 """
 
 from __future__ import annotations
@@ -103,7 +103,12 @@ def quick_sized(settings: DemoSettings) -> DemoSettings:
 
 
 def _record(settings: DemoSettings) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_RECORDED}
+    """What decides the demo's outputs: its settings, and the shard format (a demo of an
+    older format would train on again from shards converted anew, which resuming refuses)."""
+    from commfor_fast.shards import FORMAT_VERSION
+
+    return {**{k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_RECORDED},
+            "shard_format": FORMAT_VERSION}
 
 
 def prepare_out(out: Path, settings: DemoSettings) -> bool:
