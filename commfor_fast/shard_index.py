@@ -56,7 +56,9 @@ from commfor_fast.fileio import atomic_write
 from commfor_fast.shards import INDEX_VERSION, Member, SetInfo, damaged_index_line, damaged_shard, not_regular, \
     read_index, sample_key
 
-CACHE_VERSION = 1  # of the cache files' layout: another version is another cache entry
+# Of the cache files' layout: another version is another cache entry. 2: the json
+# records what the entry stands for (`_describe`), which pruning reads.
+CACHE_VERSION = 2
 _MAX_SIZE = 2**32 - 1  # a member's size must fit `sizes` (uint32)
 _MAX_NUMBER = 2**31 - 1  # sample numbers are int32 in `.ids`
 _KEY_DIGITS = len(sample_key(0))
@@ -281,9 +283,19 @@ def _cache_key(described: list[Any]) -> str:
 
 
 def _still_current(described: Any) -> bool:
-    """Whether a recorded description (`_describe`) still holds for the files on disk."""
+    """Whether a recorded description (`_describe`) still holds for the files on disk.
+    An index file that exists but cannot be looked at now (a network file system that
+    does not answer) counts as current: a run may still be mapping its entry."""
     version, root, *shards = described
-    return version == CACHE_VERSION and _describe(Path(root), [(index, n) for index, n, *_ in shards]) == described
+    if version != CACHE_VERSION:
+        return False
+    now = _describe(Path(root), [(index, n) for index, n, *_ in shards])
+    if now is None:
+        try:
+            return all((Path(root) / index).exists() for index, *_ in shards)
+        except OSError:
+            return True
+    return now == described
 
 
 def _prune(folder: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -89,15 +90,19 @@ def test_a_cache_that_cannot_be_written_or_read_is_done_without(pristine: Path, 
 
 def test_a_new_entry_removes_the_stale_ones(pristine: Path, shards: Path, cache: Path) -> None:
     """Converting again (other index files) leaves one entry per current set: the old
-    entry, one of another layout and a killed writer's files go; another set's stays."""
+    entry, a deleted set's, one of another layout and a killed writer's files go;
+    another set's stays."""
     kept = ShardReader(pristine, Manifest.load(pristine).sets["all"]).index.cache
     info = Manifest.load(shards).sets["all"]
     old = ShardReader(shards, info).index.cache
     folder = old.parent
+    gone = Path(shutil.copytree(pristine, shards.parent / "gone"))
+    ShardReader(gone, info)  # a set deleted since: its entry goes too
+    shutil.rmtree(gone)
     (folder / ("0" * 32 + ".json")).write_text(json.dumps({"version": 0, "patterns": []}))
     (folder / ("1" * 32 + ".npy")).write_bytes(b"records of an entry whose json was never written")
     (folder / ".x.npy.0123.tmp").write_bytes(b"")
-    assert len(list(folder.iterdir())) == 7
+    assert len(list(folder.iterdir())) == 9
     index = shards / info.shards[0].index
     index.write_text(index.read_text())  # the same text, written again: another entry
     new = ShardReader(shards, info)
