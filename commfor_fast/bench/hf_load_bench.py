@@ -35,8 +35,8 @@ def load_all(shards: Path, cache: Path) -> int:
     rows = datasets.load_dataset(str(shards), cache_dir=str(cache))[SPLIT_NAMES["all"]]
     n = 0
     for row in rows:
-        pixels = np.asarray(row["image"].convert("RGB"))
-        n += pixels.ndim == 3
+        np.asarray(row["image"].convert("RGB"))  # the pixels, as a user reads them
+        n += 1
     return n
 
 

@@ -112,6 +112,11 @@ def read_unit(unit: Unit, sources: tuple[tuple[str, str, str], ...]) -> Iterator
     return source_kind(unit, sources).read(unit, given, root)
 
 
+def reject_item(unit: Unit, row: int, sources: tuple[tuple[str, str, str], ...]) -> str:
+    """How row `row` of `unit` is named among the rejects, as its source kind names it."""
+    return source_kind(unit, sources).item(unit, row, sources[unit.source][2])
+
+
 class _Sample(NamedTuple):
     number: int
     members: list[tuple[str, bytes]]
@@ -159,8 +164,7 @@ def convert_partition(task: PartitionTask, config: WorkerConfig, report: Report)
                     raise BadImage(data)
                 stored = store_image(data, config)
             except BadImage as exc:
-                reject = {"item": source_kind(unit, config.sources).item(unit, row, config.sources[unit.source][2]),
-                          "reason": str(exc)}
+                reject = {"item": reject_item(unit, row, config.sources), "reason": str(exc)}
                 if source_meta.get("image_name"):  # HF rows: the dataset's own name for the image too
                     reject["image_name"] = str(source_meta["image_name"])
                 rejects.append(reject)
